@@ -1,0 +1,143 @@
+"""Llama and Mistral decoders (RMSNorm, RoPE, SwiGLU, grouped-query attention).
+
+Mistral is Llama plus a sliding attention window (`config.sliding_window`).
+Left padding is handled: positions count only the valid tokens of each row.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jax_attnalign.models import layers
+from jax_attnalign.models.config import ModelConfig
+from jax_attnalign.models.outputs import ModelOutput
+
+Array = jax.Array
+DECODER_TASKS = ("base", "causal_lm", "classification")
+
+
+def _dense(features: int, use_bias: bool, name: str, module: nn.Module) -> nn.Dense:
+  return nn.Dense(features, use_bias=use_bias, dtype=module.dtype,
+                  param_dtype=module.param_dtype,
+                  kernel_init=nn.initializers.normal(0.02), name=name)
+
+
+def positions_from_mask(attention_mask: Array) -> Array:
+  """Positions [B, T] of left-padded rows: 0 at each row's first valid token."""
+  return jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int,
+               dtype=jnp.float32) -> list[dict[str, Array]]:
+  """An empty key/value cache: per layer {'k', 'v'}: [B, S_max, K, H]."""
+  shape = (batch, max_len, config.num_kv_heads, config.head_dim)
+  return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+          for _ in range(config.num_layers)]
+
+
+class MLP(nn.Module):
+  config: ModelConfig
+  dtype: layers.Dtype = jnp.float32
+  param_dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    gate = _dense(cfg.intermediate_size, cfg.mlp_bias, "gate", self)(x)
+    up = _dense(cfg.intermediate_size, cfg.mlp_bias, "up", self)(x)
+    h = layers.activation(cfg.hidden_act)(gate) * up  # SwiGLU
+    return _dense(cfg.hidden_size, cfg.mlp_bias, "down", self)(h)
+
+
+class DecoderLayer(nn.Module):
+  config: ModelConfig
+  dtype: layers.Dtype = jnp.float32
+  param_dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask, positions, head_gates, cache, cache_index, capture,
+               deterministic):
+    cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = layers.RMSNorm(cfg.norm_eps, **kw, name="input_norm")(x)
+    h, cache = layers.Attention(cfg, use_bias=cfg.attention_bias, rope=True, **kw,
+                                name="attention")(
+        h, mask, positions=positions, head_gates=head_gates, cache=cache,
+        cache_index=cache_index, capture=capture, deterministic=deterministic)
+    x = x + h
+    h = layers.RMSNorm(cfg.norm_eps, **kw, name="post_attention_norm")(x)
+    return x + MLP(cfg, **kw, name="mlp")(h), cache
+
+
+class Llama(nn.Module):
+  """Llama / Mistral decoder; `task` picks the head ('base', 'causal_lm', 'classification')."""
+  config: ModelConfig
+  task: str = "causal_lm"
+  dtype: layers.Dtype = jnp.float32
+  param_dtype: layers.Dtype = jnp.float32
+
+  def setup(self):
+    if self.task not in DECODER_TASKS:
+      raise ValueError(f"Decoder task must be one of {DECODER_TASKS}, got {self.task!r}.")
+    cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size,
+                                 embedding_init=nn.initializers.normal(0.02), **kw)
+    self.layers = [DecoderLayer(cfg, **kw) for _ in range(cfg.num_layers)]
+    self.norm = layers.RMSNorm(cfg.norm_eps, **kw)
+    if self.task == "causal_lm" and not cfg.tie_word_embeddings:
+      self.lm_head = _dense(cfg.vocab_size, False, "lm_head", self)
+    if self.task == "classification":
+      self.score = _dense(cfg.num_labels, False, "score", self)
+
+  def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
+               position_ids: Array | None = None, head_gates: Array | None = None,
+               cache: list[dict[str, Array]] | None = None,
+               cache_index: Array | int | None = None,
+               cache_mask: Array | None = None, capture_attention: bool = False,
+               output_hidden_states: bool = False,
+               deterministic: bool = True) -> ModelOutput:
+    """Forward pass over input_ids [B, T].
+
+    attention_mask: [B, T], 1 for tokens, 0 for (left) padding. position_ids
+    default to `positions_from_mask(attention_mask)`. head_gates: [L, N] or
+    broadcastable to [B, T, L, N]. For cached decoding pass `cache` (from
+    `init_cache`), the slot `cache_index` where these tokens go, and `cache_mask`
+    [B, S_max], the validity of every cache slot (prompt padding is 0).
+    """
+    cfg = self.config
+    b, t = input_ids.shape
+    if attention_mask is None:
+      attention_mask = jnp.ones((b, t), jnp.int32)
+    if position_ids is None:
+      position_ids = positions_from_mask(attention_mask)
+    q_slots = jnp.arange(t)
+    if cache is None:
+      key_valid, k_slots = attention_mask.astype(bool), q_slots
+    else:
+      if cache_index is None or cache_mask is None:
+        raise ValueError("Cached decoding needs cache_index and cache_mask.")
+      q_slots = q_slots + cache_index
+      key_valid, k_slots = cache_mask.astype(bool), jnp.arange(cache_mask.shape[1])
+    mask = layers.attention_mask(key_valid, q_slots, k_slots, causal=True,
+                                 sliding_window=cfg.sliding_window)
+    x = self.embed_tokens(input_ids)
+    hidden, new_cache = [x], []
+    for i, layer in enumerate(self.layers):
+      x, layer_cache = layer(x, mask, position_ids, layers.gates_for_layer(head_gates, i),
+                             None if cache is None else cache[i], cache_index,
+                             capture_attention, deterministic)
+      new_cache.append(layer_cache)
+      hidden.append(x)
+    x = self.norm(x)
+    hidden[-1] = x  # transformers reports the last hidden state after the norm
+    logits = None
+    if self.task == "causal_lm":
+      logits = (self.embed_tokens.attend(x) if cfg.tie_word_embeddings
+                else self.lm_head(x))  # [B, T, V]
+    elif self.task == "classification":
+      last = jnp.max(jnp.where(attention_mask > 0, jnp.arange(t), -1), axis=-1)
+      logits = self.score(x)[jnp.arange(b), jnp.maximum(last, 0)]  # [B, C]
+    return ModelOutput(logits=logits, last_hidden_state=x,
+                       hidden_states=tuple(hidden) if output_hidden_states else None,
+                       cache=None if cache is None else new_cache)
