@@ -1,0 +1,139 @@
+"""Batched KV-cache decoding for the decoders: greedy or sampled, left-padded prompts.
+
+The prefill and each decoding step are jit-compiled once per shape; the Python
+loop between steps only checks whether every row has reached EOS.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_attnalign.models.capture import attention_maps
+from jax_attnalign.models.llama import Llama, init_cache, positions_from_mask
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class GenerationOutput:
+  """tokens: [B, Tg] new ids (pad after EOS); token_mask: [B, Tg], 1 up to and
+  including EOS; attention: [L, B, N, Tg, Tp] generation-to-prompt blocks (row g
+  is the generated token g attending to the prompt slots; padded prompt slots are
+  0), or None."""
+  tokens: Array
+  token_mask: Array
+  attention: Array | None = None
+
+
+def sample_logits(logits: Array, rng: Array, *, temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0) -> Array:
+  """Draws one token per row from logits [B, V] with temperature, top-k, top-p.
+
+  top_k=0 and top_p=1.0 disable the filters; top-p keeps the smallest set of
+  most likely tokens whose probability reaches top_p (at least one token).
+  """
+  logits = logits.astype(jnp.float32) / temperature
+  neg = jnp.finfo(jnp.float32).min
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, neg, logits)
+  if top_p < 1.0:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of strictly more likely tokens
+    drop_sorted = before >= top_p
+    drop = jnp.zeros_like(drop_sorted).at[
+        jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
+    logits = jnp.where(drop, neg, logits)
+  return jax.random.categorical(rng, logits, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "capture", "prompt_len"),
+                   donate_argnames=("cache",))
+def _forward_step(model: Llama, params, tokens, positions, cache, cache_index,
+                  cache_mask, *, capture: bool, prompt_len: int):
+  """One cached forward; returns (last logits [B, V], cache, prompt attention)."""
+  out, state = model.apply(
+      {"params": params}, tokens, position_ids=positions, cache=cache,
+      cache_index=cache_index, cache_mask=cache_mask, capture_attention=capture,
+      mutable=["intermediates"])
+  attn = attention_maps(state)[..., :prompt_len] if capture else None  # [L, B, N, T, Tp]
+  return out.logits[:, -1], out.cache, attn
+
+
+def generate(model: Llama, params, input_ids: Array, attention_mask: Array | None = None,
+             *, max_new_tokens: int, do_sample: bool = False,
+             rng: Array | None = None, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
+             pad_token_id: int | None = None,
+             return_attention: bool = False) -> GenerationOutput:
+  """Generates up to `max_new_tokens` per row for left-padded prompts [B, Tp].
+
+  Greedy unless `do_sample` (then `rng` is required). Stops early once every row
+  has produced an EOS token (default: the config's). With `return_attention`, the
+  generation-to-prompt attention blocks [L, B, N, Tg, Tp] come back too.
+
+  >>> out = generate(model, params, ids, mask, max_new_tokens=16)
+  >>> out.tokens  # [B, Tg]
+  """
+  cfg = model.config
+  if not cfg.is_decoder or model.task != "causal_lm":
+    raise ValueError(
+        f"generate needs a decoder with a causal_lm head, got model_type="
+        f"{cfg.model_type!r} task={model.task!r}.")
+  if do_sample and rng is None:
+    raise ValueError("do_sample=True needs a PRNG key: pass rng=jax.random.key(seed).")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+  input_ids = jnp.asarray(input_ids)
+  b, prompt_len = input_ids.shape
+  if attention_mask is None:
+    attention_mask = jnp.ones_like(input_ids)
+  attention_mask = jnp.asarray(attention_mask).astype(jnp.int32)
+  if bool(jnp.any(attention_mask[:, -1] == 0)):
+    raise ValueError("Prompts must be left-padded: the last column of attention_mask "
+                     "has zeros. Pad on the left (tokenizer.padding_side='left').")
+  eos = cfg.eos_token_id if eos_token_id is None else (
+      (eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id))
+  pad = pad_token_id if pad_token_id is not None else (
+      cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0))
+  max_len = prompt_len + max_new_tokens
+  cache = init_cache(cfg, b, max_len, model.dtype)
+  cache_mask = jnp.concatenate(
+      [attention_mask, jnp.ones((b, max_len - prompt_len), jnp.int32)], axis=1)
+  step = functools.partial(_forward_step, model, params, cache_mask=cache_mask,
+                           capture=return_attention, prompt_len=prompt_len)
+  logits, cache, _ = step(input_ids, positions_from_mask(attention_mask), cache, 0)
+  next_pos = jnp.sum(attention_mask, axis=1, keepdims=True)  # [B, 1]
+  eos_arr = jnp.asarray(eos, jnp.int32) if eos else jnp.zeros((0,), jnp.int32)
+  done = jnp.zeros((b,), bool)
+  tokens, masks, rows = [], [], []
+  for i in range(max_new_tokens):
+    if do_sample:
+      rng, key = jax.random.split(rng)
+      tok = sample_logits(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)
+    else:
+      tok = jnp.argmax(logits, axis=-1)
+    tok = jnp.where(done, pad, tok).astype(jnp.int32)
+    tokens.append(tok)
+    masks.append(~done)
+    done = done | jnp.isin(tok, eos_arr)
+    last = i + 1 == max_new_tokens or bool(np.asarray(done).all())
+    if last and not return_attention:
+      break
+    logits, cache, attn = step(tok[:, None], next_pos + i, cache, prompt_len + i)
+    if return_attention:
+      rows.append(attn)  # [L, B, N, 1, Tp]: the row of the token just fed
+    if last:
+      break
+  attention = jnp.concatenate(rows, axis=3) if return_attention else None
+  return GenerationOutput(tokens=jnp.stack(tokens, axis=1),
+                          token_mask=jnp.stack(masks, axis=1).astype(jnp.int32),
+                          attention=attention)
