@@ -31,6 +31,24 @@ _CONSUMED = {
     "transformers_version", "_name_or_path", "torch_dtype", "dtype",
 }
 
+# Full-size architectures, for shape checks, benchmarks and random-weight scans.
+_PRESETS: dict[str, dict[str, Any]] = {
+    "llama2-7b": dict(
+        model_type="llama", vocab_size=32000, hidden_size=4096, num_layers=32,
+        num_heads=32, intermediate_size=11008, hidden_act="silu",
+        max_position_embeddings=4096, norm_eps=1e-5, bos_token_id=1,
+        eos_token_id=(2,)),
+    "mistral-7b": dict(
+        model_type="mistral", vocab_size=32000, hidden_size=4096, num_layers=32,
+        num_heads=32, num_kv_heads=8, intermediate_size=14336, hidden_act="silu",
+        max_position_embeddings=32768, norm_eps=1e-5, sliding_window=4096,
+        bos_token_id=1, eos_token_id=(2,)),
+    "minilm-l6": dict(
+        model_type="bert", vocab_size=30522, hidden_size=384, num_layers=6,
+        num_heads=12, intermediate_size=1536, hidden_act="gelu",
+        max_position_embeddings=512, norm_eps=1e-12, pad_token_id=0),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -98,6 +116,13 @@ class ModelConfig:
   @property
   def labels(self) -> dict[int, str]:
     return dict(self.id2label) or {i: f"LABEL_{i}" for i in range(self.num_labels)}
+
+  @classmethod
+  def preset(cls, name: str, **changes) -> "ModelConfig":
+    """A named full-size architecture: one of 'llama2-7b', 'mistral-7b', 'minilm-l6'."""
+    if name not in _PRESETS:
+      raise ValueError(f"Unknown preset {name!r}; choose from {sorted(_PRESETS)}.")
+    return cls(**{**_PRESETS[name], **changes})
 
   def replace(self, **changes) -> "ModelConfig":
     return dataclasses.replace(self, **changes)
