@@ -1,0 +1,62 @@
+"""Orbax checkpoints of a training state (params, optimizer state, step) plus JSON metadata.
+
+  with Checkpointer(workdir) as ckpt:
+    ckpt.save(step, state, metadata={"history": history})
+    state, metadata = ckpt.restore(target=abstract_or_example_state)
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """A thin `orbax.checkpoint.CheckpointManager` over (state pytree, metadata dict)."""
+
+  def __init__(self, directory: str | pathlib.Path, max_to_keep: int | None = 2):
+    self.directory = pathlib.Path(directory).absolute()
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+  def save(self, step: int, state: Any, metadata: dict | None = None,
+           force: bool = False) -> bool:
+    """Saves `state` at `step` (asynchronously; see `wait_until_finished`)."""
+    return self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        metadata=ocp.args.JsonSave(metadata or {})), force=force)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def restore(self, step: int | None = None, target: Any = None) -> tuple[Any, dict]:
+    """Restores (state, metadata) at `step` (default: the latest).
+
+    `target` is a pytree of arrays or `jax.ShapeDtypeStruct`s with the state's
+    structure (optax states, dataclasses): the result comes back in its types.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint to restore in {self.directory}.")
+    abstract = None if target is None else jax.tree_util.tree_map(
+        ocp.utils.to_shape_dtype_struct, target)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()))
+    return restored.state, dict(restored.metadata or {})
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.wait_until_finished()
+    self.close()

@@ -1,0 +1,65 @@
+"""Orbax checkpoints restore params and optimizer state exactly."""
+
+import chex
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from jax_attnalign.checkpoint import Checkpointer
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+
+
+def _trained_state(steps: int) -> TrainState:
+  model = nn.Sequential([nn.Dense(7), nn.relu, nn.Dense(3)])
+  x = jax.random.normal(jax.random.PRNGKey(0), (5, 11))
+  params = model.init(jax.random.PRNGKey(1), x)["params"]
+  optimizer = optax.adamw(1e-2)
+  state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+  loss = lambda p: jnp.sum(model.apply({"params": p}, x) ** 2)
+  for _ in range(steps):
+    updates, opt_state = optimizer.update(jax.grad(loss)(state.params), state.opt_state,
+                                          state.params)
+    state = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
+  return state
+
+
+def test_restore_is_exact(tmp_path):
+  state = _trained_state(3)
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(3, state, metadata={"history": [{"step": 3, "loss": 0.5}]})
+  fresh = _trained_state(0)  # same structure, different values
+  with Checkpointer(tmp_path) as ckpt:
+    restored, meta = ckpt.restore(target=fresh)
+  assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(state)
+  assert isinstance(restored, TrainState)
+  assert isinstance(restored.opt_state[0], optax.ScaleByAdamState)
+  chex.assert_trees_all_equal(restored, state)  # bitwise
+  assert meta == {"history": [{"step": 3, "loss": 0.5}]}
+
+
+def test_latest_step_and_resume(tmp_path):
+  with Checkpointer(tmp_path, max_to_keep=5) as ckpt:
+    assert ckpt.latest_step() is None
+    for step in (1, 2, 4):
+      ckpt.save(step, _trained_state(step))
+  with Checkpointer(tmp_path) as ckpt:
+    assert ckpt.latest_step() == 4
+    restored, _ = ckpt.restore(target=_trained_state(0))
+    assert int(restored.step) == 4
+    older, _ = ckpt.restore(step=2, target=_trained_state(0))
+    chex.assert_trees_all_equal(older, _trained_state(2))
+
+
+def test_restore_without_checkpoint_names_the_directory(tmp_path):
+  with Checkpointer(tmp_path / "empty") as ckpt:
+    with pytest.raises(FileNotFoundError, match="empty"):
+      ckpt.restore(target=_trained_state(0))
