@@ -1,13 +1,17 @@
 """jax_attnalign: backdoor detection and removal from attention heads, in JAX/Flax."""
 
+import pathlib
+
 import setuptools
+
+HERE = pathlib.Path(__file__).parent
 
 setuptools.setup(
     name="jax_attnalign",
     version="0.1.0",
     description=("Detect and remove backdoors in transformer language models by "
                  "reading and aligning their attention heads (JAX/Flax)."),
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["jax_attnalign*", "experiments*"]),
@@ -31,6 +35,7 @@ setuptools.setup(
     extras_require={
         # torch is for parity tests only and is installed on its own, pinned to
         # the CPU wheel (see README): an unpinned torch pulls a multi-GB CUDA build.
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # nbformat/nbclient/ipykernel execute the Colab notebook in a test.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbformat", "nbclient", "ipykernel"],
     },
 )

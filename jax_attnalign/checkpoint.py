@@ -25,19 +25,31 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, metadata: dict | None = None,
            force: bool = False) -> bool:
-    """Saves `state` at `step` (asynchronously; see `wait_until_finished`)."""
+    """Saves `state` at `step` (asynchronously; see `wait_until_finished`).
+
+    `metadata` must be JSON-serialisable (plain ints, floats, strings, lists).
+    Returns whether a checkpoint was written: orbax silently skips a step at or
+    below the latest saved one unless `force`; forcing an existing step raises
+    orbax's `StepAlreadyExistsError`.
+    """
     return self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         metadata=ocp.args.JsonSave(metadata or {})), force=force)
 
   def latest_step(self) -> int | None:
-    return self._manager.latest_step()
+    """The highest saved step, or None."""
+    # Not the manager's latest_step(): after a forced save of a lower step it
+    # reports that step until the directory is reopened, then the highest one.
+    steps = self._manager.all_steps()
+    return max(steps) if steps else None
 
   def restore(self, step: int | None = None, target: Any = None) -> tuple[Any, dict]:
     """Restores (state, metadata) at `step` (default: the latest).
 
     `target` is a pytree of arrays or `jax.ShapeDtypeStruct`s with the state's
-    structure (optax states, dataclasses): the result comes back in its types.
+    structure (optax states, dataclasses): the result comes back in its types,
+    dtypes and shardings. Without it, orbax returns nested dicts and lists
+    (optax NamedTuples become lists, empty states None).
     """
     step = self.latest_step() if step is None else step
     if step is None:

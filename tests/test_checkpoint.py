@@ -63,3 +63,32 @@ def test_restore_without_checkpoint_names_the_directory(tmp_path):
   with Checkpointer(tmp_path / "empty") as ckpt:
     with pytest.raises(FileNotFoundError, match="empty"):
       ckpt.restore(target=_trained_state(0))
+
+
+def test_restore_into_an_abstract_sharded_target(tmp_path):
+  state = _trained_state(2)
+  mesh = jax.sharding.Mesh(jax.devices(), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  target = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      jax.eval_shape(lambda: state))
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(2, state)
+    restored, meta = ckpt.restore(target=target)
+  assert meta == {}
+  assert isinstance(restored, TrainState)
+  assert restored.params["layers_0"]["kernel"].sharding == replicated
+  chex.assert_trees_all_equal(restored, state)
+
+
+def test_save_skips_steps_at_or_below_the_latest_unless_forced(tmp_path):
+  state = _trained_state(0)
+  with Checkpointer(tmp_path, max_to_keep=None) as ckpt:
+    assert ckpt.save(5, state)
+    assert not ckpt.save(5, state)
+    assert not ckpt.save(3, state)
+    assert ckpt.save(3, state, force=True)
+    ckpt.wait_until_finished()
+    assert ckpt.latest_step() == 5  # the highest step, not the last one saved
+  with Checkpointer(tmp_path) as ckpt:
+    assert ckpt.latest_step() == 5
