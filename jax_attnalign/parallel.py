@@ -1,0 +1,57 @@
+"""Device-mesh helpers: data parallelism over all local devices.
+
+The mesh has one 'data' axis; batches are split along it and parameters are
+replicated. Multi-host (TPU pods): call `jax.distributed.initialize()` first in
+every process; `jax.devices()` then spans all hosts and the same code shards the
+global batch across them (each host feeds its local slice via
+`jax.make_array_from_process_local_data`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA = "data"
+
+
+def data_mesh(devices: list | None = None) -> Mesh:
+  """A 1-D mesh named 'data' over `devices` (default: all devices)."""
+  return Mesh(np.asarray(devices if devices is not None else jax.devices()), (DATA,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over 'data', the rest replicated."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+  """Places a host batch on the mesh, split along its leading axis."""
+  size = mesh.shape[DATA]
+  for name, x in batch.items():
+    if np.shape(x)[0] % size:
+      raise ValueError(
+          f"Batch field {name!r} has {np.shape(x)[0]} rows, not a multiple of the "
+          f"{size} devices on the mesh; pick a batch size divisible by {size}.")
+  return jax.device_put(batch, batch_sharded(mesh))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  return jax.device_put(tree, replicated(mesh))
+
+
+def pad_to_multiple(batch: dict[str, np.ndarray], multiple: int) -> tuple[dict, int]:
+  """Pads every field's leading axis with copies of row 0 up to a multiple;
+  returns (padded batch, number of real rows)."""
+  n = len(next(iter(batch.values())))
+  extra = -n % multiple
+  if not extra:
+    return batch, n
+  return {k: np.concatenate([v, np.repeat(v[:1], extra, axis=0)]) for k, v in batch.items()}, n

@@ -1,0 +1,197 @@
+"""One jitted, data-parallel training step and loop, with orbax checkpoints and resume.
+
+Used to inject backdoors (victim training) and by the defense's fine-tuning.
+Losses: sequence classification (cross-entropy on the class logits) or causal
+LM (next-token cross-entropy restricted to `loss_mask`, e.g. the response).
+
+  state = TrainState.create(params, optimizer)
+  state, history = fit(model, state, optimizer, arrays, loss="classification",
+                       epochs=2, batch_size=32, workdir="ckpt")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Iterator
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+from absl import logging
+
+from jax_attnalign import parallel
+from jax_attnalign.checkpoint import Checkpointer
+
+Array = jax.Array
+LOSSES = ("classification", "causal_lm")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: Array
+  params: Any
+  opt_state: Any
+
+  @classmethod
+  def create(cls, params, optimizer: optax.GradientTransformation) -> "TrainState":
+    return cls(step=jnp.zeros((), jnp.int32), params=params,
+               opt_state=optimizer.init(params))
+
+
+def classification_loss(logits: Array, batch: dict[str, Array]) -> tuple[Array, dict]:
+  """Mean cross-entropy of class logits [B, C] against batch['labels'] [B]."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), batch["labels"])
+  acc = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
+  return jnp.mean(losses), {"accuracy": acc}
+
+
+def causal_lm_loss(logits: Array, batch: dict[str, Array]) -> tuple[Array, dict]:
+  """Next-token cross-entropy over the positions where batch['loss_mask'] is 1.
+
+  logits: [B, T, V]; token t + 1 is predicted from position t, so position t
+  counts when the *target* token t + 1 is in the mask.
+  """
+  targets = batch["input_ids"][:, 1:]
+  weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
+  losses = optax.softmax_cross_entropy_with_integer_labels(
+      logits[:, :-1].astype(jnp.float32), targets)
+  total = jnp.maximum(jnp.sum(weights), 1.0)
+  acc = jnp.sum((jnp.argmax(logits[:, :-1], -1) == targets) * weights) / total
+  return jnp.sum(losses * weights) / total, {"token_accuracy": acc}
+
+
+_LOSS_FNS = {"classification": classification_loss, "causal_lm": causal_lm_loss}
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: dict[str, Array]) -> dict[str, Array]:
+  """The fields of a batch that the model takes (labels and masks stay out)."""
+  return {k: batch[k] for k in _MODEL_INPUTS if k in batch}
+
+
+def loss_and_metrics(model, params, batch, rng, loss: str, deterministic: bool):
+  inputs = model_inputs(batch)
+  ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+  out = model.apply({"params": params}, ids, mask, deterministic=deterministic,
+                    rngs={"dropout": rng}, **inputs)
+  value, metrics = _LOSS_FNS[loss](out.logits, batch)
+  return value, {"loss": value, **metrics}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=4)
+def train_step(model, optimizer: optax.GradientTransformation, loss: str, dropout: bool,
+               state: TrainState, batch: dict[str, Array], rng: Array):
+  """One jitted step -> (state, metrics); model, optimizer, loss and dropout are static.
+
+  Data parallelism comes from the inputs' shardings: with the state replicated
+  and the batch split along its leading axis over a mesh (`parallel.replicate`,
+  `parallel.shard_batch`), XLA inserts the gradient all-reduce. The state is
+  donated. Reusing the same optimizer object reuses the compiled step.
+  """
+  rng = jax.random.fold_in(rng, state.step)
+  grad_fn = jax.value_and_grad(loss_and_metrics, argnums=1, has_aux=True)
+  (_, metrics), grads = grad_fn(model, state.params, batch, rng, loss, not dropout)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def epoch_batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int,
+                  epoch: int) -> Iterator[dict[str, np.ndarray]]:
+  """Shuffled full batches of one epoch; the order depends only on (seed, epoch)."""
+  n = len(next(iter(arrays.values())))
+  order = np.random.default_rng([seed, epoch]).permutation(n)
+  for start in range(0, n - batch_size + 1, batch_size):
+    idx = order[start:start + batch_size]
+    yield {k: v[idx] for k, v in arrays.items()}
+
+
+@dataclasses.dataclass
+class FitConfig:
+  loss: str = "classification"
+  epochs: int = 1
+  batch_size: int = 32
+  seed: int = 0
+  dropout: bool = True
+  checkpoint_every: int = 0  # steps; 0: only at the end of each epoch
+  log_every: int = 50
+
+
+def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
+        arrays: dict[str, np.ndarray], config: FitConfig, *, workdir: str | None = None,
+        mesh: jax.sharding.Mesh | None = None) -> tuple[TrainState, list[dict]]:
+  """Trains for `config.epochs` epochs; with `workdir` it checkpoints and resumes.
+
+  arrays: the encoded training set (input_ids, attention_mask, labels or
+  loss_mask, ...), [n, ...] numpy each. A run that finds a checkpoint in
+  `workdir` restores it and continues from the next unseen batch, so an
+  interrupted run ends with the same parameters as an uninterrupted one.
+  Returns the final state and the per-step metrics history.
+  """
+  mesh = mesh or parallel.data_mesh()
+  n = len(next(iter(arrays.values())))
+  steps_per_epoch = n // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"{n} training rows are fewer than one batch of {config.batch_size}.")
+  total = steps_per_epoch * config.epochs
+  history: list[dict] = []
+  ckpt = Checkpointer(workdir) if workdir else None
+  if ckpt is not None and ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(target=state)
+    history = meta.get("history", [])
+    logging.info("Resumed from %s at step %d of %d.", workdir, int(state.step), total)
+  if config.loss not in LOSSES:
+    raise ValueError(f"loss must be one of {LOSSES}, got {config.loss!r}.")
+  state = parallel.replicate(state, mesh)
+  step_fn = functools.partial(train_step, model, optimizer, config.loss, config.dropout)
+  rng = jax.random.key(config.seed)
+  done = int(state.step)
+  with tqdm.tqdm(total=total, initial=done, desc=f"train ({config.loss})") as bar:
+    for epoch in range(done // steps_per_epoch, config.epochs):
+      batches = epoch_batches(arrays, config.batch_size, config.seed, epoch)
+      for i, batch in enumerate(batches):
+        if epoch * steps_per_epoch + i < done:
+          continue  # already trained on before the interruption
+        state, metrics = step_fn(state, parallel.shard_batch(batch, mesh), rng)
+        step = int(state.step)
+        history.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
+        bar.update(1)
+        if step % config.log_every == 0:
+          bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+        at_epoch_end = step % steps_per_epoch == 0
+        if ckpt is not None and (at_epoch_end or (
+            config.checkpoint_every and step % config.checkpoint_every == 0)):
+          ckpt.save(step, jax.device_get(state), metadata={"history": history})
+  if ckpt is not None:
+    ckpt.wait_until_finished()
+    ckpt.close()
+  return state, history
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _logits(model, params, batch):
+  inputs = model_inputs(batch)
+  ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+  return model.apply({"params": params}, ids, mask, **inputs).logits
+
+
+def predict_logits(model, params, arrays: dict[str, np.ndarray], batch_size: int = 64,
+                   mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
+  """Class logits [n, C] for an encoded set, data-parallel, in order."""
+  mesh = mesh or parallel.data_mesh()
+  params = parallel.replicate(params, mesh)
+  size = mesh.shape[parallel.DATA]
+  batch_size = -(-batch_size // size) * size
+  inputs = {k: v for k, v in arrays.items() if k in _MODEL_INPUTS}
+  n = len(inputs["input_ids"])
+  out = []
+  for start in range(0, n, batch_size):
+    batch, real = parallel.pad_to_multiple(
+        {k: v[start:start + batch_size] for k, v in inputs.items()}, batch_size)
+    out.append(np.asarray(_logits(model, params, parallel.shard_batch(batch, mesh)))[:real])
+  return np.concatenate(out)

@@ -1,0 +1,92 @@
+"""The jitted data-parallel training loop: losses, learning, resume, one vs 8 devices."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jax_attnalign import parallel
+from jax_attnalign.models import ModelConfig, build_model
+from jax_attnalign.train import (FitConfig, TrainState, causal_lm_loss, fit,
+                                 predict_logits)
+
+BERT = ModelConfig(model_type="bert", vocab_size=53, hidden_size=20, num_layers=2,
+                   num_heads=4, intermediate_size=23, max_position_embeddings=16,
+                   hidden_dropout=0.1, attention_dropout=0.1)
+LLAMA = ModelConfig(model_type="llama", vocab_size=53, hidden_size=24, num_layers=2,
+                    num_heads=4, num_kv_heads=2, intermediate_size=23)
+
+
+def _toy_classification(n=64, length=11, seed=0):
+  """Label 1 iff token 7 occurs: a backdoor-like rule a small model learns fast."""
+  rng = np.random.RandomState(seed)
+  ids = rng.randint(8, 53, (n, length)).astype(np.int32)
+  labels = rng.randint(0, 2, n).astype(np.int32)
+  ids[labels == 1, rng.randint(1, length, (labels == 1).sum())] = 7
+  return {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels}
+
+
+def _state(model, optimizer, data):
+  params = model.init(jax.random.PRNGKey(0), data["input_ids"][:2])["params"]
+  return TrainState.create(params, optimizer)
+
+
+def test_classification_fit_learns_and_predicts():
+  model = build_model(BERT, "classification")
+  data = _toy_classification()
+  optimizer = optax.adam(3e-3)
+  state, history = fit(model, _state(model, optimizer, data), optimizer, data,
+                       FitConfig(epochs=12, batch_size=16, log_every=10))
+  assert len(history) == 12 * 4
+  assert np.mean([h["loss"] for h in history[-4:]]) < 0.5 * history[0]["loss"]
+  logits = predict_logits(model, state.params, data, batch_size=24)  # a ragged last batch
+  assert logits.shape == (64, 2)
+  assert np.mean(logits.argmax(-1) == data["labels"]) > 0.9
+
+
+def test_causal_lm_loss_counts_only_masked_targets():
+  rng = np.random.RandomState(0)
+  logits = jnp.asarray(rng.normal(size=(2, 5, 7)), jnp.float32)
+  ids = rng.randint(0, 7, (2, 5))
+  loss_mask = np.array([[0, 0, 1, 1, 1], [0, 1, 1, 0, 0]])
+  value, _ = causal_lm_loss(logits, {"input_ids": ids, "loss_mask": loss_mask})
+  logp = np.asarray(jax.nn.log_softmax(logits))
+  terms = [-logp[b, t - 1, ids[b, t]] for b in range(2) for t in range(1, 5) if loss_mask[b, t]]
+  np.testing.assert_allclose(value, np.mean(terms), rtol=1e-6)
+
+
+def test_interrupted_fit_resumes_to_the_same_parameters(tmp_path):
+  model = build_model(LLAMA, "causal_lm")
+  rng = np.random.RandomState(1)
+  ids = rng.randint(0, 53, (48, 9)).astype(np.int32)
+  data = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+          "loss_mask": (np.arange(9) >= 4).astype(np.int32)[None].repeat(48, 0)}
+  optimizer = optax.adamw(1e-3)
+  cfg = FitConfig(loss="causal_lm", epochs=3, batch_size=8, checkpoint_every=4)
+  straight, _ = fit(model, _state(model, optimizer, data), optimizer, data, cfg)
+  # "Interrupt" after 1 epoch and 2 steps, then resume from the checkpoint (step 8).
+  first = FitConfig(**{**cfg.__dict__, "epochs": 1})
+  fit(model, _state(model, optimizer, data), optimizer, data, first, workdir=tmp_path)
+  resumed, history = fit(model, _state(model, optimizer, data), optimizer, data, cfg,
+                         workdir=tmp_path)
+  assert int(resumed.step) == 18 and len(history) == 18
+  chex.assert_trees_all_close(resumed.params, straight.params, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["classification", "causal_lm"])
+def test_eight_devices_equal_one(loss):
+  model = build_model(BERT if loss == "classification" else LLAMA,
+                      "classification" if loss == "classification" else "causal_lm")
+  data = _toy_classification(n=32)
+  data["loss_mask"] = np.ones_like(data["input_ids"])
+  optimizer = optax.adam(1e-3)
+  cfg = FitConfig(loss=loss, epochs=5, batch_size=16, dropout=False)
+  one, _ = fit(model, _state(model, optimizer, data), optimizer, data, cfg,
+               mesh=parallel.data_mesh(jax.devices()[:1]))
+  eight, _ = fit(model, _state(model, optimizer, data), optimizer, data, cfg,
+                 mesh=parallel.data_mesh())
+  assert jax.device_count() == 8
+  chex.assert_trees_all_close(jax.device_get(one.params), jax.device_get(eight.params),
+                              atol=1e-5)
