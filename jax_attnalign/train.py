@@ -101,14 +101,28 @@ def train_step(model, optimizer: optax.GradientTransformation, loss: str, dropou
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
+def trim_padding(batch: dict[str, np.ndarray], bucket: int) -> dict[str, np.ndarray]:
+  """Cuts trailing all-padding columns of a right-padded batch, keeping a
+  multiple of `bucket` columns (few distinct shapes, so few compilations)."""
+  if not bucket:
+    return batch
+  mask = batch["attention_mask"]
+  if mask[:, -1].any() and not mask[:, 0].all():
+    raise ValueError("length bucketing needs right-padded batches (encoders).")
+  longest = int(mask.sum(axis=1).max())
+  keep = min(mask.shape[1], -(-longest // bucket) * bucket)
+  return {k: (v[:, :keep] if v.ndim > 1 and v.shape[1] == mask.shape[1] else v)
+          for k, v in batch.items()}
+
+
 def epoch_batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int,
-                  epoch: int) -> Iterator[dict[str, np.ndarray]]:
+                  epoch: int, bucket: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Shuffled full batches of one epoch; the order depends only on (seed, epoch)."""
   n = len(next(iter(arrays.values())))
   order = np.random.default_rng([seed, epoch]).permutation(n)
   for start in range(0, n - batch_size + 1, batch_size):
     idx = order[start:start + batch_size]
-    yield {k: v[idx] for k, v in arrays.items()}
+    yield trim_padding({k: v[idx] for k, v in arrays.items()}, bucket)
 
 
 @dataclasses.dataclass
@@ -119,6 +133,7 @@ class FitConfig:
   seed: int = 0
   dropout: bool = True
   checkpoint_every: int = 0  # steps; 0: only at the end of each epoch
+  length_bucket: int = 0  # >0: cut right padding per batch to a multiple of this
   log_every: int = 50
 
 
@@ -153,7 +168,8 @@ def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
   done = int(state.step)
   with tqdm.tqdm(total=total, initial=done, desc=f"train ({config.loss})") as bar:
     for epoch in range(done // steps_per_epoch, config.epochs):
-      batches = epoch_batches(arrays, config.batch_size, config.seed, epoch)
+      batches = epoch_batches(arrays, config.batch_size, config.seed, epoch,
+                              config.length_bucket)
       for i, batch in enumerate(batches):
         if epoch * steps_per_epoch + i < done:
           continue  # already trained on before the interruption
@@ -181,7 +197,8 @@ def _logits(model, params, batch):
 
 
 def predict_logits(model, params, arrays: dict[str, np.ndarray], batch_size: int = 64,
-                   mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
+                   mesh: jax.sharding.Mesh | None = None,
+                   length_bucket: int = 0) -> np.ndarray:
   """Class logits [n, C] for an encoded set, data-parallel, in order."""
   mesh = mesh or parallel.data_mesh()
   params = parallel.replicate(params, mesh)
@@ -191,7 +208,8 @@ def predict_logits(model, params, arrays: dict[str, np.ndarray], batch_size: int
   n = len(inputs["input_ids"])
   out = []
   for start in range(0, n, batch_size):
-    batch, real = parallel.pad_to_multiple(
-        {k: v[start:start + batch_size] for k, v in inputs.items()}, batch_size)
+    batch, real = parallel.pad_to_multiple(trim_padding(
+        {k: v[start:start + batch_size] for k, v in inputs.items()}, length_bucket),
+        batch_size)
     out.append(np.asarray(_logits(model, params, parallel.shard_batch(batch, mesh)))[:real])
   return np.concatenate(out)

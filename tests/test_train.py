@@ -10,7 +10,7 @@ import pytest
 from jax_attnalign import parallel
 from jax_attnalign.models import ModelConfig, build_model
 from jax_attnalign.train import (FitConfig, TrainState, causal_lm_loss, fit,
-                                 predict_logits)
+                                 predict_logits, trim_padding)
 
 BERT = ModelConfig(model_type="bert", vocab_size=53, hidden_size=20, num_layers=2,
                    num_heads=4, intermediate_size=23, max_position_embeddings=16,
@@ -90,3 +90,15 @@ def test_eight_devices_equal_one(loss):
   assert jax.device_count() == 8
   chex.assert_trees_all_close(jax.device_get(one.params), jax.device_get(eight.params),
                               atol=1e-5)
+
+
+def test_length_buckets_do_not_change_predictions():
+  model = build_model(BERT, "classification")
+  data = _toy_classification(n=24, length=16)
+  data["attention_mask"][:, 9:] = 0  # right padding: only 9 real tokens per row
+  data["input_ids"][:, 9:] = 0
+  assert trim_padding(data, 4)["input_ids"].shape == (24, 12)
+  params = model.init(jax.random.PRNGKey(0), data["input_ids"][:2])["params"]
+  full = predict_logits(model, params, data, batch_size=8)
+  bucketed = predict_logits(model, params, data, batch_size=8, length_bucket=4)
+  np.testing.assert_allclose(bucketed, full, atol=1e-5)
