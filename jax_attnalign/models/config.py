@@ -103,6 +103,8 @@ class ModelConfig:
       raise ValueError(
           f"num_heads {self.num_heads} is not a multiple of num_kv_heads "
           f"{self.num_kv_heads} (grouped-query attention needs whole groups).")
+    if self.model_type in DECODER_TYPES and self.head_dim % 2:
+      raise ValueError(f"Rotary embeddings need an even head_dim, got {self.head_dim}.")
     if self.rope_type not in ROPE_TYPES:
       raise ValueError(
           f"Unsupported rope_type {self.rope_type!r}; supported: {ROPE_TYPES}.")
