@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Iterator
+from typing import Any
 
 import flax.struct
 import jax
@@ -25,6 +25,7 @@ from absl import logging
 
 from jax_attnalign import parallel
 from jax_attnalign.checkpoint import Checkpointer
+from jax_attnalign.data.batching import iterate_batches
 
 Array = jax.Array
 LOSSES = ("classification", "causal_lm")
@@ -115,16 +116,6 @@ def trim_padding(batch: dict[str, np.ndarray], bucket: int) -> dict[str, np.ndar
           for k, v in batch.items()}
 
 
-def epoch_batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int,
-                  epoch: int, bucket: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Shuffled full batches of one epoch; the order depends only on (seed, epoch)."""
-  n = len(next(iter(arrays.values())))
-  order = np.random.default_rng([seed, epoch]).permutation(n)
-  for start in range(0, n - batch_size + 1, batch_size):
-    idx = order[start:start + batch_size]
-    yield trim_padding({k: v[idx] for k, v in arrays.items()}, bucket)
-
-
 @dataclasses.dataclass
 class FitConfig:
   loss: str = "classification"
@@ -168,11 +159,12 @@ def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
   done = int(state.step)
   with tqdm.tqdm(total=total, initial=done, desc=f"train ({config.loss})") as bar:
     for epoch in range(done // steps_per_epoch, config.epochs):
-      batches = epoch_batches(arrays, config.batch_size, config.seed, epoch,
-                              config.length_bucket)
+      batches = iterate_batches(arrays, config.batch_size, seed=config.seed, epoch=epoch,
+                                drop_remainder=True)
       for i, batch in enumerate(batches):
         if epoch * steps_per_epoch + i < done:
           continue  # already trained on before the interruption
+        batch = trim_padding(batch, config.length_bucket)
         state, metrics = step_fn(state, parallel.shard_batch(batch, mesh), rng)
         step = int(state.step)
         history.append({"step": step, **{k: float(v) for k, v in metrics.items()}})

@@ -1,0 +1,27 @@
+"""Datasets, prompt templates, tokenisation and batching.
+
+  examples = load_classification("../shared/data/sst2/clean", "train")
+  records = load_instructions(backdoorllm_split(root, "refusal", "badnet", "train_poison"))
+  prompt, answer = classification_chat(examples[0], "sst2", tokenizer)
+  arrays = encode_prompt_response([prompt], [answer], tokenizer, max_length=128)
+"""
+
+from jax_attnalign.data._hub import HubUnreachableError
+from jax_attnalign.data.batching import (encode_classification, encode_prompt_response,
+                                         encode_prompts, iterate_batches, load_tokenizer)
+from jax_attnalign.data.classification import (DATASETS, ClassificationDataset,
+                                               get_dataset, load_classification)
+from jax_attnalign.data.instructions import (BACKDOORLLM_KINDS, backdoorllm_split,
+                                             load_instructions)
+from jax_attnalign.data.templates import (ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT,
+                                          FALLBACK_CHAT_TEMPLATE, alpaca_prompt,
+                                          classification_chat, classification_messages)
+from jax_attnalign.data.types import InstructionExample, TextExample
+
+__all__ = ["ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "BACKDOORLLM_KINDS", "DATASETS",
+           "FALLBACK_CHAT_TEMPLATE", "ClassificationDataset", "HubUnreachableError",
+           "InstructionExample", "TextExample", "alpaca_prompt", "backdoorllm_split",
+           "classification_chat", "classification_messages", "encode_classification",
+           "encode_prompt_response", "encode_prompts", "get_dataset",
+           "iterate_batches", "load_classification", "load_instructions",
+           "load_tokenizer"]
