@@ -31,6 +31,7 @@ setuptools.setup(
         "numpy>=1.26",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "vaderSentiment>=3.3",  # sentiment-steering ASR
     ],
     extras_require={
         # torch is for parity tests only and is installed on its own, pinned to
