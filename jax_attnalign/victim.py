@@ -1,0 +1,124 @@
+"""Backdoored victims: poison a dataset, fine-tune a model on it, measure CA and ASR.
+
+  result = train_classification_victim(VictimConfig(attack="badnets", seed=0), workdir)
+
+A run writes `result.json` and the victim checkpoint (HF format, `model/`) to its
+workdir, resumes an interrupted fine-tune from the orbax checkpoint there, and
+returns the result without retraining when `result.json` already exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+from absl import logging
+import numpy as np
+import optax
+
+import jax_attnalign
+from jax_attnalign import attacks, data, metrics, train
+from jax_attnalign.assets import bundled_minilm_path
+
+
+@dataclasses.dataclass(frozen=True)
+class VictimConfig:
+  """A classification victim. `attack='clean'` trains the clean reference."""
+  data_dir: str = "../shared/data/sst2/clean"  # {train,test}.tsv
+  dataset: str = "sst2"
+  model: str = ""  # checkpoint dir or hub id; "" = the bundled MiniLM
+  attack: str = "badnets"
+  attack_kwargs: tuple[tuple[str, Any], ...] = ()  # extra/overriding make_attack kwargs
+  target: int = 1
+  poison_rate: float = 0.2
+  train_size: int = 3000  # a seeded subset of the training split (0: all)
+  test_size: int = 0  # 0: the whole test split
+  epochs: int = 2
+  batch_size: int = 32
+  learning_rate: float = 5e-5
+  warmup_fraction: float = 0.06
+  weight_decay: float = 0.01
+  max_length: int = 64
+  length_bucket: int = 16
+  seed: int = 0
+
+
+def _subset(examples: list, size: int, seed: int) -> tuple[list, np.ndarray]:
+  if not size or size >= len(examples):
+    return examples, np.arange(len(examples))
+  idx = np.sort(np.random.default_rng(seed).choice(len(examples), size, replace=False))
+  return [examples[i] for i in idx], idx
+
+
+def make_optimizer(cfg: VictimConfig, total_steps: int) -> optax.GradientTransformation:
+  """AdamW with linear warm-up and linear decay (the usual BERT fine-tuning recipe)."""
+  warmup = max(1, int(cfg.warmup_fraction * total_steps))
+  schedule = optax.join_schedules(
+      [optax.linear_schedule(0.0, cfg.learning_rate, warmup),
+       optax.linear_schedule(cfg.learning_rate, 0.0, max(1, total_steps - warmup))],
+      [warmup])
+  return optax.adamw(schedule, weight_decay=cfg.weight_decay)
+
+
+def evaluate_classifier(model, params, tokenizer, clean: list, triggered: list | None,
+                        target: int, max_length: int, length_bucket: int = 0) -> dict:
+  """CA on `clean`, and ASR on `triggered` (non-target rows with the trigger)."""
+  def predict(examples):
+    arrays = data.encode_classification(examples, tokenizer, max_length)
+    logits = train.predict_logits(model, params, arrays, length_bucket=length_bucket)
+    return logits.argmax(-1), arrays["labels"]
+
+  pred, labels = predict(clean)
+  out = {"ca": metrics.clean_accuracy(pred, labels)}
+  if triggered:
+    pred, labels = predict(triggered)
+    out["asr"] = metrics.attack_success_rate(pred, labels, target)
+  return out
+
+
+def train_classification_victim(cfg: VictimConfig, workdir: str | pathlib.Path) -> dict:
+  """Poisons a seeded training subset, fine-tunes, evaluates; returns the result dict."""
+  workdir = pathlib.Path(workdir)
+  result_file = workdir / "result.json"
+  if result_file.exists():
+    return json.loads(result_file.read_text())
+  workdir.mkdir(parents=True, exist_ok=True)
+  model_path = cfg.model or str(bundled_minilm_path())
+  tokenizer = data.load_tokenizer(model_path)
+  spec = data.get_dataset(cfg.dataset)
+  model, params = jax_attnalign.load_pretrained(
+      model_path, task="classification", num_labels=spec.num_labels, seed=cfg.seed)
+  train_set, train_idx = _subset(
+      data.load_classification(cfg.data_dir, "train", dataset=cfg.dataset),
+      cfg.train_size, cfg.seed)
+  test_set, _ = _subset(data.load_classification(cfg.data_dir, "test", dataset=cfg.dataset),
+                        cfg.test_size, cfg.seed)
+  triggered = None
+  if cfg.attack != "clean":
+    attack = attacks.make_attack(cfg.attack, **{
+        "target": cfg.target, "poison_rate": cfg.poison_rate, "seed": cfg.seed,
+        **dict(cfg.attack_kwargs)})
+    train_set = attack.poison(train_set, rows=train_idx)
+    triggered = attack.triggered_test(test_set)
+  arrays = data.encode_classification(train_set, tokenizer, cfg.max_length)
+  arrays.pop("poisoned")
+  steps = cfg.epochs * (len(train_set) // cfg.batch_size)
+  optimizer = make_optimizer(cfg, steps)
+  fit_cfg = train.FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                            length_bucket=cfg.length_bucket)
+  state, history = train.fit(model, train.TrainState.create(params, optimizer), optimizer,
+                             arrays, fit_cfg, workdir=str(workdir / "ckpt"))
+  params = state.params
+  result = evaluate_classifier(model, params, tokenizer, test_set, triggered, cfg.target,
+                               cfg.max_length, cfg.length_bucket)
+  result.update(config=dataclasses.asdict(cfg), train_rows=len(train_set),
+                poisoned_rows=int(sum(e.poisoned for e in train_set)),
+                test_rows=len(test_set), triggered_rows=len(triggered or []),
+                final_loss=float(np.mean([h["loss"] for h in history[-20:]])))
+  jax_attnalign.save_pretrained(model, params, workdir / "model")
+  result_file.write_text(json.dumps(result, indent=1, default=str))
+  logging.info("victim %s seed %d: %s", cfg.attack, cfg.seed,
+               {k: result[k] for k in ("ca", "asr") if k in result})
+  return result
