@@ -16,10 +16,8 @@ NEW = 12  # with 13 prompt slots the sequence passes Mistral's window of 5 twice
 
 @pytest.fixture(scope="module", params=tiny_hf.DECODER_CASES)
 def case(request, tmp_path_factory):
-  hf = tiny_hf.make(request.param)
-  path = tmp_path_factory.mktemp(request.param)
-  hf.save_pretrained(path)
-  model, params = jax_attnalign.load_pretrained(path)
+  hf, model, params = tiny_hf.make_and_load(request.param,
+                                           tmp_path_factory.mktemp(request.param))
   ids, mask = tiny_hf.batch(request.param)
   return hf, model, params, ids, mask
 

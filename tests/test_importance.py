@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-import jax_attnalign
 import tiny_hf
 from jax_attnalign.analysis import importance as imp
 
@@ -47,10 +46,8 @@ def _torch_reference(hf, ids, mask, *, labels=None, loss_mask=None, positions=No
 
 @pytest.fixture(scope="module", params=["bert_cls", "llama"])
 def case(request, tmp_path_factory):
-  hf = tiny_hf.make(request.param)
-  path = tmp_path_factory.mktemp(request.param)
-  hf.save_pretrained(path)
-  model, params = jax_attnalign.load_pretrained(path)
+  hf, model, params = tiny_hf.make_and_load(request.param,
+                                           tmp_path_factory.mktemp(request.param))
   ids, mask = tiny_hf.batch(request.param)
   batch = {"input_ids": ids, "attention_mask": mask}
   if model.config.is_decoder:

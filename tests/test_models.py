@@ -17,10 +17,8 @@ TOL = 1e-5  # f32, absolute
 @pytest.fixture(scope="module", params=sorted(tiny_hf.CASES))
 def case(request, tmp_path_factory):
   """(name, HF model, our model, our params) loaded from HF's save_pretrained."""
-  hf = tiny_hf.make(request.param)
-  path = tmp_path_factory.mktemp(request.param)
-  hf.save_pretrained(path)
-  model, params = jax_attnalign.load_pretrained(path)
+  hf, model, params = tiny_hf.make_and_load(request.param,
+                                           tmp_path_factory.mktemp(request.param))
   return request.param, hf, model, params
 
 

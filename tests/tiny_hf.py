@@ -63,3 +63,13 @@ def batch(name: str, batch_size: int = 3, length: int = 13, seed: int = 0):
 def left_padded_positions(mask: np.ndarray) -> np.ndarray:
   """The position ids transformers' generate() gives left-padded rows."""
   return np.maximum(np.cumsum(mask, axis=-1) - 1, 0)
+
+
+def make_and_load(name: str, directory):
+  """(HF model, our model, our params): the HF model saved by transformers into
+  `directory` and loaded back with jax_attnalign.load_pretrained."""
+  import jax_attnalign  # pylint: disable=g-import-not-at-top
+  hf = make(name)
+  hf.save_pretrained(directory)
+  model, params = jax_attnalign.load_pretrained(directory)
+  return hf, model, params
