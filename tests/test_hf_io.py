@@ -327,7 +327,7 @@ def test_infer_task(architectures, model_type, task):
   hf_config = {"model_type": model_type, "architectures": architectures}
   assert hf_io.infer_task(hf_config) == task
   if architectures:
-    config = ModelConfig(model_type, 11, 6, 1, 2, 5)
+    config = ModelConfig(model_type, 11, 8, 1, 2, 5)  # head_dim 4: even, as RoPE needs
     assert hf_io.architecture_name(config, task) == architectures[0].replace(
         "ForPreTraining", "ForMaskedLM")
 

@@ -5,9 +5,14 @@ from jax_attnalign.analysis.importance import (head_gate_gradients, head_importa
 from jax_attnalign.analysis.safety import (EmptySafeSetError, HeadClass, class_counts,
                                            classify_heads, require_safe_heads,
                                            safety_scores)
-from jax_attnalign.analysis.similarity import head_cosine, pair_statistics
+from jax_attnalign.analysis.similarity import (head_cosine, head_similarity,
+                                               max_other_similarity, pair_statistics)
+from jax_attnalign.analysis.streaming import streaming_head_similarity
+from jax_attnalign.analysis.views import VIEWS, View, extract_view, resolve_view
 
-__all__ = ["EmptySafeSetError", "HeadClass", "class_counts", "classify_heads",
-           "head_cosine", "head_gate_gradients", "head_importance",
+__all__ = ["EmptySafeSetError", "HeadClass", "VIEWS", "View", "class_counts",
+           "classify_heads", "extract_view", "head_cosine", "head_gate_gradients",
+           "head_importance", "head_similarity", "max_other_similarity",
            "normalize_importance", "pair_statistics", "require_safe_heads",
-           "safety_scores", "self_labelled_answers"]
+           "resolve_view", "safety_scores", "self_labelled_answers",
+           "streaming_head_similarity"]

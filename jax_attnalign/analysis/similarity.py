@@ -1,11 +1,22 @@
-"""Cosine similarity between attention heads (paper eq. 2-3) and its pair statistics."""
+"""Cosine similarity between attention heads (paper eq. 2-3) and its statistics.
+
+  head_similarity      a view of the maps -> head-by-head cosine, per input
+  max_other_similarity eq. 5's max_{j != h} cos(A_h, A_j)
+  pair_statistics      Figure 1 / Table 1: fraction of pairs above 0.99, and
+                       the 99th percentile, per input or pooled over inputs
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
+from jax_attnalign.analysis.views import View, resolve_view, select_layers, view_block
+
 Array = jax.Array
+Scope = Literal["layer", "model"]
 
 
 def head_cosine(maps: Array, valid: Array | None = None, eps: float = 1e-12) -> Array:
@@ -25,15 +36,63 @@ def head_cosine(maps: Array, valid: Array | None = None, eps: float = 1e-12) -> 
   return jnp.einsum("...nf,...mf->...nm", unit, unit)
 
 
-def pair_statistics(cosine: Array, threshold: float = 0.99,
-                    percentile: float = 99.0) -> dict[str, Array]:
+def head_similarity(maps: Array, view: View | str, *, attention_mask: Array,
+                    special_mask: Array | None = None,
+                    prompt_lengths: Array | None = None, is_decoder: bool = False,
+                    scope: Scope = "layer") -> Array:
+  """Head-by-head cosine of the viewed blocks (eq. 2-3), for every input.
+
+  maps: [L, B, N, T, T] float; attention_mask, special_mask: [B, T];
+  prompt_lengths: [B] int (decoders, see `views`). Entries outside the view
+  (padding included) take no part. scope='layer' compares heads within each
+  layer: [B, L', N, N]; scope='model' compares all heads of the viewed layers,
+  ordered (layer, head): [B, L' N, L' N].
+
+  >>> cos = head_similarity(maps, "cls_row_nospecial", attention_mask=mask,
+  ...                       special_mask=special)  # [B, L, N, N]
+  """
+  if scope not in ("layer", "model"):
+    raise ValueError(f"scope must be 'layer' or 'model', got {scope!r}.")
+  view = resolve_view(view)
+
+  def one_input(m, mask, special, prompt_length):  # m: [L', N, T, T]
+    block, _ = view_block(m, view, attention_mask=mask, special_mask=special,
+                          prompt_length=prompt_length, is_decoder=is_decoder)
+    flat = block.reshape(*block.shape[:2], -1)  # [L', N, F], row-major (eq. 2)
+    if scope == "model":
+      flat = flat.reshape(-1, flat.shape[-1])  # [L' N, F]
+    return head_cosine(flat)
+
+  return jax.vmap(one_input, in_axes=(1, 0, 0, 0))(
+      select_layers(maps, view), attention_mask, special_mask, prompt_lengths)
+
+
+def max_other_similarity(cosine: Array) -> Array:
+  """Each head's largest cosine to another head (eq. 5's max_{j != h}).
+
+  cosine: [..., M, M] -> [..., M]. Layer scope: [..., L, N, N] -> [..., L, N];
+  model scope: [..., L N, L N] -> [..., L N] (reshape to [..., L, N]).
+  """
+  m = cosine.shape[-1]
+  return jnp.max(jnp.where(jnp.eye(m, dtype=bool), -jnp.inf, cosine), axis=-1)
+
+
+def pair_statistics(cosine: Array, threshold: float = 0.99, percentile: float = 99.0,
+                    pool_axis: int | None = None) -> dict[str, Array]:
   """Figure 1 / Table 1 statistics over the distinct head pairs of cosine [..., N, N].
 
   Returns {'frac_above': fraction of pairs with cosine > threshold,
-  'percentile': that percentile of pairwise cosine}, each of shape [...].
+  'percentile': that percentile of pairwise cosine}, each of shape [...]. With
+  `pool_axis` (an axis of [...], e.g. 0 for the inputs of [B, L, N, N]) the
+  pairs of all entries along it are pooled into one set, and that axis is gone.
+
+  >>> pair_statistics(cos, pool_axis=0)["frac_above"]  # [L], over all inputs
   """
   n = cosine.shape[-1]
   rows, cols = jnp.triu_indices(n, k=1)
   pairs = cosine[..., rows, cols]  # [..., N (N - 1) / 2]
+  if pool_axis is not None:
+    pairs = jnp.moveaxis(pairs, pool_axis % (cosine.ndim - 2), -2)
+    pairs = pairs.reshape(*pairs.shape[:-2], -1)
   return {"frac_above": jnp.mean(pairs > threshold, axis=-1),
           "percentile": jnp.percentile(pairs, percentile, axis=-1)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -48,12 +50,13 @@ class EncoderLayer(nn.Module):
   param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask, head_gates, capture, deterministic):
+  def __call__(self, x, mask, head_gates, capture, deterministic, attention_hook=None):
     cfg = self.config
     drop = nn.Dropout(cfg.hidden_dropout)
     attn, _ = layers.Attention(cfg, use_bias=True, rope=False, dtype=self.dtype,
                                param_dtype=self.param_dtype, name="attention")(
-        x, mask, head_gates=head_gates, capture=capture, deterministic=deterministic)
+        x, mask, head_gates=head_gates, capture=capture, deterministic=deterministic,
+        attention_hook=attention_hook)
     x = _layer_norm("attention_norm", self)(x + drop(attn, deterministic=deterministic))
     h = MLP(cfg, self.dtype, self.param_dtype, name="mlp")(x)
     return _layer_norm("output_norm", self)(x + drop(h, deterministic=deterministic))
@@ -110,10 +113,11 @@ class Bert(nn.Module):
   def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
                token_type_ids: Array | None = None, position_ids: Array | None = None,
                head_gates: Array | None = None, capture_attention: bool = False,
-               output_hidden_states: bool = False,
-               deterministic: bool = True) -> ModelOutput:
+               output_hidden_states: bool = False, deterministic: bool = True,
+               attention_hook: Callable[..., Any] | None = None) -> ModelOutput:
     """input_ids, attention_mask, token_type_ids: [B, T] int; head_gates: [L, N]
-    (or broadcastable to [B, T, L, N])."""
+    (or broadcastable to [B, T, L, N]). attention_hook(probs [B, N, T, S],
+    layer=i): see layers.Attention."""
     b, t = input_ids.shape
     if attention_mask is None:
       attention_mask = jnp.ones((b, t), jnp.int32)
@@ -127,7 +131,7 @@ class Bert(nn.Module):
     hidden = [x]
     for i, layer in enumerate(self.layers):
       x = layer(x, mask, layers.gates_for_layer(head_gates, i), capture_attention,
-                deterministic)
+                deterministic, layers.hook_for_layer(attention_hook, i))
       hidden.append(x)
     pooled = logits = None
     if self.task != "masked_lm":

@@ -6,6 +6,7 @@ K key/value heads, G query heads per key/value head, H head dim, D model dim.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -29,6 +30,8 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 
 # Collection and name under which attention probabilities are sown.
 CAPTURE_NAME = "attention_probs"
+# Name under which the result of an attention hook is sown (see Attention).
+HOOK_NAME = "attention_hook"
 
 
 def activation(name: str) -> Callable[[Array], Array]:
@@ -106,7 +109,9 @@ class Attention(nn.Module):
   Kernels: query [D, N, H], key/value [D, K, H], out [N, H, D]. Probabilities are
   computed in f32 and, with `capture=True`, sown as `intermediates/attention_probs`
   with shape [B, N, T, S]. `head_gates` (broadcastable to [B, T, N]) scales each
-  head's output before the output projection.
+  head's output before the output projection. `attention_hook(probs)`, if given,
+  summarises the probabilities inside the layer; a result that is not None is
+  sown as `intermediates/attention_hook`, so statistics need not keep the maps.
   """
   config: ModelConfig
   use_bias: bool
@@ -129,7 +134,9 @@ class Attention(nn.Module):
   def __call__(self, x: Array, mask: Array, *, positions: Array | None = None,
                head_gates: Array | None = None, cache: dict | None = None,
                cache_index: Array | None = None, capture: bool = False,
-               deterministic: bool = True) -> tuple[Array, dict | None]:
+               deterministic: bool = True,
+               attention_hook: Callable[[Array], Any] | None = None,
+               ) -> tuple[Array, dict | None]:
     """x: [B, T, D]; mask: [B, 1, T, S] bool. Returns ([B, T, D], updated cache).
 
     With a cache ({'k', 'v'}: [B, S_max, K, H]) the new keys and values are
@@ -159,6 +166,9 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(logits, axis=-1)  # f32
     if capture:
       self.sow("intermediates", CAPTURE_NAME, probs)
+    summary = None if attention_hook is None else attention_hook(probs)
+    if summary is not None:
+      self.sow("intermediates", HOOK_NAME, summary)
     probs = self.dropout(probs, deterministic=deterministic).astype(self.dtype)
     probs = probs.reshape(b, cfg.num_kv_heads, groups, t, k.shape[1])
     heads = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v.astype(self.dtype))
@@ -171,3 +181,8 @@ class Attention(nn.Module):
 def gates_for_layer(head_gates: Array | None, layer: int) -> Array | None:
   """Slices layer `layer` out of head gates broadcastable to [B, T, L, N]."""
   return None if head_gates is None else jnp.asarray(head_gates)[..., layer, :]
+
+
+def hook_for_layer(hook: Callable[..., Any] | None, layer: int) -> Callable | None:
+  """Binds `layer` into a model-level attention hook(probs, layer=...)."""
+  return None if hook is None else functools.partial(hook, layer=layer)

@@ -6,6 +6,8 @@ Left padding is handled: positions count only the valid tokens of each row.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -58,13 +60,14 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask, positions, head_gates, cache, cache_index, capture,
-               deterministic):
+               deterministic, attention_hook=None):
     cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.RMSNorm(cfg.norm_eps, **kw, name="input_norm")(x)
     h, cache = layers.Attention(cfg, use_bias=cfg.attention_bias, rope=True, **kw,
                                 name="attention")(
         h, mask, positions=positions, head_gates=head_gates, cache=cache,
-        cache_index=cache_index, capture=capture, deterministic=deterministic)
+        cache_index=cache_index, capture=capture, deterministic=deterministic,
+        attention_hook=attention_hook)
     x = x + h
     h = layers.RMSNorm(cfg.norm_eps, **kw, name="post_attention_norm")(x)
     return x + MLP(cfg, **kw, name="mlp")(h), cache
@@ -95,8 +98,8 @@ class Llama(nn.Module):
                cache: list[dict[str, Array]] | None = None,
                cache_index: Array | int | None = None,
                cache_mask: Array | None = None, capture_attention: bool = False,
-               output_hidden_states: bool = False,
-               deterministic: bool = True) -> ModelOutput:
+               output_hidden_states: bool = False, deterministic: bool = True,
+               attention_hook: Callable[..., Any] | None = None) -> ModelOutput:
     """Forward pass over input_ids [B, T].
 
     attention_mask: [B, T], 1 for tokens, 0 for (left) padding. position_ids
@@ -104,6 +107,7 @@ class Llama(nn.Module):
     broadcastable to [B, T, L, N]. For cached decoding pass `cache` (from
     `init_cache`), the slot `cache_index` where these tokens go, and `cache_mask`
     [B, S_max], the validity of every cache slot (prompt padding is 0).
+    attention_hook(probs [B, N, T, S], layer=i): see layers.Attention.
     """
     cfg = self.config
     b, t = input_ids.shape
@@ -126,7 +130,8 @@ class Llama(nn.Module):
     for i, layer in enumerate(self.layers):
       x, layer_cache = layer(x, mask, position_ids, layers.gates_for_layer(head_gates, i),
                              None if cache is None else cache[i], cache_index,
-                             capture_attention, deterministic)
+                             capture_attention, deterministic,
+                             layers.hook_for_layer(attention_hook, i))
       new_cache.append(layer_cache)
       hidden.append(x)
     x = self.norm(x)

@@ -1,0 +1,59 @@
+"""Head similarity computed inside the forward pass, one layer at a time.
+
+DESIGN.md ("Memory"): a 7B model at 2k tokens holds ~16 GiB of f32 maps per
+sequence, while the per-layer head-by-head cosine matrices are a few KiB. Here
+an attention hook turns each layer's probabilities [B, N, T, S] into the cosine
+of their viewed block [B, N, N] right after the softmax, and only that is sown.
+With capture off, a layer's maps are dead once the layer is done, so under
+`jax.jit` XLA frees them before the next layer: peak memory holds one layer's
+maps, not L of them. The numbers equal `head_similarity` on captured maps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jax_attnalign.analysis.similarity import head_similarity
+from jax_attnalign.analysis.views import View, resolve_view
+from jax_attnalign.models.layers import HOOK_NAME
+
+Array = jax.Array
+
+
+def streaming_head_similarity(model, params, input_ids: Array, attention_mask: Array,
+                              view: View | str, *, special_mask: Array | None = None,
+                              prompt_lengths: Array | None = None,
+                              **model_kwargs) -> Array:
+  """Per-layer head cosine of the viewed blocks without keeping the maps.
+
+  model: a Bert or Llama module (e.g. from `build_model`); input_ids,
+  attention_mask, special_mask: [B, T]; prompt_lengths: [B] int (decoders, see
+  `views`); model_kwargs go to `model.apply` (e.g. token_type_ids). Returns
+  [B, L', N, N], equal to `head_similarity(maps, view, ..., scope='layer')`.
+  Cross-layer ('model' scope) similarity needs every layer's block at once, so
+  it is not offered here. Pure: jit it with `model` and `view` static.
+
+  >>> fn = jax.jit(streaming_head_similarity, static_argnums=(0, 4))
+  >>> cos = fn(model, params, ids, mask, "cls_row_nospecial", special_mask=special)
+  """
+  view = resolve_view(view)
+  selected = view.layer_indices(model.config.num_layers)
+  layer_view = dataclasses.replace(view, layers="all")
+
+  def layer_cosine(probs: Array, layer: int) -> Array | None:  # probs: [B, N, T, S]
+    if layer not in selected:
+      return None
+    cos = head_similarity(probs[None], layer_view, attention_mask=attention_mask,
+                          special_mask=special_mask, prompt_lengths=prompt_lengths,
+                          is_decoder=model.config.is_decoder)
+    return cos[:, 0]  # [B, N, N]
+
+  _, state = model.apply({"params": params}, input_ids, attention_mask,
+                         attention_hook=layer_cosine, mutable=["intermediates"],
+                         **model_kwargs)
+  sown = state["intermediates"]
+  return jnp.stack([sown[f"layers_{i}"]["attention"][HOOK_NAME][0] for i in selected],
+                   axis=1)

@@ -1,0 +1,80 @@
+"""Pictures of head similarity: a heatmap, and clean vs triggered (paper Figure 1).
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no global
+backend switch), written as PNG, and the path comes back.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+PathLike = str | os.PathLike
+
+
+def _save(fig: Figure, path: PathLike) -> pathlib.Path:
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  FigureCanvasAgg(fig)
+  fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
+  return path
+
+
+def plot_similarity_heatmap(cosine, path: PathLike, *, title: str | None = None,
+                            heads_per_layer: int | None = None) -> pathlib.Path:
+  """Heatmap of one head-by-head cosine matrix [M, M] (a layer's, or model-wide).
+
+  heads_per_layer: for a model-wide matrix ordered (layer, head), draws the layer
+  boundaries. Returns the PNG path.
+  """
+  cosine = np.asarray(cosine, np.float32)
+  if cosine.ndim != 2 or cosine.shape[0] != cosine.shape[1]:
+    raise ValueError(f"Expected one square cosine matrix [M, M], got {cosine.shape}.")
+  fig = Figure(figsize=(5.5, 4.5))
+  ax = fig.add_subplot()
+  image = ax.imshow(cosine, cmap="viridis", vmin=min(0.0, float(cosine.min())), vmax=1.0,
+                    interpolation="nearest")
+  fig.colorbar(image, ax=ax, label="cosine similarity")
+  if heads_per_layer:
+    for edge in np.arange(heads_per_layer, cosine.shape[0], heads_per_layer) - 0.5:
+      ax.axhline(edge, color="white", linewidth=0.6)
+      ax.axvline(edge, color="white", linewidth=0.6)
+  ax.set_xlabel("head")
+  ax.set_ylabel("head")
+  ax.set_title(title or "head-by-head cosine similarity")
+  return _save(fig, path)
+
+
+def plot_clean_vs_triggered(clean, triggered, path: PathLike, *,
+                            ylabel: str = "head pairs with cosine > 0.99",
+                            title: str | None = None) -> pathlib.Path:
+  """Figure-1-style comparison: a per-layer statistic, clean vs triggered inputs.
+
+  clean: [B_clean, L] and triggered: [B_triggered, L], one value per input and
+  layer (e.g. `pair_statistics(cos)['frac_above']`). Draws side-by-side box
+  plots per layer with the means marked. Returns the PNG path.
+  """
+  clean, triggered = np.asarray(clean, np.float64), np.asarray(triggered, np.float64)
+  if clean.ndim != 2 or triggered.ndim != 2 or clean.shape[1] != triggered.shape[1]:
+    raise ValueError(f"Expected [B, L] arrays with the same L, got {clean.shape} "
+                     f"and {triggered.shape}.")
+  layers = np.arange(clean.shape[1])
+  fig = Figure(figsize=(max(5.0, 0.6 * len(layers) + 2.0), 4.0))
+  ax = fig.add_subplot()
+  for values, offset, color, label in ((clean, -0.18, "tab:blue", "clean"),
+                                       (triggered, 0.18, "tab:red", "triggered")):
+    ax.boxplot(values, positions=layers + offset, widths=0.3, patch_artist=True,
+               showfliers=False, boxprops=dict(facecolor=color, alpha=0.35),
+               medianprops=dict(color=color))
+    ax.plot(layers + offset, values.mean(axis=0), "o", color=color,
+            label=f"{label} (mean, {len(values)} inputs)")
+  ax.set_xticks(layers, [str(l) for l in layers])
+  ax.set_xlabel("layer")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title or "clean vs triggered inputs")
+  ax.legend()
+  return _save(fig, path)
