@@ -1,11 +1,12 @@
 r"""Scans a model's attention heads on a few sentences and reports head similarity.
 
 Loads a BERT/Llama/Mistral checkpoint (default: the bundled MiniLM), captures
-every layer's attention, and reports per layer how alike the heads' output-row
-maps are ([CLS] row for encoders, last token's row for decoders; special-token
-columns dropped): the fraction of head pairs with cosine > 0.99 and the 99th
-percentile of pairwise cosine (paper Figure 1 / Table 1). Writes JSON and a
-markdown table to --workdir.
+head similarity layer by layer inside the forward pass (streaming: one layer's
+maps at a time), and reports per layer how alike the heads are in the chosen
+view (default: the output row, [CLS] for encoders and the last prompt token for
+decoders, special-token columns dropped): the fraction of head pairs with
+cosine > 0.99 and the 99th percentile of pairwise cosine (paper Figure 1 /
+Table 1). Writes JSON and a markdown table to --workdir.
 
   python -m experiments.scan [--model PATH] [--data sentences.tsv] [--workdir DIR]
 """
@@ -23,7 +24,7 @@ import tqdm
 import transformers
 
 import jax_attnalign
-from jax_attnalign.analysis import head_cosine, pair_statistics
+from jax_attnalign.analysis import VIEWS, pair_statistics, streaming_head_similarity
 from jax_attnalign.assets import bundled_minilm_path
 
 FLAGS = flags.FLAGS
@@ -34,6 +35,7 @@ flags.DEFINE_string("data", None, "TSV with a 'sentence' column (e.g. SST-2's te
 flags.DEFINE_integer("limit", 64, "At most this many sentences.")
 flags.DEFINE_integer("batch_size", 16, "Sentences per forward pass.")
 flags.DEFINE_integer("max_length", 64, "Tokens per sentence (longer ones are cut).")
+flags.DEFINE_enum("view", "cls_row_nospecial", sorted(VIEWS), "Which block of the maps.")
 flags.DEFINE_string("workdir", "workdir/scan", "Where the JSON and markdown go.")
 
 # A few sentences of our own, so that the scan runs with nothing but the package.
@@ -68,19 +70,6 @@ def read_sentences(path: str | None, limit: int) -> list[str]:
     return [line.rstrip("\n").split("\t")[col].strip() for line, _ in zip(f, range(limit))]
 
 
-def output_rows(maps, mask, special, is_decoder):
-  """The output position's row of every map, special-token columns dropped.
-
-  maps: [L, B, N, T, S]; mask, special: [B, T]. Returns rows [L, B, N, S] and
-  the valid columns [B, S].
-  """
-  if is_decoder:  # left-padded: the last position is each row's last token
-    rows = maps[..., -1, :]
-  else:
-    rows = maps[..., 0, :]  # [CLS]
-  return rows, mask.astype(bool) & ~special.astype(bool)
-
-
 def main(argv):
   del argv
   path = FLAGS.model or str(bundled_minilm_path())
@@ -95,12 +84,11 @@ def main(argv):
 
   @jax.jit
   def layer_stats(ids, mask, special):
-    _, state = model.apply({"params": params}, ids, mask, capture_attention=True,
-                           mutable=["intermediates"])
-    rows, valid = output_rows(jax_attnalign.attention_maps(state), mask, special,
-                              model.config.is_decoder)
-    cos = head_cosine(jnp.moveaxis(rows, 0, 1), valid[:, None, :])  # [B, L, N, N]
-    return pair_statistics(cos)
+    # Decoders: the last (left-padded) prompt position plays the output row.
+    last = jnp.full((ids.shape[0],), ids.shape[1] - 1) if model.config.is_decoder else None
+    cos = streaming_head_similarity(model, params, ids, mask, FLAGS.view,
+                                    special_mask=special, prompt_lengths=last)
+    return pair_statistics(cos)  # each [B, L']
 
   stats = []
   for start in tqdm.trange(0, len(sentences), FLAGS.batch_size, desc="scan"):
@@ -113,15 +101,16 @@ def main(argv):
   pct = np.concatenate([s["percentile"] for s in stats])
   table = ["| layer | head pairs with cosine > 0.99 | 99th percentile of cosine |",
            "|---|---|---|"]
-  table += [f"| {l} | {frac[:, l].mean():.3f} ± {frac[:, l].std():.3f} | "
+  first = model.config.num_layers - frac.shape[1]  # views may keep only the last layers
+  table += [f"| {first + l} | {frac[:, l].mean():.3f} ± {frac[:, l].std():.3f} | "
             f"{pct[:, l].mean():.3f} ± {pct[:, l].std():.3f} |" for l in range(frac.shape[1])]
   workdir = pathlib.Path(FLAGS.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "scan.md").write_text(
-      f"Output-row head similarity of {path} over {len(sentences)} sentences "
+      f"Head similarity ({FLAGS.view} view) of {path} over {len(sentences)} sentences "
       "(mean ± std over sentences)\n\n" + "\n".join(table) + "\n")
   (workdir / "scan.json").write_text(json.dumps(dict(
-      model=path, sentences=len(sentences), frac_above_0_99=frac.tolist(),
+      model=path, view=FLAGS.view, sentences=len(sentences), frac_above_0_99=frac.tolist(),
       percentile_99=pct.tolist()), indent=1))
   print("\n".join(table))
   print(f"wrote {workdir / 'scan.md'} and {workdir / 'scan.json'}")
