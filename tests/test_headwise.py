@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from jax_attnalign.analysis.safety import HeadClass
-from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer, kv_head_classes
+from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer
 from jax_attnalign.models import ModelConfig, build_model
 
 CFG = ModelConfig(model_type="llama", vocab_size=31, hidden_size=24, num_layers=2,
@@ -26,17 +26,18 @@ def _params():
 
 def _reference(params, labels, steps, grad_fn, other_rate):
   """Splits every per-head leaf into one leaf per head, each with its own Adam."""
-  kv = kv_head_classes(labels, CFG)
+  group = CFG.num_heads // CFG.num_kv_heads  # kv head k serves query heads k*group..
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   leaves, rate_of = {}, {}
   for path, x in flat.items():
     proj = "/".join(path.split("/")[-2:])
     if "attention" in path and proj in AXES:
       layer = int(path.split("/")[0].split("_")[1])
-      classes = kv[layer] if proj.startswith(("key", "value")) else labels[layer]
       for h in range(x.shape[AXES[proj]]):
         leaves[f"{path}#{h}"] = jnp.take(x, h, axis=AXES[proj])
-        rate_of[f"{path}#{h}"] = RATES.of(classes[h])
+        served = labels[layer, h * group:(h + 1) * group] if proj.startswith(
+            ("key", "value")) else labels[layer, h:h + 1]
+        rate_of[f"{path}#{h}"] = min(RATES.of(c) for c in served)
     else:
       leaves[path], rate_of[path] = x, other_rate
   names = sorted(set(rate_of.values()))

@@ -1,5 +1,6 @@
-"""The defense: head-wise optimizer (more to come: alignment, sanitisation, detector)."""
+"""The defense: alignment and head-wise optimizer (to come: sanitisation rounds, detector)."""
 
-from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer, kv_head_classes
+from jax_attnalign.defense.alignment import alignment_loss, alignment_optimizer
+from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer
 
-__all__ = ["HeadRates", "headwise_optimizer", "kv_head_classes"]
+__all__ = ["HeadRates", "alignment_loss", "alignment_optimizer", "headwise_optimizer"]

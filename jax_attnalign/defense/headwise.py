@@ -10,7 +10,8 @@ Parameter groups, chosen by path (every parameter must match exactly one):
   other:  everything else (embeddings, norms, MLPs, output bias, task heads)
           -> the intermediate rate, or frozen (option `other="frozen"`).
 Grouped-query attention: a key/value head shared by query heads of different
-classes takes the most conservative class of its group (DESIGN.md).
+classes takes the most conservative (lowest) rate of its group (DESIGN.md); with
+the paper's rates that is the most suspicious class's.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jax_attnalign.analysis.safety import HeadClass
 from jax_attnalign.models.config import ModelConfig
 
 # Which axis of each attention leaf is the head axis.
@@ -46,12 +46,6 @@ class HeadRates:
     return (self.suspicious, self.intermediate, self.safe)[int(head_class)]
 
 
-def kv_head_classes(labels: np.ndarray, config: ModelConfig) -> np.ndarray:
-  """Class of each key/value head [L, K]: the most conservative of its query group."""
-  groups = config.num_heads // config.num_kv_heads
-  return np.asarray(labels).reshape(config.num_layers, config.num_kv_heads, groups).min(-1)
-
-
 def head_group(path: str) -> tuple[int, str, str] | None:
   """(layer, projection, leaf) of a per-head attention parameter path, else None."""
   m = _ATTENTION.search(path)
@@ -63,8 +57,9 @@ def head_group(path: str) -> tuple[int, str, str] | None:
 def head_rate_tree(params, labels: np.ndarray, config: ModelConfig, rates: HeadRates):
   """For the per-head leaves: arrays broadcastable to the leaf with each head's rate."""
   labels = np.asarray(labels)
-  kv = kv_head_classes(labels, config)
   rate = np.vectorize(rates.of, otypes=[np.float32])
+  groups = config.num_heads // config.num_kv_heads
+  kv_rates = rate(labels).reshape(config.num_layers, config.num_kv_heads, groups).min(-1)
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   out = {}
   for path, leaf in flat.items():
@@ -72,7 +67,7 @@ def head_rate_tree(params, labels: np.ndarray, config: ModelConfig, rates: HeadR
     if group is None:
       continue
     layer, proj, kind = group
-    per_head = rate(kv[layer] if proj in ("key", "value") else labels[layer])
+    per_head = kv_rates[layer] if proj in ("key", "value") else rate(labels[layer])
     axis = _HEAD_AXIS[(proj, kind)]
     shape = [1] * leaf.ndim
     shape[axis] = per_head.shape[0]

@@ -1,0 +1,69 @@
+"""Attention safety alignment (paper eq. 6-7): pull suspicious heads to the safe mean.
+
+  L_align(x) = sum_{h suspicious} || A_h(x) - mean_{s safe} A_s(x) ||_F^2
+
+over the viewed blocks of the maps (`analysis.views`). The safe mean is a fixed
+target (gradients do not flow into it). Which parameters move is the optimizer's
+business: `alignment_optimizer` trains the q/k/v/o slices of the non-safe heads
+and freezes the safe heads and everything outside attention (DESIGN.md's
+default); `trainable="all_non_safe"` also lets the parameters outside attention
+move.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jax_attnalign.analysis.safety import HeadClass, require_safe_heads
+from jax_attnalign.analysis.views import View, extract_view, resolve_view
+from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer
+from jax_attnalign.models.capture import attention_maps
+
+Array = jax.Array
+
+
+def alignment_loss(model, params, batch: dict[str, Array], labels: np.ndarray,
+                   view: View | str, *, special_mask: Array | None = None,
+                   prompt_lengths: Array | None = None) -> Array:
+  """Mean over the batch of eq. 7's sum over suspicious heads (a scalar).
+
+  batch: input_ids, attention_mask [B, T] (token_type_ids optional); labels:
+  HeadClass per head [L, N]. The safe mean is taken over every safe head of the
+  viewed layers and held fixed. Raises EmptySafeSetError without safe heads.
+  """
+  view = resolve_view(view)
+  layers = list(view.layer_indices(model.config.num_layers))
+  labels = np.asarray(labels)[layers]  # [L', N]
+  safe = jnp.asarray(require_safe_heads(labels))
+  suspicious = jnp.asarray(labels == HeadClass.SUSPICIOUS)
+  extra = {k: batch[k] for k in ("token_type_ids",) if k in batch}
+  _, state = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                         capture_attention=True, mutable=["intermediates"], **extra)
+  blocks, _ = extract_view(attention_maps(state), view,
+                           attention_mask=batch["attention_mask"],
+                           special_mask=special_mask, prompt_lengths=prompt_lengths,
+                           is_decoder=model.config.is_decoder)  # [L', B, N, F]
+  weights = safe[:, None, :, None].astype(blocks.dtype)
+  target = jnp.sum(blocks * weights, axis=(0, 2)) / jnp.sum(weights)  # [B, F], eq. 6
+  target = jax.lax.stop_gradient(target)
+  sq = jnp.sum((blocks - target[None, :, None, :]) ** 2, axis=-1)  # [L', B, N]
+  per_example = jnp.sum(jnp.where(suspicious[:, None, :], sq, 0.0), axis=(0, 2))
+  return jnp.mean(per_example)
+
+
+def alignment_optimizer(params, labels: np.ndarray, config, *, learning_rate: float = 1e-4,
+                        trainable: Literal["heads", "all_non_safe"] = "heads"
+                        ) -> optax.GradientTransformation:
+  """Adam on the non-safe heads at `learning_rate`; safe heads get exactly zero
+  update; parameters outside attention frozen ('heads') or trained
+  ('all_non_safe')."""
+  if trainable not in ("heads", "all_non_safe"):
+    raise ValueError(f"trainable must be 'heads' or 'all_non_safe', got {trainable!r}.")
+  rates = HeadRates(suspicious=learning_rate, intermediate=learning_rate, safe=0.0)
+  return headwise_optimizer(params, labels, config, rates=rates,
+                            other="frozen" if trainable == "heads" else "moderate")
