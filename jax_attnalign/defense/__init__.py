@@ -1,6 +1,8 @@
-"""The defense: alignment and head-wise optimizer (to come: sanitisation rounds, detector)."""
+"""The defense: alignment and head-wise optimizer online detector (to come: sanitisation rounds)."""
 
 from jax_attnalign.defense.alignment import alignment_loss, alignment_optimizer
+from jax_attnalign.defense.detector import Detector, calibrate_detector, input_scores
 from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer
 
-__all__ = ["HeadRates", "alignment_loss", "alignment_optimizer", "headwise_optimizer"]
+__all__ = ["Detector", "HeadRates", "alignment_loss", "alignment_optimizer",
+           "calibrate_detector", "headwise_optimizer", "input_scores"]

@@ -1,0 +1,89 @@
+"""Online detector: flags inputs whose heads are abnormally alike (paper, deployment).
+
+Each input is scored with a head-similarity statistic of one view, averaged
+over the viewed layers and computed layer by layer inside the forward pass
+(`streaming_head_similarity`). Calibration on clean inputs sets the threshold
+at the (1 - fpr) quantile of their scores, so about `fpr` of clean inputs are
+flagged. The calibration is saved and loaded as JSON (never pickled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_attnalign.analysis.similarity import pair_statistics
+from jax_attnalign.analysis.streaming import streaming_head_similarity
+from jax_attnalign.analysis.views import resolve_view
+
+Statistic = Literal["mean", "percentile", "frac_above"]
+STATISTICS = ("mean", "percentile", "frac_above")
+
+
+def input_scores(model, params, batch: dict, view: str, statistic: Statistic = "mean",
+                 *, special_mask=None, prompt_lengths=None) -> np.ndarray:
+  """One score per input [B]: the statistic of its pairwise head cosines per
+  layer ('mean' cosine, 99th 'percentile', 'frac_above' 0.99), averaged over layers."""
+  if statistic not in STATISTICS:
+    raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}.")
+  resolve_view(view)
+  cos = streaming_head_similarity(model, params, batch["input_ids"],
+                                  batch["attention_mask"], view, special_mask=special_mask,
+                                  prompt_lengths=prompt_lengths)  # [B, L', N, N]
+  if statistic == "mean":
+    n = cos.shape[-1]
+    rows, cols = jnp.triu_indices(n, k=1)
+    per_layer = jnp.mean(cos[..., rows, cols], axis=-1)
+  else:
+    per_layer = pair_statistics(cos)[statistic]
+  return np.asarray(jax.device_get(jnp.mean(per_layer, axis=-1)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Detector:
+  """A calibrated threshold on an input score; `flag(scores)` is True above it."""
+  view: str
+  statistic: str
+  fpr: float
+  threshold: float
+  clean_count: int
+  clean_mean: float
+  clean_std: float
+
+  def flag(self, scores: np.ndarray) -> np.ndarray:
+    return np.asarray(scores) > self.threshold
+
+  def save(self, path: str | pathlib.Path) -> None:
+    pathlib.Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=1))
+
+  @classmethod
+  def load(cls, path: str | pathlib.Path) -> "Detector":
+    try:
+      fields = json.loads(pathlib.Path(path).read_text())
+      detector = cls(**fields)
+    except (json.JSONDecodeError, TypeError) as e:
+      raise ValueError(f"{path} is not a detector calibration saved by Detector.save "
+                       f"({e}). Recalibrate with calibrate_detector.") from e
+    resolve_view(detector.view)
+    return detector
+
+
+def calibrate_detector(clean_scores: np.ndarray, *, view: str, statistic: Statistic = "mean",
+                       fpr: float = 0.05) -> Detector:
+  """The detector flagging about `fpr` of clean inputs: threshold = the (1 - fpr)
+  quantile of clean scores [n] (computed with `input_scores`)."""
+  if not 0.0 < fpr < 1.0:
+    raise ValueError(f"fpr must lie in (0, 1), got {fpr}.")
+  clean_scores = np.asarray(clean_scores, np.float64)
+  if clean_scores.size < 2:
+    raise ValueError("Calibration needs at least 2 clean inputs' scores.")
+  return Detector(view=view, statistic=statistic, fpr=fpr,
+                  threshold=float(np.quantile(clean_scores, 1.0 - fpr, method="higher")),
+                  clean_count=int(clean_scores.size), clean_mean=float(clean_scores.mean()),
+                  clean_std=float(clean_scores.std()))
