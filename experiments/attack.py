@@ -2,7 +2,8 @@ r"""Backdoors victims: fine-tunes a classifier on poisoned data over several see
 
 For each attack in --attacks (and 'clean', the reference) and each seed, trains
 a victim (jax_attnalign.victim), then writes per-run result.json, a summary
-JSON and a markdown table of CA and ASR (mean ± std over seeds) to --workdir.
+JSON, a markdown table and a bar plot of CA and ASR (mean ± std over seeds) to
+--workdir.
 Interrupted runs resume; finished runs are not repeated.
 
   python -m experiments.attack --data_dir ../shared/data/sst2/clean \
@@ -16,7 +17,7 @@ import pathlib
 
 from absl import app, flags
 
-from jax_attnalign import metrics
+from jax_attnalign import metrics, plots
 from jax_attnalign.victim import VictimConfig, train_classification_victim
 
 FLAGS = flags.FLAGS
@@ -71,6 +72,10 @@ def main(argv):
   (workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
   (workdir / "summary.md").write_text(
       f"Victims on {FLAGS.data_dir} (mean ± std over seeds)\n\n{table}\n")
+  plots.plot_metric_bars(
+      {a: {k: [r[k] for r in runs if k in r] for k in ("ca", "asr")}
+       for a, runs in results.items()}, workdir / "summary.png",
+      title=f"Victims on {FLAGS.dataset} (mean ± std over seeds)")
   print(table)
 
 

@@ -78,3 +78,28 @@ def plot_clean_vs_triggered(clean, triggered, path: PathLike, *,
   ax.set_title(title or "clean vs triggered inputs")
   ax.legend()
   return _save(fig, path)
+
+
+def plot_metric_bars(runs: dict[str, dict[str, list[float]]], path: PathLike, *,
+                     title: str | None = None) -> pathlib.Path:
+  """Grouped bars of metrics (e.g. CA, ASR) per setting, mean with std error bars.
+
+  runs: {setting: {metric: [value per seed]}}. Returns the PNG path.
+  """
+  settings = list(runs)
+  metrics = sorted({m for values in runs.values() for m in values})
+  fig = Figure(figsize=(1.2 + 1.3 * len(settings), 3.5))
+  ax = fig.add_subplot()
+  width = 0.8 / max(len(metrics), 1)
+  for k, metric in enumerate(metrics):
+    xs = [i + (k - (len(metrics) - 1) / 2) * width for i in range(len(settings))]
+    values = [runs[s].get(metric, []) for s in settings]
+    means = [np.mean(v) if v else np.nan for v in values]
+    stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
+    ax.bar(xs, means, width, yerr=stds, capsize=3, label=metric)
+  ax.set_xticks(range(len(settings)), settings)
+  ax.set_ylim(0, 1.05)
+  ax.legend(loc="lower right")
+  if title:
+    ax.set_title(title)
+  return _save(fig, path)

@@ -32,3 +32,11 @@ def test_clean_vs_triggered(tmp_path):
   assert_png(path)
   with pytest.raises(ValueError, match="same L"):
     plots.plot_clean_vs_triggered(clean, triggered[:, :5], tmp_path / "bad.png")
+
+
+def test_metric_bars_png(tmp_path):
+  from jax_attnalign.plots import plot_metric_bars
+  path = plot_metric_bars({"clean": {"ca": [0.85, 0.86]},
+                           "badnets": {"ca": [0.84, 0.83], "asr": [1.0, 0.99]}},
+                          tmp_path / "bars.png", title="victims")
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
