@@ -26,6 +26,7 @@ from absl import logging
 from jax_attnalign import parallel
 from jax_attnalign.checkpoint import Checkpointer
 from jax_attnalign.data.batching import iterate_batches
+from jax_attnalign.models import MODEL_INPUTS, apply_batch
 
 Array = jax.Array
 LOSSES = ("classification", "causal_lm")
@@ -67,19 +68,11 @@ def causal_lm_loss(logits: Array, batch: dict[str, Array]) -> tuple[Array, dict]
 
 
 _LOSS_FNS = {"classification": classification_loss, "causal_lm": causal_lm_loss}
-_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def model_inputs(batch: dict[str, Array]) -> dict[str, Array]:
-  """The fields of a batch that the model takes (labels and masks stay out)."""
-  return {k: batch[k] for k in _MODEL_INPUTS if k in batch}
 
 
 def loss_and_metrics(model, params, batch, rng, loss: str, deterministic: bool):
-  inputs = model_inputs(batch)
-  ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
-  out = model.apply({"params": params}, ids, mask, deterministic=deterministic,
-                    rngs={"dropout": rng}, **inputs)
+  out = apply_batch(model, params, batch, deterministic=deterministic,
+                    rngs={"dropout": rng})
   value, metrics = _LOSS_FNS[loss](out.logits, batch)
   return value, {"loss": value, **metrics}
 
@@ -183,9 +176,7 @@ def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def _logits(model, params, batch):
-  inputs = model_inputs(batch)
-  ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
-  return model.apply({"params": params}, ids, mask, **inputs).logits
+  return apply_batch(model, params, batch).logits
 
 
 def predict_logits(model, params, arrays: dict[str, np.ndarray], batch_size: int = 64,
@@ -196,7 +187,7 @@ def predict_logits(model, params, arrays: dict[str, np.ndarray], batch_size: int
   params = parallel.replicate(params, mesh)
   size = mesh.shape[parallel.DATA]
   batch_size = -(-batch_size // size) * size
-  inputs = {k: v for k, v in arrays.items() if k in _MODEL_INPUTS}
+  inputs = {k: v for k, v in arrays.items() if k in MODEL_INPUTS}
   n = len(inputs["input_ids"])
   out = []
   for start in range(0, n, batch_size):

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jax_attnalign.models import apply_batch
+
 Array = jax.Array
 Normalization = Literal["global_max", "layer_l2", "none"]
 
@@ -29,9 +31,7 @@ def _example_loss(model, params, gates: Array, example: dict[str, Array],
                   use_predictions: bool) -> Array:
   """The loss of one example (arrays without a batch axis) under head gates [L, N]."""
   batch = {k: v[None] for k, v in example.items()}
-  inputs = {k: batch[k] for k in ("token_type_ids",) if k in batch}
-  out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                    head_gates=gates, **inputs)
+  out = apply_batch(model, params, batch, head_gates=gates)
   logits = out.logits.astype(jnp.float32)
   if "loss_mask" in batch:  # causal LM: next-token loss on the masked (answer) tokens
     targets = batch["input_ids"][:, 1:]

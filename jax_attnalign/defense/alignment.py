@@ -22,7 +22,7 @@ import optax
 from jax_attnalign.analysis.safety import HeadClass, require_safe_heads
 from jax_attnalign.analysis.views import View, extract_view, resolve_view
 from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer
-from jax_attnalign.models.capture import attention_maps
+from jax_attnalign.models import apply_batch, attention_maps
 
 Array = jax.Array
 
@@ -41,9 +41,8 @@ def alignment_loss(model, params, batch: dict[str, Array], labels: np.ndarray,
   labels = np.asarray(labels)[layers]  # [L', N]
   safe = jnp.asarray(require_safe_heads(labels))
   suspicious = jnp.asarray(labels == HeadClass.SUSPICIOUS)
-  extra = {k: batch[k] for k in ("token_type_ids",) if k in batch}
-  _, state = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                         capture_attention=True, mutable=["intermediates"], **extra)
+  _, state = apply_batch(model, params, batch, capture_attention=True,
+                         mutable=["intermediates"])
   blocks, _ = extract_view(attention_maps(state), view,
                            attention_mask=batch["attention_mask"],
                            special_mask=special_mask, prompt_lengths=prompt_lengths,

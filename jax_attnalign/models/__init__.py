@@ -11,6 +11,18 @@ from jax_attnalign.models.llama import Llama, init_cache, positions_from_mask
 from jax_attnalign.models.outputs import ModelOutput
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def apply_batch(model, params, batch: dict, **kwargs):
+  """`model.apply` on a batch dict: input_ids, attention_mask and, when present,
+  token_type_ids; other fields (labels, loss_mask, ...) stay out. kwargs go on
+  to the model (head_gates, capture_attention, mutable, rngs, ...)."""
+  extra = {k: batch[k] for k in MODEL_INPUTS[2:] if k in batch}
+  return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                     **extra, **kwargs)
+
+
 def build_model(config: ModelConfig, task: str | None = None, dtype=jnp.float32,
                 param_dtype=jnp.float32) -> Bert | Llama:
   """The Flax module for `config` with the head for `task` (default: the family's LM/base head)."""
@@ -19,5 +31,5 @@ def build_model(config: ModelConfig, task: str | None = None, dtype=jnp.float32,
   return Bert(config, task or "base", dtype=dtype, param_dtype=param_dtype)
 
 
-__all__ = ["Bert", "Llama", "ModelConfig", "ModelOutput", "attention_maps",
-           "build_model", "init_cache", "positions_from_mask"]
+__all__ = ["MODEL_INPUTS", "Bert", "Llama", "ModelConfig", "ModelOutput", "apply_batch",
+           "attention_maps", "build_model", "init_cache", "positions_from_mask"]
