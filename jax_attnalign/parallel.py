@@ -1,4 +1,4 @@
-"""Device-mesh helpers: data parallelism over all local devices.
+"""Device-mesh and pmap helpers: data parallelism over all local devices.
 
 The mesh has one 'data' axis; batches are split along it and parameters are
 replicated. Multi-host (TPU pods): call `jax.distributed.initialize()` first in
@@ -41,6 +41,21 @@ def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
           f"Batch field {name!r} has {np.shape(x)[0]} rows, not a multiple of the "
           f"{size} devices on the mesh; pick a batch size divisible by {size}.")
   return jax.device_put(batch, batch_sharded(mesh))
+
+
+def split_for_pmap(batch: dict[str, Any], devices: int) -> dict[str, np.ndarray]:
+  """Reshapes a host batch [B, ...] to [devices, B / devices, ...] for `jax.pmap`."""
+  for name, x in batch.items():
+    if np.shape(x)[0] % devices:
+      raise ValueError(f"Batch field {name!r} has {np.shape(x)[0]} rows, not a multiple of "
+                       f"the {devices} local devices; pick a batch size divisible by it.")
+  return {k: np.reshape(x, (devices, -1) + np.shape(x)[1:]) for k, x in batch.items()}
+
+
+def stack_for_pmap(tree: Any, devices: int) -> Any:
+  """One copy of every leaf per local device, stacked on a new leading axis, for
+  `jax.pmap` (the replacement of the deprecated `jax.device_put_replicated`)."""
+  return jax.tree_util.tree_map(lambda x: jax.numpy.stack([x] * devices), tree)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

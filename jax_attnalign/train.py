@@ -95,6 +95,35 @@ def train_step(model, optimizer: optax.GradientTransformation, loss: str, dropou
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
+def _loss_weight(loss: str, batch: dict[str, Array]) -> Array:
+  """How many terms a batch's mean loss averages: rows, or masked target tokens."""
+  if loss == "causal_lm":
+    return jnp.sum(batch["loss_mask"][:, 1:]).astype(jnp.float32)
+  return jnp.float32(batch["labels"].shape[0])
+
+
+@functools.partial(jax.pmap, axis_name=parallel.DATA, static_broadcasted_argnums=(0, 1, 2, 3),
+                   donate_argnums=4)
+def pmap_train_step(model, optimizer: optax.GradientTransformation, loss: str,
+                    dropout: bool, state: TrainState, batch: dict[str, Array], rng: Array):
+  """`train_step` for pmap-style code: state and rng replicated per device, batch
+  [devices, B / devices, ...]. Gradients and metrics are averaged across devices
+  weighted by each shard's number of loss terms, so the step equals the global
+  batch's (also for causal LM with uneven masks). Dropout masks differ per device.
+  """
+  rng = jax.random.fold_in(jax.random.fold_in(rng, state.step),
+                           jax.lax.axis_index(parallel.DATA))
+  grad_fn = jax.value_and_grad(loss_and_metrics, argnums=1, has_aux=True)
+  (_, metrics), grads = grad_fn(model, state.params, batch, rng, loss, not dropout)
+  weight = _loss_weight(loss, batch)
+  total = jnp.maximum(jax.lax.psum(weight, parallel.DATA), 1e-30)
+  grads, metrics = jax.tree_util.tree_map(
+      lambda x: jax.lax.psum(x * weight, parallel.DATA) / total, (grads, metrics))
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return TrainState(state.step + 1, params, opt_state), metrics
+
+
 def trim_padding(batch: dict[str, np.ndarray], bucket: int) -> dict[str, np.ndarray]:
   """Cuts trailing all-padding columns of a right-padded batch, keeping a
   multiple of `bucket` columns (few distinct shapes, so few compilations)."""
@@ -119,12 +148,16 @@ class FitConfig:
   checkpoint_every: int = 0  # steps; 0: only at the end of each epoch
   length_bucket: int = 0  # >0: cut right padding per batch to a multiple of this
   log_every: int = 50
+  parallelism: str = "mesh"  # "mesh" (jit over a device mesh) or "pmap" (local devices)
 
 
 def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
         arrays: dict[str, np.ndarray], config: FitConfig, *, workdir: str | None = None,
         mesh: jax.sharding.Mesh | None = None) -> tuple[TrainState, list[dict]]:
   """Trains for `config.epochs` epochs; with `workdir` it checkpoints and resumes.
+
+  Data parallel over `mesh` (default: all devices) with `train_step`, or with
+  `config.parallelism="pmap"` over all local devices with `pmap_train_step`.
 
   arrays: the encoded training set (input_ids, attention_mask, labels or
   loss_mask, ...), [n, ...] numpy each. A run that finds a checkpoint in
@@ -146,10 +179,21 @@ def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
     logging.info("Resumed from %s at step %d of %d.", workdir, int(state.step), total)
   if config.loss not in LOSSES:
     raise ValueError(f"loss must be one of {LOSSES}, got {config.loss!r}.")
-  state = parallel.replicate(state, mesh)
-  step_fn = functools.partial(train_step, model, optimizer, config.loss, config.dropout)
-  rng = jax.random.key(config.seed)
   done = int(state.step)
+  rng = jax.random.key(config.seed)
+  if config.parallelism == "pmap":
+    devices = jax.local_device_count()
+    state, rngs = parallel.stack_for_pmap((state, rng), devices)
+    step_fn = lambda s, b: pmap_train_step(model, optimizer, config.loss, config.dropout,
+                                           s, parallel.split_for_pmap(b, devices), rngs)
+    unreplicate = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
+  elif config.parallelism == "mesh":
+    state = parallel.replicate(state, mesh)
+    step_fn = lambda s, b: train_step(model, optimizer, config.loss, config.dropout, s,
+                                      parallel.shard_batch(b, mesh), rng)
+    unreplicate = lambda tree: tree
+  else:
+    raise ValueError(f"parallelism must be 'mesh' or 'pmap', got {config.parallelism!r}.")
   with tqdm.tqdm(total=total, initial=done, desc=f"train ({config.loss})") as bar:
     for epoch in range(done // steps_per_epoch, config.epochs):
       batches = iterate_batches(arrays, config.batch_size, seed=config.seed, epoch=epoch,
@@ -158,8 +202,9 @@ def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
         if epoch * steps_per_epoch + i < done:
           continue  # already trained on before the interruption
         batch = trim_padding(batch, config.length_bucket)
-        state, metrics = step_fn(state, parallel.shard_batch(batch, mesh), rng)
-        step = int(state.step)
+        state, metrics = step_fn(state, batch)
+        metrics = unreplicate(metrics)
+        step = epoch * steps_per_epoch + i + 1
         history.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
         bar.update(1)
         if step % config.log_every == 0:
@@ -167,11 +212,11 @@ def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
         at_epoch_end = step % steps_per_epoch == 0
         if ckpt is not None and (at_epoch_end or (
             config.checkpoint_every and step % config.checkpoint_every == 0)):
-          ckpt.save(step, jax.device_get(state), metadata={"history": history})
+          ckpt.save(step, jax.device_get(unreplicate(state)), metadata={"history": history})
   if ckpt is not None:
     ckpt.wait_until_finished()
     ckpt.close()
-  return state, history
+  return unreplicate(state), history
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

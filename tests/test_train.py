@@ -75,21 +75,30 @@ def test_interrupted_fit_resumes_to_the_same_parameters(tmp_path):
   chex.assert_trees_all_close(resumed.params, straight.params, atol=1e-6)
 
 
+@pytest.mark.parametrize("parallelism", ["mesh", "pmap"])
 @pytest.mark.parametrize("loss", ["classification", "causal_lm"])
-def test_eight_devices_equal_one(loss):
+def test_eight_devices_equal_one(loss, parallelism):
+  """10 steps on 8 devices (a mesh, or pmap) = 10 steps on one device, within 1e-5."""
   model = build_model(BERT if loss == "classification" else LLAMA,
                       "classification" if loss == "classification" else "causal_lm")
   data = _toy_classification(n=32)
-  data["loss_mask"] = np.ones_like(data["input_ids"])
+  # Uneven answer masks: pmap must weight each device's mean by its token count.
+  data["loss_mask"] = (np.random.RandomState(3).rand(32, 11) < 0.5).astype(np.int32)
   optimizer = optax.adam(1e-3)
   cfg = FitConfig(loss=loss, epochs=5, batch_size=16, dropout=False)
-  one, _ = fit(model, _state(model, optimizer, data), optimizer, data, cfg,
-               mesh=parallel.data_mesh(jax.devices()[:1]))
-  eight, _ = fit(model, _state(model, optimizer, data), optimizer, data, cfg,
-                 mesh=parallel.data_mesh())
-  assert jax.device_count() == 8
+  one, one_history = fit(model, _state(model, optimizer, data), optimizer, data, cfg,
+                         mesh=parallel.data_mesh(jax.devices()[:1]))
+  cfg.parallelism = parallelism
+  eight, history = fit(model, _state(model, optimizer, data), optimizer, data, cfg,
+                       mesh=parallel.data_mesh())
+  assert jax.device_count() == 8 and len(history) == 10
+  np.testing.assert_allclose([h["loss"] for h in history],
+                             [h["loss"] for h in one_history], rtol=1e-5)
   chex.assert_trees_all_close(jax.device_get(one.params), jax.device_get(eight.params),
                               atol=1e-5)
+  assert not np.allclose(jax.device_get(one.params["layers_0"]["attention"]["query"]["kernel"]),
+                         jax.device_get(_state(model, optimizer, data).params["layers_0"]
+                                        ["attention"]["query"]["kernel"]), atol=1e-4)
 
 
 def test_length_buckets_do_not_change_predictions():

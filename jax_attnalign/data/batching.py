@@ -51,6 +51,7 @@ def encode_classification(examples: Sequence[TextExample], tokenizer: Tokenizer,
   """Right-padded, truncated encoder inputs of the examples' texts.
 
   Returns input_ids, attention_mask (and token_type_ids if the tokenizer makes
+  them), special_mask (1 on the tokenizer's special tokens, for views that drop
   them): [N, max_length] int32; labels: [N] int32; poisoned: [N] bool.
   """
   encoded = tokenizer([e.text for e in examples], max_length=max_length, truncation=True)
@@ -59,6 +60,8 @@ def encode_classification(examples: Sequence[TextExample], tokenizer: Tokenizer,
       encoded["input_ids"], max_length, _pad_id(tokenizer), "right")
   if "token_type_ids" in encoded:
     arrays["token_type_ids"], _ = _pad(encoded["token_type_ids"], max_length, 0, "right")
+  arrays["special_mask"] = (np.isin(arrays["input_ids"], tokenizer.all_special_ids)
+                            & (arrays["attention_mask"] > 0)).astype(np.int32)
   arrays["labels"] = np.array([e.label for e in examples], np.int32)
   arrays["poisoned"] = np.array([e.poisoned for e in examples], bool)
   return arrays

@@ -1,0 +1,309 @@
+"""Sanitisation rounds: classify heads -> align -> head-wise fine-tune -> re-measure.
+
+  params, report = sanitize(model, params, suspects, clean, SanitizeConfig())
+
+A round (paper sections "Attention Safety Alignment" and "Head-wise Fine-tuning"):
+  1. classify: each head's largest mean cosine to another head on the suspect
+     inputs (the view; `scope` layer or model), gradient importance on the
+     suspects (labels: the model's own predictions, or given), eq. 5 -> head
+     classes; heads of layers outside the view are intermediate;
+  2. align: `align_steps` Adam steps of eq. 7 on the suspects, safe heads frozen;
+  3. fine-tune: `train.fit` on the clean data with per-head learning rates;
+  4. re-measure: the detector's score of every suspect.
+Rounds stop (DESIGN.md) when fewer than `stop_fraction` of the suspects are still
+flagged by the calibrated detector, or after `max_rounds`; `stop="fixed"` runs
+exactly `max_rounds`. No safe head ends the run with `stopped="empty_safe_set"`.
+
+With `workdir`, the parameters and the report are checkpointed (orbax) after
+every round and the fine-tune inside a round checkpoints itself, so a killed run
+resumes where it stopped and ends with the same parameters as an uninterrupted
+one. `flagged_inputs` turns a calibrated detector's flags into the suspects
+(the paper's label-free, input-triggered mode).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from jax_attnalign import parallel, train
+from jax_attnalign.analysis import (HeadClass, class_counts, classify_heads,
+                                    head_gate_gradients, head_similarity,
+                                    max_other_similarity, normalize_importance,
+                                    resolve_view, safety_scores,
+                                    streaming_head_similarity)
+from jax_attnalign.checkpoint import Checkpointer
+from jax_attnalign.defense.alignment import alignment_loss, alignment_optimizer
+from jax_attnalign.defense.detector import Detector, calibrate_detector, input_scores
+from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer
+from jax_attnalign.models import MODEL_INPUTS, apply_batch, attention_maps
+
+STAGES = ("align", "finetune")
+_VIEW_INPUTS = ("special_mask", "prompt_lengths")
+
+
+@dataclasses.dataclass(frozen=True)
+class SanitizeConfig:
+  """Every choice of the method; defaults are DESIGN.md's."""
+  view: str = "cls_row_nospecial"
+  scope: Literal["layer", "model"] = "layer"
+  alpha: float = 0.7
+  tau: float = 0.3
+  similarity_term: Literal["minmax", "raw"] = "minmax"
+  importance_labels: Literal["predictions", "given"] = "predictions"
+  normalization: Literal["global_max", "layer_l2", "none"] = "global_max"
+  stages: tuple[str, ...] = STAGES  # ablations: ("align",) or ("finetune",)
+  align_steps: int = 40
+  align_learning_rate: float = 1e-3
+  align_batch_size: int = 32
+  align_trainable: Literal["heads", "all_non_safe"] = "heads"
+  rates: HeadRates = HeadRates()
+  other: Literal["moderate", "frozen"] = "moderate"
+  loss: str = "classification"
+  finetune_epochs: int = 2
+  finetune_batch_size: int = 32
+  length_bucket: int = 0  # >0: trim right padding of fine-tuning batches (encoders)
+  stop: Literal["threshold", "fixed"] = "threshold"
+  max_rounds: int = 3
+  stop_fraction: float = 0.5
+  statistic: str = "mean"  # the detector's statistic when none is given
+  fpr: float = 0.05
+  calibration_size: int = 256  # clean inputs used to calibrate when no detector is given
+  score_batch_size: int = 32
+  seed: int = 0
+
+  def __post_init__(self):
+    resolve_view(self.view)
+    if not self.stages or set(self.stages) - set(STAGES):
+      raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {self.stages}.")
+    if self.stop not in ("threshold", "fixed"):
+      raise ValueError(f"stop must be 'threshold' or 'fixed', got {self.stop!r}.")
+    if self.importance_labels not in ("predictions", "given"):
+      raise ValueError("importance_labels must be 'predictions' or 'given', "
+                       f"got {self.importance_labels!r}.")
+    if self.max_rounds < 1:
+      raise ValueError(f"max_rounds must be >= 1, got {self.max_rounds}.")
+
+
+def per_input(fn: Callable, arrays: dict[str, np.ndarray], batch_size: int,
+              mesh: jax.sharding.Mesh) -> np.ndarray:
+  """fn(batch) -> per-row array, over `arrays` in chunks sharded on the mesh.
+
+  Each chunk is padded to a multiple of the devices with copies of its first
+  row, whose results are dropped; rows come back in order: [n, ...].
+  """
+  devices = mesh.shape[parallel.DATA]
+  size = -(-batch_size // devices) * devices
+  n = len(arrays["input_ids"])
+  out = []
+  for start in range(0, n, size):
+    chunk, real = parallel.pad_to_multiple(
+        {k: v[start:start + size] for k, v in arrays.items()}, devices)
+    out.append(np.asarray(jax.device_get(fn(parallel.shard_batch(chunk, mesh))))[:real])
+  return np.concatenate(out)
+
+
+def _view_kwargs(batch: dict) -> dict:
+  return {k: batch.get(k) for k in _VIEW_INPUTS}
+
+
+@functools.partial(jax.jit, static_argnames=("model", "view", "scope"))
+def _suspect_cosine(model, params, batch, view: str, scope: str):
+  """Per-input head cosine of the view: [B, L', N, N] (layer) or [B, L'N, L'N] (model)."""
+  extra = {k: batch[k] for k in MODEL_INPUTS[2:] if k in batch}
+  if scope == "layer":
+    return streaming_head_similarity(model, params, batch["input_ids"],
+                                     batch["attention_mask"], view, **_view_kwargs(batch),
+                                     **extra)
+  _, state = apply_batch(model, params, batch, capture_attention=True,
+                         mutable=["intermediates"])
+  return head_similarity(attention_maps(state), view, attention_mask=batch["attention_mask"],
+                         is_decoder=model.config.is_decoder, scope="model",
+                         **_view_kwargs(batch))
+
+
+def classify(model, params, suspects: dict[str, np.ndarray], config: SanitizeConfig,
+             mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:
+  """Step 1 of a round: {'max_similarity', 'importance', 'safety', 'labels'}, each [L, N]."""
+  cfg = model.config
+  view = resolve_view(config.view)
+  layers = list(view.layer_indices(cfg.num_layers))
+  cos = per_input(lambda b: _suspect_cosine(model, params, b, config.view, config.scope),
+                  suspects, config.score_batch_size, mesh).mean(axis=0)
+  sim_viewed = np.asarray(max_other_similarity(jnp.asarray(cos))).reshape(len(layers), -1)
+  use_predictions = config.importance_labels == "predictions"
+  if not use_predictions and "labels" not in suspects and "loss_mask" not in suspects:
+    raise ValueError("importance_labels='given' needs 'labels' (or 'loss_mask') in the "
+                     "suspect inputs; use importance_labels='predictions' without labels.")
+  grads = per_input(lambda b: head_gate_gradients(model, params, b,
+                                                  use_predictions=use_predictions),
+                    _model_fields(suspects), config.score_batch_size, mesh)
+  importance = np.asarray(normalize_importance(jnp.asarray(np.abs(grads).mean(axis=0)),
+                                               config.normalization))
+  safety = np.asarray(safety_scores(sim_viewed, importance[layers], config.alpha,
+                                    config.similarity_term))
+  labels = np.full((cfg.num_layers, cfg.num_heads), int(HeadClass.INTERMEDIATE), np.int32)
+  labels[layers] = classify_heads(safety, config.tau)
+  max_similarity = np.full(labels.shape, np.nan, np.float32)
+  max_similarity[layers] = sim_viewed
+  full_safety = np.full(labels.shape, np.nan, np.float32)
+  full_safety[layers] = safety
+  return {"max_similarity": max_similarity, "importance": importance,
+          "safety": full_safety, "labels": labels}
+
+
+def _model_fields(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  keep = MODEL_INPUTS + ("labels", "loss_mask") + _VIEW_INPUTS
+  return {k: v for k, v in arrays.items() if k in keep}
+
+
+def align(model, params, suspects: dict[str, np.ndarray], labels: np.ndarray,
+          config: SanitizeConfig, mesh: jax.sharding.Mesh) -> tuple[dict, list[float]]:
+  """Step 2: `align_steps` Adam steps of eq. 7; returns (params, loss per step).
+
+  Each step takes `align_batch_size` suspects (a multiple of the devices) from a
+  seeded permutation, wrapping around, so every batch is full.
+  """
+  optimizer = alignment_optimizer(params, labels, model.config,
+                                  learning_rate=config.align_learning_rate,
+                                  trainable=config.align_trainable)
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    loss, grads = jax.value_and_grad(
+        lambda p: alignment_loss(model, p, batch, labels, config.view,
+                                 **_view_kwargs(batch)))(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  suspects = _model_fields(suspects)
+  n = len(suspects["input_ids"])
+  devices = mesh.shape[parallel.DATA]
+  size = max(devices, min(config.align_batch_size, n) // devices * devices)
+  order = np.random.default_rng(config.seed).permutation(n)
+  params = parallel.replicate(params, mesh)
+  opt_state = parallel.replicate(optimizer.init(params), mesh)
+  losses = []
+  for s in range(config.align_steps):
+    idx = order[(s * size + np.arange(size)) % n]
+    batch = parallel.shard_batch({k: v[idx] for k, v in suspects.items()}, mesh)
+    params, opt_state, loss = step(params, opt_state, batch)
+    losses.append(float(loss))
+  return params, losses
+
+
+def finetune(model, params, clean: dict[str, np.ndarray], labels: np.ndarray,
+             config: SanitizeConfig, mesh: jax.sharding.Mesh, round_index: int,
+             workdir: pathlib.Path | None) -> tuple[dict, list[float]]:
+  """Step 3: head-wise fine-tuning on the clean data; returns (params, loss per step)."""
+  optimizer = headwise_optimizer(params, labels, model.config, rates=config.rates,
+                                 other=config.other)
+  fit_cfg = train.FitConfig(loss=config.loss, epochs=config.finetune_epochs,
+                            batch_size=config.finetune_batch_size,
+                            seed=config.seed + round_index, length_bucket=config.length_bucket)
+  state, history = train.fit(
+      model, train.TrainState.create(params, optimizer), optimizer, _model_fields(clean),
+      fit_cfg, workdir=str(workdir / f"finetune_round{round_index}") if workdir else None,
+      mesh=mesh)
+  return state.params, [h["loss"] for h in history]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "view", "statistic"))
+def _scores(model, params, batch, view: str, statistic: str):
+  return input_scores(model, params, batch, view, statistic, **_view_kwargs(batch))
+
+
+def scores_of(model, params, arrays: dict[str, np.ndarray], view: str, statistic: str, *,
+              batch_size: int = 32, mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
+  """Every input's detector score (`input_scores`), data-parallel: [n]."""
+  mesh = mesh or parallel.data_mesh()
+  return per_input(lambda b: _scores(model, params, b, view, statistic),
+                   _model_fields(arrays), batch_size, mesh)
+
+
+def flagged_inputs(model, params, arrays: dict[str, np.ndarray], detector: Detector, *,
+                   batch_size: int = 32, mesh: jax.sharding.Mesh | None = None
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """The inputs the detector flags (the suspects of the label-free mode) and all scores."""
+  scores = scores_of(model, params, arrays, detector.view, detector.statistic,
+                     batch_size=batch_size, mesh=mesh)
+  keep = detector.flag(scores)
+  return {k: v[keep] for k, v in arrays.items()}, scores
+
+
+def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
+             clean_data: dict[str, np.ndarray], config: SanitizeConfig = SanitizeConfig(),
+             *, detector: Detector | None = None, workdir: str | pathlib.Path | None = None,
+             mesh: jax.sharding.Mesh | None = None,
+             on_round_end: Callable[[int, dict], None] | None = None) -> tuple[dict, dict]:
+  """Rounds of classify -> align -> head-wise fine-tune -> re-measure.
+
+  suspect_inputs: encoded inputs believed triggered (input_ids, attention_mask,
+  optional token_type_ids, special_mask, prompt_lengths; 'labels' only with
+  importance_labels='given'). clean_data: encoded clean training rows (labels,
+  or loss_mask with loss='causal_lm'). detector: the calibrated detector whose
+  flags define "still anomalous"; without one it is calibrated on up to
+  `calibration_size` clean inputs at `config.fpr`. on_round_end(round, report)
+  runs after each round's checkpoint. Returns (params, report).
+  """
+  mesh = mesh or parallel.data_mesh()
+  if len(suspect_inputs.get("input_ids", ())) == 0:
+    raise ValueError("sanitize needs at least one suspect input (none were given or "
+                     "flagged); lower the detector's threshold or pass oracle suspects.")
+  workdir = pathlib.Path(workdir) if workdir else None
+  if detector is None:
+    calibration = {k: v[:config.calibration_size] for k, v in clean_data.items()}
+    detector = calibrate_detector(
+        scores_of(model, params, calibration, config.view, config.statistic,
+                  batch_size=config.score_batch_size, mesh=mesh),
+        view=config.view, statistic=config.statistic, fpr=config.fpr)
+  report = {"config": dataclasses.asdict(config), "detector": dataclasses.asdict(detector),
+            "rounds": [], "stopped": None}
+  ckpt = Checkpointer(workdir / "rounds") if workdir else None
+  if ckpt is not None and ckpt.latest_step() is not None:
+    params, meta = ckpt.restore(target=params)
+    report = meta["report"]
+    logging.info("sanitize: resumed after round %d from %s.", len(report["rounds"]), workdir)
+  while report["stopped"] is None:
+    k = len(report["rounds"])
+    heads = classify(model, params, suspect_inputs, config, mesh)
+    entry = {"round": k, "counts": class_counts(heads["labels"]),
+             **{name: np.asarray(v).tolist() for name, v in heads.items()}}
+    if not (heads["labels"] == HeadClass.SAFE).any() and "align" in config.stages:
+      entry["note"] = "no safe head: eq. 6's safe mean is undefined; parameters unchanged"
+      report["stopped"] = "empty_safe_set"
+    else:
+      if "align" in config.stages:
+        params, entry["align_loss"] = align(model, params, suspect_inputs, heads["labels"],
+                                            config, mesh)
+      if "finetune" in config.stages:
+        params, entry["finetune_loss"] = finetune(model, params, clean_data, heads["labels"],
+                                                  config, mesh, k, workdir)
+      scores = scores_of(model, params, suspect_inputs, detector.view, detector.statistic,
+                         batch_size=config.score_batch_size, mesh=mesh)
+      entry.update(suspect_score_mean=float(scores.mean()),
+                   flagged_fraction=float(detector.flag(scores).mean()))
+      if config.stop == "threshold" and entry["flagged_fraction"] < config.stop_fraction:
+        report["stopped"] = "threshold"
+      elif k + 1 >= config.max_rounds:
+        report["stopped"] = "max_rounds"
+    report["rounds"].append(entry)
+    logging.info("sanitize round %d: %s, suspects flagged %.3f", k, entry["counts"],
+                 entry.get("flagged_fraction", float("nan")))
+    params = jax.device_get(params)
+    if ckpt is not None:
+      ckpt.save(k + 1, params, metadata={"report": report})
+      ckpt.wait_until_finished()
+    if on_round_end is not None:
+      on_round_end(k, report)
+  if ckpt is not None:
+    ckpt.close()
+  return params, report
