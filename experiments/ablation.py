@@ -1,0 +1,49 @@
+r"""Table 3: the full method against alignment only, head-wise fine-tuning only and
+uniform fine-tuning only (every head at the safe rate), on the same suspects.
+
+  python -m experiments.ablation --victims_dir runs/attack --workdir runs/ablation
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import common
+from jax_attnalign.configs import sanitize_config
+from jax_attnalign.defense import HeadRates
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "experiments/configs/defend.py",
+                                "Defense config (ml_collections).")
+flags.DEFINE_string("victims_dir", "workdir/attack", "experiments.attack's workdir.")
+flags.DEFINE_list("attacks", ["badnets"], "Attacks to ablate.")
+flags.DEFINE_string("workdir", "workdir/ablation", "Output folder.")
+
+
+def variants(full) -> dict:
+  """{name: ({}, SanitizeConfig)}: one round each, so the variants are comparable."""
+  one = dataclasses.replace(full, stop="fixed", max_rounds=1)
+  uniform = HeadRates(*(full.rates.safe,) * 3)
+  return {"full method": ({}, one),
+          "alignment only": ({}, dataclasses.replace(one, stages=("align",))),
+          "head-wise fine-tuning only": ({}, dataclasses.replace(one, stages=("finetune",))),
+          "uniform fine-tuning only": ({}, dataclasses.replace(
+              one, stages=("finetune",), rates=uniform))}
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  rows = common.run_variants(common.find_victims(FLAGS.victims_dir, FLAGS.attacks),
+                             variants(sanitize_config(config.sanitize)), config.setup,
+                             pathlib.Path(FLAGS.workdir))
+  print(common.write_summary(rows, pathlib.Path(FLAGS.workdir), "ablation",
+                             "Ablation (Table 3)"))
+
+
+if __name__ == "__main__":
+  app.run(main)

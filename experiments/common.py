@@ -1,0 +1,84 @@
+"""What the defense binaries share: finding victims, running variants, writing results."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import tqdm
+from absl import logging
+
+from jax_attnalign import metrics, plots
+from jax_attnalign.configs import defense_setup
+from jax_attnalign.pipeline import defend_victim
+
+
+def find_victims(victims_dir: str | pathlib.Path, attacks: list[str] | None = None
+                 ) -> list[tuple[str, pathlib.Path, dict]]:
+  """(run name, run directory, victim config) of every backdoored victim written
+  by `experiments.attack` under `victims_dir` (clean references skipped)."""
+  found = []
+  for result in sorted(pathlib.Path(victims_dir).glob("*/result.json")):
+    cfg = json.loads(result.read_text())["config"]
+    if cfg["attack"] != "clean" and (not attacks or cfg["attack"] in attacks):
+      found.append((result.parent.name, result.parent, cfg))
+  if not found:
+    raise FileNotFoundError(
+        f"No backdoored victim (*/result.json with model/) under {victims_dir}; "
+        "train some with `python -m experiments.attack --workdir DIR`.")
+  return found
+
+
+def victim_setup(config, run_dir: pathlib.Path, victim_cfg: dict, **overrides):
+  """The DefenseSetup of a victim run: its data, attack, target and seed."""
+  return defense_setup(config, **{
+      "victim": str(run_dir / "model"), "data_dir": victim_cfg["data_dir"],
+      "dataset": victim_cfg["dataset"], "attack": victim_cfg["attack"],
+      "attack_kwargs": dict(victim_cfg["attack_kwargs"]), "target": victim_cfg["target"],
+      "seed": victim_cfg["seed"], **overrides})
+
+
+def run_variants(victims, variants: dict, config, workdir: pathlib.Path) -> list[dict]:
+  """defend_victim for every victim x variant; variants: {name: (setup overrides,
+  SanitizeConfig)}. Finished runs are read back, not repeated."""
+  rows = []
+  jobs = [(v, name, spec) for v in victims for name, spec in variants.items()]
+  for (run, run_dir, victim_cfg), name, (overrides, sanitize_cfg) in tqdm.tqdm(
+      jobs, desc="defend"):
+    setup = victim_setup(config, run_dir, victim_cfg, **overrides)
+    result = defend_victim(setup, sanitize_cfg, workdir / name / run)
+    logging.info("%s %s: %s -> %s", name, run, result["before"], result["after"])
+    rows.append({"victim": run, "attack": victim_cfg["attack"],
+                 "dataset": victim_cfg["dataset"], "variant": name,
+                 "seed": victim_cfg["seed"], **{k: result[k] for k in
+                                                ("before", "after", "detection")}})
+  return rows
+
+
+def write_summary(rows: list[dict], workdir: pathlib.Path, name: str, title: str) -> str:
+  """Groups rows by (dataset, attack, variant); writes {name}.json, .md and .png
+  (CA and ASR before/after, mean ± std over seeds). Returns the markdown table."""
+  groups: dict[tuple, list[dict]] = {}
+  for row in rows:
+    groups.setdefault((row["dataset"], row["attack"], row["variant"]), []).append(row)
+  fmt = metrics.format_mean_std
+  lines = ["| dataset | attack | variant | CA before | ASR before | CA after | ASR after "
+           "| detector AUROC | suspects (triggered) | seeds |", "|---" * 10 + "|"]
+  bars = {}
+  for (dataset, attack, variant), runs in groups.items():
+    get = lambda when, m: [r[when][m] for r in runs]
+    lines.append(
+        f"| {dataset} | {attack} | {variant} | {fmt(get('before', 'ca'))} | "
+        f"{fmt(get('before', 'asr'))} | {fmt(get('after', 'ca'))} | "
+        f"{fmt(get('after', 'asr'))} | {fmt([r['detection']['auroc'] for r in runs])} | "
+        + ", ".join(f"{r['detection']['suspects']} ({r['detection']['suspects_triggered']})"
+                    for r in runs) + f" | {len(runs)} |")
+    bars[f"{attack}\n{variant}"] = {"CA after": get("after", "ca"),
+                                    "ASR after": get("after", "asr"),
+                                    "ASR before": get("before", "asr")}
+  table = "\n".join(lines)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / f"{name}.json").write_text(json.dumps(rows, indent=1, default=str))
+  (workdir / f"{name}.md").write_text(f"{title} (mean ± std over seeds)\n\n{table}\n")
+  plots.plot_metric_bars(bars, workdir / f"{name}.png", title=title)
+  return table

@@ -1,0 +1,41 @@
+r"""Defends backdoored victims: detector-chosen (or oracle) suspects, sanitise, CA/ASR.
+
+  python -m experiments.defend --victims_dir runs/attack --workdir runs/defend \
+      --config experiments/configs/defend.py --config.setup.suspects oracle
+
+Writes per-run result.json (+ the sanitised checkpoint) and defend.json/.md/.png.
+Interrupted runs resume; finished runs are read back.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import common
+from jax_attnalign.configs import sanitize_config
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "experiments/configs/defend.py",
+                                "Defense config (ml_collections).")
+flags.DEFINE_string("victims_dir", "workdir/attack", "experiments.attack's workdir.")
+flags.DEFINE_list("attacks", [], "Only these attacks (default: every victim).")
+flags.DEFINE_string("workdir", "workdir/defend", "Output folder.")
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  variant = f"ours ({config.setup.suspects} suspects)"
+  rows = common.run_variants(
+      common.find_victims(FLAGS.victims_dir, FLAGS.attacks),
+      {variant: ({}, sanitize_config(config.sanitize))}, config.setup,
+      pathlib.Path(FLAGS.workdir))
+  print(common.write_summary(rows, pathlib.Path(FLAGS.workdir), "defend",
+                             "Defense of backdoored victims"))
+
+
+if __name__ == "__main__":
+  app.run(main)

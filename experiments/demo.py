@@ -1,0 +1,96 @@
+r"""The main job: backdoor a pretrained model, see it in its heads, detect, sanitise.
+
+Offline by default, on the bundled MiniLM and the embedded tweets (`data.embedded`):
+  1. inject a BadNets backdoor (rare-word trigger, 20% of a training subset);
+  2. show the similarity effect: head pairs with cosine > 0.99 and the 99th
+     percentile, clean vs triggered test inputs, per view;
+  3. calibrate the detector on clean data (5% false positives) and let it pick
+     the suspects from a stream of clean and triggered inputs;
+  4. sanitise (alignment + head-wise fine-tuning, rounds until the suspects look
+     clean) and print CA and ASR before and after.
+Writes report.md, JSON and plots to --workdir; reruns reuse finished steps.
+
+  python -m experiments.demo
+  python -m experiments.demo --data ../shared/data/sst2/clean --dataset sst2
+  python -m experiments.demo --model bert-base-uncased --data stanfordnlp/sst2  # network
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from absl import app, flags
+
+from jax_attnalign import plots
+from jax_attnalign.assets import bundled_minilm_path
+from jax_attnalign.defense.sanitize import SanitizeConfig
+from jax_attnalign.pipeline import DefenseSetup, analyze_victim, defend_victim
+from jax_attnalign.victim import VictimConfig, train_classification_victim
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data", "tweets", "'tweets' (embedded), a local folder with "
+                    "train/test files, or a hub dataset id.")
+flags.DEFINE_string("dataset", "tweets", "Registry name of the label set (tweets, sst2, ...).")
+flags.DEFINE_string("model", "", "Checkpoint directory or hub id (default: bundled MiniLM).")
+flags.DEFINE_integer("train_size", 1500, "Training sentences of the victim.")
+flags.DEFINE_integer("eval_size", 1000, "Test inputs measured (clean, and triggered).")
+flags.DEFINE_integer("max_length", 48, "Tokens per input.")
+flags.DEFINE_integer("seed", 0, "Seed of the subset, the poisoning and the defense.")
+flags.DEFINE_string("workdir", "workdir/demo", "Output folder.")
+
+VIEWS = ("cls_row_nospecial", "cls_row_last_layer")
+
+
+def main(argv):
+  del argv
+  workdir = pathlib.Path(FLAGS.workdir)
+  victim = train_classification_victim(VictimConfig(
+      data_dir=FLAGS.data, dataset=FLAGS.dataset, model=FLAGS.model, attack="badnets",
+      train_size=FLAGS.train_size, test_size=FLAGS.eval_size, max_length=FLAGS.max_length,
+      seed=FLAGS.seed), workdir / "victim")
+  print(f"1. backdoored victim: CA {victim['ca']:.3f}, ASR {victim['asr']:.3f}")
+  setup = DefenseSetup(victim=str(workdir / "victim" / "model"), data_dir=FLAGS.data,
+                       dataset=FLAGS.dataset, attack="badnets", max_length=FLAGS.max_length,
+                       eval_size=FLAGS.eval_size, seed=FLAGS.seed)
+  analysis = analyze_victim(setup, list(VIEWS), ["frac_above", "percentile"],
+                            workdir / "analysis")
+  lines = ["| view | pairs > 0.99, clean / triggered | 99th pct, clean / triggered | AUROC |",
+           "|---|---|---|---|"]
+  for view, stats in analysis["views"].items():
+    f, p = stats["frac_above"], stats["percentile"]
+    lines.append(f"| {view} | {f['clean']:.3f} / {f['triggered']:.3f} | "
+                 f"{p['clean']:.3f} / {p['triggered']:.3f} | {p['auroc']:.3f} |")
+  similarity = "\n".join(lines)
+  print("2. head similarity, clean vs triggered:\n" + similarity)
+  result = defend_victim(setup, SanitizeConfig(), workdir / "defend")
+  d, before, after = result["detection"], result["before"], result["after"]
+  detection = (f"detector ({SanitizeConfig().detector_view}, 99th percentile, 5% FPR): "
+               f"AUROC {d['auroc']:.3f}, flagged {d['flagged']} of the stream, "
+               f"{d['suspects']} suspects of which {d['suspects_triggered']} triggered")
+  print("3. " + detection)
+  outcome = ("| | CA | ASR |\n|---|---|---|\n"
+             f"| backdoored | {before['ca']:.3f} | {before['asr']:.3f} |\n"
+             f"| sanitised ({len(result['report']['rounds'])} round(s)) | "
+             f"{after['ca']:.3f} | {after['asr']:.3f} |")
+  print("4. sanitisation, on held-out test inputs:\n" + outcome)
+  plots.plot_metric_bars({"backdoored": {"CA": [before["ca"]], "ASR": [before["asr"]]},
+                          "sanitised": {"CA": [after["ca"]], "ASR": [after["asr"]]}},
+                         workdir / "defense.png", title="BadNets: before and after")
+  model = FLAGS.model or bundled_minilm_path().name
+  (workdir / "report.md").write_text(
+      f"# Backdoor demo: {model} on {FLAGS.data}\n\n"
+      f"Victim (BadNets, {FLAGS.train_size} training inputs): CA {victim['ca']:.3f}, "
+      f"ASR {victim['asr']:.3f}.\n\n## Head similarity\n\n{similarity}\n\n"
+      "![](analysis/cls_row_last_layer_frac_above.png)\n\n"
+      f"## Detection\n\n{detection}.\n\n## Sanitisation\n\n{outcome}\n\n"
+      "![](defense.png)\n\nSanitised checkpoint (transformers-loadable): "
+      "`defend/model/`.\n")
+  (workdir / "summary.json").write_text(json.dumps(
+      {"victim": victim, "analysis": analysis["views"], "defense": result}, indent=1,
+      default=str))
+  print(f"report: {workdir / 'report.md'}")
+
+
+if __name__ == "__main__":
+  app.run(main)

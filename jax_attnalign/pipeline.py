@@ -1,0 +1,194 @@
+"""The defense end to end on a backdoored classifier: detect, sanitise, measure.
+
+  result = defend_victim(DefenseSetup(victim="runs/badnets_seed0/model"),
+                         SanitizeConfig(), workdir="runs/defend")
+
+The test split is divided (seeded) into a *stream* that the deployed model sees
+(clean and triggered inputs mixed; the detector picks the suspects from it, or
+the triggered ones are handed over as oracle suspects) and a disjoint *held-out*
+part on which CA and ASR are measured before and after sanitisation. The
+defender's clean data (fine-tuning and detector calibration) is drawn from the
+clean training split. Only clean data and the suspects are used: no trigger
+knowledge, no labels of the suspects (their importance labels are the model's
+own predictions by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Literal
+
+import numpy as np
+from absl import logging
+
+import jax_attnalign
+from jax_attnalign import attacks, data, metrics, plots, train
+from jax_attnalign.defense.detector import calibrate_detector
+from jax_attnalign.defense.sanitize import SanitizeConfig, sanitize, scores_of
+
+
+@dataclasses.dataclass(frozen=True)
+class DefenseSetup:
+  """Which victim, which data, and how the suspects are chosen."""
+  victim: str  # the backdoored classifier's checkpoint directory (HF format)
+  tokenizer: str = ""  # "" = the victim directory, else the bundled MiniLM's
+  data_dir: str = "../shared/data/sst2/clean"
+  dataset: str = "sst2"
+  attack: str = "badnets"
+  attack_kwargs: tuple[tuple[str, Any], ...] = ()
+  target: int = 1
+  suspects: Literal["detector", "oracle"] = "detector"
+  stream_clean: int = 200  # clean test inputs in the monitored stream
+  stream_triggered: int = 100  # triggered test inputs in the monitored stream
+  max_suspects: int = 64  # the highest-scoring flagged inputs (oracle: the first ones)
+  clean_size: int = 500  # the defender's clean fine-tuning rows (training split)
+  calibration_size: int = 200  # clean training rows calibrating the detector
+  eval_size: int = 0  # held-out clean and triggered inputs measured (0: all the rest)
+  max_length: int = 64
+  seed: int = 0
+
+
+def _tokenizer_path(setup: DefenseSetup) -> str:
+  if setup.tokenizer:
+    return setup.tokenizer
+  victim = pathlib.Path(setup.victim)
+  if not any((victim / f).exists() for f in ("tokenizer.json", "vocab.txt",
+                                            "tokenizer.model")):
+    raise FileNotFoundError(f"{victim} holds no tokenizer; set DefenseSetup.tokenizer to "
+                            "the directory or hub id of the model it was fine-tuned from.")
+  return str(victim)
+
+
+def _split(examples: list, first: int, seed: int) -> tuple[list, list]:
+  order = np.random.default_rng(seed).permutation(len(examples))
+  return ([examples[i] for i in order[:first]], [examples[i] for i in order[first:]])
+
+
+def defense_data(setup: DefenseSetup, tokenizer) -> dict[str, dict[str, np.ndarray]]:
+  """Encoded 'stream' (with 'poisoned' marking triggered rows), 'held_clean',
+  'held_triggered', 'clean_train' and 'calibration' sets."""
+  enc = lambda rows: data.encode_classification(rows, tokenizer, setup.max_length)
+  test = data.load_classification(setup.data_dir, "test", dataset=setup.dataset)
+  attack = attacks.make_attack(setup.attack, **{
+      "target": setup.target, "seed": setup.seed, **dict(setup.attack_kwargs)})
+  triggered = attack.triggered_test(test)
+  stream_clean, held_clean = _split(test, setup.stream_clean, setup.seed)
+  stream_trig, held_trig = _split(triggered, setup.stream_triggered, setup.seed + 1)
+  train_rows = data.load_classification(setup.data_dir, "train", dataset=setup.dataset)
+  needed = setup.clean_size + setup.calibration_size
+  if needed > len(train_rows):
+    raise ValueError(f"clean_size + calibration_size = {needed} exceeds the "
+                     f"{len(train_rows)} clean training rows of {setup.data_dir}.")
+  defender, _ = _split(train_rows, needed, setup.seed + 2)
+  held = slice(None, setup.eval_size or None)
+  out = {"stream": enc(stream_clean + stream_trig), "held_clean": enc(held_clean[held]),
+         "held_triggered": enc(held_trig[held]), "clean_train": enc(defender[:setup.clean_size]),
+         "calibration": enc(defender[setup.clean_size:])}
+  out["stream"]["poisoned"] = np.r_[np.zeros(len(stream_clean), bool),
+                                    np.ones(len(stream_trig), bool)]
+  return out
+
+
+def evaluate(model, params, sets: dict, target: int) -> dict[str, float]:
+  """CA on the held-out clean inputs, ASR on the held-out triggered ones."""
+  predict = lambda arrays: train.predict_logits(model, params, arrays).argmax(-1)
+  return {"ca": metrics.clean_accuracy(predict(sets["held_clean"]),
+                                       sets["held_clean"]["labels"]),
+          "asr": metrics.attack_success_rate(predict(sets["held_triggered"]),
+                                             sets["held_triggered"]["labels"], target)}
+
+
+def choose_suspects(model, params, sets: dict, setup: DefenseSetup, config: SanitizeConfig
+                    ) -> tuple[dict, dict, Any]:
+  """(suspects, detection report, detector): the detector's flagged stream inputs
+  (highest scores first), or the stream's triggered inputs ('oracle')."""
+  kw = dict(batch_size=config.score_batch_size)
+  view, statistic = config.detector_view, config.statistic
+  calib = scores_of(model, params, sets["calibration"], view, statistic, **kw)
+  detector = calibrate_detector(calib, view=view, statistic=statistic, fpr=config.fpr)
+  stream = sets["stream"]
+  scores = scores_of(model, params, stream, view, statistic, **kw)
+  flagged = detector.flag(scores)
+  truth = stream["poisoned"]
+  report = {"auroc": metrics.detection_auroc(scores, truth),
+            "flagged": int(flagged.sum()), "true_positive_rate": float(flagged[truth].mean()),
+            "false_positive_rate": float(flagged[~truth].mean()),
+            "threshold": detector.threshold}
+  if setup.suspects == "oracle":
+    chosen = np.flatnonzero(truth)[:setup.max_suspects]
+  elif setup.suspects == "detector":
+    flagged_idx = np.flatnonzero(flagged)
+    chosen = flagged_idx[np.argsort(-scores[flagged_idx])][:setup.max_suspects]
+  else:
+    raise ValueError(f"suspects must be 'detector' or 'oracle', got {setup.suspects!r}.")
+  report.update(suspects=int(len(chosen)),
+                suspects_triggered=int(truth[chosen].sum()) if len(chosen) else 0)
+  suspects = {k: v[chosen] for k, v in stream.items() if k not in ("labels", "poisoned")}
+  return suspects, report, detector
+
+
+def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig(),
+                  workdir: str | pathlib.Path | None = None) -> dict:
+  """Detect suspects, sanitise, and measure; returns (and writes) the result dict.
+
+  With `workdir` an existing result.json is returned as is, and an interrupted
+  sanitisation resumes from its checkpoint there.
+  """
+  workdir = pathlib.Path(workdir) if workdir else None
+  if workdir is not None and (workdir / "result.json").exists():
+    return json.loads((workdir / "result.json").read_text())
+  model, params = jax_attnalign.load_pretrained(setup.victim, task="classification")
+  tokenizer = data.load_tokenizer(_tokenizer_path(setup))
+  sets = defense_data(setup, tokenizer)
+  before = evaluate(model, params, sets, setup.target)
+  suspects, detection, detector = choose_suspects(model, params, sets, setup, config)
+  logging.info("before: %s; detection: %s", before, detection)
+  result = {"setup": dataclasses.asdict(setup), "before": before, "detection": detection}
+  if detection["suspects"] == 0:
+    result.update(after=before, report={"stopped": "no_suspects", "rounds": []})
+  else:
+    params, report = sanitize(model, params, suspects, sets["clean_train"], config,
+                              detector=detector,
+                              workdir=workdir / "sanitize" if workdir else None)
+    result.update(after=evaluate(model, params, sets, setup.target), report=report)
+    if workdir is not None:
+      jax_attnalign.save_pretrained(model, params, workdir / "model")
+      tokenizer.save_pretrained(workdir / "model")
+  logging.info("after: %s", result["after"])
+  if workdir is not None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "result.json").write_text(json.dumps(result, indent=1, default=str))
+  return result
+
+
+def analyze_victim(setup: DefenseSetup, views: list[str], statistics: list[str],
+                   workdir: str | pathlib.Path, batch_size: int = 32) -> dict:
+  """Figure 1 / Table 1: per view and statistic, the clean and triggered inputs'
+  mean (per layer too) and the per-input detection AUROC, on the stream inputs
+  (`setup.stream_clean` clean, `setup.stream_triggered` triggered). Writes
+  analysis.json and a clean-vs-triggered plot per view to `workdir`."""
+  workdir = pathlib.Path(workdir)
+  model, params = jax_attnalign.load_pretrained(setup.victim, task="classification")
+  stream = defense_data(setup, data.load_tokenizer(_tokenizer_path(setup)))["stream"]
+  truth = stream["poisoned"]
+  out = {"setup": dataclasses.asdict(setup), "views": {}}
+  for view in views:
+    out["views"][view] = {}
+    for statistic in statistics:
+      layers = scores_of(model, params, stream, view, statistic, batch_size=batch_size,
+                         per_layer=True)  # [n, L']
+      scores = layers.mean(axis=-1)
+      out["views"][view][statistic] = {
+          "clean": float(scores[~truth].mean()), "triggered": float(scores[truth].mean()),
+          "auroc": metrics.detection_auroc(scores, truth),
+          "clean_per_layer": layers[~truth].mean(0).tolist(),
+          "triggered_per_layer": layers[truth].mean(0).tolist()}
+      if statistic == statistics[0]:
+        plots.plot_clean_vs_triggered(layers[~truth], layers[truth],
+                                      workdir / f"{view}_{statistic}.png", ylabel=statistic,
+                                      title=f"{setup.attack}: {view}")
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "analysis.json").write_text(json.dumps(out, indent=1))
+  return out

@@ -1,0 +1,118 @@
+"""Smoke tests of every experiment binary, as subprocesses, on a tiny configuration.
+
+A tiny random BERT (MiniLM's tokenizer) is backdoored on synthetic sentences by
+`experiments.attack`; analyze, defend, table2, ablation, sweep and the main job
+(`experiments.demo`) then run on it with small settings and must write their files.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jax_attnalign import data, save_pretrained
+from jax_attnalign.models import ModelConfig, build_model
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+WORDS = ("the film was good bad long short funny dull great awful plot actor scene music "
+         "story ending cast moment slow fast").split()
+TINY = ["--config.setup.stream_clean=8", "--config.setup.stream_triggered=8",
+        "--config.setup.clean_size=16", "--config.setup.calibration_size=8",
+        "--config.setup.max_length=16", "--config.sanitize.align_steps=2",
+        "--config.sanitize.finetune_epochs=1", "--config.sanitize.finetune_batch_size=8",
+        "--config.sanitize.align_batch_size=8", "--config.sanitize.score_batch_size=8",
+        "--config.sanitize.tau=0.5", "--config.sanitize.max_rounds=1"]
+
+
+def _write_split(path, n, rng):
+  rows = ["sentence\tlabel"] + [
+      " ".join(rng.choice(WORDS, rng.randint(4, 10))) + f"\t{rng.randint(2)}"
+      for _ in range(n)]
+  path.write_text("\n".join(rows) + "\n")
+
+
+def run(module, *args, cwd):
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, f"{module} failed:\n{proc.stderr[-4000:]}"
+  return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, minilm_path):
+  """{'root', 'data', 'model', 'victims'}: synthetic SST-2-like data, a tiny BERT
+  with MiniLM's tokenizer, and its BadNets victim trained by experiments.attack."""
+  root = tmp_path_factory.mktemp("tiny")
+  rng = np.random.RandomState(0)
+  (root / "data").mkdir()
+  _write_split(root / "data" / "train.tsv", 800, rng)
+  _write_split(root / "data" / "test.tsv", 400, rng)
+  tokenizer = data.load_tokenizer(minilm_path)
+  cfg = ModelConfig(model_type="bert", vocab_size=len(tokenizer), hidden_size=16,
+                    num_layers=2, num_heads=4, intermediate_size=24,
+                    max_position_embeddings=64)
+  model = build_model(cfg, "classification")
+  import jax  # pylint: disable=g-import-not-at-top
+  params = model.init(jax.random.PRNGKey(0), np.ones((1, 4), np.int32))["params"]
+  save_pretrained(model, params, root / "model")
+  tokenizer.save_pretrained(root / "model")
+  out = run("experiments.attack", f"--data_dir={root / 'data'}", "--dataset=sst2",
+            f"--model={root / 'model'}", "--attacks=badnets", "--seeds=0", "--train_size=0",
+            "--epochs=1", "--max_length=16", f"--workdir={root / 'victims'}", cwd=root)
+  assert "| badnets |" in out
+  return {"root": root, "data": root / "data", "model": root / "model",
+          "victims": root / "victims"}
+
+
+def test_attack_writes_victims(tiny):
+  summary = json.loads((tiny["victims"] / "summary.json").read_text())
+  assert 0.0 <= summary["badnets"]["asr"][0] <= 1.0
+  assert (tiny["victims"] / "badnets_seed0" / "model" / "tokenizer.json").is_file()
+  assert (tiny["victims"] / "summary.png").is_file()
+
+
+def test_analyze_defend_and_table2(tiny):
+  common = [f"--victims_dir={tiny['victims']}", *TINY]
+  out = run("experiments.analyze", *common[:1], "--inputs=8", "--views=cls_row_nospecial,full",
+            f"--workdir={tiny['root'] / 'analyze'}", cwd=ROOT)
+  assert "| badnets | full |" in out
+  analysis = json.loads((tiny["root"] / "analyze" / "analyze.json").read_text())
+  assert set(analysis["badnets_seed0"]["views"]) == {"cls_row_nospecial", "full"}
+  run("experiments.defend", *common, "--config.setup.suspects=oracle",
+      f"--workdir={tiny['root'] / 'defend'}", cwd=ROOT)
+  rows = json.loads((tiny["root"] / "defend" / "defend.json").read_text())
+  assert rows[0]["detection"]["suspects"] == 8 and "ca" in rows[0]["after"]
+  transformers_dir = tiny["root"] / "defend" / "ours (oracle suspects)" / "badnets_seed0"
+  assert (transformers_dir / "model" / "model.safetensors").is_file()
+  run("experiments.table2", f"--victims_dirs={tiny['victims']}", *TINY,
+      f"--workdir={tiny['root'] / 'table2'}", cwd=ROOT)
+  assert "ours (detector suspects)" in (tiny["root"] / "table2" / "table2.md").read_text()
+
+
+def test_ablation_and_sweep(tiny):
+  common = [f"--victims_dir={tiny['victims']}", *TINY, "--config.setup.suspects=oracle"]
+  run("experiments.ablation", *common, f"--workdir={tiny['root'] / 'ablation'}", cwd=ROOT)
+  rows = json.loads((tiny["root"] / "ablation" / "ablation.json").read_text())
+  assert {r["variant"] for r in rows} == {"full method", "alignment only",
+                                          "head-wise fine-tuning only",
+                                          "uniform fine-tuning only"}
+  run("experiments.sweep", *common, "--alphas=0.5", "--taus=0.4",
+      "--rate_pairs=1e-5:1e-4", f"--workdir={tiny['root'] / 'sweep'}", cwd=ROOT)
+  rows = json.loads((tiny["root"] / "sweep" / "sweep.json").read_text())
+  assert [r["variant"] for r in rows] == ["alpha=0.5", "tau=0.4", "lr=1e-05/0.0001"]
+  assert (tiny["root"] / "sweep" / "sweep.png").is_file()
+
+
+def test_demo_main_job(tiny):
+  out = run("experiments.demo", f"--model={tiny['model']}", f"--data={tiny['data']}",
+            "--dataset=sst2", "--train_size=64", "--eval_size=16", "--max_length=16",
+            f"--workdir={tiny['root'] / 'demo'}", cwd=ROOT)
+  assert "4. sanitisation" in out
+  report = (tiny["root"] / "demo" / "report.md").read_text()
+  assert "## Sanitisation" in report and "| sanitised" in report
+  assert (tiny["root"] / "demo" / "defense.png").is_file()

@@ -1,0 +1,141 @@
+"""Sanitisation rounds: head classes, stop rules, label-free mode, interrupt and resume."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from conftest import SMALL_LENGTH
+from jax_attnalign import save_pretrained
+from jax_attnalign.analysis import (HeadClass, head_importance, head_similarity,
+                                    max_other_similarity)
+from jax_attnalign.defense import calibrate_detector
+from jax_attnalign.defense.sanitize import (SanitizeConfig, classify, flagged_inputs,
+                                            sanitize, scores_of)
+from jax_attnalign.models import ModelConfig, attention_maps, build_model
+from jax_attnalign import parallel
+from jax_attnalign.pipeline import DefenseSetup, defend_victim
+
+CFG = ModelConfig(model_type="bert", vocab_size=41, hidden_size=24, num_layers=2,
+                  num_heads=4, intermediate_size=23, max_position_embeddings=16)
+# Small enough to finish in seconds; tau 0.5 puts every head in a class.
+FAST = dict(view="cls_row_nospecial", tau=0.5, align_steps=3, finetune_epochs=1,
+            finetune_batch_size=8, align_batch_size=8, score_batch_size=8)
+
+
+def _data(n, seed):
+  rng = np.random.RandomState(seed)
+  ids = rng.randint(3, 41, (n, 12)).astype(np.int32)
+  ids[:, 0] = 1  # [CLS]
+  mask = np.ones_like(ids)
+  mask[::3, 9:] = 0
+  special = np.zeros_like(ids)
+  special[:, 0] = 1
+  return {"input_ids": ids, "attention_mask": mask, "special_mask": special,
+          "labels": rng.randint(0, 2, n).astype(np.int32)}
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = build_model(CFG, "classification")
+  suspects, clean = _data(12, 0), _data(24, 1)
+  params = model.init(jax.random.PRNGKey(0), clean["input_ids"][:2])["params"]
+  return model, jax.device_get(params), suspects, clean
+
+
+def test_classify_matches_materialised_similarity_and_importance(setup):
+  model, params, suspects, _ = setup
+  heads = classify(model, params, suspects, SanitizeConfig(**FAST), parallel.data_mesh())
+  _, state = model.apply({"params": params}, suspects["input_ids"],
+                         suspects["attention_mask"], capture_attention=True,
+                         mutable=["intermediates"])
+  cos = head_similarity(attention_maps(state), "cls_row_nospecial",
+                        attention_mask=suspects["attention_mask"],
+                        special_mask=suspects["special_mask"])  # [B, L, N, N]
+  np.testing.assert_allclose(heads["max_similarity"],
+                             max_other_similarity(np.asarray(cos).mean(0)), atol=1e-5)
+  batch = {k: v for k, v in suspects.items() if k != "special_mask"}
+  np.testing.assert_allclose(heads["importance"],
+                             head_importance(model, params, batch, use_predictions=True),
+                             rtol=1e-4, atol=1e-6)
+  assert set(np.unique(heads["labels"])) <= set(map(int, HeadClass))
+
+
+def test_no_safe_head_is_reported_and_changes_nothing(setup):
+  model, params, suspects, clean = setup
+  out, report = sanitize(model, params, suspects, clean,
+                         SanitizeConfig(**{**FAST, "tau": 0.0}))  # every head intermediate
+  assert report["stopped"] == "empty_safe_set" and len(report["rounds"]) == 1
+  assert report["rounds"][0]["counts"]["safe"] == 0
+  chex.assert_trees_all_equal(out, params)
+
+
+def test_threshold_stop_and_fixed_rounds(setup):
+  model, params, suspects, clean = setup
+  # Cosines never exceed 1: a threshold of 2 flags nothing, one of -1 everything.
+  lax = calibrate_detector(np.array([2.0, 3.0]), view="cls_row_nospecial", fpr=0.5)
+  _, report = sanitize(model, params, suspects, clean, SanitizeConfig(**FAST), detector=lax)
+  assert report["stopped"] == "threshold" and len(report["rounds"]) == 1
+  strict = calibrate_detector(np.array([-2.0, -1.0]), view="cls_row_nospecial", fpr=0.5)
+  _, report = sanitize(model, params, suspects, clean, SanitizeConfig(**FAST, max_rounds=2),
+                       detector=strict)
+  assert report["stopped"] == "max_rounds" and len(report["rounds"]) == 2
+  assert report["rounds"][-1]["flagged_fraction"] == 1.0
+  assert len(report["rounds"][0]["align_loss"]) == 3
+  assert len(report["rounds"][0]["finetune_loss"]) == 3  # 24 rows / batch 8, 1 epoch
+
+
+def test_detector_flags_drive_sanitize_without_labels(setup):
+  model, params, suspects, clean = setup
+  scores = scores_of(model, params, clean, "cls_row_nospecial", "mean")
+  detector = calibrate_detector(scores, view="cls_row_nospecial", fpr=0.25)
+  unlabelled = {k: v for k, v in clean.items() if k != "labels"}
+  flagged, all_scores = flagged_inputs(model, params, unlabelled, detector)
+  np.testing.assert_allclose(all_scores, scores, rtol=1e-6)
+  assert 0 < len(flagged["input_ids"]) == int((scores > detector.threshold).sum())
+  out, report = sanitize(model, params, flagged, clean,
+                         SanitizeConfig(**FAST, stop="fixed", max_rounds=1), detector=detector)
+  assert report["rounds"][0]["counts"]["safe"] > 0
+  moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()), out, params)
+  assert max(jax.tree_util.tree_leaves(moved)) > 0
+
+
+def test_interrupted_sanitize_resumes_to_the_same_parameters(setup, tmp_path):
+  model, params, suspects, clean = setup
+  config = SanitizeConfig(**FAST, stop="fixed", max_rounds=3)
+  straight, straight_report = sanitize(model, params, suspects, clean, config)
+
+  class Killed(Exception):
+    pass
+
+  def kill_after_first_round(k, report):
+    if k == 0:
+      raise Killed
+
+  with pytest.raises(Killed):
+    sanitize(model, params, suspects, clean, config, workdir=tmp_path,
+             on_round_end=kill_after_first_round)
+  resumed, report = sanitize(model, params, suspects, clean, config, workdir=tmp_path)
+  assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
+  assert report["stopped"] == straight_report["stopped"] == "max_rounds"
+  chex.assert_trees_all_close(resumed, straight, atol=1e-6)
+  again, _ = sanitize(model, params, suspects, clean, config, workdir=tmp_path)  # finished
+  chex.assert_trees_all_close(again, straight, atol=1e-6)
+
+
+def test_defense_lowers_badnets_asr_on_real_sentences(small_badnets, minilm_path, tmp_path):
+  """End to end on real SST-2: detector AUROC, then ASR/CA before and after."""
+  victim = tmp_path / "victim"
+  save_pretrained(small_badnets["model"], small_badnets["params"], victim)
+  setup = DefenseSetup(victim=str(victim), tokenizer=str(minilm_path),
+                       data_dir=str(small_badnets["sst2"]), max_length=SMALL_LENGTH)
+  result = defend_victim(setup, SanitizeConfig(), tmp_path / "defend")
+  before, after, detection = result["before"], result["after"], result["detection"]
+  print(f"detector AUROC {detection['auroc']:.3f} ({detection['suspects']} suspects, "
+        f"{detection['suspects_triggered']} triggered); CA {before['ca']:.3f} -> "
+        f"{after['ca']:.3f}, ASR {before['asr']:.3f} -> {after['asr']:.3f}; "
+        f"rounds {len(result['report']['rounds'])} ({result['report']['stopped']})")
+  assert before["asr"] > 0.9
+  assert detection["auroc"] > 0.6 and detection["suspects"] > 0
+  assert after["asr"] < before["asr"] - 0.1
+  assert (tmp_path / "defend" / "model" / "config.json").exists()
