@@ -88,3 +88,23 @@ def test_no_safe_head_is_reported():
   model, params, batch, view, special = _setup("bert")
   with pytest.raises(EmptySafeSetError):
     alignment_loss(model, params, batch, np.full((2, 4), S), view, special_mask=special)
+
+
+def test_suspicious_only_alignment_moves_only_suspicious_heads():
+  model, params, batch, view, special = _setup("bert")
+  loss_fn = lambda p: alignment_loss(model, p, batch, LABELS, view, special_mask=special)
+  opt = alignment_optimizer(params, LABELS, model.config, learning_rate=3e-3,
+                            trainable="suspicious")
+  state, new = opt.init(params), params
+  for _ in range(3):
+    updates, state = opt.update(jax.grad(loss_fn)(new), state, new)
+    new = optax.apply_updates(new, updates)
+  assert float(loss_fn(new)) < float(loss_fn(params))
+  for layer in range(2):
+    for proj in ("query", "key"):
+      old = np.asarray(params[f"layers_{layer}"]["attention"][proj]["kernel"])
+      moved = np.asarray(new[f"layers_{layer}"]["attention"][proj]["kernel"]) != old
+      changed = moved.any(axis=(0, 2))  # per head
+      np.testing.assert_array_equal(changed, LABELS[layer] == S)
+  np.testing.assert_array_equal(new["embeddings"]["word_embeddings"]["embedding"],
+                                params["embeddings"]["word_embeddings"]["embedding"])

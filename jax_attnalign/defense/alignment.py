@@ -56,13 +56,16 @@ def alignment_loss(model, params, batch: dict[str, Array], labels: np.ndarray,
 
 
 def alignment_optimizer(params, labels: np.ndarray, config, *, learning_rate: float = 1e-4,
-                        trainable: Literal["heads", "all_non_safe"] = "heads"
+                        trainable: Literal["heads", "suspicious", "all_non_safe"] = "heads"
                         ) -> optax.GradientTransformation:
-  """Adam on the non-safe heads at `learning_rate`; safe heads get exactly zero
-  update; parameters outside attention frozen ('heads') or trained
-  ('all_non_safe')."""
-  if trainable not in ("heads", "all_non_safe"):
-    raise ValueError(f"trainable must be 'heads' or 'all_non_safe', got {trainable!r}.")
-  rates = HeadRates(suspicious=learning_rate, intermediate=learning_rate, safe=0.0)
+  """Adam at `learning_rate` on the non-safe heads ('heads', DESIGN.md's default),
+  only the suspicious ones ('suspicious': every other head and parameter stays
+  bitwise), or every non-safe parameter ('all_non_safe': attention's non-safe
+  heads and everything outside attention). Safe heads get exactly zero update."""
+  if trainable not in ("heads", "suspicious", "all_non_safe"):
+    raise ValueError("trainable must be 'heads', 'suspicious' or 'all_non_safe', "
+                     f"got {trainable!r}.")
+  intermediate = 0.0 if trainable == "suspicious" else learning_rate
+  rates = HeadRates(suspicious=learning_rate, intermediate=intermediate, safe=0.0)
   return headwise_optimizer(params, labels, config, rates=rates,
-                            other="frozen" if trainable == "heads" else "moderate")
+                            other="moderate" if trainable == "all_non_safe" else "frozen")

@@ -64,7 +64,7 @@ class SanitizeConfig:
   align_steps: int = 40
   align_learning_rate: float = 1e-3
   align_batch_size: int = 32
-  align_trainable: Literal["heads", "all_non_safe"] = "heads"
+  align_trainable: Literal["heads", "suspicious", "all_non_safe"] = "heads"
   rates: HeadRates = HeadRates()
   other: Literal["moderate", "frozen"] = "moderate"
   loss: str = "classification"
