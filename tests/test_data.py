@@ -252,8 +252,10 @@ def test_chat_template_of_tokenizer(llama_tokenizer, monkeypatch):
 def test_encode_classification(minilm_tokenizer):
   examples = [TextExample("a fine film .", 1), TextExample("dull " * 40, 0, True)]
   arrays = encode_classification(examples, minilm_tokenizer, 17)
-  assert set(arrays) == {"input_ids", "attention_mask", "token_type_ids", "labels",
-                         "poisoned"}
+  assert set(arrays) == {"input_ids", "attention_mask", "token_type_ids", "special_mask",
+                         "labels", "poisoned"}
+  # [CLS] a fine film . [SEP] then padding (not marked: outside the mask).
+  np.testing.assert_array_equal(arrays["special_mask"][0], [1, 0, 0, 0, 0, 1] + [0] * 11)
   assert arrays["input_ids"].shape == (2, 17) and arrays["input_ids"].dtype == np.int32
   np.testing.assert_array_equal(arrays["attention_mask"][0], [1] * 6 + [0] * 11)
   assert arrays["attention_mask"][1].all()  # truncated to max_length

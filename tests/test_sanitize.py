@@ -129,7 +129,11 @@ def test_defense_lowers_badnets_asr_on_real_sentences(small_badnets, minilm_path
   save_pretrained(small_badnets["model"], small_badnets["params"], victim)
   setup = DefenseSetup(victim=str(victim), tokenizer=str(minilm_path),
                        data_dir=str(small_badnets["sst2"]), max_length=SMALL_LENGTH)
-  result = defend_victim(setup, SanitizeConfig(), tmp_path / "defend")
+  # DESIGN.md's alignment reading (every non-safe head trains): in this 2-layer
+  # model trained from scratch, aligning the suspicious heads alone barely moves
+  # ASR (0.97 -> 0.95 measured), unlike the pretrained MiniLM.
+  result = defend_victim(setup, SanitizeConfig(align_trainable="heads", finetune_epochs=2),
+                         tmp_path / "defend")
   before, after, detection = result["before"], result["after"], result["detection"]
   print(f"detector AUROC {detection['auroc']:.3f} ({detection['suspects']} suspects, "
         f"{detection['suspects_triggered']} triggered); CA {before['ca']:.3f} -> "

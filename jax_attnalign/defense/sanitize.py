@@ -64,11 +64,15 @@ class SanitizeConfig:
   align_steps: int = 40
   align_learning_rate: float = 1e-3
   align_batch_size: int = 32
-  align_trainable: Literal["heads", "suspicious", "all_non_safe"] = "heads"
+  # Measured on the BadNets MiniLM (SST-2, seed 0, 600 held-out inputs each):
+  # DESIGN.md's 'heads' (all non-safe heads) collapses CA to 0.49 after alignment
+  # and leaves 0.78-0.81 after fine-tuning (from 0.87); 'suspicious' keeps 0.845
+  # with ASR 1.00 -> 0.26. 'heads' stays an option.
+  align_trainable: Literal["heads", "suspicious", "all_non_safe"] = "suspicious"
   rates: HeadRates = HeadRates()
   other: Literal["moderate", "frozen"] = "moderate"
   loss: str = "classification"
-  finetune_epochs: int = 2
+  finetune_epochs: int = 3  # the paper's
   finetune_batch_size: int = 32
   length_bucket: int = 0  # >0: trim right padding of fine-tuning batches (encoders)
   stop: Literal["threshold", "fixed"] = "threshold"
