@@ -7,8 +7,6 @@ uniform fine-tuning only (every head at the safe rate), on the same suspects.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -38,11 +36,9 @@ def variants(full) -> dict:
 def main(argv):
   del argv
   config = FLAGS.config
-  rows = common.run_variants(common.find_victims(FLAGS.victims_dir, FLAGS.attacks),
-                             variants(sanitize_config(config.sanitize)), config.setup,
-                             pathlib.Path(FLAGS.workdir))
-  print(common.write_summary(rows, pathlib.Path(FLAGS.workdir), "ablation",
-                             "Ablation (Table 3)"))
+  common.defend_and_report(common.find_victims(FLAGS.victims_dir, FLAGS.attacks),
+                           variants(sanitize_config(config.sanitize)), config.setup,
+                           FLAGS.workdir, "ablation", "Ablation (Table 3)")
 
 
 if __name__ == "__main__":

@@ -82,3 +82,11 @@ def write_summary(rows: list[dict], workdir: pathlib.Path, name: str, title: str
   (workdir / f"{name}.md").write_text(f"{title} (mean ± std over seeds)\n\n{table}\n")
   plots.plot_metric_bars(bars, workdir / f"{name}.png", title=title)
   return table
+
+
+def defend_and_report(victims, variants: dict, config, workdir: str | pathlib.Path,
+                      name: str, title: str) -> None:
+  """What every defense binary does: `run_variants`, then `write_summary` and print it."""
+  workdir = pathlib.Path(workdir)
+  rows = run_variants(victims, variants, config, workdir)
+  print(write_summary(rows, workdir, name, title))

@@ -9,8 +9,6 @@ Interrupted runs resume; finished runs are read back.
 
 from __future__ import annotations
 
-import pathlib
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -29,12 +27,10 @@ def main(argv):
   del argv
   config = FLAGS.config
   variant = f"ours ({config.setup.suspects} suspects)"
-  rows = common.run_variants(
-      common.find_victims(FLAGS.victims_dir, FLAGS.attacks),
-      {variant: ({}, sanitize_config(config.sanitize))}, config.setup,
-      pathlib.Path(FLAGS.workdir))
-  print(common.write_summary(rows, pathlib.Path(FLAGS.workdir), "defend",
-                             "Defense of backdoored victims"))
+  common.defend_and_report(common.find_victims(FLAGS.victims_dir, FLAGS.attacks),
+                           {variant: ({}, sanitize_config(config.sanitize))},
+                           config.setup, FLAGS.workdir, "defend",
+                           "Defense of backdoored victims")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ Each grid point changes one setting of the config and keeps the rest.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -45,11 +43,10 @@ def variants(base) -> dict:
 def main(argv):
   del argv
   config = FLAGS.config
-  rows = common.run_variants(common.find_victims(FLAGS.victims_dir, FLAGS.attacks),
-                             variants(sanitize_config(config.sanitize)), config.setup,
-                             pathlib.Path(FLAGS.workdir))
-  print(common.write_summary(rows, pathlib.Path(FLAGS.workdir), "sweep",
-                             "Sweep of alpha, tau and learning rates (Figures 3-5)"))
+  common.defend_and_report(common.find_victims(FLAGS.victims_dir, FLAGS.attacks),
+                           variants(sanitize_config(config.sanitize)), config.setup,
+                           FLAGS.workdir, "sweep",
+                           "Sweep of alpha, tau and learning rates (Figures 3-5)")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ column.
 
 from __future__ import annotations
 
-import pathlib
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -32,9 +30,8 @@ def main(argv):
   base = sanitize_config(config.sanitize)
   variants = {f"ours ({s} suspects)": ({"suspects": s}, base) for s in FLAGS.suspects}
   victims = [v for d in FLAGS.victims_dirs for v in common.find_victims(d)]
-  rows = common.run_variants(victims, variants, config.setup, pathlib.Path(FLAGS.workdir))
-  print(common.write_summary(rows, pathlib.Path(FLAGS.workdir), "table2",
-                             "Table 2: no defense (before) vs our method (after)"))
+  common.defend_and_report(victims, variants, config.setup, FLAGS.workdir, "table2",
+                           "Table 2: no defense (before) vs our method (after)")
 
 
 if __name__ == "__main__":
