@@ -176,9 +176,9 @@ def analyze_victim(setup: DefenseSetup, views: list[str], statistics: list[str],
   out = {"setup": dataclasses.asdict(setup), "views": {}}
   for view in views:
     out["views"][view] = {}
-    for statistic in statistics:
-      layers = scores_of(model, params, stream, view, statistic, batch_size=batch_size,
-                         per_layer=True)  # [n, L']
+    per_statistic = scores_of(model, params, stream, view, tuple(statistics),
+                              batch_size=batch_size, per_layer=True)  # {stat: [n, L']}
+    for statistic, layers in per_statistic.items():
       scores = layers.mean(axis=-1)
       out["views"][view][statistic] = {
           "clean": float(scores[~truth].mean()), "triggered": float(scores[truth].mean()),

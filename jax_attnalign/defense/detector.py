@@ -39,22 +39,28 @@ def input_scores(model, params, batch: dict, view: str, statistic: Statistic = "
       special_mask=special_mask, prompt_lengths=prompt_lengths)))
 
 
+def layer_statistics(cosine: jax.Array) -> dict[str, jax.Array]:
+  """Every statistic of STATISTICS over the distinct head pairs of [..., N, N]: [...]."""
+  n = cosine.shape[-1]
+  rows, cols = jnp.triu_indices(n, k=1)
+  return {"mean": jnp.mean(cosine[..., rows, cols], axis=-1), **pair_statistics(cosine)}
+
+
 @functools.partial(jax.jit, static_argnames=("model", "view", "statistic", "per_layer"))
 def batch_scores(model, params, input_ids, attention_mask, view: str,
-                 statistic: Statistic = "mean", *, special_mask=None,
-                 prompt_lengths=None, per_layer: bool = False) -> jax.Array:
+                 statistic: Statistic | tuple[Statistic, ...] = "mean", *, special_mask=None,
+                 prompt_lengths=None, per_layer: bool = False):
   """`input_scores` as a pure, jitted function of arrays: [B], or with
-  `per_layer` each viewed layer's statistic before the average: [B, L']."""
+  `per_layer` each viewed layer's statistic before the average: [B, L']. A tuple
+  of statistics gives {statistic: scores} from one forward pass."""
   cos = streaming_head_similarity(model, params, input_ids, attention_mask, view,
                                   special_mask=special_mask,
                                   prompt_lengths=prompt_lengths)  # [B, L', N, N]
-  if statistic == "mean":
-    n = cos.shape[-1]
-    rows, cols = jnp.triu_indices(n, k=1)
-    layers = jnp.mean(cos[..., rows, cols], axis=-1)
-  else:
-    layers = pair_statistics(cos)[statistic]
-  return layers if per_layer else jnp.mean(layers, axis=-1)
+  stats = layer_statistics(cos)  # under jit, the statistics not asked for are pruned
+  pick = lambda layers: layers if per_layer else jnp.mean(layers, axis=-1)
+  if isinstance(statistic, tuple):
+    return {name: pick(stats[name]) for name in statistic}
+  return pick(stats[statistic])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -103,8 +103,9 @@ class SanitizeConfig:
 
 
 def per_input(fn: Callable, arrays: dict[str, np.ndarray], batch_size: int,
-              mesh: jax.sharding.Mesh) -> np.ndarray:
-  """fn(batch) -> per-row array, over `arrays` in chunks sharded on the mesh.
+              mesh: jax.sharding.Mesh):
+  """fn(batch) -> per-row array (or a pytree of them), over `arrays` in chunks
+  sharded on the mesh.
 
   Each chunk is padded to a multiple of the devices with copies of its first
   row, whose results are dropped; rows come back in order: [n, ...].
@@ -116,8 +117,9 @@ def per_input(fn: Callable, arrays: dict[str, np.ndarray], batch_size: int,
   for start in range(0, n, size):
     chunk, real = parallel.pad_to_multiple(
         {k: v[start:start + size] for k, v in arrays.items()}, devices)
-    out.append(np.asarray(jax.device_get(fn(parallel.shard_batch(chunk, mesh))))[:real])
-  return np.concatenate(out)
+    out.append(jax.tree_util.tree_map(lambda x, real=real: np.asarray(x)[:real],
+                                      jax.device_get(fn(parallel.shard_batch(chunk, mesh)))))
+  return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *out)
 
 
 def _view_kwargs(batch: dict) -> dict:
@@ -225,11 +227,11 @@ def finetune(model, params, clean: dict[str, np.ndarray], labels: np.ndarray,
   return state.params, [h["loss"] for h in history]
 
 
-def scores_of(model, params, arrays: dict[str, np.ndarray], view: str, statistic: str, *,
-              batch_size: int = 32, mesh: jax.sharding.Mesh | None = None,
-              per_layer: bool = False) -> np.ndarray:
+def scores_of(model, params, arrays: dict[str, np.ndarray], view: str,
+              statistic: str | tuple[str, ...], *, batch_size: int = 32,
+              mesh: jax.sharding.Mesh | None = None, per_layer: bool = False):
   """Every input's detector score (`input_scores`), data-parallel: [n] (per_layer:
-  [n, L'])."""
+  [n, L']); a tuple of statistics gives {statistic: scores} from one pass."""
   mesh = mesh or parallel.data_mesh()
   return per_input(lambda b: batch_scores(model, params, b["input_ids"], b["attention_mask"],
                                           view, statistic, per_layer=per_layer,
