@@ -12,18 +12,23 @@ CFG = ModelConfig(model_type="bert", vocab_size=41, hidden_size=20, num_layers=2
                   num_heads=4, intermediate_size=23)
 
 
-def test_scores_match_materialised_brute_force():
+def _model_inputs_and_cosines(seed: int, rows: int, padded_row: int, pad_from: int):
+  """A tiny classifier, random inputs (one row padded) and the materialised
+  per-input head cosines of the 'full' view, [B, L, N, N], as the brute-force side."""
   model = build_model(CFG, "classification")
-  rng = np.random.RandomState(0)
-  ids = rng.randint(3, 41, (5, 8))
+  ids = np.random.RandomState(seed).randint(3, 41, (rows, 8))
   mask = np.ones_like(ids)
-  mask[1, 5:] = 0
-  params = model.init(jax.random.PRNGKey(0), ids)["params"]
-  batch = {"input_ids": ids, "attention_mask": mask}
-  scores = input_scores(model, params, batch, "full", "mean")
+  mask[padded_row, pad_from:] = 0
+  params = model.init(jax.random.PRNGKey(seed), ids)["params"]
   _, state = model.apply({"params": params}, ids, mask, capture_attention=True,
                          mutable=["intermediates"])
   cos = np.asarray(head_similarity(attention_maps(state), "full", attention_mask=mask))
+  return model, params, {"input_ids": ids, "attention_mask": mask}, cos
+
+
+def test_scores_match_materialised_brute_force():
+  model, params, batch, cos = _model_inputs_and_cosines(0, rows=5, padded_row=1, pad_from=5)
+  scores = input_scores(model, params, batch, "full", "mean")
   expected = [np.mean([np.mean([cos[b, l, i, j] for i in range(4) for j in range(i + 1, 4)])
                        for l in range(2)]) for b in range(5)]
   np.testing.assert_allclose(scores, expected, atol=1e-6)
@@ -49,18 +54,9 @@ def test_calibration_hits_the_false_positive_rate_and_round_trips(tmp_path):
 
 def test_all_statistics_in_one_pass_match_brute_force_and_single_calls():
   from jax_attnalign.defense.sanitize import scores_of  # per_input over a pytree
-  model = build_model(CFG, "classification")
-  rng = np.random.RandomState(1)
-  ids = rng.randint(3, 41, (7, 8))
-  mask = np.ones_like(ids)
-  mask[2, 4:] = 0
-  params = model.init(jax.random.PRNGKey(1), ids)["params"]
-  arrays = {"input_ids": ids, "attention_mask": mask}
+  model, params, arrays, cos = _model_inputs_and_cosines(1, rows=7, padded_row=2, pad_from=4)
   stats = ("mean", "percentile", "frac_above")
   together = scores_of(model, params, arrays, "full", stats, batch_size=3, per_layer=True)
-  _, state = model.apply({"params": params}, ids, mask, capture_attention=True,
-                         mutable=["intermediates"])
-  cos = np.asarray(head_similarity(attention_maps(state), "full", attention_mask=mask))
   pairs = np.stack([[[cos[b, l, i, j] for i in range(4) for j in range(i + 1, 4)]
                      for l in range(2)] for b in range(7)])  # [B, L, 6]
   expected = {"mean": pairs.mean(-1), "percentile": np.percentile(pairs, 99, axis=-1),
