@@ -1,5 +1,6 @@
 """Sanitisation rounds: head classes, stop rules, label-free mode, interrupt and resume."""
 
+import dataclasses
 import chex
 import jax
 import numpy as np
@@ -11,7 +12,7 @@ from jax_attnalign.analysis import (HeadClass, head_importance, head_similarity,
                                     max_other_similarity)
 from jax_attnalign.defense import calibrate_detector
 from jax_attnalign.defense.sanitize import (SanitizeConfig, classify, flagged_inputs,
-                                            sanitize, scores_of)
+                                            sanitize, scores_of, task_accuracy)
 from jax_attnalign.models import ModelConfig, attention_maps, build_model
 from jax_attnalign import parallel
 from jax_attnalign.pipeline import DefenseSetup, defend_victim
@@ -59,6 +60,53 @@ def test_classify_matches_materialised_similarity_and_importance(setup):
                              head_importance(model, params, batch, use_predictions=True),
                              rtol=1e-4, atol=1e-6)
   assert set(np.unique(heads["labels"])) <= set(map(int, HeadClass))
+
+
+def test_repair_finetunes_only_when_alignment_cost_clean_accuracy(setup):
+  model, params, suspects, clean = setup
+  config = SanitizeConfig(**FAST, stop="fixed", max_rounds=1, finetune_when="repair")
+  logits = model.apply({"params": params}, clean["input_ids"], clean["attention_mask"]).logits
+  np.testing.assert_allclose(task_accuracy(model, params, clean, config, parallel.data_mesh()),
+                             np.mean(np.argmax(logits, -1) == clean["labels"]), atol=1e-6)
+  # Tolerance 1: no accuracy drop exceeds it, so the round is alignment alone;
+  # tolerance -1: every drop exceeds it, so the round is the paper's.
+  skipped, report = sanitize(model, params, suspects, clean,
+                             dataclasses.replace(config, repair_tolerance=1.0))
+  entry = report["rounds"][0]
+  assert entry["finetuned"] is False and "finetune_loss" not in entry
+  assert entry["clean_accuracy_before_align"] == task_accuracy(model, params, clean, config,
+                                                                parallel.data_mesh())
+  aligned, _ = sanitize(model, params, suspects, clean,
+                        SanitizeConfig(**FAST, stop="fixed", max_rounds=1, stages=("align",)))
+  chex.assert_trees_all_equal(skipped, aligned)
+  forced, report = sanitize(model, params, suspects, clean,
+                            dataclasses.replace(config, repair_tolerance=-1.0))
+  assert report["rounds"][0]["finetuned"] is True
+  paper, _ = sanitize(model, params, suspects, clean,
+                      SanitizeConfig(**FAST, stop="fixed", max_rounds=1))
+  chex.assert_trees_all_close(forced, paper, atol=1e-6)
+
+
+def test_task_accuracy_of_a_causal_lm_is_each_rows_masked_token_accuracy():
+  config = ModelConfig(model_type="llama", vocab_size=13, hidden_size=16, num_layers=1,
+                       num_heads=2, num_kv_heads=1, intermediate_size=12)
+  model = build_model(config)
+  rng = np.random.RandomState(2)
+  ids = rng.randint(0, 13, (6, 7)).astype(np.int32)
+  mask = (rng.rand(6, 7) < 0.6).astype(np.int32)
+  mask[0] = 0  # a row with no scored token counts as 0
+  arrays = {"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": mask}
+  params = model.init(jax.random.PRNGKey(1), ids[:1])["params"]
+  predict = lambda: np.argmax(model.apply({"params": params}, ids, np.ones_like(ids)).logits, -1)
+  for t in range(1, 7):  # make about half of the tokens the model's own greedy choice
+    ids[:, t] = np.where(rng.rand(6) < 0.5, predict()[:, t - 1], ids[:, t])
+  predicted = predict()
+  rows = [sum(predicted[b, t - 1] == ids[b, t] for t in range(1, 7) if mask[b, t])
+          / max(mask[b, 1:].sum(), 1) for b in range(6)]
+  got = task_accuracy(model, params, arrays, SanitizeConfig(loss="causal_lm"),
+                      parallel.data_mesh())
+  assert 0 < np.mean(rows) < 1  # the check can fail both ways
+  np.testing.assert_allclose(got, np.mean(rows), atol=1e-6)
 
 
 def test_no_safe_head_is_reported_and_changes_nothing(setup):

@@ -8,7 +8,8 @@ A round (paper sections "Attention Safety Alignment" and "Head-wise Fine-tuning"
      suspects (labels: the model's own predictions, or given), eq. 5 -> head
      classes; heads of layers outside the view are intermediate;
   2. align: `align_steps` Adam steps of eq. 7 on the suspects, safe heads frozen;
-  3. fine-tune: `train.fit` on the clean data with per-head learning rates;
+  3. fine-tune: `train.fit` on the clean data with per-head learning rates
+     (`finetune_when="repair"`: only if step 2 cost clean accuracy);
   4. re-measure: the detector's score of every suspect.
 Rounds stop (DESIGN.md) when fewer than `stop_fraction` of the suspects are still
 flagged by the calibrated detector, or after `max_rounds`; `stop="fixed"` runs
@@ -73,6 +74,15 @@ class SanitizeConfig:
   other: Literal["moderate", "frozen"] = "moderate"
   loss: str = "classification"
   finetune_epochs: int = 3  # the paper's
+  # "always": every round fine-tunes after aligning (the paper). "repair": it
+  # fine-tunes only when alignment cost more than `repair_tolerance` of the
+  # task's accuracy on the clean data. Measured on the 3 BadNets MiniLM victims
+  # (SST-2, 2,000 sentences): aligning the suspicious heads costs no clean
+  # accuracy, and the paper's fine-tune after it gives part of the backdoor back
+  # (seed 0, 400 held-out inputs each: ASR 0.21 after alignment, 0.32 after one
+  # epoch, 0.25 after three, CA 0.873 -> 0.840). Numbers in the README.
+  finetune_when: Literal["always", "repair"] = "repair"
+  repair_tolerance: float = 0.01
   finetune_batch_size: int = 32
   length_bucket: int = 0  # >0: trim right padding of fine-tuning batches (encoders)
   stop: Literal["threshold", "fixed"] = "threshold"
@@ -98,6 +108,8 @@ class SanitizeConfig:
     if self.importance_labels not in ("predictions", "given"):
       raise ValueError("importance_labels must be 'predictions' or 'given', "
                        f"got {self.importance_labels!r}.")
+    if self.finetune_when not in ("always", "repair"):
+      raise ValueError(f"finetune_when must be 'always' or 'repair', got {self.finetune_when!r}.")
     if self.max_rounds < 1:
       raise ValueError(f"max_rounds must be >= 1, got {self.max_rounds}.")
 
@@ -211,6 +223,24 @@ def align(model, params, suspects: dict[str, np.ndarray], labels: np.ndarray,
   return params, losses
 
 
+@functools.partial(jax.jit, static_argnames=("model", "loss"))
+def _row_accuracy(model, params, batch, loss: str):
+  """Per row: classification 1/0 correct; causal_lm the accuracy over its loss_mask tokens."""
+  logits = apply_batch(model, params, batch).logits
+  if loss == "classification":
+    return (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)
+  weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
+  correct = (jnp.argmax(logits[:, :-1], -1) == batch["input_ids"][:, 1:]) * weights
+  return correct.sum(-1) / jnp.maximum(weights.sum(-1), 1.0)
+
+
+def task_accuracy(model, params, clean: dict[str, np.ndarray], config: SanitizeConfig,
+                   mesh: jax.sharding.Mesh) -> float:
+  """The task's accuracy on the clean rows (mean over rows), data-parallel."""
+  return float(per_input(lambda b: _row_accuracy(model, params, b, config.loss),
+                         _model_fields(clean), config.score_batch_size, mesh).mean())
+
+
 def finetune(model, params, clean: dict[str, np.ndarray], labels: np.ndarray,
              config: SanitizeConfig, mesh: jax.sharding.Mesh, round_index: int,
              workdir: pathlib.Path | None) -> tuple[dict, list[float]]:
@@ -291,10 +321,19 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
       entry["note"] = "no safe head: eq. 6's safe mean is undefined; parameters unchanged"
       report["stopped"] = "empty_safe_set"
     else:
+      repair = config.finetune_when == "repair" and "align" in config.stages
+      if repair:
+        entry["clean_accuracy_before_align"] = task_accuracy(model, params, clean_data,
+                                                              config, mesh)
       if "align" in config.stages:
         params, entry["align_loss"] = align(model, params, suspect_inputs, heads["labels"],
                                             config, mesh)
-      if "finetune" in config.stages:
+      if repair:
+        entry["clean_accuracy_after_align"] = task_accuracy(model, params, clean_data,
+                                                             config, mesh)
+        entry["finetuned"] = (entry["clean_accuracy_before_align"]
+                              - entry["clean_accuracy_after_align"] > config.repair_tolerance)
+      if "finetune" in config.stages and entry.get("finetuned", True):
         params, entry["finetune_loss"] = finetune(model, params, clean_data, heads["labels"],
                                                   config, mesh, k, workdir)
       scores = scores_of(model, params, suspect_inputs, detector.view, detector.statistic,
