@@ -1,5 +1,6 @@
-r"""Table 3: the full method against alignment only, head-wise fine-tuning only and
-uniform fine-tuning only (every head at the safe rate), on the same suspects.
+r"""Table 3: the full method (the paper's: every round fine-tunes), ours (fine-tune
+only to repair what alignment cost), alignment only, head-wise fine-tuning only
+and uniform fine-tuning only (every head at the safe rate), on the same suspects.
 
   python -m experiments.ablation --victims_dir runs/attack --workdir runs/ablation
 """
@@ -26,7 +27,8 @@ def variants(full) -> dict:
   """{name: ({}, SanitizeConfig)}: one round each, so the variants are comparable."""
   one = dataclasses.replace(full, stop="fixed", max_rounds=1)
   uniform = HeadRates(*(full.rates.safe,) * 3)
-  return {"full method": ({}, one),
+  return {"full method": ({}, dataclasses.replace(one, finetune_when="always")),
+          "fine-tune only to repair": ({}, dataclasses.replace(one, finetune_when="repair")),
           "alignment only": ({}, dataclasses.replace(one, stages=("align",))),
           "head-wise fine-tuning only": ({}, dataclasses.replace(one, stages=("finetune",))),
           "uniform fine-tuning only": ({}, dataclasses.replace(

@@ -98,7 +98,8 @@ def test_ablation_and_sweep(tiny):
   common = [f"--victims_dir={tiny['victims']}", *TINY, "--config.setup.suspects=oracle"]
   run("experiments.ablation", *common, f"--workdir={tiny['root'] / 'ablation'}", cwd=ROOT)
   rows = json.loads((tiny["root"] / "ablation" / "ablation.json").read_text())
-  assert {r["variant"] for r in rows} == {"full method", "alignment only",
+  assert {r["variant"] for r in rows} == {"full method", "fine-tune only to repair",
+                                          "alignment only",
                                           "head-wise fine-tuning only",
                                           "uniform fine-tuning only"}
   run("experiments.sweep", *common, "--alphas=0.5", "--taus=0.4",

@@ -19,9 +19,11 @@ from jax_attnalign.pipeline import DefenseSetup, defend_victim
 
 CFG = ModelConfig(model_type="bert", vocab_size=41, hidden_size=24, num_layers=2,
                   num_heads=4, intermediate_size=23, max_position_embeddings=16)
-# Small enough to finish in seconds; tau 0.5 puts every head in a class.
+# Small enough to finish in seconds; tau 0.5 puts every head in a class; every
+# round fine-tunes (the paper's rounds), so the fine-tune's paths are exercised.
 FAST = dict(view="cls_row_nospecial", tau=0.5, align_steps=3, finetune_epochs=1,
-            finetune_batch_size=8, align_batch_size=8, score_batch_size=8)
+            finetune_batch_size=8, align_batch_size=8, score_batch_size=8,
+            finetune_when="always")
 
 
 def _data(n, seed):
@@ -64,7 +66,7 @@ def test_classify_matches_materialised_similarity_and_importance(setup):
 
 def test_repair_finetunes_only_when_alignment_cost_clean_accuracy(setup):
   model, params, suspects, clean = setup
-  config = SanitizeConfig(**FAST, stop="fixed", max_rounds=1, finetune_when="repair")
+  config = SanitizeConfig(**{**FAST, "finetune_when": "repair"}, stop="fixed", max_rounds=1)
   logits = model.apply({"params": params}, clean["input_ids"], clean["attention_mask"]).logits
   np.testing.assert_allclose(task_accuracy(model, params, clean, config, parallel.data_mesh()),
                              np.mean(np.argmax(logits, -1) == clean["labels"]), atol=1e-6)
