@@ -76,12 +76,11 @@ class SanitizeConfig:
   finetune_epochs: int = 3  # the paper's
   # "always": every round fine-tunes after aligning (the paper). "repair": it
   # fine-tunes only when alignment cost more than `repair_tolerance` of the
-  # task's accuracy on the clean data. Measured on the 3 BadNets MiniLM victims
-  # (SST-2, 2,000 sentences): aligning the suspicious heads costs no clean
-  # accuracy, and the paper's fine-tune after it gives part of the backdoor back
-  # (seed 0, 400 held-out inputs each: ASR 0.21 after alignment, 0.32 after one
-  # epoch, 0.25 after three, CA 0.873 -> 0.840). Numbers in the README.
-  finetune_when: Literal["always", "repair"] = "repair"
+  # task's accuracy on the clean data. Neither wins everywhere (README): on the
+  # three 2,000-sentence SST-2 BadNets victims "repair" takes ASR to 0.257
+  # (paper: 0.314) at no CA cost; on a full-split victim and on the demo's
+  # tweets the paper's fine-tune does better. The default stays the paper's.
+  finetune_when: Literal["always", "repair"] = "always"
   repair_tolerance: float = 0.01
   finetune_batch_size: int = 32
   length_bucket: int = 0  # >0: trim right padding of fine-tuning batches (encoders)
