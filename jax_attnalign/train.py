@@ -58,13 +58,27 @@ def causal_lm_loss(logits: Array, batch: dict[str, Array]) -> tuple[Array, dict]
   logits: [B, T, V]; token t + 1 is predicted from position t, so position t
   counts when the *target* token t + 1 is in the mask.
   """
-  targets = batch["input_ids"][:, 1:]
-  weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
   losses = optax.softmax_cross_entropy_with_integer_labels(
-      logits[:, :-1].astype(jnp.float32), targets)
+      logits[:, :-1].astype(jnp.float32), batch["input_ids"][:, 1:])
+  hits, weights = _next_token_hits(logits, batch)
   total = jnp.maximum(jnp.sum(weights), 1.0)
-  acc = jnp.sum((jnp.argmax(logits[:, :-1], -1) == targets) * weights) / total
-  return jnp.sum(losses * weights) / total, {"token_accuracy": acc}
+  return jnp.sum(losses * weights) / total, {"token_accuracy": jnp.sum(hits) / total}
+
+
+def _next_token_hits(logits: Array, batch: dict[str, Array]) -> tuple[Array, Array]:
+  """(hits, weights), [B, T - 1]: position t's argmax is token t + 1, and t + 1 is
+  in batch['loss_mask'] (hits are 0 outside the mask)."""
+  weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
+  return (jnp.argmax(logits[:, :-1], -1) == batch["input_ids"][:, 1:]) * weights, weights
+
+
+def row_accuracy(logits: Array, batch: dict[str, Array], loss: str) -> Array:
+  """Per row [B]: classification 1/0 correct; causal_lm the accuracy over its
+  loss_mask tokens (0 for a row without any)."""
+  if loss == "classification":
+    return (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)
+  hits, weights = _next_token_hits(logits, batch)
+  return hits.sum(-1) / jnp.maximum(weights.sum(-1), 1.0)
 
 
 _LOSS_FNS = {"classification": classification_loss, "causal_lm": causal_lm_loss}

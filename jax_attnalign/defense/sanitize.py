@@ -224,13 +224,7 @@ def align(model, params, suspects: dict[str, np.ndarray], labels: np.ndarray,
 
 @functools.partial(jax.jit, static_argnames=("model", "loss"))
 def _row_accuracy(model, params, batch, loss: str):
-  """Per row: classification 1/0 correct; causal_lm the accuracy over its loss_mask tokens."""
-  logits = apply_batch(model, params, batch).logits
-  if loss == "classification":
-    return (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)
-  weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
-  correct = (jnp.argmax(logits[:, :-1], -1) == batch["input_ids"][:, 1:]) * weights
-  return correct.sum(-1) / jnp.maximum(weights.sum(-1), 1.0)
+  return train.row_accuracy(apply_batch(model, params, batch).logits, batch, loss)
 
 
 def task_accuracy(model, params, clean: dict[str, np.ndarray], config: SanitizeConfig,
