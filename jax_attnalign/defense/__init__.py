@@ -1,4 +1,4 @@
-"""The defense: alignment and head-wise optimizer online detector (to come: sanitisation rounds)."""
+"""The defense: alignment, the head-wise optimizer, the online detector (rounds: defense.sanitize)."""
 
 from jax_attnalign.defense.alignment import alignment_loss, alignment_optimizer
 from jax_attnalign.defense.detector import Detector, calibrate_detector, input_scores
