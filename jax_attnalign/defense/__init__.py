@@ -1,8 +1,8 @@
 """The defense: alignment, the head-wise optimizer, the online detector (rounds: defense.sanitize)."""
 
-from jax_attnalign.defense.alignment import alignment_loss, alignment_optimizer
+from jax_attnalign.defense.alignment import alignment_loss, alignment_optimizer, alignment_step
 from jax_attnalign.defense.detector import Detector, calibrate_detector, input_scores
 from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer
 
-__all__ = ["Detector", "HeadRates", "alignment_loss", "alignment_optimizer",
+__all__ = ["Detector", "HeadRates", "alignment_loss", "alignment_optimizer", "alignment_step",
            "calibrate_detector", "headwise_optimizer", "input_scores"]

@@ -55,6 +55,23 @@ def alignment_loss(model, params, batch: dict[str, Array], labels: np.ndarray,
   return jnp.mean(per_example)
 
 
+def alignment_step(model, optimizer: optax.GradientTransformation, labels: np.ndarray,
+                   view: View | str):
+  """fn(params, opt_state, batch) -> (params, opt_state, loss): one optimizer step
+  on eq. 7 (batch: model inputs plus special_mask / prompt_lengths when the view
+  needs them). Not jitted: callers jit it (with their shardings or donation)."""
+
+  def step(params, opt_state, batch):
+    loss, grads = jax.value_and_grad(
+        lambda p: alignment_loss(model, p, batch, labels, view,
+                                 special_mask=batch.get("special_mask"),
+                                 prompt_lengths=batch.get("prompt_lengths")))(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return step
+
+
 def alignment_optimizer(params, labels: np.ndarray, config, *, learning_rate: float = 1e-4,
                         trainable: Literal["heads", "suspicious", "all_non_safe"] = "heads"
                         ) -> optax.GradientTransformation:

@@ -32,7 +32,6 @@ from typing import Callable, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
 from jax_attnalign import parallel, train
@@ -42,7 +41,7 @@ from jax_attnalign.analysis import (HeadClass, class_counts, classify_heads,
                                     resolve_view, safety_scores,
                                     streaming_head_similarity)
 from jax_attnalign.checkpoint import Checkpointer
-from jax_attnalign.defense.alignment import alignment_loss, alignment_optimizer
+from jax_attnalign.defense.alignment import alignment_optimizer, alignment_step
 from jax_attnalign.defense.detector import Detector, batch_scores, calibrate_detector
 from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer
 from jax_attnalign.models import MODEL_INPUTS, apply_batch, attention_maps
@@ -198,14 +197,7 @@ def align(model, params, suspects: dict[str, np.ndarray], labels: np.ndarray,
                                   learning_rate=config.align_learning_rate,
                                   trainable=config.align_trainable)
 
-  @jax.jit
-  def step(params, opt_state, batch):
-    loss, grads = jax.value_and_grad(
-        lambda p: alignment_loss(model, p, batch, labels, config.view,
-                                 **_view_kwargs(batch)))(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
+  step = jax.jit(alignment_step(model, optimizer, labels, config.view))
   suspects = _model_fields(suspects)
   n = len(suspects["input_ids"])
   devices = mesh.shape[parallel.DATA]
