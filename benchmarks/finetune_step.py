@@ -1,0 +1,168 @@
+"""Speed and memory of one head-wise fine-tuning step at Llama-2-7B shapes, beside plain Adam.
+
+Steps, each on one 1 x --length sequence (causal-LM loss on its second half,
+the "response"; random head classes, 10% suspicious and 30% safe per layer):
+  adam             optax.adam(1e-4) on every parameter: the baseline
+  headwise         headwise_optimizer (the fine-tune of a sanitisation round):
+                   per-head rates, everything else at the intermediate rate
+  headwise_frozen  headwise_optimizer(other="frozen"): attention heads only
+  align            one alignment step (eq. 7 on the generation-to-prompt view,
+                   every layer's maps held for the backward pass)
+The training steps are `train.train_step` (jitted, state donated), the alignment
+step `defense.alignment_step` (jitted, params and optimizer state donated).
+
+Default (CPU): ONE full-size layer (4096 hidden, 32 heads, 11008 MLP, 32000
+vocabulary), f32, --length 512, compiled and run. --full (accelerator): the whole
+32-layer model with random bf16 weights, --length 2048.
+
+Memory is XLA's compiled footprint: the peak (arguments + outputs + temporaries -
+donated aliases, i.e. parameters and optimizer state plus the step's working
+memory) and the temporaries alone (gradients, activations kept for the backward
+pass), plus the device's peak_bytes_in_use on an accelerator (a high-water
+mark: steps run from the smallest expected footprint up). Throughput ratios are
+against `adam` from the same run.
+
+  python benchmarks/finetune_step.py [--length 512] [--out benchmarks/results]
+  python benchmarks/finetune_step.py --full   # on a GPU/TPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jax_attnalign import train
+from jax_attnalign.analysis.safety import HeadClass
+from jax_attnalign.defense import alignment_optimizer, alignment_step, headwise_optimizer
+from jax_attnalign.models import ModelConfig, build_model
+from streaming_memory import GIB, footprint, inputs
+
+STEPS = ("headwise_frozen", "align", "adam", "headwise")  # smallest footprint first
+
+
+def head_classes(config: ModelConfig, seed: int = 0) -> np.ndarray:
+  """[L, N] classes: per layer 10% suspicious, 30% safe (at least one each), rest intermediate."""
+  rng = np.random.default_rng(seed)
+  n = config.num_heads
+  labels = np.full((config.num_layers, n), HeadClass.INTERMEDIATE, np.int32)
+  for layer in labels:
+    order = rng.permutation(n)
+    layer[order[:max(1, n // 10)]] = HeadClass.SUSPICIOUS
+    layer[order[-max(1, 3 * n // 10):]] = HeadClass.SAFE
+  return labels
+
+
+def step_fns(model, params, labels: np.ndarray) -> dict:
+  """name -> (jitted fn, its state from params, how its output becomes the next state)."""
+  cfg = model.config
+  optimizers = {
+      "adam": optax.adam(1e-4),
+      "headwise": headwise_optimizer(params, labels, cfg),
+      "headwise_frozen": headwise_optimizer(params, labels, cfg, other="frozen"),
+  }
+  out = {}
+  for name, opt in optimizers.items():
+    fn = jax.jit(lambda state, batch, rng, opt=opt: train.train_step(
+        model, opt, "causal_lm", False, state, batch, rng), donate_argnums=0)
+    out[name] = (fn, lambda p, opt=opt: train.TrainState.create(p, opt),
+                 lambda result: result[0])
+  opt = alignment_optimizer(params, labels, cfg)
+  align = alignment_step(model, opt, labels, "gen_to_prompt")
+  out["align"] = (jax.jit(lambda state, batch, rng: align(*state, batch), donate_argnums=0),
+                  lambda p: (p, opt.init(p)), lambda result: result[:2])
+  return out
+
+
+def measure(fn, state, batch, rng, advance, repeats: int) -> dict:
+  """Compiles fn, runs a warm-up and `repeats` timed steps, each on the last one's state."""
+  start = time.perf_counter()
+  compiled = fn.lower(state, batch, rng).compile()
+  row = dict(footprint(compiled), compile_s=time.perf_counter() - start)
+  try:
+    state = advance(jax.block_until_ready(compiled(state, batch, rng)))  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+      state = advance(jax.block_until_ready(compiled(state, batch, rng)))
+    row["seconds"] = (time.perf_counter() - start) / repeats
+    row["tokens_per_s"] = batch["input_ids"].size / row["seconds"]
+  except Exception as e:  # pylint: disable=broad-except  # e.g. RESOURCE_EXHAUSTED
+    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    row["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
+  return row
+
+
+def table(rows: list) -> str:
+  base = next((r for r in rows if r["step"] == "adam" and "seconds" in r), None)
+  lines = ["| step | peak incl. state (GiB) | temporaries (GiB) | device peak (GiB) "
+           "| s/step | tokens/s | speed vs adam |", "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    device = f"{r['device_peak_bytes'] / GIB:.2f}" if "device_peak_bytes" in r else "-"
+    if "seconds" in r:
+      ratio = f"{base['seconds'] / r['seconds']:.2f}" if base else "-"
+      timing = f"{r['seconds']:.3f} | {r['tokens_per_s']:.0f} | {ratio}"
+    else:
+      timing = f"{r.get('error', 'not run')} | - | -"
+    lines.append(f"| {r['step']} | {r['peak_bytes'] / GIB:.2f} "
+                 f"| {r['temp_bytes'] / GIB:.2f} | {device} | {timing} |")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--length", type=int, default=None,
+                      help="tokens (default: 512 on CPU, 2048 with --full)")
+  parser.add_argument("--repeats", type=int, default=None,
+                      help="timed steps per row (default: 1 on CPU, 3 with --full)")
+  parser.add_argument("--steps", default=",".join(STEPS), help="which rows, in order")
+  parser.add_argument("--full", action="store_true",
+                      help="the whole 32-layer model (bf16 weights; an accelerator)")
+  parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
+  args = parser.parse_args()
+  length = args.length or (2048 if args.full else 512)
+  cfg = ModelConfig.preset("llama2-7b")
+  if not args.full:
+    cfg = cfg.replace(num_layers=1)
+  dtype = jnp.bfloat16 if args.full else jnp.float32
+  model = build_model(cfg, dtype=dtype, param_dtype=dtype)
+  ids, mask, special, prompt_lengths = inputs(length, cfg.vocab_size)
+  loss_mask = (jnp.arange(length) >= length // 2).astype(jnp.int32)[None]
+  batch = dict(input_ids=ids, attention_mask=mask, loss_mask=loss_mask,
+               special_mask=special, prompt_lengths=prompt_lengths)
+  labels = head_classes(cfg)
+  init = jax.jit(model.init)
+  device = f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}"
+  mode = "full" if args.full else "layer"
+  print(f"Llama-2-7B shapes ({cfg.num_layers} layer(s), {jnp.dtype(dtype).name}), "
+        f"1 x {length} tokens, {device}", flush=True)
+  result = dict(mode=mode, layers=cfg.num_layers, dtype=jnp.dtype(dtype).name, length=length,
+                device=device, platform=platform.platform(), jax=jax.__version__, rows=[])
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  path = out / f"finetune_step_{mode}.json"
+  shapes = jax.eval_shape(init, jax.random.key(0), ids[:, :8])["params"]
+  fns = step_fns(model, shapes, labels)
+  for name in args.steps.split(","):
+    fn, make_state, advance = fns[name]
+    state = make_state(init(jax.random.key(0), ids[:, :8])["params"])
+    row = dict(step=name, **measure(fn, state, batch, jax.random.key(1), advance,
+                                    args.repeats or (3 if args.full else 1)))
+    del state
+    result["rows"].append(row)
+    print(f"  {row}", flush=True)
+    path.write_text(json.dumps(result, indent=2))  # after every row: a killed run keeps its rows
+  print(table(result["rows"]))
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()
