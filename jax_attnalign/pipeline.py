@@ -26,7 +26,8 @@ from absl import logging
 import jax_attnalign
 from jax_attnalign import attacks, data, metrics, plots, train
 from jax_attnalign.defense.detector import calibrate_detector
-from jax_attnalign.defense.sanitize import SanitizeConfig, sanitize, scores_of
+from jax_attnalign.defense.restarts import sanitize_restarts
+from jax_attnalign.defense.sanitize import SanitizeConfig, scores_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,9 +102,11 @@ def evaluate(model, params, sets: dict, target: int) -> dict[str, float]:
 
 
 def choose_suspects(model, params, sets: dict, setup: DefenseSetup, config: SanitizeConfig
-                    ) -> tuple[dict, dict, Any]:
-  """(suspects, detection report, detector): the detector's flagged stream inputs
-  (highest scores first), or the stream's triggered inputs ('oracle')."""
+                    ) -> tuple[dict, dict, dict, Any]:
+  """(suspects, flagged, detection report, detector). suspects: the detector's
+  flagged stream inputs (highest scores first, at most `max_suspects`), or the
+  stream's triggered inputs ('oracle'); flagged: every flagged stream input (the
+  suspects when none is flagged); no labels in either."""
   kw = dict(batch_size=config.score_batch_size)
   view, statistic = config.detector_view, config.statistic
   calib = scores_of(model, params, sets["calibration"], view, statistic, **kw)
@@ -125,8 +128,10 @@ def choose_suspects(model, params, sets: dict, setup: DefenseSetup, config: Sani
     raise ValueError(f"suspects must be 'detector' or 'oracle', got {setup.suspects!r}.")
   report.update(suspects=int(len(chosen)),
                 suspects_triggered=int(truth[chosen].sum()) if len(chosen) else 0)
-  suspects = {k: v[chosen] for k, v in stream.items() if k not in ("labels", "poisoned")}
-  return suspects, report, detector
+  unlabelled = lambda idx: {k: v[idx] for k, v in stream.items()
+                            if k not in ("labels", "poisoned")}
+  watch = np.flatnonzero(flagged) if flagged.any() else chosen
+  return unlabelled(chosen), unlabelled(watch), report, detector
 
 
 def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig(),
@@ -143,15 +148,15 @@ def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig()
   tokenizer = data.load_tokenizer(_tokenizer_path(setup))
   sets = defense_data(setup, tokenizer)
   before = evaluate(model, params, sets, setup.target)
-  suspects, detection, detector = choose_suspects(model, params, sets, setup, config)
+  suspects, flagged, detection, detector = choose_suspects(model, params, sets, setup, config)
   logging.info("before: %s; detection: %s", before, detection)
   result = {"setup": dataclasses.asdict(setup), "before": before, "detection": detection}
   if detection["suspects"] == 0:
     result.update(after=before, report={"stopped": "no_suspects", "rounds": []})
   else:
-    params, report = sanitize(model, params, suspects, sets["clean_train"], config,
-                              detector=detector,
-                              workdir=workdir / "sanitize" if workdir else None)
+    params, report = sanitize_restarts(model, params, suspects, sets["clean_train"], flagged,
+                                       sets["calibration"], config, detector=detector,
+                                       workdir=workdir / "sanitize" if workdir else None)
     result.update(after=evaluate(model, params, sets, setup.target), report=report)
     if workdir is not None:
       jax_attnalign.save_pretrained(model, params, workdir / "model")

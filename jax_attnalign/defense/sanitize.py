@@ -95,6 +95,11 @@ class SanitizeConfig:
   calibration_size: int = 256  # clean inputs used to calibrate when no detector is given
   score_batch_size: int = 32
   seed: int = 0
+  # Whole runs with seeds seed, seed + 1, ...; `defense.sanitize_restarts` (and the
+  # pipeline) keeps one by a rule that needs no trigger labels (defense/restarts.py).
+  # `sanitize` itself is one run.
+  restarts: int = 1
+  restart_tolerance: float = 0.02  # holdout accuracy a kept run may lose
 
   def __post_init__(self):
     resolve_view(self.view)
@@ -110,6 +115,8 @@ class SanitizeConfig:
       raise ValueError(f"finetune_when must be 'always' or 'repair', got {self.finetune_when!r}.")
     if self.max_rounds < 1:
       raise ValueError(f"max_rounds must be >= 1, got {self.max_rounds}.")
+    if self.restarts < 1:
+      raise ValueError(f"restarts must be >= 1, got {self.restarts}.")
 
 
 def per_input(fn: Callable, arrays: dict[str, np.ndarray], batch_size: int,
