@@ -32,7 +32,6 @@ import argparse
 import json
 import pathlib
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +42,7 @@ from jax_attnalign import train
 from jax_attnalign.analysis.safety import HeadClass
 from jax_attnalign.defense import alignment_optimizer, alignment_step, headwise_optimizer
 from jax_attnalign.models import ModelConfig, build_model
-from streaming_memory import GIB, footprint, inputs
+from streaming_memory import GIB, inputs, measure
 
 STEPS = ("headwise_frozen", "align", "adam", "headwise")  # smallest footprint first
 
@@ -81,23 +80,12 @@ def step_fns(model, params, labels: np.ndarray) -> dict:
   return out
 
 
-def measure(fn, state, batch, rng, advance, repeats: int) -> dict:
-  """Compiles fn, runs a warm-up and `repeats` timed steps, each on the last one's state."""
-  start = time.perf_counter()
-  compiled = fn.lower(state, batch, rng).compile()
-  row = dict(footprint(compiled), compile_s=time.perf_counter() - start)
-  try:
-    state = advance(jax.block_until_ready(compiled(state, batch, rng)))  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-      state = advance(jax.block_until_ready(compiled(state, batch, rng)))
-    row["seconds"] = (time.perf_counter() - start) / repeats
+def measure_step(fn, state, batch, rng, advance, repeats: int) -> dict:
+  """`measure` with each timed step on the last one's state (the old one is donated)."""
+  row, _ = measure(fn, (state, batch, rng), repeats,
+                   next_args=lambda out, args: (advance(out), *args[1:]))
+  if "seconds" in row:
     row["tokens_per_s"] = batch["input_ids"].size / row["seconds"]
-  except Exception as e:  # pylint: disable=broad-except  # e.g. RESOURCE_EXHAUSTED
-    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-  stats = jax.devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    row["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
   return row
 
 
@@ -154,8 +142,8 @@ def main():
   for name in args.steps.split(","):
     fn, make_state, advance = fns[name]
     state = make_state(init(jax.random.key(0), ids[:, :8])["params"])
-    row = dict(step=name, **measure(fn, state, batch, jax.random.key(1), advance,
-                                    args.repeats or (3 if args.full else 1)))
+    row = dict(step=name, **measure_step(fn, state, batch, jax.random.key(1), advance,
+                                         args.repeats or (3 if args.full else 1)))
     del state
     result["rows"].append(row)
     print(f"  {row}", flush=True)

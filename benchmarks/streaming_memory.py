@@ -82,15 +82,21 @@ def footprint(compiled) -> dict:
                              + mem.temp_size_in_bytes - mem.alias_size_in_bytes))
 
 
-def measure(fn, args, repeats: int) -> tuple[dict, object]:
-  """Compiles fn, runs it 1 + repeats times; footprint, timings and the result."""
+def measure(jitted, args, repeats: int, next_args=None) -> tuple[dict, object]:
+  """Compiles a jitted fn, runs it 1 + repeats times; footprint, timings, the last result.
+
+  next_args(out, args) -> the next call's args (e.g. a training step's new state
+  when the old one was donated); default: the same args every call.
+  """
   start = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
+  compiled = jitted.lower(*args).compile()
   row = dict(footprint(compiled), compile_s=time.perf_counter() - start)
+  advance = next_args or (lambda out, args: args)
   try:
     out = jax.block_until_ready(compiled(*args))  # warm-up
     start = time.perf_counter()
     for _ in range(repeats):
+      args = advance(out, args)
       out = jax.block_until_ready(compiled(*args))
     row["seconds"] = (time.perf_counter() - start) / repeats
   except Exception as e:  # pylint: disable=broad-except  # e.g. RESOURCE_EXHAUSTED
@@ -110,7 +116,7 @@ def compare(outputs: dict) -> float | None:
 def run_paths(model, params, args, view: str, repeats: int) -> tuple[list, float | None]:
   fns, rows, outputs = path_fns(model, view), [], {}
   for name in PATHS:
-    row, outputs[name] = measure(fns[name], (params, *args), repeats)
+    row, outputs[name] = measure(jax.jit(fns[name]), (params, *args), repeats)
     rows.append(dict(path=name, **row))
     print(f"  {name}: {row}", flush=True)
     if name == "maps":
