@@ -16,9 +16,10 @@ defender has:
            rows); a run is eligible when its accuracy there is at most
            `restart_tolerance` below the backdoored model's.
 The eligible run with the lowest share wins (ties: the earliest); if none is
-eligible, the run with the best holdout accuracy. On the saved sanitisations
+eligible, the run with the best holdout accuracy. On 22 saved sanitisations
 of four BadNets victims the share tracked the held-out ASR within 0.01-0.11
-and ranked the best run first on three of them (README).
+and, among the eligible runs, put the lowest-ASR run first (or one within 0.02
+of it) on each victim (README).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def sanitize_restarts(model, params, suspect_inputs: dict[str, np.ndarray],
   mesh = mesh or parallel.data_mesh()
   workdir = pathlib.Path(workdir) if workdir else None
   target = int(np.bincount(_predictions(model, params, watch, config, mesh)).argmax())
-  floor = task_accuracy(model, params, holdout, config, mesh) - config.restart_tolerance
+  before = task_accuracy(model, params, holdout, config, mesh)
+  floor = before - config.restart_tolerance
   runs, best = [], None
   for k in range(config.restarts):
     run_config = dataclasses.replace(config, seed=config.seed + k)
@@ -86,4 +88,4 @@ def sanitize_restarts(model, params, suspect_inputs: dict[str, np.ndarray],
       best = (key, k, out, report)
   _, chosen, params, report = best
   return params, {**report, "restarts": runs, "chosen": chosen, "target_class": target,
-                  "holdout_accuracy_before": floor + config.restart_tolerance}
+                  "holdout_accuracy_before": before}
