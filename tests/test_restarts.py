@@ -31,20 +31,35 @@ def _predict(model, params, arrays):
                                 arrays["attention_mask"]).logits).argmax(-1)
 
 
-def _expected(model, params, runs, watch, holdout, tolerance):
-  """The rule by hand: (chosen index, shares, holdout accuracies, accuracy before)."""
+def _judge(model, params, candidate, watch, holdout, target, floor):
+  share = np.mean(_predict(model, candidate, watch) == target)
+  accuracy = np.mean(_predict(model, candidate, holdout) == holdout["labels"])
+  return ((0, share) if accuracy >= floor - 1e-6 else (1, -accuracy)), share, accuracy
+
+
+def _mean(trees):
+  return jax.tree_util.tree_map(lambda *xs: np.mean(np.stack(xs).astype(np.float64), 0), *trees)
+
+
+def _expected(model, params, runs, watch, holdout, tolerance, soup=True):
+  """The rule by hand, NumPy averages: (chosen index, soup members, shares,
+  holdout accuracies, accuracy before)."""
   target = np.bincount(_predict(model, params, watch)).argmax()
-  shares = [np.mean(_predict(model, p, watch) == target) for p in runs]
-  accuracy = [np.mean(_predict(model, p, holdout) == holdout["labels"]) for p in runs]
   before = np.mean(_predict(model, params, holdout) == holdout["labels"])
-  eligible = [k for k in range(len(runs)) if accuracy[k] >= before - tolerance - 1e-6]
-  chosen = (min(eligible, key=lambda k: (shares[k], k)) if eligible
-            else max(range(len(runs)), key=lambda k: (accuracy[k], -k)))
-  return chosen, shares, accuracy, before
+  judged = [_judge(model, params, p, watch, holdout, target, before - tolerance) for p in runs]
+  order = sorted(range(len(runs)), key=lambda k: (judged[k][0], k))
+  members, best = [order[0]], judged[order[0]][0]
+  for k in order[1:] if soup else ():
+    key = _judge(model, params, _mean([runs[j] for j in members + [k]]), watch, holdout,
+                 target, before - tolerance)[0]
+    if key < best:
+      members, best = members + [k], key
+  return (order[0], sorted(members), [j[1] for j in judged], [j[2] for j in judged], before)
 
 
 @pytest.mark.parametrize("tolerance", [0.0, 1.0, -1.0])  # some / every / no run eligible
-def test_choice_follows_the_rule_computed_by_hand(case, tolerance, monkeypatch):
+@pytest.mark.parametrize("soup", [True, False])
+def test_choice_follows_the_rule_computed_by_hand(case, tolerance, soup, monkeypatch):
   """Runs made to differ (seeded noise on the weights) so that the choice matters."""
   model, params, suspects, clean, watch, holdout, _ = case
 
@@ -52,16 +67,18 @@ def test_choice_follows_the_rule_computed_by_hand(case, tolerance, monkeypatch):
     del model, suspects, clean, kwargs
     keys = jax.random.split(jax.random.PRNGKey(config.seed),
                             len(jax.tree_util.tree_leaves(params)))
-    leaves = [x + 0.5 * jax.random.normal(k, x.shape) for x, k in
+    leaves = [x + jax.random.normal(k, x.shape) for x, k in
               zip(jax.tree_util.tree_leaves(params), keys)]
     return (jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), leaves),
             {"rounds": [{}], "stopped": "max_rounds"})
 
   monkeypatch.setattr(restarts, "sanitize", noisy_run)
-  config = dataclasses.replace(CONFIG, restarts=4, restart_tolerance=tolerance)
+  config = dataclasses.replace(CONFIG, restarts=4, restart_tolerance=tolerance,
+                               restart_soup=soup)
   runs = [noisy_run(model, params, None, None, dataclasses.replace(config, seed=k))[0]
           for k in range(4)]
-  chosen, shares, accuracy, before = _expected(model, params, runs, watch, holdout, tolerance)
+  chosen, members, shares, accuracy, before = _expected(model, params, runs, watch, holdout,
+                                                        tolerance, soup)
   assert len(set(shares)) > 1 and len(set(accuracy)) > 1, (shares, accuracy)
   out, report = sanitize_restarts(model, params, suspects, clean, watch, holdout, config)
   np.testing.assert_allclose([r["watched_target_share"] for r in report["restarts"]], shares)
@@ -69,19 +86,24 @@ def test_choice_follows_the_rule_computed_by_hand(case, tolerance, monkeypatch):
                              atol=1e-6)
   assert [r["seed"] for r in report["restarts"]] == [0, 1, 2, 3]
   np.testing.assert_allclose(report["holdout_accuracy_before"], before, atol=1e-6)
-  assert report["chosen"] == chosen
-  chex.assert_trees_all_close(out, runs[chosen], atol=1e-6)
+  assert (report["chosen"], report["soup"]) == (chosen, members)
+  assert len(report["soup_trials"]) == (3 if soup else 0)
+  assert [t["kept"] for t in report["soup_trials"]].count(True) == len(members) - 1
+  if soup and tolerance != 0.0:  # these seeded runs take the averaging branch
+    assert len(members) > 1 and not all(t["kept"] for t in report["soup_trials"]), members
+  chex.assert_trees_all_close(out, _mean([runs[j] for j in members]), atol=1e-5)
 
 
 def test_real_runs_are_kept_and_read_back_from_the_workdir(case, tmp_path):
   model, params, suspects, clean, watch, holdout, runs = case
   out, report = sanitize_restarts(model, params, suspects, clean, watch, holdout, CONFIG,
                                   workdir=tmp_path)
-  chosen, shares, _, _ = _expected(model, params, runs, watch, holdout,
-                                   CONFIG.restart_tolerance)
-  assert report["chosen"] == chosen
+  chosen, members, shares, _, _ = _expected(model, params, runs, watch, holdout,
+                                            CONFIG.restart_tolerance)
+  assert (report["chosen"], report["soup"]) == (chosen, members)
   np.testing.assert_allclose([r["watched_target_share"] for r in report["restarts"]], shares)
-  chex.assert_trees_all_close(out, runs[chosen], atol=1e-6)  # sanitize's own run, that seed
+  # sanitize's own runs, those seeds, or their average
+  chex.assert_trees_all_close(out, _mean([runs[j] for j in members]), atol=1e-5)
   assert (tmp_path / "rounds").is_dir() and (tmp_path / "restart1" / "rounds").is_dir()
   again, again_report = sanitize_restarts(model, params, suspects, clean, watch, holdout,
                                           CONFIG, workdir=tmp_path)  # read back, not rerun

@@ -1,4 +1,4 @@
-"""Restarts of the sanitisation, with a choice among them that needs no trigger labels.
+"""Restarts of the sanitisation, kept or averaged by a rule that needs no trigger labels.
 
   params, report = sanitize_restarts(model, params, suspects, clean, watch, holdout,
                                      SanitizeConfig(restarts=3), detector=detector)
@@ -6,8 +6,8 @@
 The sanitiser is stochastic (the alignment's batch order, the fine-tune's
 shuffling): on a 2,000-sentence SST-2 BadNets victim its seed alone moved the
 ASR left from 0.373 to 0.228 (README). `sanitize_restarts` runs `sanitize` with
-seeds `seed, seed + 1, ...` and keeps one run, judged on two things the
-defender has:
+seeds `seed, seed + 1, ...` and keeps one run (or an average of several),
+judged on two things the defender has:
   watch:   unlabelled inputs the detector flagged (all flags, not only the
            suspects). The *target class* is the class the backdoored model
            gave most of them; a run's score is the share of watched inputs it
@@ -15,11 +15,19 @@ defender has:
   holdout: labelled clean rows no step trains on (the detector's calibration
            rows); a run is eligible when its accuracy there is at most
            `restart_tolerance` below the backdoored model's.
-The eligible run with the lowest share wins (ties: the earliest); if none is
-eligible, the run with the best holdout accuracy. On 22 saved sanitisations
+The eligible run with the lowest share comes first (ties: the earliest); if none
+is eligible, the run with the best holdout accuracy. On 22 saved sanitisations
 of four BadNets victims the share tracked the held-out ASR within 0.01-0.11
 and, among the eligible runs, put the lowest-ASR run first (or one within 0.02
 of it) on each victim (README).
+
+With `restart_soup` (the default) the runs are then averaged greedily, the
+"greedy soup" of Wortsman et al. (2022, arXiv 2203.05482): in the order of the
+same judgement, each run joins the weight average if the average with it is
+judged strictly better (eligible and a lower share, or more holdout accuracy
+while none is eligible); the first run alone is the fallback. All runs start
+from the same backdoored weights, which is what makes their average a model.
+The runs' parameters are held in memory until the end (`restarts` copies).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import dataclasses
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -42,19 +51,28 @@ def _predictions(model, params, arrays: dict[str, np.ndarray], config: SanitizeC
                               mesh=mesh).argmax(-1)
 
 
+def _average(trees: list):
+  """The leaf-wise mean of parameter trees, accumulated in float32, in their dtype."""
+  return jax.tree_util.tree_map(
+      lambda *xs: jnp.mean(jnp.stack([x.astype(jnp.float32) for x in xs]), 0).astype(xs[0].dtype),
+      *trees)
+
+
 def sanitize_restarts(model, params, suspect_inputs: dict[str, np.ndarray],
                       clean_data: dict[str, np.ndarray], watch: dict[str, np.ndarray],
                       holdout: dict[str, np.ndarray], config: SanitizeConfig = SanitizeConfig(),
                       *, detector: Detector | None = None,
                       workdir: str | pathlib.Path | None = None,
                       mesh: jax.sharding.Mesh | None = None) -> tuple[dict, dict]:
-  """`config.restarts` runs of `sanitize`; returns (the chosen params, its report).
+  """`config.restarts` runs of `sanitize`; returns (the kept params, a report).
 
   suspect_inputs, clean_data, detector: as for `sanitize`. watch: encoded
   unlabelled inputs (the detector's flags); holdout: encoded labelled clean rows
-  (classification). The report is the chosen run's, plus 'restarts' (per run:
-  seed, watched_target_share, holdout_accuracy, rounds, stopped), 'chosen' (its
-  index), 'target_class' and 'holdout_accuracy_before'. With `workdir`, run 0
+  (classification). The report is the first-ranked run's, plus 'restarts' (per
+  run: seed, watched_target_share, holdout_accuracy, rounds, stopped), 'chosen'
+  (that run's index), 'soup' (the runs averaged into the returned params: [chosen]
+  alone when no average was better or `restart_soup` is off), 'soup_trials' (each
+  average tried), 'target_class' and 'holdout_accuracy_before'. With `workdir`, run 0
   checkpoints there and run k in workdir/restart<k>, so an interrupted call
   resumes.
   """
@@ -70,22 +88,43 @@ def sanitize_restarts(model, params, suspect_inputs: dict[str, np.ndarray],
   target = int(np.bincount(_predictions(model, params, watch, config, mesh)).argmax())
   before = task_accuracy(model, params, holdout, config, mesh)
   floor = before - config.restart_tolerance
-  runs, best = [], None
+
+  def judge(candidate) -> tuple[tuple, float, float]:
+    """(sort key: lower is better, watched target share, holdout accuracy)."""
+    share = float(np.mean(_predictions(model, candidate, watch, config, mesh) == target))
+    accuracy = task_accuracy(model, candidate, holdout, config, mesh)
+    eligible = accuracy >= floor - 1e-6  # "at most tolerance below", float32 means
+    return ((0, share) if eligible else (1, -accuracy)), share, accuracy
+
+  runs, outs, keys, reports = [], [], [], []
   for k in range(config.restarts):
     run_config = dataclasses.replace(config, seed=config.seed + k)
     run_dir = None if workdir is None else (workdir if k == 0 else workdir / f"restart{k}")
     out, report = sanitize(model, params, suspect_inputs, clean_data, run_config,
                            detector=detector, workdir=run_dir, mesh=mesh)
-    share = float(np.mean(_predictions(model, out, watch, config, mesh) == target))
-    accuracy = task_accuracy(model, out, holdout, config, mesh)
+    key, share, accuracy = judge(out)
     runs.append(dict(seed=run_config.seed, watched_target_share=share,
                      holdout_accuracy=accuracy, rounds=len(report["rounds"]),
                      stopped=report["stopped"]))
+    outs.append(out)
+    keys.append(key)
+    reports.append(report)
     logging.info("restart %d: watched inputs on class %d %.3f, holdout accuracy %.3f "
                  "(floor %.3f)", k, target, share, accuracy, floor)
-    key = (0, share) if accuracy >= floor else (1, -accuracy)
-    if best is None or key < best[0]:
-      best = (key, k, out, report)
-  _, chosen, params, report = best
-  return params, {**report, "restarts": runs, "chosen": chosen, "target_class": target,
+  order = sorted(range(config.restarts), key=lambda k: (keys[k], k))
+  chosen, soup, soup_key, trials = order[0], [order[0]], keys[order[0]], []
+  params = outs[chosen]
+  for k in order[1:] if config.restart_soup else ():
+    members = soup + [k]
+    average = _average([outs[j] for j in members])
+    key, share, accuracy = judge(average)
+    trials.append(dict(runs=sorted(members), watched_target_share=share,
+                       holdout_accuracy=accuracy, kept=key < soup_key))
+    logging.info("soup of runs %s: watched inputs on class %d %.3f, holdout accuracy %.3f%s",
+                 sorted(members), target, share, accuracy, "" if key < soup_key else " (dropped)")
+    if key < soup_key:
+      soup, soup_key, params = members, key, average
+  report = reports[chosen]
+  return params, {**report, "restarts": runs, "chosen": chosen, "soup": sorted(soup),
+                  "soup_trials": trials, "target_class": target,
                   "holdout_accuracy_before": before}

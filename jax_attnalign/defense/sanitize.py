@@ -96,10 +96,12 @@ class SanitizeConfig:
   score_batch_size: int = 32
   seed: int = 0
   # Whole runs with seeds seed, seed + 1, ...; `defense.sanitize_restarts` (and the
-  # pipeline) keeps one by a rule that needs no trigger labels (defense/restarts.py).
+  # pipeline) keeps one, or a greedy weight average of several, by a rule that
+  # needs no trigger labels (defense/restarts.py).
   # `sanitize` itself is one run.
   restarts: int = 1
   restart_tolerance: float = 0.02  # holdout accuracy a kept run may lose
+  restart_soup: bool = True  # average the runs greedily when that is judged better
 
   def __post_init__(self):
     resolve_view(self.view)
