@@ -118,11 +118,12 @@ def sanitize_restarts(model, params, suspect_inputs: dict[str, np.ndarray],
     members = soup + [k]
     average = _average([outs[j] for j in members])
     key, share, accuracy = judge(average)
+    kept = key < soup_key
     trials.append(dict(runs=sorted(members), watched_target_share=share,
-                       holdout_accuracy=accuracy, kept=key < soup_key))
+                       holdout_accuracy=accuracy, kept=kept))
     logging.info("soup of runs %s: watched inputs on class %d %.3f, holdout accuracy %.3f%s",
-                 sorted(members), target, share, accuracy, "" if key < soup_key else " (dropped)")
-    if key < soup_key:
+                 trials[-1]["runs"], target, share, accuracy, "" if kept else " (dropped)")
+    if kept:
       soup, soup_key, params = members, key, average
   report = reports[chosen]
   return params, {**report, "restarts": runs, "chosen": chosen, "soup": sorted(soup),
