@@ -36,12 +36,16 @@ class Checkpointer:
         state=ocp.args.StandardSave(state),
         metadata=ocp.args.JsonSave(metadata or {})), force=force)
 
+  def steps(self) -> list[int]:
+    """The saved steps, ascending."""
+    return sorted(self._manager.all_steps())
+
   def latest_step(self) -> int | None:
     """The highest saved step, or None."""
     # Not the manager's latest_step(): after a forced save of a lower step it
     # reports that step until the directory is reopened, then the highest one.
-    steps = self._manager.all_steps()
-    return max(steps) if steps else None
+    steps = self.steps()
+    return steps[-1] if steps else None
 
   def restore(self, step: int | None = None, target: Any = None) -> tuple[Any, dict]:
     """Restores (state, metadata) at `step` (default: the latest).

@@ -165,6 +165,10 @@ def test_interrupted_sanitize_resumes_to_the_same_parameters(setup, tmp_path):
   with pytest.raises(Killed):
     sanitize(model, params, suspects, clean, config, workdir=tmp_path,
              on_round_end=kill_after_first_round)
+  # Resumed with 2 rounds it finishes there; called again with 3 it goes on.
+  _, two = sanitize(model, params, suspects, clean, dataclasses.replace(config, max_rounds=2),
+                    workdir=tmp_path)
+  assert [r["round"] for r in two["rounds"]] == [0, 1] and two["stopped"] == "max_rounds"
   resumed, report = sanitize(model, params, suspects, clean, config, workdir=tmp_path)
   assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
   assert report["stopped"] == straight_report["stopped"] == "max_rounds"

@@ -18,7 +18,9 @@ exactly `max_rounds`. No safe head ends the run with `stopped="empty_safe_set"`.
 With `workdir`, the parameters and the report are checkpointed (orbax) after
 every round and the fine-tune inside a round checkpoints itself, so a killed run
 resumes where it stopped and ends with the same parameters as an uninterrupted
-one. `flagged_inputs` turns a calibrated detector's flags into the suspects
+one. The stop is decided again on resuming, so a finished run called with a
+larger `max_rounds` (or `stop="fixed"`) goes on from its last round. `keep_rounds` keeps every round's checkpoint (step k: after k rounds), not
+only the last two. `flagged_inputs` turns a calibrated detector's flags into the suspects
 (the paper's label-free, input-triggered mode).
 """
 
@@ -102,6 +104,9 @@ class SanitizeConfig:
   restarts: int = 1
   restart_tolerance: float = 0.02  # holdout accuracy a kept run may lose
   restart_soup: bool = True  # average the runs greedily when that is judged better
+  # Judge every round of every run (each a candidate to keep or average), not
+  # only each run's last: rounds do not lower the ASR monotonically (README).
+  restart_rounds: bool = False
 
   def __post_init__(self):
     resolve_view(self.view)
@@ -273,11 +278,24 @@ def flagged_inputs(model, params, arrays: dict[str, np.ndarray], detector: Detec
   return {k: v[keep] for k, v in arrays.items()}, scores
 
 
+_EMPTY_SAFE_SET = "no safe head: eq. 6's safe mean is undefined; parameters unchanged"
+
+
+def _stop_reason(entry: dict, config: SanitizeConfig) -> str | None:
+  """Why the rounds stop after round `entry` (None: they go on)."""
+  if entry.get("note") == _EMPTY_SAFE_SET:
+    return "empty_safe_set"
+  if config.stop == "threshold" and entry["flagged_fraction"] < config.stop_fraction:
+    return "threshold"
+  return "max_rounds" if entry["round"] + 1 >= config.max_rounds else None
+
+
 def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
              clean_data: dict[str, np.ndarray], config: SanitizeConfig = SanitizeConfig(),
              *, detector: Detector | None = None, workdir: str | pathlib.Path | None = None,
              mesh: jax.sharding.Mesh | None = None,
-             on_round_end: Callable[[int, dict], None] | None = None) -> tuple[dict, dict]:
+             on_round_end: Callable[[int, dict], None] | None = None,
+             keep_rounds: bool = False) -> tuple[dict, dict]:
   """Rounds of classify -> align -> head-wise fine-tune -> re-measure.
 
   suspect_inputs: encoded inputs believed triggered (input_ids, attention_mask,
@@ -301,18 +319,23 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
         view=config.detector_view, statistic=config.statistic, fpr=config.fpr)
   report = {"config": dataclasses.asdict(config), "detector": dataclasses.asdict(detector),
             "rounds": [], "stopped": None}
-  ckpt = Checkpointer(workdir / "rounds") if workdir else None
+  ckpt = Checkpointer(workdir / "rounds", max_to_keep=None if keep_rounds else 2
+                      ) if workdir else None
   if ckpt is not None and ckpt.latest_step() is not None:
     params, meta = ckpt.restore(target=params)
     report = meta["report"]
-    logging.info("sanitize: resumed after round %d from %s.", len(report["rounds"]), workdir)
+    # The stop is decided again under this call's config: a finished run given
+    # more rounds (or stop="fixed") goes on from its last round.
+    report["stopped"] = _stop_reason(report["rounds"][-1], config)
+    logging.info("sanitize: resumed after round %d from %s (%s).", len(report["rounds"]),
+                 workdir, report["stopped"] or "going on")
   while report["stopped"] is None:
     k = len(report["rounds"])
     heads = classify(model, params, suspect_inputs, config, mesh)
     entry = {"round": k, "counts": class_counts(heads["labels"]),
              **{name: np.asarray(v).tolist() for name, v in heads.items()}}
     if not (heads["labels"] == HeadClass.SAFE).any() and "align" in config.stages:
-      entry["note"] = "no safe head: eq. 6's safe mean is undefined; parameters unchanged"
+      entry["note"] = _EMPTY_SAFE_SET
       report["stopped"] = "empty_safe_set"
     else:
       repair = config.finetune_when == "repair" and "align" in config.stages
@@ -334,10 +357,7 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
                          batch_size=config.score_batch_size, mesh=mesh)
       entry.update(suspect_score_mean=float(scores.mean()),
                    flagged_fraction=float(detector.flag(scores).mean()))
-      if config.stop == "threshold" and entry["flagged_fraction"] < config.stop_fraction:
-        report["stopped"] = "threshold"
-      elif k + 1 >= config.max_rounds:
-        report["stopped"] = "max_rounds"
+      report["stopped"] = _stop_reason(entry, config)
     report["rounds"].append(entry)
     logging.info("sanitize round %d: %s, suspects flagged %.3f", k, entry["counts"],
                  entry.get("flagged_fraction", float("nan")))
