@@ -1,6 +1,7 @@
 """Restarts of the sanitisation and their label-free choice, against a brute-force rule."""
 
 import dataclasses
+import shutil
 
 import chex
 import jax
@@ -109,6 +110,33 @@ def test_real_runs_are_kept_and_read_back_from_the_workdir(case, tmp_path):
                                           CONFIG, workdir=tmp_path)  # read back, not rerun
   assert again_report["restarts"] == report["restarts"]
   chex.assert_trees_all_close(again, out, atol=1e-6)
+
+
+def test_every_round_is_a_candidate_with_restart_rounds(case, tmp_path):
+  """Round r of a run is `sanitize` with max_rounds=r+1 and the same seed; every
+  round is judged and may be kept or averaged, with or without a workdir."""
+  model, params, suspects, clean, watch, holdout, runs = case
+  config = dataclasses.replace(CONFIG, restarts=1, max_rounds=2, restart_rounds=True)
+  rounds = [runs[0], sanitize(model, params, suspects, clean, config)[0]]
+  chosen, members, shares, accuracy, _ = _expected(model, params, rounds, watch, holdout,
+                                                   config.restart_tolerance)
+  for workdir in (tmp_path, None):
+    out, report = sanitize_restarts(model, params, suspects, clean, watch, holdout, config,
+                                    workdir=workdir)
+    assert [(c["run"], c["round"]) for c in report["candidates"]] == [(0, 0), (0, 1)]
+    np.testing.assert_allclose([c["watched_target_share"] for c in report["candidates"]],
+                               shares)
+    np.testing.assert_allclose([c["holdout_accuracy"] for c in report["candidates"]],
+                               accuracy, atol=1e-6)
+    assert (report["chosen"], report["soup"]) == (chosen, members)
+    chex.assert_trees_all_close(out, _mean([rounds[j] for j in members]), atol=1e-5)
+  # A round whose checkpoint is gone (a run saved without keep_rounds keeps its
+  # last two) is left out of the judgement; the run is read back, not rerun.
+  shutil.rmtree(tmp_path / "rounds" / "1")
+  _, report = sanitize_restarts(model, params, suspects, clean, watch, holdout, config,
+                                workdir=tmp_path)
+  assert [c["round"] for c in report["candidates"]] == [1]
+  np.testing.assert_allclose(report["candidates"][0]["watched_target_share"], shares[1])
 
 
 def test_bad_input_is_refused_with_the_fix(case):

@@ -21,19 +21,26 @@ of four BadNets victims the share tracked the held-out ASR within 0.01-0.11
 and, among the eligible runs, put the lowest-ASR run first (or one within 0.02
 of it) on each victim (README).
 
-With `restart_soup` (the default) the runs are then averaged greedily, the
+Rounds are candidates too with `restart_rounds`: a run's later rounds can put
+more of the backdoor back than they remove (on a 2,000-sentence SST-2 BadNets
+victim one run's held-out ASR went 0.440 -> 0.313 -> 0.607 over three rounds,
+README), so every round of every run is judged, not only the last.
+
+With `restart_soup` (the default) the candidates are then averaged greedily, the
 "greedy soup" of Wortsman et al. (2022, arXiv 2203.05482): in the order of the
-same judgement, each run joins the weight average if the average with it is
-judged strictly better (eligible and a lower share, or more holdout accuracy
-while none is eligible); the first run alone is the fallback. All runs start
-from the same backdoored weights, which is what makes their average a model.
-The runs' parameters are held in memory until the end (`restarts` copies).
+same judgement, each candidate joins the weight average if the average with it
+is judged strictly better (eligible and a lower share, or more holdout accuracy
+while none is eligible); the first candidate alone is the fallback. All runs
+start from the same backdoored weights, which is what makes their average a
+model. The candidates' parameters are held in memory until the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +48,7 @@ import numpy as np
 from absl import logging
 
 from jax_attnalign import parallel, train
+from jax_attnalign.checkpoint import Checkpointer
 from jax_attnalign.defense.detector import Detector
 from jax_attnalign.defense.sanitize import SanitizeConfig, sanitize, task_accuracy
 
@@ -58,6 +66,34 @@ def _average(trees: list):
       *trees)
 
 
+def _run(model, params, suspect_inputs, clean_data, config: SanitizeConfig,
+         detector: Detector | None, run_dir: pathlib.Path | None, mesh: jax.sharding.Mesh
+         ) -> tuple[list, list[int], dict]:
+  """One run of `sanitize`: (the params judged, their round indices, its report).
+
+  Its last round's params, or with `restart_rounds` every round's, read back from
+  the run's checkpoints (a temporary directory without `run_dir`); a round whose
+  checkpoint an earlier call did not keep is skipped with a warning.
+  """
+  if not config.restart_rounds:
+    out, report = sanitize(model, params, suspect_inputs, clean_data, config,
+                           detector=detector, workdir=run_dir, mesh=mesh)
+    return [out], [len(report["rounds"]) - 1], report
+  with contextlib.ExitStack() as stack:
+    if run_dir is None:
+      run_dir = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    _, report = sanitize(model, params, suspect_inputs, clean_data, config, detector=detector,
+                         workdir=run_dir, mesh=mesh, keep_rounds=True)
+    with Checkpointer(run_dir / "rounds", max_to_keep=None) as ckpt:
+      steps = ckpt.steps()
+      missing = sorted(set(range(1, len(report["rounds"]) + 1)) - set(steps))
+      if missing:
+        logging.warning("restart_rounds: rounds %s of %s were saved without keep_rounds and "
+                        "are not judged.", [s - 1 for s in missing], run_dir)
+      return ([ckpt.restore(step, target=params)[0] for step in steps],
+              [step - 1 for step in steps], report)
+
+
 def sanitize_restarts(model, params, suspect_inputs: dict[str, np.ndarray],
                       clean_data: dict[str, np.ndarray], watch: dict[str, np.ndarray],
                       holdout: dict[str, np.ndarray], config: SanitizeConfig = SanitizeConfig(),
@@ -68,13 +104,17 @@ def sanitize_restarts(model, params, suspect_inputs: dict[str, np.ndarray],
 
   suspect_inputs, clean_data, detector: as for `sanitize`. watch: encoded
   unlabelled inputs (the detector's flags); holdout: encoded labelled clean rows
-  (classification). The report is the first-ranked run's, plus 'restarts' (per
-  run: seed, watched_target_share, holdout_accuracy, rounds, stopped), 'chosen'
-  (that run's index), 'soup' (the runs averaged into the returned params: [chosen]
-  alone when no average was better or `restart_soup` is off), 'soup_trials' (each
-  average tried), 'target_class' and 'holdout_accuracy_before'. With `workdir`, run 0
-  checkpoints there and run k in workdir/restart<k>, so an interrupted call
-  resumes.
+  (classification). The candidates are each run's last round, or with
+  `restart_rounds` every round of every run. The report is the run's of the
+  first-ranked candidate, plus 'restarts' (per run: seed, rounds, stopped, and
+  its last round's watched_target_share and holdout_accuracy), 'candidates' (per
+  candidate: run, round, watched_target_share, holdout_accuracy; without
+  `restart_rounds` candidate k is run k), 'chosen' (the first-ranked candidate's
+  index), 'soup' (the candidates averaged into the returned params: [chosen] alone
+  when no average was better or `restart_soup` is off), 'soup_trials' (each
+  average tried: members, share, accuracy, kept), 'target_class' and
+  'holdout_accuracy_before'. With `workdir`, run 0 checkpoints there and run k in
+  workdir/restart<k>, so an interrupted call resumes.
   """
   if config.loss != "classification":
     raise ValueError("sanitize_restarts judges runs by predicted classes, so it needs "
@@ -96,36 +136,42 @@ def sanitize_restarts(model, params, suspect_inputs: dict[str, np.ndarray],
     eligible = accuracy >= floor - 1e-6  # "at most tolerance below", float32 means
     return ((0, share) if eligible else (1, -accuracy)), share, accuracy
 
-  runs, outs, keys, reports = [], [], [], []
+  runs, candidates, outs, keys, reports = [], [], [], [], []
   for k in range(config.restarts):
     run_config = dataclasses.replace(config, seed=config.seed + k)
     run_dir = None if workdir is None else (workdir if k == 0 else workdir / f"restart{k}")
-    out, report = sanitize(model, params, suspect_inputs, clean_data, run_config,
-                           detector=detector, workdir=run_dir, mesh=mesh)
-    key, share, accuracy = judge(out)
-    runs.append(dict(seed=run_config.seed, watched_target_share=share,
-                     holdout_accuracy=accuracy, rounds=len(report["rounds"]),
-                     stopped=report["stopped"]))
-    outs.append(out)
-    keys.append(key)
+    round_params, rounds, report = _run(model, params, suspect_inputs, clean_data, run_config,
+                                        detector, run_dir, mesh)
+    for r, candidate in zip(rounds, round_params):
+      key, share, accuracy = judge(candidate)
+      candidates.append(dict(run=k, round=r, watched_target_share=share,
+                             holdout_accuracy=accuracy))
+      outs.append(candidate)
+      keys.append(key)
+      logging.info("restart %d round %d: watched inputs on class %d %.3f, holdout accuracy "
+                   "%.3f (floor %.3f)", k, r, target, share, accuracy, floor)
+    runs.append(dict(seed=run_config.seed, rounds=len(report["rounds"]),
+                     stopped=report["stopped"], **{
+                         name: candidates[-1][name]
+                         for name in ("watched_target_share", "holdout_accuracy")}))
     reports.append(report)
-    logging.info("restart %d: watched inputs on class %d %.3f, holdout accuracy %.3f "
-                 "(floor %.3f)", k, target, share, accuracy, floor)
-  order = sorted(range(config.restarts), key=lambda k: (keys[k], k))
+  order = sorted(range(len(outs)), key=lambda i: (keys[i], i))
   chosen, soup, soup_key, trials = order[0], [order[0]], keys[order[0]], []
   params = outs[chosen]
-  for k in order[1:] if config.restart_soup else ():
-    members = soup + [k]
+  for i in order[1:] if config.restart_soup else ():
+    members = soup + [i]
     average = _average([outs[j] for j in members])
     key, share, accuracy = judge(average)
     kept = key < soup_key
-    trials.append(dict(runs=sorted(members), watched_target_share=share,
+    trials.append(dict(members=sorted(members), watched_target_share=share,
                        holdout_accuracy=accuracy, kept=kept))
-    logging.info("soup of runs %s: watched inputs on class %d %.3f, holdout accuracy %.3f%s",
-                 trials[-1]["runs"], target, share, accuracy, "" if kept else " (dropped)")
+    logging.info("soup of candidates %s: watched inputs on class %d %.3f, holdout accuracy "
+                 "%.3f%s", trials[-1]["members"], target, share, accuracy,
+                 "" if kept else " (dropped)")
     if kept:
       soup, soup_key, params = members, key, average
-  report = reports[chosen]
-  return params, {**report, "restarts": runs, "chosen": chosen, "soup": sorted(soup),
+  report = reports[candidates[chosen]["run"]]
+  return params, {**report, "restarts": runs, "candidates": candidates, "chosen": chosen,
+                  "soup": sorted(soup),
                   "soup_trials": trials, "target_class": target,
                   "holdout_accuracy_before": before}
