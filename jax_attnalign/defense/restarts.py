@@ -150,10 +150,11 @@ def sanitize_restarts(model, params, suspect_inputs: dict[str, np.ndarray],
       keys.append(key)
       logging.info("restart %d round %d: watched inputs on class %d %.3f, holdout accuracy "
                    "%.3f (floor %.3f)", k, r, target, share, accuracy, floor)
+    last = candidates[-1]
     runs.append(dict(seed=run_config.seed, rounds=len(report["rounds"]),
-                     stopped=report["stopped"], **{
-                         name: candidates[-1][name]
-                         for name in ("watched_target_share", "holdout_accuracy")}))
+                     stopped=report["stopped"],
+                     watched_target_share=last["watched_target_share"],
+                     holdout_accuracy=last["holdout_accuracy"]))
     reports.append(report)
   order = sorted(range(len(outs)), key=lambda i: (keys[i], i))
   chosen, soup, soup_key, trials = order[0], [order[0]], keys[order[0]], []

@@ -19,9 +19,10 @@ With `workdir`, the parameters and the report are checkpointed (orbax) after
 every round and the fine-tune inside a round checkpoints itself, so a killed run
 resumes where it stopped and ends with the same parameters as an uninterrupted
 one. The stop is decided again on resuming, so a finished run called with a
-larger `max_rounds` (or `stop="fixed"`) goes on from its last round. `keep_rounds` keeps every round's checkpoint (step k: after k rounds), not
-only the last two. `flagged_inputs` turns a calibrated detector's flags into the suspects
-(the paper's label-free, input-triggered mode).
+larger `max_rounds` (or `stop="fixed"`) goes on from its last round;
+`keep_rounds` keeps every round's checkpoint (step k: after k rounds), not only
+the last two. `flagged_inputs` turns a calibrated detector's flags into the
+suspects (the paper's label-free, input-triggered mode).
 """
 
 from __future__ import annotations
@@ -336,7 +337,6 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
              **{name: np.asarray(v).tolist() for name, v in heads.items()}}
     if not (heads["labels"] == HeadClass.SAFE).any() and "align" in config.stages:
       entry["note"] = _EMPTY_SAFE_SET
-      report["stopped"] = "empty_safe_set"
     else:
       repair = config.finetune_when == "repair" and "align" in config.stages
       if repair:
@@ -357,7 +357,7 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
                          batch_size=config.score_batch_size, mesh=mesh)
       entry.update(suspect_score_mean=float(scores.mean()),
                    flagged_fraction=float(detector.flag(scores).mean()))
-      report["stopped"] = _stop_reason(entry, config)
+    report["stopped"] = _stop_reason(entry, config)
     report["rounds"].append(entry)
     logging.info("sanitize round %d: %s, suspects flagged %.3f", k, entry["counts"],
                  entry.get("flagged_fraction", float("nan")))
