@@ -117,3 +117,27 @@ def test_demo_main_job(tiny):
   report = (tiny["root"] / "demo" / "report.md").read_text()
   assert "## Sanitisation" in report and "| sanitised" in report
   assert (tiny["root"] / "demo" / "defense.png").is_file()
+
+
+def test_defend_config_recipes():
+  """The README's BadNets recipe is a named config (`defend.py:restarts`), overridable
+  like the default one; an unknown name says which recipes exist."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from jax_attnalign.configs import sanitize_config  # pylint: disable=g-import-not-at-top
+  path = str(ROOT / "experiments" / "configs" / "defend.py")
+
+  def parse(*args):
+    values, argv = flags.FlagValues(), ["prog", *args]
+    config_flags.DEFINE_config_file("config", path, flag_values=values, sys_argv=argv)
+    values(argv)
+    return sanitize_config(values.config.sanitize)
+
+  default = parse()
+  assert (default.restarts, default.stop, default.restart_rounds) == (1, "threshold", False)
+  recipe = parse(f"--config={path}:restarts", "--config.sanitize.max_rounds=2")
+  assert (recipe.restarts, recipe.stop, recipe.max_rounds, recipe.restart_rounds) == (
+      3, "fixed", 2, True)
+  assert recipe.alpha == default.alpha and recipe.rates == default.rates
+  with pytest.raises(Exception, match="defend.py:restarts"):
+    parse(f"--config={path}:typo")

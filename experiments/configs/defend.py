@@ -1,7 +1,26 @@
-"""The defense with DESIGN.md's defaults (view, rates, rounds, detector)."""
+"""The defense with DESIGN.md's defaults (view, rates, rounds, detector), or a named recipe.
+
+  --config experiments/configs/defend.py            # the paper's method, one run
+  --config experiments/configs/defend.py:restarts   # the README's BadNets recipe
+
+`restarts`: three runs of the default (sanitiser seeds 0, 1, 2), three rounds each,
+and every round of every run a candidate for the label-free rule of
+`defense.sanitize_restarts` (nine rounds per victim instead of one to three).
+"""
 
 from jax_attnalign.configs import default_config
 
+RECIPES = {
+    "": {},
+    "restarts": {"restarts": 3, "stop": "fixed", "max_rounds": 3, "restart_rounds": True},
+}
 
-def get_config():
-  return default_config()
+
+def get_config(recipe: str = ""):
+  if recipe not in RECIPES:
+    raise ValueError(f"Unknown defense recipe {recipe!r}: use "
+                     f"experiments/configs/defend.py or one of "
+                     f"{', '.join(f'defend.py:{name}' for name in RECIPES if name)}.")
+  config = default_config()
+  config.sanitize.update(RECIPES[recipe])
+  return config
