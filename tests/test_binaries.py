@@ -139,5 +139,5 @@ def test_defend_config_recipes():
   assert (recipe.restarts, recipe.stop, recipe.max_rounds, recipe.restart_rounds) == (
       3, "fixed", 2, True)
   assert recipe.alpha == default.alpha and recipe.rates == default.rates
-  with pytest.raises(Exception, match="defend.py:restarts"):
+  with pytest.raises(flags.IllegalFlagValueError, match="defend.py:restarts"):
     parse(f"--config={path}:typo")
