@@ -5,6 +5,7 @@ A tiny random BERT (MiniLM's tokenizer) is backdoored on synthetic sentences by
 (`experiments.demo`) then run on it with small settings and must write their files.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -13,8 +14,12 @@ import sys
 
 import numpy as np
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from jax_attnalign import data, save_pretrained
+from jax_attnalign.configs import sanitize_config
+from jax_attnalign.defense.sanitize import SanitizeConfig
 from jax_attnalign.models import ModelConfig, build_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -122,9 +127,6 @@ def test_demo_main_job(tiny):
 def test_defend_config_recipes():
   """The README's BadNets recipe is a named config (`defend.py:restarts`), overridable
   like the default one; an unknown name says which recipes exist."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from jax_attnalign.configs import sanitize_config  # pylint: disable=g-import-not-at-top
   path = str(ROOT / "experiments" / "configs" / "defend.py")
 
   def parse(*args):
@@ -133,11 +135,9 @@ def test_defend_config_recipes():
     values(argv)
     return sanitize_config(values.config.sanitize)
 
-  default = parse()
-  assert (default.restarts, default.stop, default.restart_rounds) == (1, "threshold", False)
+  assert parse() == SanitizeConfig()
   recipe = parse(f"--config={path}:restarts", "--config.sanitize.max_rounds=2")
-  assert (recipe.restarts, recipe.stop, recipe.max_rounds, recipe.restart_rounds) == (
-      3, "fixed", 2, True)
-  assert recipe.alpha == default.alpha and recipe.rates == default.rates
+  assert recipe == dataclasses.replace(SanitizeConfig(), restarts=3, stop="fixed",
+                                       max_rounds=2, restart_rounds=True)
   with pytest.raises(flags.IllegalFlagValueError, match="defend.py:restarts"):
     parse(f"--config={path}:typo")
