@@ -5,7 +5,7 @@ are the two halves of the one layout change (torch Linear weight [out, in] ->
 kernel [in..., out...], heads split off as an axis). Both directions use them.
 
   model, params = load_pretrained("/path/to/hf_checkpoint")
-  save_pretrained(model, params, "/path/to/out")  # transformers can load it
+  save_pretrained(model, params, "/path/to/out", tokenizer=tok)  # transformers loads it
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 import re
+import shutil
+import uuid
 from typing import Any, Mapping, NamedTuple
 
 from absl import logging
@@ -23,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_attnalign.models import safetensors_io
+from jax_attnalign.models import gguf_io, safetensors_io
 from jax_attnalign.models.config import ModelConfig
 
 Params = dict[str, Any]
@@ -284,11 +287,13 @@ def resolve_checkpoint(path_or_id: str | os.PathLike) -> str:
 def load_pretrained(path: str | os.PathLike, *, task: str | None = None,
                     num_labels: int | None = None, dtype=jnp.float32, param_dtype=None,
                     allow_pickle: bool = False, seed: int = 0):
-  """Loads a HF checkpoint directory (config.json + safetensors) as (model, params).
+  """Loads a HF checkpoint directory (config.json + safetensors) or a GGUF file as (model, params).
 
   Args:
-    path: the checkpoint directory, or a Hugging Face hub id ("org/name"), which
-      is downloaded (config, safetensors, tokenizer files) when the hub is reachable.
+    path: the checkpoint directory; a llama/mistral `.gguf` file, or a directory
+      holding one and no config.json (dequantised to `param_dtype`, see
+      `gguf_io`); or a Hugging Face hub id ("org/name"), which is downloaded
+      (config, safetensors, tokenizer files) when the hub is reachable.
     task: 'base', 'classification', 'masked_lm' (BERT) or 'causal_lm' (decoders);
       default from config.json's `architectures`.
     num_labels: overrides the config's label count (a classifier of another size
@@ -302,7 +307,12 @@ def load_pretrained(path: str | os.PathLike, *, task: str | None = None,
   # Lazy: jax_attnalign.models may come to re-export this module.
   from jax_attnalign.models import build_model  # pylint: disable=g-import-not-at-top
   path = resolve_checkpoint(path)
-  hf_config = safetensors_io.read_config_json(path)
+  gguf_file = gguf_io.find_gguf(path)
+  if gguf_file is not None:
+    hf_config, state = gguf_io.read_gguf(gguf_file)
+  else:
+    hf_config = safetensors_io.read_config_json(path)
+    state = safetensors_io.read_checkpoint_dir(path, allow_pickle=allow_pickle)
   config = ModelConfig.from_hf_config(hf_config)
   task = task or infer_task(hf_config)
   _check_task(config, task)
@@ -310,8 +320,7 @@ def load_pretrained(path: str | os.PathLike, *, task: str | None = None,
     config = config.replace(num_labels=num_labels, id2label=())
   param_dtype = dtype if param_dtype is None else param_dtype
   model = build_model(config, task, dtype=dtype, param_dtype=param_dtype)
-  init = lambda: model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 4), jnp.int32))["params"]
-  state = safetensors_io.read_checkpoint_dir(path, allow_pickle=allow_pickle)
+  init = _init_fn(model, seed)
   params, new = hf_to_params(state, config, task, jax.eval_shape(init))
   del state  # closes the memory maps
   if new:
@@ -324,19 +333,98 @@ def load_pretrained(path: str | os.PathLike, *, task: str | None = None,
   return model, params
 
 
+def expected_params(model) -> Params:
+  """The param tree `model` has, as `jax.ShapeDtypeStruct`s (nothing is allocated)."""
+  return jax.eval_shape(_init_fn(model, 0))
+
+
+def _init_fn(model, seed: int):
+  return lambda: model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 4), jnp.int32))["params"]
+
+
+def check_params(model, params: Params) -> None:
+  """Raises ValueError unless `params` holds exactly the float leaves, of the
+  shapes, that `model` (its config and task) has."""
+  want = traverse_util.flatten_dict(flax.core.unfreeze(expected_params(model)))
+  got = traverse_util.flatten_dict(flax.core.unfreeze(params))
+  name = "/".join
+  problems = []
+  for label, paths in (("missing", want.keys() - got.keys()),
+                       ("unexpected", got.keys() - want.keys())):
+    if paths:
+      problems.append(f"{label}: {', '.join(sorted(map(name, paths)))}")
+  misshaped = [f"{name(p)} {tuple(np.shape(got[p]))} (expected {want[p].shape})"
+               for p in sorted(want.keys() & got.keys())
+               if tuple(np.shape(got[p])) != want[p].shape]
+  not_float = [f"{name(p)} ({jnp.result_type(got[p])})" for p in sorted(want.keys() & got.keys())
+               if not jnp.issubdtype(jnp.result_type(got[p]), jnp.floating)]
+  problems += [f"{label}: {'; '.join(rows)}" for label, rows in
+               (("mis-shaped", misshaped), ("not floating point", not_float)) if rows]
+  if problems:
+    config = model.config
+    raise ValueError(
+        f"The parameters do not fit this {config.model_type} model (task {model.task!r}, "
+        f"{config.num_layers} layers x {config.num_heads} heads, vocabulary "
+        f"{config.vocab_size}). " + ". ".join(problems) + ". Pass the params that "
+        "go with this model, or build the model from the config they were trained with.")
+
+
 def save_pretrained(model, params: Params, out_dir: str | os.PathLike, *,
-                    max_shard_bytes: int | None = None) -> None:
-  """Writes config.json and safetensors weights that transformers loads.
+                    tokenizer=None, max_shard_bytes: int | None = None) -> None:
+  """Writes a checkpoint folder that transformers loads: config.json, safetensors
+  weights and, given `tokenizer`, its files (tokenizer.json, chat template, ...).
 
   The weights keep the dtype of `params`; `max_shard_bytes` splits them into
-  shards with an index. Files are renamed into place only once fully written.
+  shards with an index. Nothing is written unless `params` fits `model`
+  (`check_params`) and `tokenizer` fits its vocabulary. The checkpoint is
+  written into a new folder beside `out_dir` and renamed into place only when
+  complete: an earlier checkpoint in `out_dir` is replaced whole, and survives
+  any failure. An `out_dir` that holds files but no config.json is refused, so
+  a wrong path never deletes other files.
+
+  Without a tokenizer the folder has none, and `AutoTokenizer.from_pretrained`
+  on it fails or builds an empty one: pass the tokenizer of the checkpoint the
+  model came from (`data.load_tokenizer(path)`).
   """
+  out_dir = pathlib.Path(out_dir)
+  check_params(model, params)
   config, task = model.config, model.task
+  if tokenizer is None:
+    logging.warning("save_pretrained(%s) without tokenizer=: the folder gets no "
+                    "tokenizer files.", out_dir)
+  elif len(tokenizer) > config.vocab_size:
+    raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary "
+                     f"has {config.vocab_size} rows; pass the tokenizer of this model.")
+  if (out_dir.exists() and not (out_dir / "config.json").is_file()
+      and (not out_dir.is_dir() or any(out_dir.iterdir()))):
+    raise FileExistsError(f"{out_dir} exists and is not a checkpoint folder (no "
+                          "config.json); pass a new or empty folder.")
   hf_config = config.to_hf_config(architecture_name(config, task))
   tensors = params_to_hf(params, config, task)
   hf_config["dtype"] = str(np.dtype(next(iter(tensors.values())).dtype))
-  safetensors_io.write_checkpoint_dir(out_dir, tensors, max_shard_bytes)
-  tmp = os.path.join(out_dir, ".tmp-config.json")
-  with open(tmp, "w") as f:
-    json.dump(hf_config, f, indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(out_dir, "config.json"))
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    safetensors_io.write_checkpoint_dir(staging, tensors, max_shard_bytes)
+    with open(staging / "config.json", "w") as f:
+      json.dump(hf_config, f, indent=2, sort_keys=True)
+    if tokenizer is not None:
+      tokenizer.save_pretrained(staging)
+    _swap_in(staging, out_dir)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(new: pathlib.Path, out_dir: pathlib.Path) -> None:
+  """Renames the complete folder `new` to `out_dir`, replacing what was there."""
+  if not out_dir.exists():
+    os.rename(new, out_dir)
+    return
+  old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+  os.rename(out_dir, old)
+  try:
+    os.rename(new, out_dir)
+  except BaseException:
+    os.rename(old, out_dir)
+    raise
+  shutil.rmtree(old)
