@@ -14,14 +14,15 @@ from jax_attnalign.data.classification import (DATASETS, ClassificationDataset,
 from jax_attnalign.data.instructions import (BACKDOORLLM_KINDS, backdoorllm_split,
                                              load_instructions)
 from jax_attnalign.data.templates import (ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT,
-                                          FALLBACK_CHAT_TEMPLATE, alpaca_prompt,
-                                          classification_chat, classification_messages)
+                                          FALLBACK_CHAT_TEMPLATE, alpaca_prompt, chat_prompt,
+                                          classification_chat, classification_messages,
+                                          instruction_chat)
 from jax_attnalign.data.types import InstructionExample, TextExample
 
 __all__ = ["ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "BACKDOORLLM_KINDS", "DATASETS",
            "FALLBACK_CHAT_TEMPLATE", "ClassificationDataset", "HubUnreachableError",
            "InstructionExample", "TextExample", "alpaca_prompt", "backdoorllm_split",
-           "classification_chat", "classification_messages", "encode_classification",
+           "chat_prompt", "classification_chat", "classification_messages", "encode_classification",
            "encode_prompt_response", "encode_prompts", "get_dataset",
-           "iterate_batches", "load_classification", "load_instructions",
+           "instruction_chat", "iterate_batches", "load_classification", "load_instructions",
            "load_tokenizer"]

@@ -19,26 +19,35 @@ import numpy as np
 from absl import logging
 
 from jax_attnalign.data.types import TextExample
+from jax_attnalign.models import gguf_io
 
 Tokenizer = Any  # a transformers PreTrainedTokenizerBase
 PADDING_SIDES = ("left", "right")
 
 
 def load_tokenizer(path_or_id: str | pathlib.Path) -> Tokenizer:
-  """`transformers.AutoTokenizer` from a local directory (or a hub id when online).
+  """`transformers.AutoTokenizer` from a local directory, a GGUF file (or a
+  directory holding one, as `load_pretrained` takes them), or a hub id when online.
 
+  From a GGUF file transformers builds the tokenizer out of the file's metadata:
+  vocabulary, merges, special tokens and the chat template.
   A tokenizer without a pad token (Llama's) gets one: unk if it has one, else
   eos. Padding is always masked out, so the choice does not change any loss.
   """
   import transformers  # pylint: disable=g-import-not-at-top  # slow; loaders need none
 
-  name = str(pathlib.Path(path_or_id).expanduser())
+  path = pathlib.Path(path_or_id).expanduser()
+  name = str(path)
+  gguf = gguf_io.find_gguf(path)
   try:
-    tokenizer = transformers.AutoTokenizer.from_pretrained(name)
+    if gguf is not None:
+      tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    else:
+      tokenizer = transformers.AutoTokenizer.from_pretrained(name)
   except OSError as e:
     raise OSError(f"could not load a tokenizer from {name!r} ({e}); without network, "
                   "pass a local directory holding tokenizer.json or tokenizer.model "
-                  "and tokenizer_config.json") from e
+                  "and tokenizer_config.json, or a GGUF file") from e
   if tokenizer.pad_token is None:
     tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     logging.info("tokenizer %s has no pad token: padding with %r", name,

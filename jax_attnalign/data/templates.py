@@ -4,7 +4,8 @@
   - Decoder classification: the chat prompt of the paper's Listing 1 — a system
     message naming the label words, the text as the user message, the label word
     as the assistant's answer (`classification_chat`).
-  - Instruction data: the Stanford Alpaca template (`alpaca_prompt`).
+  - Instruction data: the tokenizer's chat template (`instruction_chat`), or the
+    Stanford Alpaca template (`alpaca_prompt`) for models without one.
 The answer never carries EOS; `encode_prompt_response` appends it.
 """
 
@@ -36,33 +37,56 @@ def classification_messages(text: str,
           {"role": "user", "content": text}]
 
 
+def chat_prompt(tokenizer: Any, user: str, system: str | None = None, *,
+                use_chat_template: bool = True) -> str:
+  """One user turn (after an optional system turn) in the tokenizer's chat
+  template, ending with the generation prompt (the assistant's turn opened).
+
+  Templates that reject a system role (Mistral v0.1) get the system text
+  prepended to the user message instead. Without a chat template (or with
+  use_chat_template=False): FALLBACK_CHAT_TEMPLATE.
+  """
+  if tokenizer is None or not use_chat_template or not tokenizer.chat_template:
+    return FALLBACK_CHAT_TEMPLATE.format(system=system or "", user=user)
+  # Only reached with a chat template, which transformers renders with jinja2.
+  import jinja2  # pylint: disable=g-import-not-at-top  # not a transformers dependency
+
+  turns = [{"role": "system", "content": system}] if system else []
+  try:
+    return _render(tokenizer, turns + [{"role": "user", "content": user}])
+  except jinja2.TemplateError:
+    if not system:
+      raise
+    return _render(tokenizer, [{"role": "user", "content": f"{system}\n\n{user}"}])
+
+
 def classification_chat(example: TextExample, dataset: str | ClassificationDataset,
                         tokenizer: Any = None, *,
                         use_chat_template: bool = True) -> tuple[str, str]:
   """(prompt, answer) for decoder classification; answer = the label word.
 
-  The prompt is the tokenizer's chat template applied to [system, user] with
-  the generation prompt, when the tokenizer has one and use_chat_template;
-  templates that reject a system role (Mistral v0.1) get the system text
-  prepended to the user message instead. Otherwise FALLBACK_CHAT_TEMPLATE.
+  The prompt is `chat_prompt` of [system, user] (paper, Listing 1).
 
   >>> classification_chat(TextExample("great fun .", 1), "sst2")[1]
   'positive'
   """
   spec = get_dataset(dataset)
-  answer = spec.label_names[example.label]
   system, user = classification_messages(example.text, spec)
-  if tokenizer is None or not use_chat_template or not tokenizer.chat_template:
-    return FALLBACK_CHAT_TEMPLATE.format(system=system["content"], user=example.text), answer
-  # Only reached with a chat template, which transformers renders with jinja2.
-  import jinja2  # pylint: disable=g-import-not-at-top  # not a transformers dependency
+  prompt = chat_prompt(tokenizer, user["content"], system["content"],
+                       use_chat_template=use_chat_template)
+  return prompt, spec.label_names[example.label]
 
-  try:
-    prompt = _render(tokenizer, [system, user])
-  except jinja2.TemplateError:
-    merged = {"role": "user", "content": f"{system['content']}\n\n{example.text}"}
-    prompt = _render(tokenizer, [merged])
-  return prompt, answer
+
+def instruction_chat(example: InstructionExample, tokenizer: Any) -> tuple[str, str]:
+  """(prompt, response) of an Alpaca record for a chat model: the instruction
+  (and its input after a blank line) as the user turn of the tokenizer's chat
+  template. A tokenizer without a chat template gets `alpaca_prompt`."""
+  if tokenizer is None or not tokenizer.chat_template:
+    return alpaca_prompt(example)
+  user = example.instruction
+  if example.input.strip():
+    user = f"{user}\n\n{example.input}"
+  return chat_prompt(tokenizer, user), example.output
 
 
 def alpaca_prompt(example: InstructionExample) -> tuple[str, str]:
