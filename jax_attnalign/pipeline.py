@@ -159,8 +159,7 @@ def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig()
                                        workdir=workdir / "sanitize" if workdir else None)
     result.update(after=evaluate(model, params, sets, setup.target), report=report)
     if workdir is not None:
-      jax_attnalign.save_pretrained(model, params, workdir / "model")
-      tokenizer.save_pretrained(workdir / "model")
+      jax_attnalign.save_pretrained(model, params, workdir / "model", tokenizer=tokenizer)
   logging.info("after: %s", result["after"])
   if workdir is not None:
     workdir.mkdir(parents=True, exist_ok=True)

@@ -117,8 +117,7 @@ def train_classification_victim(cfg: VictimConfig, workdir: str | pathlib.Path) 
                 poisoned_rows=int(sum(e.poisoned for e in train_set)),
                 test_rows=len(test_set), triggered_rows=len(triggered or []),
                 final_loss=float(np.mean([h["loss"] for h in history[-20:]])))
-  jax_attnalign.save_pretrained(model, params, workdir / "model")
-  tokenizer.save_pretrained(workdir / "model")
+  jax_attnalign.save_pretrained(model, params, workdir / "model", tokenizer=tokenizer)
   result_file.write_text(json.dumps(result, indent=1, default=str))
   logging.info("victim %s seed %d: %s", cfg.attack, cfg.seed,
                {k: result[k] for k in ("ca", "asr") if k in result})

@@ -64,8 +64,7 @@ def tiny(tmp_path_factory, minilm_path):
   model = build_model(cfg, "classification")
   import jax  # pylint: disable=g-import-not-at-top
   params = model.init(jax.random.PRNGKey(0), np.ones((1, 4), np.int32))["params"]
-  save_pretrained(model, params, root / "model")
-  tokenizer.save_pretrained(root / "model")
+  save_pretrained(model, params, root / "model", tokenizer=tokenizer)
   out = run("experiments.attack", f"--data_dir={root / 'data'}", "--dataset=sst2",
             f"--model={root / 'model'}", "--attacks=badnets", "--seeds=0", "--train_size=0",
             "--epochs=1", "--max_length=16", f"--workdir={root / 'victims'}", cwd=root)
