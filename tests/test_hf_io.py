@@ -3,6 +3,7 @@
 import json
 import os
 
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -346,3 +347,89 @@ def test_unreachable_hub_id_names_the_fix(monkeypatch):
   monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
   with pytest.raises(FileNotFoundError, match="local checkpoint directory"):
     hf_io.load_pretrained("meta-llama/Llama-2-7b-hf")
+
+
+def _files(path) -> dict:
+  return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+@pytest.fixture()
+def saved_llama(tmp_path):
+  """(model, params, out): a tiny Llama loaded back, and a checkpoint of it at out."""
+  tiny_hf.make("llama").save_pretrained(tmp_path / "hf")
+  model, params = hf_io.load_pretrained(tmp_path / "hf")
+  out = tmp_path / "out"
+  hf_io.save_pretrained(model, params, out)
+  return model, params, out
+
+
+def test_save_refuses_params_that_do_not_fit_and_writes_nothing(saved_llama):
+  model, params, out = saved_llama
+  before, siblings = _files(out), sorted(os.listdir(out.parent))
+  flat = flax.traverse_util.flatten_dict(params)
+  query = ("layers_1", "attention", "query", "kernel")
+  bad = {
+      "missing: layers_1/mlp/up/kernel": {k: v for k, v in flat.items()
+                                          if k != ("layers_1", "mlp", "up", "kernel")},
+      "unexpected: layers_2/input_norm/scale": {
+          **flat, ("layers_2", "input_norm", "scale"): flat[("layers_1", "input_norm", "scale")]},
+      r"mis-shaped: layers_1/attention/query/kernel \(33, 3, 9\) \(expected \(33, 3, 10\)\)": {
+          **flat, query: flat[query][..., :-1]},
+      r"not floating point: norm/scale \(int32\)": {
+          **flat, ("norm", "scale"): flat[("norm", "scale")].astype(jnp.int32)},
+  }
+  for message, tree in bad.items():
+    with pytest.raises(ValueError, match=message):
+      hf_io.save_pretrained(model, flax.traverse_util.unflatten_dict(tree), out)
+    assert _files(out) == before and sorted(os.listdir(out.parent)) == siblings
+
+  class BigTokenizer:
+    def __len__(self):
+      return model.config.vocab_size + 1
+  with pytest.raises(ValueError, match="tokenizer has 98 tokens but the model's vocabulary"):
+    hf_io.save_pretrained(model, params, out, tokenizer=BigTokenizer())
+  assert _files(out) == before
+
+  other = out.parent / "notes"
+  other.mkdir()
+  (other / "keep.txt").write_text("mine")
+  with pytest.raises(FileExistsError, match="notes exists and is not a checkpoint folder"):
+    hf_io.save_pretrained(model, params, other)
+  assert _files(other) == {"keep.txt": b"mine"}
+
+
+def test_save_replaces_a_checkpoint_only_when_complete(saved_llama, monkeypatch):
+  model, params, out = saved_llama
+  before, siblings = _files(out), sorted(os.listdir(out.parent))
+  changed = jax.tree.map(lambda x: x + 1.0, params)
+
+  class FailingTokenizer:  # fails after weights and config are written
+    def __len__(self):
+      return 10
+
+    def save_pretrained(self, directory):
+      (directory / "tokenizer.json").write_text("{")
+      raise OSError("disk full")
+  with pytest.raises(OSError, match="disk full"):
+    hf_io.save_pretrained(model, changed, out, tokenizer=FailingTokenizer())
+  assert _files(out) == before and sorted(os.listdir(out.parent)) == siblings
+
+  rename, calls = os.rename, []
+
+  def fail_second(src, dst):  # the new folder cannot be moved into place
+    calls.append(dst)
+    if len(calls) == 2:
+      raise OSError("rename failed")
+    rename(src, dst)
+  monkeypatch.setattr(hf_io.os, "rename", fail_second)
+  with pytest.raises(OSError, match="rename failed"):
+    hf_io.save_pretrained(model, changed, out)
+  monkeypatch.undo()
+  assert _files(out) == before and sorted(os.listdir(out.parent)) == siblings
+
+  hf_io.save_pretrained(model, params, out, max_shard_bytes=4000)
+  assert len([f for f in os.listdir(out) if f.endswith(".safetensors")]) > 1
+  hf_io.save_pretrained(model, changed, out)  # one file replaces the shards, nothing stale
+  assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+  _, back = hf_io.load_pretrained(out)
+  jax.tree.map(np.testing.assert_array_equal, back, changed)
