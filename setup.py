@@ -26,6 +26,7 @@ setuptools.setup(
         "datasets>=2.19",
         "absl-py>=1.4",
         "safetensors>=0.4.3",
+        "gguf>=0.16",  # GGUF checkpoints (llama.cpp): metadata and dequantisation
         "ml_collections>=0.1.1",
         "ml_dtypes>=0.4",
         "numpy>=1.26",
@@ -36,7 +37,9 @@ setuptools.setup(
     extras_require={
         # torch is for parity tests only and is installed on its own, pinned to
         # the CPU wheel (see README): an unpinned torch pulls a multi-GB CUDA build.
-        # nbformat/nbclient/ipykernel execute the Colab notebook in a test.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbformat", "nbclient", "ipykernel"],
+        # nbformat/nbclient/ipykernel execute the Colab notebook in a test;
+        # accelerate lets transformers load GGUF files (the SmolLM2 parity tests).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbformat", "nbclient", "ipykernel",
+                 "accelerate"],
     },
 )
