@@ -1,14 +1,16 @@
-"""Throughput and peak memory of an attention-capturing forward pass on MiniLM.
+"""Throughput and peak memory of an attention-capturing forward pass on the bundled models.
 
-Side by side in one run, on the same random token batch (32 x 64 by default):
+Side by side in one run, on the same random token batch per model (MiniLM
+32 x 64, SmolLM2-135M 8 x 128 by default; the base model, no LM head):
   * ours: jit-compiled Flax forward, capture on and capture off;
-  * HF torch eager with `output_attentions=True` (and without).
-Peak memory of our forward is XLA's compiled buffer footprint (arguments +
-outputs + temporaries, `compiled.memory_analysis()`); for torch it is the growth
-of peak RSS over the forward passes in a fresh subprocess (coarse: allocator
-caching and page granularity included). Prints a markdown table, writes JSON.
+  * HF torch eager with `output_attentions=True` (and without), SmolLM2 loaded
+    by transformers from the same GGUF file.
+Memory beyond the weights: for ours XLA's compiled outputs + temporaries
+(`compiled.memory_analysis()`; the weights, its arguments, are in the JSON); for
+torch the growth of peak RSS over the forward passes in a fresh subprocess, the
+peak reset after loading (coarse: allocator caching and page granularity included). Prints a markdown table, writes JSON.
 
-  python benchmarks/forward.py [--batch 32] [--length 64] [--out benchmarks/results]
+  python benchmarks/forward.py [--models minilm,smollm2] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -18,34 +20,51 @@ import json
 import os
 import pathlib
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import jax_attnalign
-from jax_attnalign.assets import bundled_minilm_path
+from jax_attnalign import assets
+
+# name: (checkpoint path, default batch, default length, a title)
+MODELS = {
+    "minilm": (assets.bundled_minilm_path, 32, 64, "MiniLM-L6 (6 x 12 heads)"),
+    "smollm2": (assets.bundled_smollm2_path, 8, 128,
+                "SmolLM2-135M (30 x 9 heads, GQA 3:1)"),
+}
 
 
 def _time(fn, repeats: int) -> float:
+  """Median seconds per call (robust to the machine's other load), after a warm-up."""
   fn()  # warm-up (and compilation)
-  start = time.perf_counter()
+  times = []
   for _ in range(repeats):
+    start = time.perf_counter()
     fn()
-  return (time.perf_counter() - start) / repeats
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
 
 
-def _peak_rss_bytes() -> int:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _rss_bytes(field: str) -> int:
+  """VmRSS (now) or VmHWM (peak since the last reset) of this process, Linux."""
+  with open("/proc/self/status") as f:
+    return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def _reset_peak_rss() -> None:
+  """Makes VmHWM start again from the current RSS (Linux >= 4.0), so that the peak
+  of loading (transformers dequantises a GGUF file) is not counted."""
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
 
 
 def bench_ours(path, ids, mask, capture: bool, repeats: int) -> dict:
-  model, params = jax_attnalign.load_pretrained(path)
+  model, params = jax_attnalign.load_pretrained(path, task="base")
 
   def forward(p, i, m):
     if not capture:
@@ -56,32 +75,37 @@ def bench_ours(path, ids, mask, capture: bool, repeats: int) -> dict:
 
   compiled = jax.jit(forward).lower(params, ids, mask).compile()
   mem = compiled.memory_analysis()
-  peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
   seconds = _time(lambda: jax.block_until_ready(compiled(params, ids, mask)), repeats)
   return dict(impl="jax_attnalign (jit)", capture=capture, seconds=seconds,
-              seq_per_s=ids.shape[0] / seconds, peak_bytes=int(peak),
-              output_bytes=int(mem.output_size_in_bytes),
-              temp_bytes=int(mem.temp_size_in_bytes), memory="XLA compiled footprint")
+              seq_per_s=ids.shape[0] / seconds,
+              peak_bytes=int(mem.output_size_in_bytes + mem.temp_size_in_bytes),
+              argument_bytes=int(mem.argument_size_in_bytes),
+              memory="XLA outputs + temporaries")
 
 
-def bench_torch(path, ids, mask, capture: bool, repeats: int) -> dict:
+def bench_torch(name: str, ids, mask, capture: bool, repeats: int) -> dict:
   """Runs in a fresh subprocess so that its peak RSS is its own."""
   with tempfile.TemporaryDirectory() as tmp:
     np.savez(f"{tmp}/batch.npz", ids=np.asarray(ids), mask=np.asarray(mask))
     cmd = [sys.executable, __file__, "--torch-worker", f"{tmp}/batch.npz",
-           "--repeats", str(repeats)] + (["--capture"] if capture else [])
+           "--models", name, "--repeats", str(repeats)] + (["--capture"] if capture else [])
     return json.loads(subprocess.run(cmd, check=True, capture_output=True,
                                      text=True).stdout.splitlines()[-1])
 
 
-def torch_worker(path, batch_file: str, capture: bool, repeats: int) -> dict:
+def torch_worker(path: pathlib.Path, batch_file: str, capture: bool, repeats: int) -> dict:
   import torch
   import transformers
-  model = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+  transformers.logging.set_verbosity_error()
+  location = (dict(pretrained_model_name_or_path=path.parent, gguf_file=path.name)
+              if path.suffix == ".gguf" else dict(pretrained_model_name_or_path=path))
+  model = transformers.AutoModel.from_pretrained(
+      **location, attn_implementation="eager", dtype=torch.float32).eval()
   batch = np.load(batch_file)
   ids, mask = batch["ids"], batch["mask"]
   ids_t, mask_t = torch.tensor(ids).long(), torch.tensor(mask).long()
-  before = _peak_rss_bytes()
+  _reset_peak_rss()
+  before = _rss_bytes("VmRSS")
 
   def run():
     with torch.no_grad():
@@ -90,47 +114,61 @@ def torch_worker(path, batch_file: str, capture: bool, repeats: int) -> dict:
   seconds = _time(run, repeats)
   return dict(impl=f"HF torch {torch.__version__} eager", capture=capture,
               seconds=seconds, seq_per_s=ids.shape[0] / seconds,
-              peak_bytes=max(_peak_rss_bytes() - before, 0),
+              peak_bytes=max(_rss_bytes("VmHWM") - before, 0),
               memory="peak RSS growth (coarse)")
+
+
+def bench_model(name: str, args) -> dict:
+  path_fn, batch, length, title = MODELS[name]
+  path = path_fn()
+  model_config = jax_attnalign.load_pretrained(path, task="base")[0].config
+  rng = np.random.RandomState(0)
+  ids = rng.randint(1000, model_config.vocab_size - 1000, (batch, length)).astype(np.int32)
+  mask = np.ones_like(ids)
+  rows = []
+  for capture in (True, False):
+    rows.append(bench_ours(path, ids, mask, capture, args.repeats))
+    rows.append(bench_torch(name, ids, mask, capture, args.repeats))
+  return dict(model=name, title=title, batch=batch, length=length, rows=rows,
+              ratio_capture_on=rows[0]["seq_per_s"] / rows[1]["seq_per_s"],
+              ratio_capture_off=rows[2]["seq_per_s"] / rows[3]["seq_per_s"])
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--length", type=int, default=64)
+  parser.add_argument("--models", default=",".join(MODELS))
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
   parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
   parser.add_argument("--capture", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
-  path = bundled_minilm_path()
+  names = args.models.split(",")
+  unknown = sorted(set(names) - set(MODELS))
+  if unknown:
+    parser.error(f"unknown models {unknown}; choose from {sorted(MODELS)}")
   if args.torch_worker:
-    print(json.dumps(torch_worker(path, args.torch_worker, args.capture, args.repeats)))
+    print(json.dumps(torch_worker(MODELS[names[0]][0](), args.torch_worker, args.capture,
+                                  args.repeats)))
     return
-  rng = np.random.RandomState(0)
-  ids = rng.randint(1000, 30000, (args.batch, args.length)).astype(np.int32)
-  ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
-  mask = np.ones_like(ids)
-  ids, mask = jnp.asarray(ids), jnp.asarray(mask)
-  rows = []
-  for capture in (True, False):
-    rows.append(bench_ours(path, ids, mask, capture, args.repeats))
-    rows.append(bench_torch(path, ids, mask, capture, args.repeats))
-  ours_on = rows[0]["seq_per_s"]
-  torch_on = rows[1]["seq_per_s"]
-  print(f"MiniLM-L6 forward, batch {args.batch} x {args.length} tokens, "
-        f"{jax.devices()[0].platform} ({os.cpu_count()} cores)\n")
-  print("| implementation | attentions | seq/s | ms/batch | peak memory (MiB) | how measured |")
-  print("|---|---|---|---|---|---|")
-  for r in rows:
-    print(f"| {r['impl']} | {'on' if r['capture'] else 'off'} | {r['seq_per_s']:.1f} "
-          f"| {1e3 * r['seconds']:.1f} | {r['peak_bytes'] / 2**20:.1f} | {r['memory']} |")
-  print(f"\nthroughput ratio ours / HF with attentions on: {ours_on / torch_on:.2f}")
+  results = [bench_model(name, args) for name in names]
+  print(f"Attention-capturing forward, {jax.devices()[0].platform} "
+        f"({os.cpu_count()} cores), f32\n")
+  print("| model | batch x tokens | implementation | attentions | seq/s | ms/batch "
+        "| memory beyond weights (MiB) | how measured |")
+  print("|---|---|---|---|---|---|---|---|")
+  for result in results:
+    for r in result["rows"]:
+      print(f"| {result['title']} | {result['batch']} x {result['length']} | {r['impl']} "
+            f"| {'on' if r['capture'] else 'off'} | {r['seq_per_s']:.1f} "
+            f"| {1e3 * r['seconds']:.1f} | {r['peak_bytes'] / 2**20:.1f} | {r['memory']} |")
+  print()
+  for result in results:
+    print(f"{result['title']}: throughput ours / HF, attentions on "
+          f"{result['ratio_capture_on']:.2f}, off {result['ratio_capture_off']:.2f}")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  result = dict(batch=args.batch, length=args.length, platform=platform.platform(),
-                devices=str(jax.devices()), rows=rows, ratio_capture_on=ours_on / torch_on)
-  (out / "forward.json").write_text(json.dumps(result, indent=2))
+  record = dict(platform=platform.platform(), devices=str(jax.devices()), models=results)
+  (out / "forward.json").write_text(json.dumps(record, indent=2))
   print(f"wrote {out / 'forward.json'}")
 
 
