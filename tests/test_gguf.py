@@ -124,13 +124,14 @@ def reference_logits(w: dict[str, np.ndarray], ids: np.ndarray, mask: np.ndarray
   return x @ w.get("lm_head.weight", w["model.embed_tokens.weight"]).T
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_synthetic_gguf_matches_numpy_reference(tmp_path, tied):
-  stored = write_gguf(tmp_path / "tiny.gguf", _hf_weights(tied))
+@pytest.mark.parametrize("arch, tied", [("llama", True), ("llama", False), ("mistral", True)])
+def test_synthetic_gguf_matches_numpy_reference(tmp_path, arch, tied):
+  stored = write_gguf(tmp_path / "tiny.gguf", _hf_weights(tied), arch=arch)
   model, params = jax_attnalign.load_pretrained(tmp_path / "tiny.gguf")
   cfg = model.config
   assert (cfg.model_type, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-          cfg.intermediate_size, cfg.vocab_size) == ("llama", L, N, K, H, F, V)
+          cfg.intermediate_size, cfg.vocab_size) == (arch, L, N, K, H, F, V)
+  assert cfg.sliding_window is None  # none in the metadata: full attention, as llama.cpp
   assert (cfg.rope_theta, cfg.tie_word_embeddings, cfg.bos_token_id, cfg.eos_token_id) == (
       THETA, tied, 1, (2,))
   assert ("lm_head" in params) == (not tied)
