@@ -56,20 +56,46 @@ def causal_lm_loss(logits: Array, batch: dict[str, Array]) -> tuple[Array, dict]
   """Next-token cross-entropy over the positions where batch['loss_mask'] is 1.
 
   logits: [B, T, V]; token t + 1 is predicted from position t, so position t
-  counts when the *target* token t + 1 is in the mask.
+  counts when the *target* token t + 1 is in the mask. With
+  batch['loss_positions'] (`with_loss_positions`), logits are [B, P, V] at
+  those positions only.
   """
-  losses = optax.softmax_cross_entropy_with_integer_labels(
-      logits[:, :-1].astype(jnp.float32), batch["input_ids"][:, 1:])
-  hits, weights = _next_token_hits(logits, batch)
+  logits, targets, weights = _next_token_targets(logits, batch)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  hits = (jnp.argmax(logits, -1) == targets) * weights
   total = jnp.maximum(jnp.sum(weights), 1.0)
   return jnp.sum(losses * weights) / total, {"token_accuracy": jnp.sum(hits) / total}
 
 
+def _next_token_targets(logits: Array, batch: dict[str, Array]) -> tuple[Array, Array, Array]:
+  """(logits, target tokens, weights) of the predicting positions: [B, T - 1]
+  (every position but the last), or [B, P] at batch['loss_positions']."""
+  ids = batch["input_ids"]
+  if "loss_positions" not in batch:
+    return logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:].astype(jnp.float32)
+  positions, last = batch["loss_positions"], ids.shape[1] - 1
+  targets = jnp.take_along_axis(ids, jnp.minimum(positions + 1, last), axis=1)
+  return logits, targets, (positions < last).astype(jnp.float32)  # padding points at `last`
+
+
+def with_loss_positions(batch: dict[str, np.ndarray], bucket: int = 8) -> dict[str, np.ndarray]:
+  """The batch with 'loss_positions' [B, P] int32: the positions whose next token
+  is in loss_mask, in order, padded with T - 1 (no next token: weight 0). P is the
+  batch's largest count rounded up to `bucket`, so few shapes get compiled."""
+  targets = np.asarray(batch["loss_mask"])[:, 1:] > 0  # [B, T - 1]
+  width = max(1, -(-int(targets.sum(1).max()) // bucket) * bucket)
+  positions = np.full((len(targets), width), targets.shape[1], np.int32)
+  for row, hits in zip(positions, targets):
+    found = np.flatnonzero(hits)
+    row[:len(found)] = found
+  return {**batch, "loss_positions": positions}
+
+
 def _next_token_hits(logits: Array, batch: dict[str, Array]) -> tuple[Array, Array]:
-  """(hits, weights), [B, T - 1]: position t's argmax is token t + 1, and t + 1 is
-  in batch['loss_mask'] (hits are 0 outside the mask)."""
-  weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
-  return (jnp.argmax(logits[:, :-1], -1) == batch["input_ids"][:, 1:]) * weights, weights
+  """(hits, weights) of the predicting positions (see `_next_token_targets`):
+  the argmax is the next token, where the next token is in the loss."""
+  logits, targets, weights = _next_token_targets(logits, batch)
+  return (jnp.argmax(logits, -1) == targets) * weights, weights
 
 
 def row_accuracy(logits: Array, batch: dict[str, Array], loss: str) -> Array:
@@ -85,8 +111,9 @@ _LOSS_FNS = {"classification": classification_loss, "causal_lm": causal_lm_loss}
 
 
 def loss_and_metrics(model, params, batch, rng, loss: str, deterministic: bool):
+  positions = {"logit_positions": batch["loss_positions"]} if "loss_positions" in batch else {}
   out = apply_batch(model, params, batch, deterministic=deterministic,
-                    rngs={"dropout": rng})
+                    rngs={"dropout": rng}, **positions)
   value, metrics = _LOSS_FNS[loss](out.logits, batch)
   return value, {"loss": value, **metrics}
 
@@ -161,6 +188,7 @@ class FitConfig:
   dropout: bool = True
   checkpoint_every: int = 0  # steps; 0: only at the end of each epoch
   length_bucket: int = 0  # >0: cut right padding per batch to a multiple of this
+  length_groups: int = 0  # >0: batch rows of similar length (see data.iterate_batches)
   log_every: int = 50
   parallelism: str = "mesh"  # "mesh" (jit over a device mesh) or "pmap" (local devices)
 
@@ -212,11 +240,13 @@ def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
   with tqdm.tqdm(total=total, initial=done, desc=f"train ({config.loss})") as bar:
     for epoch in range(done // steps_per_epoch, config.epochs):
       batches = iterate_batches(arrays, config.batch_size, seed=config.seed, epoch=epoch,
-                                drop_remainder=True)
+                                drop_remainder=True, length_groups=config.length_groups)
       for i, batch in enumerate(batches):
         if epoch * steps_per_epoch + i < done:
           continue  # already trained on before the interruption
         batch = trim_padding(batch, config.length_bucket)
+        if config.loss == "causal_lm":  # the LM head only where the loss reads it
+          batch = with_loss_positions(batch)
         state, metrics = step_fn(state, batch)
         metrics = unreplicate(metrics)
         step = epoch * steps_per_epoch + i + 1

@@ -10,7 +10,8 @@ import pytest
 from jax_attnalign import parallel
 from jax_attnalign.models import ModelConfig, build_model
 from jax_attnalign.train import (FitConfig, TrainState, causal_lm_loss, fit,
-                                 predict_logits, trim_padding)
+                                 loss_and_metrics, predict_logits, trim_padding,
+                                 with_loss_positions)
 
 BERT = ModelConfig(model_type="bert", vocab_size=53, hidden_size=20, num_layers=2,
                    num_heads=4, intermediate_size=23, max_position_embeddings=16,
@@ -55,6 +56,32 @@ def test_causal_lm_loss_counts_only_masked_targets():
   logp = np.asarray(jax.nn.log_softmax(logits))
   terms = [-logp[b, t - 1, ids[b, t]] for b in range(2) for t in range(1, 5) if loss_mask[b, t]]
   np.testing.assert_allclose(value, np.mean(terms), rtol=1e-6)
+
+
+def test_logits_where_the_loss_is_give_the_same_loss_and_gradient():
+  """The LM head at the loss positions only (`with_loss_positions`): same loss,
+  token accuracy and gradient as full logits, for uneven masks and a row
+  without any loss token."""
+  model = build_model(LLAMA, "causal_lm")
+  rng = np.random.RandomState(2)
+  ids = rng.randint(0, 53, (4, 13)).astype(np.int32)
+  loss_mask = np.zeros_like(ids)
+  loss_mask[0, 9:], loss_mask[1, 3:6], loss_mask[2, [4, 8, 12]] = 1, 1, 1  # row 3: none
+  batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": loss_mask}
+  sparse = with_loss_positions(batch, bucket=3)
+  np.testing.assert_array_equal(sparse["loss_positions"],
+                                [[8, 9, 10, 11, 12, 12], [2, 3, 4, 12, 12, 12],
+                                 [3, 7, 11, 12, 12, 12], [12, 12, 12, 12, 12, 12]])
+  params = model.init(jax.random.PRNGKey(0), ids[:1])["params"]
+  fn = jax.value_and_grad(lambda p, b: loss_and_metrics(model, p, b, jax.random.key(0),
+                                                        "causal_lm", True), has_aux=True)
+  (loss, metrics), grads = fn(params, batch)
+  (sparse_loss, sparse_metrics), sparse_grads = fn(params, sparse)
+  np.testing.assert_allclose(sparse_loss, loss, rtol=1e-6)
+  np.testing.assert_allclose(sparse_metrics["token_accuracy"], metrics["token_accuracy"])
+  chex.assert_trees_all_close(sparse_grads, grads, atol=1e-6)
+  assert model.apply({"params": params}, ids, logit_positions=sparse["loss_positions"]
+                     ).logits.shape == (4, 6, 53)
 
 
 def test_interrupted_fit_resumes_to_the_same_parameters(tmp_path):

@@ -99,7 +99,8 @@ class Llama(nn.Module):
                cache_index: Array | int | None = None,
                cache_mask: Array | None = None, capture_attention: bool = False,
                output_hidden_states: bool = False, deterministic: bool = True,
-               attention_hook: Callable[..., Any] | None = None) -> ModelOutput:
+               attention_hook: Callable[..., Any] | None = None,
+               logit_positions: Array | None = None) -> ModelOutput:
     """Forward pass over input_ids [B, T].
 
     attention_mask: [B, T], 1 for tokens, 0 for (left) padding. position_ids
@@ -108,6 +109,9 @@ class Llama(nn.Module):
     `init_cache`), the slot `cache_index` where these tokens go, and `cache_mask`
     [B, S_max], the validity of every cache slot (prompt padding is 0).
     attention_hook(probs [B, N, T, S], layer=i): see layers.Attention.
+    logit_positions: [B, P] int, causal_lm only: the LM head runs at these
+    positions alone and logits are [B, P, V] (training computes the vocabulary
+    projection only where the loss is).
     """
     cfg = self.config
     b, t = input_ids.shape
@@ -138,8 +142,10 @@ class Llama(nn.Module):
     hidden[-1] = x  # transformers reports the last hidden state after the norm
     logits = None
     if self.task == "causal_lm":
-      logits = (self.embed_tokens.attend(x) if cfg.tie_word_embeddings
-                else self.lm_head(x))  # [B, T, V]
+      at = x if logit_positions is None else jnp.take_along_axis(
+          x, logit_positions[..., None], axis=1)  # [B, P, D]
+      logits = (self.embed_tokens.attend(at) if cfg.tie_word_embeddings
+                else self.lm_head(at))  # [B, T or P, V]
     elif self.task == "classification":
       last = jnp.max(jnp.where(attention_mask > 0, jnp.arange(t), -1), axis=-1)
       logits = self.score(x)[jnp.arange(b), jnp.maximum(last, 0)]  # [B, C]
