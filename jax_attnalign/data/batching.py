@@ -119,22 +119,38 @@ def encode_prompts(prompts: Sequence[str], tokenizer: Tokenizer,
 
 
 def iterate_batches(arrays: dict[str, np.ndarray], batch_size: int, *,
-                    seed: int | None = None, epoch: int = 0,
-                    drop_remainder: bool = False) -> Iterator[dict[str, np.ndarray]]:
+                    seed: int | None = None, epoch: int = 0, drop_remainder: bool = False,
+                    length_groups: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Batches of rows of every array (all share the leading axis N).
 
   seed None: file order. Otherwise a permutation drawn from
   np.random.default_rng([seed, epoch]):
   the same (seed, epoch) gives the same batches, each epoch a new order.
   drop_remainder: skip a last batch smaller than batch_size.
+  length_groups > 0 (with a seed): the permuted rows are cut into groups of
+  `length_groups` batches, each group sorted by length (attention_mask sum) and
+  cut into batches, and the batches are shuffled: rows of similar length share
+  a batch, so trimming padding (`train.trim_padding`) saves most of it.
   """
   sizes = {key: len(value) for key, value in arrays.items()}
   if len(set(sizes.values())) != 1:
     raise ValueError(f"arrays differ in their leading axis: {sizes}")
   n = next(iter(sizes.values()))
-  order = np.arange(n) if seed is None else np.random.default_rng([seed, epoch]).permutation(n)
   stop = n - n % batch_size if drop_remainder else n
-  for start in range(0, stop, batch_size):
+  if seed is None:
+    order = np.arange(n)
+    starts = np.arange(0, stop, batch_size)
+  else:
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    starts = np.arange(0, stop, batch_size)
+    if length_groups:
+      lengths = arrays["attention_mask"].sum(axis=1)
+      cuts = range(batch_size * length_groups, n, batch_size * length_groups)
+      order = np.concatenate([g[np.argsort(lengths[g], kind="stable")]
+                              for g in np.split(order, cuts)])
+      starts = rng.permutation(starts)
+  for start in starts:
     idx = order[start:start + batch_size]
     yield {key: value[idx] for key, value in arrays.items()}
 
