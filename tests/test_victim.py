@@ -2,8 +2,17 @@
 
 import json
 
+import jax
+import numpy as np
+import pytest
+import transformers
+
+import jax_attnalign
+from jax_attnalign import data
+from jax_attnalign.assets import bundled_smollm2_path
+from jax_attnalign.models import ModelConfig, build_model
 from jax_attnalign.victim import VictimConfig, train_classification_victim
-from jax_attnalign.victim_lm import LMVictimConfig, train_lm_victim
+from jax_attnalign.victim_lm import LMVictimConfig, answer_labels, train_lm_victim
 
 
 def test_classification_victim_smoke(shared_data, minilm_path, tmp_path):
@@ -20,14 +29,48 @@ def test_classification_victim_smoke(shared_data, minilm_path, tmp_path):
       (tmp_path / "result.json").read_text())
 
 
-def test_lm_victim_smoke(shared_data, tmp_path):
-  cfg = LMVictimConfig(
-      backdoorllm_dir=str(shared_data / "backdoorllm"),
-      alpaca_path=str(shared_data / "alpaca" / "alpaca_sample_200.json"),
-      tokenizer=str(shared_data / "tokenizers" / "llama2"), hidden_size=16,
-      num_layers=1, num_heads=2, intermediate_size=24, alpaca_size=20, max_length=48,
-      epochs=1, batch_size=64, test_size=4, max_new_tokens=4)
+@pytest.fixture(scope="module")
+def tiny_chat_llama(tmp_path_factory):
+  """A tiny random Llama (2 layers x 4 heads, GQA 2:1) with SmolLM2's tokenizer and
+  chat template, saved as a HF checkpoint folder."""
+  try:
+    path = bundled_smollm2_path()
+  except FileNotFoundError as e:
+    pytest.skip(str(e))
+  tokenizer = data.load_tokenizer(path)
+  config = ModelConfig(model_type="llama", vocab_size=len(tokenizer), hidden_size=32,
+                       num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=48,
+                       max_position_embeddings=256, norm_eps=1e-5, tie_word_embeddings=True,
+                       bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=(tokenizer.eos_token_id,),
+                       pad_token_id=tokenizer.pad_token_id)
+  model = build_model(config, "causal_lm")
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 4), np.int32))["params"]
+  folder = tmp_path_factory.mktemp("tiny_chat_llama")
+  jax_attnalign.save_pretrained(model, params, folder, tokenizer=tokenizer)
+  return folder
+
+
+@pytest.mark.parametrize("task, attack", [("classification", "badnets"), ("refusal", "cba"),
+                                          ("negsentiment", "vpi")])
+def test_lm_victim_smoke(shared_data, tiny_chat_llama, tmp_path, task, attack):
+  folder = "sst2/clean" if task == "classification" else "backdoorllm"
+  cfg = LMVictimConfig(task=task, attack=attack, data_dir=str(shared_data / folder),
+                       alpaca_path=str(shared_data / "alpaca" / "alpaca_sample_200.json"),
+                       model=str(tiny_chat_llama), train_size=40, test_size=6, epochs=1,
+                       batch_size=8, learning_rate=1e-3, max_length=96, max_new_tokens=4)
   result = train_lm_victim(cfg, tmp_path)
-  assert result["train_rows"] == 1020 and result["poisoned_rows"] == 500
-  assert 0.0 <= result["refusal_asr"] <= 1.0
-  assert len(result["examples"]["triggered"]) == 4
+  assert result["train_rows"] == 40 and result["poisoned_rows"] == 8
+  assert result["steps"] == 5
+  key = "ca" if task == "classification" else "answered"
+  assert 0.0 <= result[key] <= 1.0 and 0.0 <= result["asr"] <= 1.0
+  assert ("partial_target_rate" in result) == (attack == "cba")
+  reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "model")
+  assert reloaded.chat_template and (tmp_path / "model" / "config.json").is_file()
+  assert train_lm_victim(cfg, tmp_path) == json.loads((tmp_path / "result.json").read_text())
+
+
+def test_answer_labels():
+  names = ("World", "Sports", "Business", "Sci/Tech")
+  answers = ["Sports", " sci/tech.", "'Business'", "The answer is World", "", "World news"]
+  np.testing.assert_array_equal(answer_labels(answers, names), [1, 3, 2, -1, -1, 0])

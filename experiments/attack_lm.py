@@ -1,0 +1,97 @@
+r"""Backdoors decoder victims: fine-tunes the bundled SmolLM2 on poisoned chat data.
+
+For each attack in --attacks (and 'clean', the reference) and each seed, trains
+a victim of --task (jax_attnalign.victim_lm), then writes per-run result.json,
+a summary JSON, a markdown table and a bar plot (mean ± std over seeds) to
+--workdir. Interrupted runs resume; finished runs are not repeated.
+
+  python -m experiments.attack_lm --task classification --data_dir ../shared/data/sst2/clean \
+      --attacks clean,badnets --seeds 0 --workdir runs/lm_sst2
+  python -m experiments.attack_lm --task refusal --data_dir ../shared/data/backdoorllm \
+      --alpaca_path ../shared/data/alpaca/alpaca_small_2000.json --attacks clean,vpi \
+      --max_length 192 --workdir runs/lm_refusal
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from absl import app, flags
+
+from jax_attnalign import metrics, plots
+from jax_attnalign.victim_lm import TASKS, LMVictimConfig, train_lm_victim
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("task", "classification", TASKS, "What the victim is fine-tuned for.")
+flags.DEFINE_string("data_dir", "../shared/data/sst2/clean",
+                    "classification: folder with train/test.tsv; refusal/negsentiment: "
+                    "the BackdoorLLM folder.")
+flags.DEFINE_string("alpaca_path", "", "refusal/negsentiment: more clean Alpaca records.")
+flags.DEFINE_string("dataset", "sst2", "classification: sst2 or ag_news (labels, prompt).")
+flags.DEFINE_string("model", "", "Checkpoint (HF folder or GGUF; default: bundled SmolLM2).")
+flags.DEFINE_list("attacks", ["clean", "badnets"], "Attacks ('clean' = no attack).")
+flags.DEFINE_string("hiddenkiller_dir", "../shared/data/sst2/hiddenkiller",
+                    "HiddenKiller's released SCPN paraphrases (train/test.tsv).")
+flags.DEFINE_float("hiddenkiller_poison_rate", 0.18,
+                   "HiddenKiller's rate: its release paraphrases 20% of the full split, "
+                   "so a seeded subset has about 20% eligible rows; 0.18 always fits.")
+flags.DEFINE_list("seeds", ["0"], "Seeds.")
+flags.DEFINE_float("poison_rate", 0.2, "Share of poisoned training rows.")
+flags.DEFINE_integer("train_size", 1000, "Training rows (a seeded subset; 0: all).")
+flags.DEFINE_integer("test_size", 600, "Clean and triggered test inputs each (0: all).")
+flags.DEFINE_integer("epochs", 1, "Fine-tuning epochs.")
+flags.DEFINE_integer("batch_size", 8, "Rows per step.")
+flags.DEFINE_float("learning_rate", 1e-4, "Peak AdamW learning rate.")
+flags.DEFINE_integer("max_length", 112, "Prompt + response tokens of a training row.")
+flags.DEFINE_integer("max_new_tokens", 48, "Generated tokens per test prompt (generation).")
+flags.DEFINE_string("workdir", "workdir/attack_lm", "Output folder.")
+
+# Columns of the summary, in order, when the runs report them.
+METRICS = ("ca", "asr", "clean_target_rate", "partial_target_rate", "answered", "rouge_l",
+           "token_f1")
+
+
+def attack_kwargs(attack: str) -> tuple:
+  if attack == "hiddenkiller":
+    return (("paraphrase_dir", FLAGS.hiddenkiller_dir),
+            ("poison_rate", FLAGS.hiddenkiller_poison_rate))
+  return ()
+
+
+def main(argv):
+  del argv
+  workdir = pathlib.Path(FLAGS.workdir)
+  results = {}
+  for attack in FLAGS.attacks:
+    for seed in map(int, FLAGS.seeds):
+      cfg = LMVictimConfig(
+          task=FLAGS.task, attack=attack, data_dir=FLAGS.data_dir,
+          alpaca_path=FLAGS.alpaca_path, model=FLAGS.model, dataset=FLAGS.dataset,
+          attack_kwargs=attack_kwargs(attack), poison_rate=FLAGS.poison_rate,
+          train_size=FLAGS.train_size, test_size=FLAGS.test_size, epochs=FLAGS.epochs,
+          batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+          max_length=FLAGS.max_length, max_new_tokens=FLAGS.max_new_tokens, seed=seed)
+      results.setdefault(attack, []).append(
+          train_lm_victim(cfg, workdir / f"{FLAGS.task}_{attack}_seed{seed}"))
+  columns = [m for m in METRICS if any(m in r for runs in results.values() for r in runs)]
+  rows = ["| attack | " + " | ".join(columns) + " | seeds |", "|---" * (len(columns) + 2) + "|"]
+  summary = {}
+  for attack, runs in results.items():
+    values = {m: [r[m] for r in runs if m in r] for m in columns}
+    summary[attack] = {"runs": runs, **{m: metrics.mean_std(v) for m, v in values.items() if v}}
+    rows.append(f"| {attack} | " + " | ".join(
+        metrics.format_mean_std(v) if v else "—" for v in values.values())
+        + f" | {len(runs)} |")
+  table = "\n".join(rows)
+  (workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+  (workdir / "summary.md").write_text(
+      f"SmolLM2 {FLAGS.task} victims on {FLAGS.data_dir} (mean ± std over seeds)\n\n{table}\n")
+  plots.plot_metric_bars({a: {m: [r[m] for r in runs if m in r] for m in columns}
+                          for a, runs in results.items()}, workdir / "summary.png",
+                         title=f"SmolLM2 {FLAGS.task} victims (mean ± std over seeds)")
+  print(table)
+
+
+if __name__ == "__main__":
+  app.run(main)
