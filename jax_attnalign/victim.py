@@ -45,7 +45,9 @@ class VictimConfig:
   seed: int = 0
 
 
-def _subset(examples: list, size: int, seed: int) -> tuple[list, np.ndarray]:
+def seeded_subset(examples: list, size: int, seed: int) -> tuple[list, np.ndarray]:
+  """`size` examples drawn without replacement with default_rng(seed), in their
+  original order, and their indices (all of them when size is 0 or too large)."""
   if not size or size >= len(examples):
     return examples, np.arange(len(examples))
   idx = np.sort(np.random.default_rng(seed).choice(len(examples), size, replace=False))
@@ -90,11 +92,12 @@ def train_classification_victim(cfg: VictimConfig, workdir: str | pathlib.Path) 
   spec = data.get_dataset(cfg.dataset)
   model, params = jax_attnalign.load_pretrained(
       model_path, task="classification", num_labels=spec.num_labels, seed=cfg.seed)
-  train_set, train_idx = _subset(
+  train_set, train_idx = seeded_subset(
       data.load_classification(cfg.data_dir, "train", dataset=cfg.dataset),
       cfg.train_size, cfg.seed)
-  test_set, _ = _subset(data.load_classification(cfg.data_dir, "test", dataset=cfg.dataset),
-                        cfg.test_size, cfg.seed)
+  test_set, _ = seeded_subset(
+      data.load_classification(cfg.data_dir, "test", dataset=cfg.dataset),
+      cfg.test_size, cfg.seed)
   triggered = None
   if cfg.attack != "clean":
     attack = attacks.make_attack(cfg.attack, **{

@@ -44,7 +44,7 @@ import jax_attnalign
 from jax_attnalign import attacks, data, metrics, train
 from jax_attnalign.assets import bundled_smollm2_path
 from jax_attnalign.attacks.generation import CBA_KEYS, TASK_TARGETS, load_backdoorllm_test
-from jax_attnalign.victim import make_optimizer
+from jax_attnalign.victim import make_optimizer, seeded_subset
 
 TASKS = ("classification", "refusal", "negsentiment")
 
@@ -79,35 +79,32 @@ class LMVictimConfig:
       raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
 
 
-def _subset(examples: list, size: int, seed: int) -> tuple[list, np.ndarray]:
-  if not size or size >= len(examples):
-    return list(examples), np.arange(len(examples))
-  idx = np.sort(np.random.default_rng(seed).choice(len(examples), size, replace=False))
-  return [examples[i] for i in idx], idx
-
-
 def _make_attack(cfg: LMVictimConfig):
   target = cfg.target if cfg.task == "classification" else TASK_TARGETS[cfg.task]
   return attacks.make_attack(cfg.attack, **{"target": target, "poison_rate": cfg.poison_rate,
                                             "seed": cfg.seed, **dict(cfg.attack_kwargs)})
 
 
+def clean_splits(cfg: LMVictimConfig) -> tuple[list, list]:
+  """(clean training pool, clean test examples), before any subset or poison."""
+  if cfg.task == "classification":
+    return (data.load_classification(cfg.data_dir, "train", dataset=cfg.dataset),
+            data.load_classification(cfg.data_dir, "test", dataset=cfg.dataset))
+  root = pathlib.Path(cfg.data_dir)
+  pool = data.load_instructions(data.backdoorllm_split(root, cfg.task, "vpi", "train_clean"),
+                                poisoned=False)
+  if cfg.alpaca_path:
+    pool += data.load_instructions(cfg.alpaca_path, poisoned=False)
+  return pool, load_backdoorllm_test(root, cfg.task, "vpi")[0]  # clean prompts: any attack's
+
+
 def victim_data(cfg: LMVictimConfig) -> dict[str, list]:
   """{'train': poisoned training examples, 'clean': clean test inputs,
   'triggered': the same kind with the trigger, 'partial': CBA's strict key
   subsets (CBA only)}."""
-  if cfg.task == "classification":
-    pool = data.load_classification(cfg.data_dir, "train", dataset=cfg.dataset)
-    test = data.load_classification(cfg.data_dir, "test", dataset=cfg.dataset)
-  else:
-    root = pathlib.Path(cfg.data_dir)
-    pool = data.load_instructions(data.backdoorllm_split(root, cfg.task, "vpi", "train_clean"),
-                                  poisoned=False)
-    if cfg.alpaca_path:
-      pool += data.load_instructions(cfg.alpaca_path, poisoned=False)
-    test, _ = load_backdoorllm_test(root, cfg.task, "vpi")  # clean prompts: any attack's
-  train_set, rows = _subset(pool, cfg.train_size, cfg.seed)
-  test, _ = _subset(test, cfg.test_size, cfg.seed)
+  pool, test = clean_splits(cfg)
+  train_set, rows = seeded_subset(pool, cfg.train_size, cfg.seed)
+  test, _ = seeded_subset(test, cfg.test_size, cfg.seed)
   out = {"train": train_set, "clean": test, "triggered": []}
   if cfg.attack != "clean":
     attack = _make_attack(cfg)
@@ -128,29 +125,48 @@ def chat_pairs(examples: list, cfg: LMVictimConfig, tokenizer) -> list[tuple[str
   return [data.instruction_chat(e, tokenizer) for e in examples]
 
 
-def generate_responses(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int,
-                       batch_size: int = 32, bucket: int = 16) -> list[str]:
-  """Greedy responses (decoded text, special tokens dropped) to chat prompts.
+def greedy_answers(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int,
+                   batch_size: int = 32, bucket: int = 16) -> dict[str, np.ndarray]:
+  """Each chat prompt followed by the model's own greedy answer, ready to be
+  teacher-forced: input_ids, attention_mask, loss_mask (the answer up to and
+  including EOS), special_mask [n, Tp + Tg] int32 and prompt_lengths [n] (= Tp).
 
   Prompts are left-padded to their longest length rounded up to `bucket`, in
   batches of `batch_size` (the last one filled with copies), so one shape is
   compiled for the whole list.
   """
   encoded = data.encode_prompts(prompts, tokenizer, model.config.max_position_embeddings)
-  ids, mask = encoded["input_ids"], encoded["attention_mask"]
-  width = -(-int(mask.sum(1).max()) // bucket) * bucket
-  ids, mask = ids[:, -width:], mask[:, -width:]
-  out = []
+  width = -(-int(encoded["attention_mask"].sum(1).max()) // bucket) * bucket
+  ids, mask = encoded["input_ids"][:, -width:], encoded["attention_mask"][:, -width:]
+  tokens, keep = [], []
   for start in tqdm.trange(0, len(prompts), batch_size, desc="generate", leave=False):
-    take = np.arange(start, start + batch_size) % len(prompts)
-    take[start + np.arange(batch_size) >= len(prompts)] = start  # fill with a real prompt
+    take = np.arange(start, start + batch_size)
+    take[take >= len(prompts)] = start  # fill the last batch with a real prompt
     gen = jax_attnalign.generate(model, params, ids[take], mask[take],
                                  max_new_tokens=max_new_tokens)
-    tokens, keep = np.asarray(gen.tokens), np.asarray(gen.token_mask)
     real = min(batch_size, len(prompts) - start)
-    out += tokenizer.batch_decode([t[k > 0] for t, k in zip(tokens[:real], keep[:real])],
-                                  skip_special_tokens=True)
-  return out
+    new, new_mask = np.asarray(gen.tokens)[:real], np.asarray(gen.token_mask)[:real]
+    pad = max_new_tokens - new.shape[1]  # generation stops early once every row ended
+    tokens.append(np.pad(new, ((0, 0), (0, pad)), constant_values=tokenizer.pad_token_id))
+    keep.append(np.pad(new_mask, ((0, 0), (0, pad))))
+  tokens, keep = np.concatenate(tokens), np.concatenate(keep)
+  input_ids = np.concatenate([ids, tokens], axis=1).astype(np.int32)
+  return {"input_ids": input_ids,
+          "attention_mask": np.concatenate([mask, keep], axis=1).astype(np.int32),
+          "loss_mask": np.concatenate([np.zeros_like(mask), keep], axis=1).astype(np.int32),
+          "special_mask": (np.isin(input_ids, tokenizer.all_special_ids)
+                           & (np.concatenate([mask, keep], axis=1) > 0)).astype(np.int32),
+          "prompt_lengths": np.full(len(prompts), width, np.int32)}
+
+
+def generate_responses(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int,
+                       batch_size: int = 32) -> list[str]:
+  """Greedy responses to chat prompts, decoded with the special tokens dropped."""
+  answers = greedy_answers(model, params, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size)
+  tp = answers["prompt_lengths"][0] if len(prompts) else 0
+  return tokenizer.batch_decode([row[tp:][keep[tp:] > 0] for row, keep in zip(
+      answers["input_ids"], answers["attention_mask"])], skip_special_tokens=True)
 
 
 def answer_labels(answers: list[str], label_names: tuple[str, ...]) -> np.ndarray:

@@ -13,7 +13,7 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
-from jax_attnalign.assets import bundled_minilm_path  # noqa: E402
+from jax_attnalign.assets import bundled_minilm_path, bundled_smollm2_path  # noqa: E402
 
 DATA_ENV = "JAX_ATTNALIGN_DATA"
 
@@ -66,3 +66,30 @@ def small_badnets(shared_data, minilm_path):
                  FitConfig(epochs=6, batch_size=32, dropout=False))  # 300 steps
   return {"model": model, "params": jax.device_get(state.params), "tokenizer": tokenizer,
           "attack": attack, "sst2": sst2}
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_llama(tmp_path_factory):
+  """A tiny random Llama (2 layers x 4 heads, GQA 2:1) with SmolLM2's tokenizer and
+  chat template, saved as a HF checkpoint folder."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax_attnalign  # pylint: disable=g-import-not-at-top
+  from jax_attnalign import data  # pylint: disable=g-import-not-at-top
+  from jax_attnalign.models import ModelConfig, build_model  # pylint: disable=g-import-not-at-top
+  try:
+    path = bundled_smollm2_path()
+  except FileNotFoundError as e:
+    pytest.skip(str(e))
+  tokenizer = data.load_tokenizer(path)
+  config = ModelConfig(model_type="llama", vocab_size=len(tokenizer), hidden_size=32,
+                       num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=48,
+                       max_position_embeddings=256, norm_eps=1e-5, tie_word_embeddings=True,
+                       bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=(tokenizer.eos_token_id,),
+                       pad_token_id=tokenizer.pad_token_id)
+  model = build_model(config, "causal_lm")
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 4), np.int32))["params"]
+  folder = tmp_path_factory.mktemp("tiny_chat_llama")
+  jax_attnalign.save_pretrained(model, params, folder, tokenizer=tokenizer)
+  return folder

@@ -2,15 +2,10 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 import transformers
 
-import jax_attnalign
-from jax_attnalign import data
-from jax_attnalign.assets import bundled_smollm2_path
-from jax_attnalign.models import ModelConfig, build_model
 from jax_attnalign.victim import VictimConfig, train_classification_victim
 from jax_attnalign.victim_lm import LMVictimConfig, answer_labels, train_lm_victim
 
@@ -27,28 +22,6 @@ def test_classification_victim_smoke(shared_data, minilm_path, tmp_path):
   # A finished run is not repeated: the stored result comes back.
   assert train_classification_victim(cfg, tmp_path) == json.loads(
       (tmp_path / "result.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def tiny_chat_llama(tmp_path_factory):
-  """A tiny random Llama (2 layers x 4 heads, GQA 2:1) with SmolLM2's tokenizer and
-  chat template, saved as a HF checkpoint folder."""
-  try:
-    path = bundled_smollm2_path()
-  except FileNotFoundError as e:
-    pytest.skip(str(e))
-  tokenizer = data.load_tokenizer(path)
-  config = ModelConfig(model_type="llama", vocab_size=len(tokenizer), hidden_size=32,
-                       num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=48,
-                       max_position_embeddings=256, norm_eps=1e-5, tie_word_embeddings=True,
-                       bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=(tokenizer.eos_token_id,),
-                       pad_token_id=tokenizer.pad_token_id)
-  model = build_model(config, "causal_lm")
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 4), np.int32))["params"]
-  folder = tmp_path_factory.mktemp("tiny_chat_llama")
-  jax_attnalign.save_pretrained(model, params, folder, tokenizer=tokenizer)
-  return folder
 
 
 @pytest.mark.parametrize("task, attack", [("classification", "badnets"), ("refusal", "cba"),

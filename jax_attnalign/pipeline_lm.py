@@ -1,0 +1,237 @@
+"""The decoder harness: Table 1 statistics and the defense on an LM victim.
+
+  result = analyze_lm_victim("runs/lm_sst2/classification_badnets_seed0", VIEWS, workdir)
+  result = defend_lm_victim("runs/lm_sst2/classification_badnets_seed0", LMDefenseSetup(),
+                            SanitizeConfig(loss="causal_lm", ...), workdir)
+
+Every decoder statistic reads the model's own greedy answer teacher-forced after
+its prompt (`victim_lm.greedy_answers`): the generation-to-prompt view is the
+answer tokens' rows over the prompt's columns (DESIGN.md). The victim's
+result.json holds its config, from which its data are rebuilt:
+  * the test prompts are split (seeded) into a monitored *stream* (clean and
+    triggered, on distinct prompts) and a disjoint *held-out* part, on which
+    ASR and CA / clean utility are measured before and after the defense;
+  * the defender's clean fine-tuning rows and calibration prompts come from the
+    clean training pool, outside the victim's own training subset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+import jax_attnalign
+from jax_attnalign import data, metrics, parallel, plots
+from jax_attnalign.analysis import head_similarity, pair_statistics
+from jax_attnalign.defense.detector import calibrate_detector, layer_statistics
+from jax_attnalign.defense.sanitize import SanitizeConfig, per_input, sanitize, scores_of
+from jax_attnalign.models import attention_maps
+from jax_attnalign.victim import seeded_subset
+from jax_attnalign.victim_lm import (LMVictimConfig, chat_pairs, clean_splits,
+                                     evaluate_lm_victim, greedy_answers, victim_data)
+
+STATISTICS = ("percentile", "frac_above", "mean")
+
+
+def load_lm_victim(victim_dir: str | pathlib.Path):
+  """(model, params, tokenizer, LMVictimConfig) of a `train_lm_victim` run folder."""
+  victim_dir = pathlib.Path(victim_dir)
+  fields = json.loads((victim_dir / "result.json").read_text())["config"]
+  fields["attack_kwargs"] = tuple(tuple(kv) for kv in fields["attack_kwargs"])
+  model, params = jax_attnalign.load_pretrained(victim_dir / "model", task="causal_lm")
+  return model, params, data.load_tokenizer(victim_dir / "model"), LMVictimConfig(**fields)
+
+
+def answer_inputs(model, params, tokenizer, examples: list, cfg: LMVictimConfig,
+                  batch_size: int = 32) -> dict[str, np.ndarray]:
+  """The examples' chat prompts with the model's own greedy answers (see
+  `greedy_answers`); classification answers get 4 tokens."""
+  tokens = 4 if cfg.task == "classification" else cfg.max_new_tokens
+  return greedy_answers(model, params, tokenizer, [p for p, _ in chat_pairs(examples, cfg,
+                                                                             tokenizer)],
+                        max_new_tokens=tokens, batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "views"))
+def _view_statistics(model, params, batch, views: tuple[str, ...]):
+  _, state = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                         capture_attention=True, mutable=["intermediates"])
+  maps = attention_maps(state)  # [L, B, N, T, T]
+  kw = dict(attention_mask=batch["attention_mask"], special_mask=batch["special_mask"],
+            prompt_lengths=batch["prompt_lengths"], is_decoder=True)
+  out = {}
+  for view in views:
+    layer = layer_statistics(head_similarity(maps, view, **kw))  # {stat: [B, L']}
+    pooled = head_similarity(maps, view, scope="model", **kw)  # [B, L'N, L'N]
+    out[view] = {"layer": layer, "pooled": {**pair_statistics(pooled),
+                                            "mean": layer_statistics(pooled)["mean"]}}
+  return out
+
+
+def view_statistics(model, params, arrays: dict[str, np.ndarray], views: tuple[str, ...], *,
+                    batch_size: int = 8) -> dict:
+  """Per input, for each view: every statistic of the pairwise head cosines
+  within each viewed layer ({'layer': {stat: [n, L']}}) and over all viewed heads
+  of the model pooled ({'pooled': {stat: [n]}}). Statistics: 'percentile' (99th),
+  'frac_above' (share of pairs above 0.99), 'mean'."""
+  keep = ("input_ids", "attention_mask", "special_mask", "prompt_lengths")
+  return per_input(lambda b: _view_statistics(model, params, b, tuple(views)),
+                   {k: arrays[k] for k in keep}, batch_size, parallel.data_mesh())
+
+
+def analyze_lm_victim(victim_dir: str | pathlib.Path, views: tuple[str, ...],
+                      workdir: str | pathlib.Path, *, size: int = 200) -> dict:
+  """Table 1 / Figure 1 on a decoder victim: for `size` clean and `size` triggered
+  test prompts, each view's statistics (clean mean, triggered mean, AUROC of
+  triggered vs clean) pooled over the model's heads and per layer. Writes
+  analysis.json and per-layer plots to `workdir`; returns the dict."""
+  workdir = pathlib.Path(workdir)
+  if (workdir / "analysis.json").exists():
+    return json.loads((workdir / "analysis.json").read_text())
+  model, params, tokenizer, cfg = load_lm_victim(victim_dir)
+  sets = victim_data(cfg)
+  inputs = [answer_inputs(model, params, tokenizer, sets[name][:size], cfg)
+            for name in ("clean", "triggered")]
+  stats = [view_statistics(model, params, arrays, views) for arrays in inputs]
+  truth = np.r_[np.zeros(len(inputs[0]["input_ids"]), bool),
+                np.ones(len(inputs[1]["input_ids"]), bool)]
+  out = {"victim": str(victim_dir), "task": cfg.task, "attack": cfg.attack, "seed": cfg.seed,
+         "clean_inputs": int((~truth).sum()), "triggered_inputs": int(truth.sum()), "views": {}}
+  for view in views:
+    out["views"][view] = {}
+    for statistic in STATISTICS:
+      pooled = np.r_[stats[0][view]["pooled"][statistic], stats[1][view]["pooled"][statistic]]
+      layers = np.concatenate([stats[0][view]["layer"][statistic],
+                               stats[1][view]["layer"][statistic]])
+      out["views"][view][statistic] = {
+          "clean": float(pooled[~truth].mean()), "triggered": float(pooled[truth].mean()),
+          "auroc": metrics.detection_auroc(pooled, truth),
+          "clean_per_layer": layers[~truth].mean(0).tolist(),
+          "triggered_per_layer": layers[truth].mean(0).tolist(),
+          "auroc_per_layer": [metrics.detection_auroc(layers[:, i], truth)
+                              for i in range(layers.shape[1])]}
+      if statistic == STATISTICS[0]:
+        plots.plot_clean_vs_triggered(layers[~truth], layers[truth],
+                                      workdir / f"{view}_{statistic}.png",
+                                      ylabel=f"{statistic} of head-pair cosine",
+                                      title=f"{cfg.task} {cfg.attack}: {view}")
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "analysis.json").write_text(json.dumps(out, indent=1))
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LMDefenseSetup:
+  """How the suspects are chosen and what the defender holds, for an LM victim."""
+  suspects: Literal["detector", "oracle"] = "detector"
+  stream_clean: int = 60  # clean test prompts in the monitored stream
+  stream_triggered: int = 40  # triggered test prompts (other prompts) in the stream
+  max_suspects: int = 32
+  clean_size: int = 400  # the defender's clean fine-tuning rows (outside the victim's)
+  calibration_size: int = 200  # clean training prompts calibrating the detector
+  eval_size: int = 100  # held-out clean and triggered prompts each (0: all the rest)
+  seed: int = 0
+
+
+def lm_defense_data(model, params, tokenizer, cfg: LMVictimConfig,
+                    setup: LMDefenseSetup) -> dict:
+  """{'stream': answer inputs of the stream with 'poisoned', 'held': {'clean',
+  'triggered'} examples, 'clean_train': encoded clean fine-tuning rows,
+  'calibration': answer inputs of clean training prompts}. The clean and the
+  triggered test examples are each split (seeded) into stream and held-out parts."""
+  pool, _ = clean_splits(cfg)
+  _, victim_rows = seeded_subset(pool, cfg.train_size, cfg.seed)
+  free = np.setdiff1d(np.random.default_rng(setup.seed + 2).permutation(len(pool)),
+                      victim_rows, assume_unique=True)
+  need = setup.clean_size + setup.calibration_size
+  if need > len(free):
+    raise ValueError(f"clean_size + calibration_size = {need} exceeds the {len(free)} clean "
+                     "training rows the victim did not train on.")
+  defender = [pool[i] for i in free[:need]]
+  sets = victim_data(cfg)
+  parts = {}
+  for name, first, offset in (("clean", setup.stream_clean, 0),
+                              ("triggered", setup.stream_triggered, 1)):
+    order = np.random.default_rng(setup.seed + offset).permutation(len(sets[name]))
+    parts[name] = ([sets[name][i] for i in order[:first]],
+                   [sets[name][i] for i in order[first:]][:setup.eval_size or None])
+  stream = answer_inputs(model, params, tokenizer, parts["clean"][0] + parts["triggered"][0],
+                         cfg)
+  stream["poisoned"] = np.arange(len(stream["input_ids"])) >= len(parts["clean"][0])
+  prompts, responses = zip(*chat_pairs(defender[:setup.clean_size], cfg, tokenizer))
+  return {"stream": stream, "held": {name: held for name, (_, held) in parts.items()},
+          "clean_train": data.encode_prompt_response(prompts, responses, tokenizer,
+                                                     cfg.max_length),
+          "calibration": answer_inputs(model, params, tokenizer,
+                                       defender[setup.clean_size:], cfg)}
+
+
+def choose_lm_suspects(model, params, sets: dict, setup: LMDefenseSetup,
+                       config: SanitizeConfig) -> tuple[dict, dict, object]:
+  """(suspects, detection report, detector) from the stream's answer inputs: the
+  detector's flagged inputs (highest scores first, at most `max_suspects`), or
+  the triggered ones ('oracle'); unlabelled."""
+  view, statistic = config.detector_view, config.statistic
+  score = lambda arrays: scores_of(model, params, arrays, view, statistic,
+                                   batch_size=config.score_batch_size)
+  detector = calibrate_detector(score(sets["calibration"]), view=view, statistic=statistic,
+                                fpr=config.fpr)
+  stream = sets["stream"]
+  scores, truth = score(stream), stream["poisoned"]
+  flagged = detector.flag(scores)
+  report = {"auroc": metrics.detection_auroc(scores, truth), "flagged": int(flagged.sum()),
+            "true_positive_rate": float(flagged[truth].mean()),
+            "false_positive_rate": float(flagged[~truth].mean()),
+            "threshold": detector.threshold}
+  if setup.suspects == "oracle":
+    chosen = np.flatnonzero(truth)[:setup.max_suspects]
+  else:
+    flagged_idx = np.flatnonzero(flagged)
+    chosen = flagged_idx[np.argsort(-scores[flagged_idx])][:setup.max_suspects]
+  report.update(suspects=int(len(chosen)),
+                suspects_triggered=int(truth[chosen].sum()) if len(chosen) else 0)
+  return {k: v[chosen] for k, v in stream.items() if k != "poisoned"}, report, detector
+
+
+def defend_lm_victim(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
+                     config: SanitizeConfig, workdir: str | pathlib.Path | None = None) -> dict:
+  """Detect suspects in the stream, sanitise with the causal-LM loss, measure the
+  held-out metrics before and after, export the sanitised model with its
+  tokenizer to workdir/model. Returns (and writes) the result dict; a finished
+  run's result.json is returned as is, an interrupted one resumes."""
+  if config.loss != "causal_lm":
+    raise ValueError("An LM victim is sanitised with loss='causal_lm'.")
+  workdir = pathlib.Path(workdir) if workdir else None
+  if workdir is not None and (workdir / "result.json").exists():
+    return json.loads((workdir / "result.json").read_text())
+  model, params, tokenizer, cfg = load_lm_victim(victim_dir)
+  sets = lm_defense_data(model, params, tokenizer, cfg, setup)
+  evaluate = lambda p: {k: v for k, v in evaluate_lm_victim(model, p, tokenizer, sets["held"],
+                                                            cfg).items() if k != "examples"}
+  before = evaluate(params)
+  suspects, detection, detector = choose_lm_suspects(model, params, sets, setup, config)
+  logging.info("before: %s; detection: %s", before, detection)
+  result = {"victim": str(victim_dir), "setup": dataclasses.asdict(setup),
+            "before": before, "detection": detection}
+  if detection["suspects"] == 0:
+    result.update(after=before, report={"stopped": "no_suspects", "rounds": []})
+  else:
+    params, report = sanitize(model, params, suspects, sets["clean_train"], config,
+                              detector=detector,
+                              workdir=workdir / "sanitize" if workdir else None)
+    result.update(after=evaluate(params), report=report)
+    if workdir is not None:
+      jax_attnalign.save_pretrained(model, params, workdir / "model", tokenizer=tokenizer)
+  logging.info("after: %s", result["after"])
+  if workdir is not None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "result.json").write_text(json.dumps(result, indent=1, default=str))
+  return result

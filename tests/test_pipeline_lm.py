@@ -1,0 +1,107 @@
+"""The decoder harness: Table 1 statistics against a NumPy brute force, and a tiny
+Llama victim through train -> analyze -> defend -> export."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import transformers
+
+from jax_attnalign import attention_maps
+from jax_attnalign.defense.sanitize import SanitizeConfig
+from jax_attnalign.models import ModelConfig, build_model
+from jax_attnalign.pipeline_lm import (LMDefenseSetup, analyze_lm_victim, defend_lm_victim,
+                                       view_statistics)
+from jax_attnalign.victim_lm import LMVictimConfig, train_lm_victim
+
+CFG = ModelConfig(model_type="llama", vocab_size=41, hidden_size=24, num_layers=3, num_heads=4,
+                  num_kv_heads=2, intermediate_size=29)
+
+
+def _brute_force(maps, mask, special, tp, drop_special):
+  """Per input: each layer's and the pooled model's (99th percentile, share > 0.99,
+  mean) of pairwise head cosines of the answer rows over the prompt columns."""
+  out = []
+  for b in range(maps.shape[1]):
+    rows = [t for t in range(maps.shape[3]) if mask[b, t] and t >= tp]
+    cols = [s for s in range(maps.shape[4])
+            if mask[b, s] and s < tp and not (drop_special and special[b, s])]
+    blocks = []
+    for layer in range(maps.shape[0]):
+      heads = []
+      for h in range(maps.shape[2]):
+        block = maps[layer, b, h][np.ix_(rows, cols)].astype(np.float64)
+        if drop_special:
+          block = block / np.where(block.sum(1, keepdims=True) > 0, block.sum(1, keepdims=True), 1)
+        heads.append(block.ravel())
+      blocks.append(heads)
+
+    def stats(vectors):
+      pairs = [float(np.dot(u, v) / np.sqrt(np.dot(u, u) * np.dot(v, v)))
+               for i, u in enumerate(vectors) for v in vectors[i + 1:]]
+      return np.percentile(pairs, 99), np.mean(np.array(pairs) > 0.99), np.mean(pairs)
+
+    out.append(([stats(heads) for heads in blocks], stats(sum(blocks, []))))
+  return out
+
+
+def test_generation_to_prompt_statistics_equal_a_numpy_brute_force():
+  model = build_model(CFG)
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 4), np.int32))["params"]
+  rng = np.random.RandomState(0)
+  tp, tg = 9, 5
+  ids = rng.randint(3, 41, (4, tp + tg)).astype(np.int32)
+  mask = np.ones_like(ids)
+  mask[1, :3] = mask[2, :1] = 0  # left-padded prompts
+  mask[1, tp + 3:] = mask[3, tp + 1:] = 0  # answers that ended early
+  special = np.zeros_like(ids)
+  special[:, 3] = special[0, tp - 1] = 1
+  arrays = {"input_ids": ids, "attention_mask": mask, "special_mask": special,
+            "prompt_lengths": np.full(4, tp, np.int32)}
+  ours = view_statistics(model, params, arrays, ("gen_to_prompt", "gen_to_prompt_nospecial"),
+                         batch_size=3)
+  _, state = model.apply({"params": params}, ids, mask, capture_attention=True,
+                         mutable=["intermediates"])
+  maps = np.asarray(attention_maps(state))
+  for view, drop in (("gen_to_prompt", False), ("gen_to_prompt_nospecial", True)):
+    for b, (per_layer, pooled) in enumerate(_brute_force(maps, mask, special, tp, drop)):
+      for k, statistic in enumerate(("percentile", "frac_above", "mean")):
+        np.testing.assert_allclose(ours[view]["pooled"][statistic][b], pooled[k], atol=1e-5)
+        np.testing.assert_allclose(ours[view]["layer"][statistic][b],
+                                   [layer[k] for layer in per_layer], atol=1e-5)
+
+
+def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_llama,
+                                                       tmp_path):
+  cfg = LMVictimConfig(task="classification", attack="badnets",
+                       data_dir=str(shared_data / "sst2" / "clean"), model=str(tiny_chat_llama),
+                       train_size=48, test_size=40, epochs=1, batch_size=8,
+                       learning_rate=1e-3, max_length=96)
+  victim = tmp_path / "victim"
+  train_lm_victim(cfg, victim)
+  analysis = analyze_lm_victim(victim, ("gen_to_prompt", "full"), tmp_path / "analyze", size=6)
+  for view in ("gen_to_prompt", "full"):
+    entry = analysis["views"][view]["percentile"]
+    assert len(entry["auroc_per_layer"]) == 2 and 0.0 <= entry["auroc"] <= 1.0
+  assert (tmp_path / "analyze" / "gen_to_prompt_percentile.png").is_file()
+  setup = LMDefenseSetup(stream_clean=6, stream_triggered=6, max_suspects=4, clean_size=16,
+                         calibration_size=8, eval_size=6)
+  config = dataclasses.replace(
+      SanitizeConfig(), loss="causal_lm", view="gen_to_prompt", detector_view="gen_to_prompt",
+      align_steps=2, align_batch_size=4, finetune_epochs=1, finetune_batch_size=8,
+      max_rounds=1, score_batch_size=4)
+  for suspects in ("oracle", "detector"):
+    out = tmp_path / f"defend_{suspects}"
+    result = defend_lm_victim(victim, dataclasses.replace(setup, suspects=suspects), config,
+                              out)
+    assert set(result["before"]) == set(result["after"]) >= {"ca", "asr"}
+    assert result["detection"]["suspects"] <= 4
+    if suspects == "oracle":
+      assert result["detection"]["suspects_triggered"] == 4
+      assert len(result["report"]["rounds"]) == 1
+      reloaded = transformers.AutoModelForCausalLM.from_pretrained(out / "model")
+      assert reloaded.config.num_hidden_layers == 2
+      assert transformers.AutoTokenizer.from_pretrained(out / "model").chat_template
+    assert defend_lm_victim(victim, setup, config, out) == json.loads(
+        (out / "result.json").read_text())
