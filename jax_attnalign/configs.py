@@ -29,10 +29,12 @@ def _to_plain(value):
   return value
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """{'setup': DefenseSetup defaults (victim ''), 'sanitize': SanitizeConfig defaults}."""
-  setup = _to_plain(DefenseSetup(victim=""))
-  setup["attack_kwargs"] = {}
+def default_config(setup=None) -> ml_collections.ConfigDict:
+  """{'setup': the setup dataclass's defaults (default: DefenseSetup, victim ''),
+  'sanitize': SanitizeConfig defaults}."""
+  setup = _to_plain(DefenseSetup(victim="") if setup is None else setup)
+  if "attack_kwargs" in setup:
+    setup["attack_kwargs"] = {}
   return ml_collections.ConfigDict({"setup": setup,
                                     "sanitize": _to_plain(SanitizeConfig())})
 

@@ -41,13 +41,16 @@ from jax_attnalign.victim_lm import (LMVictimConfig, chat_pairs, clean_splits,
 STATISTICS = ("percentile", "frac_above", "mean")
 
 
-def load_lm_victim(victim_dir: str | pathlib.Path):
-  """(model, params, tokenizer, LMVictimConfig) of a `train_lm_victim` run folder."""
+def load_lm_victim(victim_dir: str | pathlib.Path, model_dir: str | pathlib.Path | None = None):
+  """(model, params, tokenizer, LMVictimConfig) of a `train_lm_victim` run folder;
+  `model_dir`: another checkpoint to load instead of the victim's (e.g. the clean
+  reference, to read the victim's data through a model without the backdoor)."""
   victim_dir = pathlib.Path(victim_dir)
   fields = json.loads((victim_dir / "result.json").read_text())["config"]
   fields["attack_kwargs"] = tuple(tuple(kv) for kv in fields["attack_kwargs"])
-  model, params = jax_attnalign.load_pretrained(victim_dir / "model", task="causal_lm")
-  return model, params, data.load_tokenizer(victim_dir / "model"), LMVictimConfig(**fields)
+  model_dir = model_dir or victim_dir / "model"
+  model, params = jax_attnalign.load_pretrained(model_dir, task="causal_lm")
+  return model, params, data.load_tokenizer(model_dir), LMVictimConfig(**fields)
 
 
 def answer_inputs(model, params, tokenizer, examples: list, cfg: LMVictimConfig,
@@ -88,22 +91,25 @@ def view_statistics(model, params, arrays: dict[str, np.ndarray], views: tuple[s
 
 
 def analyze_lm_victim(victim_dir: str | pathlib.Path, views: tuple[str, ...],
-                      workdir: str | pathlib.Path, *, size: int = 200) -> dict:
+                      workdir: str | pathlib.Path, *, size: int = 200,
+                      model_dir: str | pathlib.Path | None = None) -> dict:
   """Table 1 / Figure 1 on a decoder victim: for `size` clean and `size` triggered
   test prompts, each view's statistics (clean mean, triggered mean, AUROC of
-  triggered vs clean) pooled over the model's heads and per layer. Writes
+  triggered vs clean) pooled over the model's heads and per layer. `model_dir`
+  reads the victim's data through another model (see `load_lm_victim`). Writes
   analysis.json and per-layer plots to `workdir`; returns the dict."""
   workdir = pathlib.Path(workdir)
   if (workdir / "analysis.json").exists():
     return json.loads((workdir / "analysis.json").read_text())
-  model, params, tokenizer, cfg = load_lm_victim(victim_dir)
+  model, params, tokenizer, cfg = load_lm_victim(victim_dir, model_dir)
   sets = victim_data(cfg)
   inputs = [answer_inputs(model, params, tokenizer, sets[name][:size], cfg)
             for name in ("clean", "triggered")]
   stats = [view_statistics(model, params, arrays, views) for arrays in inputs]
   truth = np.r_[np.zeros(len(inputs[0]["input_ids"]), bool),
                 np.ones(len(inputs[1]["input_ids"]), bool)]
-  out = {"victim": str(victim_dir), "task": cfg.task, "attack": cfg.attack, "seed": cfg.seed,
+  out = {"victim": str(victim_dir), "model": str(model_dir or pathlib.Path(victim_dir) / "model"),
+         "task": cfg.task, "attack": cfg.attack, "seed": cfg.seed,
          "clean_inputs": int((~truth).sum()), "triggered_inputs": int(truth.sum()), "views": {}}
   for view in views:
     out["views"][view] = {}

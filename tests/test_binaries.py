@@ -140,3 +140,30 @@ def test_defend_config_recipes():
                                        max_rounds=2, restart_rounds=True)
   with pytest.raises(flags.IllegalFlagValueError, match="defend.py:restarts"):
     parse(f"--config={path}:typo")
+
+
+def test_decoder_binaries(shared_data, tiny_chat_llama, tmp_path):
+  """attack_lm -> analyze_lm -> defend_lm on a tiny random Llama with SmolLM2's
+  tokenizer: each writes its files, and the decoder config parses."""
+  victims = tmp_path / "victims"
+  out = run("experiments.attack_lm", "--task=classification",
+            f"--data_dir={shared_data / 'sst2' / 'clean'}", f"--model={tiny_chat_llama}",
+            "--attacks=clean,badnets", "--train_size=32", "--test_size=24", "--max_length=96",
+            "--learning_rate=1e-3", f"--workdir={victims}", cwd=ROOT)
+  assert "| badnets |" in out and (victims / "summary.png").is_file()
+  out = run("experiments.analyze_lm", f"--victims_dir={victims}", "--size=4",
+            "--views=gen_to_prompt", f"--workdir={tmp_path / 'analyze'}", cwd=ROOT)
+  rows = json.loads((tmp_path / "analyze" / "table1.json").read_text())
+  assert {r["reader"] for r in rows} == {"victim", "clean model"}
+  assert "0.9149 -> 0.9921" in out  # the paper's BadNets numbers beside ours
+  run("experiments.defend_lm", f"--victims_dir={victims}", "--variants=oracle,align_only",
+      "--config.setup.stream_clean=4", "--config.setup.stream_triggered=4",
+      "--config.setup.max_suspects=4", "--config.setup.clean_size=16",
+      "--config.setup.calibration_size=8", "--config.setup.eval_size=4",
+      "--config.sanitize.align_steps=2", "--config.sanitize.finetune_epochs=1",
+      "--config.sanitize.max_rounds=1", f"--workdir={tmp_path / 'defend'}", cwd=ROOT)
+  rows = json.loads((tmp_path / "defend" / "defend_lm.json").read_text())
+  assert [r["variant"] for r in rows] == ["oracle", "align_only"]
+  assert {"asr", "ca"} <= set(rows[0]["after"])
+  assert (tmp_path / "defend" / "oracle" / "classification_badnets_seed0" / "model"
+          / "tokenizer.json").is_file()

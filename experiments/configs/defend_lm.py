@@ -1,0 +1,26 @@
+"""The defense of decoder (SmolLM2) victims, sized for a 2-core CPU.
+
+Differences from experiments/configs/defend.py (the encoders'), none chosen by
+looking at a defense result:
+  * the causal-LM loss on the defender's clean chat rows, and the
+    generation-to-prompt view (the paper's, for decoders) for the head classes
+    and the alignment;
+  * the detector's view, statistic and layers: see DETECTOR below;
+  * two fine-tuning epochs and at most two rounds instead of three and three,
+    batches of 8: a SmolLM2 fine-tuning step takes seconds here.
+"""
+
+from jax_attnalign.configs import default_config
+from jax_attnalign.pipeline_lm import LMDefenseSetup
+
+# Chosen on the seed-0 victims' Table 1 (experiments.analyze_lm), the tuning
+# victims; later seeds are held out.
+DETECTOR = {"detector_view": "gen_to_prompt", "statistic": "percentile"}
+
+
+def get_config():
+  config = default_config(LMDefenseSetup())
+  config.sanitize.update(loss="causal_lm", view="gen_to_prompt", finetune_epochs=2,
+                         max_rounds=2, finetune_batch_size=8, align_batch_size=8,
+                         score_batch_size=8, length_bucket=16, **DETECTOR)
+  return config

@@ -1,0 +1,114 @@
+r"""Defends decoder victims, Table 2(b) and 3(b): the method and its ablation on SmolLM2.
+
+For every backdoored victim under --victims_dir (experiments.attack_lm) and every
+variant in --variants:
+  detector      ours, the detector's suspects from the monitored stream
+  oracle        ours, the stream's triggered prompts as suspects
+  align_only    alignment only (oracle suspects)
+  headwise_only head-wise fine-tuning only (oracle suspects)
+  uniform_only  uniform fine-tuning only: every head at the safe rate (oracle)
+the held-out ASR and CA (classification) or clean utility (generation) before and
+after. Writes per-run result.json and the sanitised checkpoint (with tokenizer),
+and defend_lm.json/.md/.png (mean ± std over seeds). Interrupted runs resume.
+
+  python -m experiments.defend_lm --victims_dir runs/lm_sst2 --workdir runs/defend_lm
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jax_attnalign import metrics, plots
+from jax_attnalign.configs import sanitize_config
+from jax_attnalign.defense import HeadRates
+from jax_attnalign.pipeline_lm import LMDefenseSetup, defend_lm_victim
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "experiments/configs/defend_lm.py",
+                                "Defense config (ml_collections).")
+flags.DEFINE_string("victims_dir", "workdir/attack_lm", "experiments.attack_lm's workdir.")
+flags.DEFINE_list("attacks", [], "Only these attacks (default: every backdoored victim).")
+flags.DEFINE_list("seeds", [], "Only victims of these seeds (default: all).")
+flags.DEFINE_list("variants", ["detector", "oracle"],
+                  "detector, oracle, align_only, headwise_only, uniform_only.")
+flags.DEFINE_string("workdir", "workdir/defend_lm", "Output folder.")
+
+# Before/after columns of the summary, when the victims report them.
+COLUMNS = ("asr", "ca", "clean_target_rate", "answered", "rouge_l")
+
+
+def variants(config) -> dict:
+  """{name: (suspects, SanitizeConfig)}."""
+  full = sanitize_config(config.sanitize)
+  uniform = HeadRates(*(full.rates.safe,) * 3)
+  return {"detector": ("detector", full), "oracle": ("oracle", full),
+          "align_only": ("oracle", dataclasses.replace(full, stages=("align",))),
+          "headwise_only": ("oracle", dataclasses.replace(full, stages=("finetune",))),
+          "uniform_only": ("oracle", dataclasses.replace(full, stages=("finetune",),
+                                                         rates=uniform))}
+
+
+def _victims() -> list[tuple[pathlib.Path, dict]]:
+  found = []
+  for result in sorted(pathlib.Path(FLAGS.victims_dir).glob("*/result.json")):
+    cfg = json.loads(result.read_text())["config"]
+    if (cfg["attack"] != "clean" and (not FLAGS.attacks or cfg["attack"] in FLAGS.attacks)
+        and (not FLAGS.seeds or str(cfg["seed"]) in FLAGS.seeds)):
+      found.append((result.parent, cfg))
+  if not found:
+    raise FileNotFoundError(f"No matching backdoored victim under {FLAGS.victims_dir}.")
+  return found
+
+
+def main(argv):
+  del argv
+  config, workdir = FLAGS.config, pathlib.Path(FLAGS.workdir)
+  table = variants(config)
+  unknown = sorted(set(FLAGS.variants) - set(table))
+  if unknown:
+    raise ValueError(f"Unknown variants {unknown}; choose from {sorted(table)}.")
+  rows = []
+  for run, cfg in _victims():
+    for name in FLAGS.variants:
+      suspects, sanitize_cfg = table[name]
+      setup = LMDefenseSetup(**{**config.setup.to_dict(), "suspects": suspects,
+                                "seed": cfg["seed"]})
+      result = defend_lm_victim(run, setup, sanitize_cfg, workdir / name / run.name)
+      logging.info("%s %s: %s -> %s", name, run.name, result["before"], result["after"])
+      rows.append({"victim": run.name, "task": cfg["task"], "attack": cfg["attack"],
+                   "seed": cfg["seed"], "variant": name,
+                   **{k: result[k] for k in ("before", "after", "detection")}})
+  groups: dict[tuple, list[dict]] = {}
+  for row in rows:
+    groups.setdefault((row["task"], row["attack"], row["variant"]), []).append(row)
+  columns = [c for c in COLUMNS if any(c in r["before"] for r in rows)]
+  lines = ["| task | attack | variant | " + " | ".join(f"{c} before -> after" for c in columns)
+           + " | detector AUROC | suspects (triggered) | seeds |", "|---" * (len(columns) + 6)
+           + "|"]
+  fmt = metrics.format_mean_std
+  bars = {}
+  for (task, attack, variant), runs in groups.items():
+    get = lambda when, c: [r[when][c] for r in runs if c in r[when]]
+    cells = [f"{fmt(get('before', c))} -> {fmt(get('after', c))}" if get("before", c) else "—"
+             for c in columns]
+    lines.append(f"| {task} | {attack} | {variant} | " + " | ".join(cells)
+                 + f" | {fmt([r['detection']['auroc'] for r in runs])} | " + ", ".join(
+                     f"{r['detection']['suspects']} ({r['detection']['suspects_triggered']})"
+                     for r in runs) + f" | {len(runs)} |")
+    bars[f"{attack}\n{variant}"] = {f"{c} after": get("after", c) for c in columns[:2]}
+  text = "\n".join(lines)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "defend_lm.json").write_text(json.dumps(rows, indent=1, default=str))
+  (workdir / "defend_lm.md").write_text(
+      f"Defense of SmolLM2 victims (held-out prompts; mean ± std over seeds)\n\n{text}\n")
+  plots.plot_metric_bars(bars, workdir / "defend_lm.png", title="SmolLM2 victims after defense")
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
