@@ -45,7 +45,7 @@ def run(module, *args, cwd):
   proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, f"{module} failed:\n{proc.stderr[-4000:]}"
-  return proc.stdout
+  return proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +151,8 @@ def test_decoder_binaries(shared_data, tiny_chat_llama, tmp_path):
             "--attacks=clean,badnets", "--train_size=32", "--test_size=24", "--max_length=96",
             "--learning_rate=1e-3", f"--workdir={victims}", cwd=ROOT)
   assert "| badnets |" in out and (victims / "summary.png").is_file()
+  assert "LM victim classification/badnets seed 0" in out  # our INFO lines show,
+  assert "checkpoint_manager.py" not in out  # orbax's do not
   out = run("experiments.analyze_lm", f"--victims_dir={victims}", "--size=4",
             "--views=gen_to_prompt", f"--workdir={tmp_path / 'analyze'}", cwd=ROOT)
   rows = json.loads((tmp_path / "analyze" / "table1.json").read_text())
