@@ -5,11 +5,13 @@ Two workloads, each a few real batches encoded as the victims encode them
   classification  SST-2 sentences in the paper's Listing-1 chat prompt, the
                   label word as the answer (max_length 128)
   generation      Alpaca records in SmolLM2's chat template (max_length 256)
-Three variants of the same jitted AdamW step (`train.train_step`, state donated):
+Four variants of the same jitted AdamW step (`train.train_step`, state donated):
   padded     every row padded to max_length, logits at every position
   bucketed   right padding cut per batch to a multiple of 16 (`trim_padding`)
-  ours       bucketed, and the LM head only where the loss is
+  head       bucketed, and the LM head only where the loss is
              (`with_loss_positions`: what `train.fit` does for causal LM)
+  ours       head, with rows of similar length batched together
+             (`length_groups`): what the decoder victims train with
 Every batch shape is compiled before timing; a pass over all batches is timed
 (median of --repeats passes). Prints a markdown table, writes JSON.
 
@@ -33,7 +35,7 @@ import jax_attnalign
 from jax_attnalign import assets, data, train
 
 WORKLOADS = {"classification": 128, "generation": 256}  # name: max_length
-VARIANTS = ("padded", "bucketed", "ours")
+VARIANTS = ("padded", "bucketed", "head", "ours")
 BUCKET = 16
 
 
@@ -49,10 +51,12 @@ def workload_arrays(name: str, tokenizer, root: pathlib.Path, rows: int) -> dict
 
 
 def variant_batches(arrays: dict, batch_size: int, variant: str) -> list[dict]:
-  batches = list(data.iterate_batches(arrays, batch_size, drop_remainder=True))
+  groups = len(arrays["input_ids"]) // batch_size if variant == "ours" else 0
+  batches = list(data.iterate_batches(arrays, batch_size, seed=0, drop_remainder=True,
+                                      length_groups=groups))
   if variant != "padded":
     batches = [train.trim_padding(b, BUCKET) for b in batches]
-  if variant == "ours":
+  if variant in ("head", "ours"):
     batches = [train.with_loss_positions(b) for b in batches]
   return batches
 

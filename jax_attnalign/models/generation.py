@@ -59,11 +59,13 @@ def sample_logits(logits: Array, rng: Array, *, temperature: float = 1.0,
                    donate_argnames=("cache",))
 def _forward_step(model: Llama, params, tokens, positions, cache, cache_index,
                   cache_mask, *, capture: bool, prompt_len: int):
-  """One cached forward; returns (last logits [B, V], cache, prompt attention)."""
+  """One cached forward; returns (last logits [B, V], cache, prompt attention).
+  The LM head runs at the last position only (a prefill needs no other)."""
+  b, t = tokens.shape
   out, state = model.apply(
       {"params": params}, tokens, position_ids=positions, cache=cache,
       cache_index=cache_index, cache_mask=cache_mask, capture_attention=capture,
-      mutable=["intermediates"])
+      logit_positions=jnp.full((b, 1), t - 1), mutable=["intermediates"])
   attn = attention_maps(state)[..., :prompt_len] if capture else None  # [L, B, N, T, Tp]
   return out.logits[:, -1], out.cache, attn
 
