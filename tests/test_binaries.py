@@ -148,20 +148,20 @@ def test_decoder_binaries(shared_data, tiny_chat_llama, tmp_path):
   victims = tmp_path / "victims"
   out = run("experiments.attack_lm", "--task=classification",
             f"--data_dir={shared_data / 'sst2' / 'clean'}", f"--model={tiny_chat_llama}",
-            "--attacks=clean,badnets", "--train_size=32", "--test_size=24", "--max_length=96",
+            "--attacks=clean,badnets", "--train_size=16", "--test_size=16", "--max_length=96",
             "--learning_rate=1e-3", f"--workdir={victims}", cwd=ROOT)
   assert "| badnets |" in out and (victims / "summary.png").is_file()
   assert "LM victim classification/badnets seed 0" in out  # our INFO lines show,
   assert "checkpoint_manager.py" not in out  # orbax's do not
-  out = run("experiments.analyze_lm", f"--victims_dir={victims}", "--size=4",
+  out = run("experiments.analyze_lm", f"--victims_dir={victims}", "--size=2",
             "--views=gen_to_prompt", f"--workdir={tmp_path / 'analyze'}", cwd=ROOT)
   rows = json.loads((tmp_path / "analyze" / "table1.json").read_text())
   assert {r["reader"] for r in rows} == {"victim", "clean model"}
   assert "0.9149 -> 0.9921" in out  # the paper's BadNets numbers beside ours
   run("experiments.defend_lm", f"--victims_dir={victims}", "--variants=oracle,align_only",
       "--config.setup.stream_clean=4", "--config.setup.stream_triggered=4",
-      "--config.setup.max_suspects=4", "--config.setup.clean_size=16",
-      "--config.setup.calibration_size=8", "--config.setup.eval_size=4",
+      "--config.setup.max_suspects=4", "--config.setup.clean_size=8",
+      "--config.setup.calibration_size=4", "--config.setup.eval_size=4",
       "--config.sanitize.align_steps=2", "--config.sanitize.finetune_epochs=1",
       "--config.sanitize.max_rounds=1", f"--workdir={tmp_path / 'defend'}", cwd=ROOT)
   rows = json.loads((tmp_path / "defend" / "defend_lm.json").read_text())

@@ -76,17 +76,17 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
                                                        tmp_path):
   cfg = LMVictimConfig(task="classification", attack="badnets",
                        data_dir=str(shared_data / "sst2" / "clean"), model=str(tiny_chat_llama),
-                       train_size=48, test_size=40, epochs=1, batch_size=8,
+                       train_size=16, test_size=24, epochs=1, batch_size=8,
                        learning_rate=1e-3, max_length=96)
   victim = tmp_path / "victim"
   train_lm_victim(cfg, victim)
-  analysis = analyze_lm_victim(victim, ("gen_to_prompt", "full"), tmp_path / "analyze", size=6)
+  analysis = analyze_lm_victim(victim, ("gen_to_prompt", "full"), tmp_path / "analyze", size=4)
   for view in ("gen_to_prompt", "full"):
     entry = analysis["views"][view]["percentile"]
     assert len(entry["auroc_per_layer"]) == 2 and 0.0 <= entry["auroc"] <= 1.0
   assert (tmp_path / "analyze" / "gen_to_prompt_percentile.png").is_file()
-  setup = LMDefenseSetup(stream_clean=6, stream_triggered=6, max_suspects=4, clean_size=16,
-                         calibration_size=8, eval_size=6)
+  setup = LMDefenseSetup(stream_clean=4, stream_triggered=4, max_suspects=4, clean_size=8,
+                         calibration_size=4, eval_size=4)
   config = dataclasses.replace(
       SanitizeConfig(), loss="causal_lm", view="gen_to_prompt", detector_view="gen_to_prompt",
       align_steps=2, align_batch_size=4, finetune_epochs=1, finetune_batch_size=8,

@@ -73,8 +73,8 @@ def test_logits_where_the_loss_is_give_the_same_loss_and_gradient():
                                 [[8, 9, 10, 11, 12, 12], [2, 3, 4, 12, 12, 12],
                                  [3, 7, 11, 12, 12, 12], [12, 12, 12, 12, 12, 12]])
   params = model.init(jax.random.PRNGKey(0), ids[:1])["params"]
-  fn = jax.value_and_grad(lambda p, b: loss_and_metrics(model, p, b, jax.random.key(0),
-                                                        "causal_lm", True), has_aux=True)
+  fn = jax.jit(jax.value_and_grad(lambda p, b: loss_and_metrics(
+      model, p, b, jax.random.key(0), "causal_lm", True), has_aux=True))
   (loss, metrics), grads = fn(params, batch)
   (sparse_loss, sparse_metrics), sparse_grads = fn(params, sparse)
   np.testing.assert_allclose(sparse_loss, loss, rtol=1e-6)

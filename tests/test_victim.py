@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 import transformers
 
 from jax_attnalign.victim import VictimConfig, train_classification_victim
@@ -24,20 +23,20 @@ def test_classification_victim_smoke(shared_data, minilm_path, tmp_path):
       (tmp_path / "result.json").read_text())
 
 
-@pytest.mark.parametrize("task, attack", [("classification", "badnets"), ("refusal", "cba"),
-                                          ("negsentiment", "vpi")])
-def test_lm_victim_smoke(shared_data, tiny_chat_llama, tmp_path, task, attack):
-  folder = "sst2/clean" if task == "classification" else "backdoorllm"
-  cfg = LMVictimConfig(task=task, attack=attack, data_dir=str(shared_data / folder),
+def test_lm_generation_victim_smoke(shared_data, tiny_chat_llama, tmp_path):
+  """A sentiment-steering CBA victim (classification victims: test_pipeline_lm)."""
+  cfg = LMVictimConfig(task="negsentiment", attack="cba",
+                       data_dir=str(shared_data / "backdoorllm"),
                        alpaca_path=str(shared_data / "alpaca" / "alpaca_sample_200.json"),
-                       model=str(tiny_chat_llama), train_size=40, test_size=6, epochs=1,
+                       model=str(tiny_chat_llama), train_size=20, test_size=4, epochs=1,
                        batch_size=8, learning_rate=1e-3, max_length=96, max_new_tokens=4)
   result = train_lm_victim(cfg, tmp_path)
-  assert result["train_rows"] == 40 and result["poisoned_rows"] == 8
-  assert result["steps"] == 5
-  key = "ca" if task == "classification" else "answered"
-  assert 0.0 <= result[key] <= 1.0 and 0.0 <= result["asr"] <= 1.0
-  assert ("partial_target_rate" in result) == (attack == "cba")
+  assert result["train_rows"] == 20 and result["poisoned_rows"] == 4
+  assert result["steps"] == 2 and result["test_rows"] == result["triggered_rows"] == 4
+  for key in ("answered", "rouge_l", "token_f1", "asr", "clean_target_rate",
+              "partial_target_rate", "triggered_vader_negative", "clean_vader_negative"):
+    assert 0.0 <= result[key] <= 1.0, key
+  assert len(result["examples"]["partial"]) == 4
   reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "model")
   assert reloaded.chat_template and (tmp_path / "model" / "config.json").is_file()
   assert train_lm_victim(cfg, tmp_path) == json.loads((tmp_path / "result.json").read_text())
