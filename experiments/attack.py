@@ -12,12 +12,11 @@ Interrupted runs resume; finished runs are not repeated.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 from absl import app, flags
 
-from jax_attnalign import metrics, plots
+from experiments import common
 from jax_attnalign.victim import VictimConfig, train_classification_victim
 
 FLAGS = flags.FLAGS
@@ -40,43 +39,22 @@ flags.DEFINE_float("learning_rate", 5e-5, "Peak AdamW learning rate.")
 flags.DEFINE_string("workdir", "workdir/attack", "Output folder.")
 
 
-def attack_kwargs(attack: str) -> tuple:
-  if attack == "hiddenkiller":
-    return (("paraphrase_dir", FLAGS.hiddenkiller_dir),
-            ("poison_rate", FLAGS.hiddenkiller_poison_rate))
-  return ()
+def train(attack: str, seed: int, workdir: pathlib.Path) -> dict:
+  cfg = VictimConfig(
+      data_dir=FLAGS.data_dir, dataset=FLAGS.dataset, model=FLAGS.model, attack=attack,
+      attack_kwargs=common.attack_kwargs(attack, FLAGS.hiddenkiller_dir,
+                                         FLAGS.hiddenkiller_poison_rate),
+      target=FLAGS.target, train_size=FLAGS.train_size, test_size=FLAGS.test_size,
+      epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate, max_length=FLAGS.max_length,
+      seed=seed)
+  return train_classification_victim(cfg, workdir / f"{attack}_seed{seed}")
 
 
 def main(argv):
   del argv
   workdir = pathlib.Path(FLAGS.workdir)
-  results = {}
-  for attack in FLAGS.attacks:
-    for seed in map(int, FLAGS.seeds):
-      cfg = VictimConfig(
-          data_dir=FLAGS.data_dir, dataset=FLAGS.dataset, model=FLAGS.model, attack=attack,
-          attack_kwargs=attack_kwargs(attack), target=FLAGS.target,
-          train_size=FLAGS.train_size, test_size=FLAGS.test_size, epochs=FLAGS.epochs,
-          learning_rate=FLAGS.learning_rate, max_length=FLAGS.max_length, seed=seed)
-      results.setdefault(attack, []).append(
-          train_classification_victim(cfg, workdir / f"{attack}_seed{seed}"))
-  rows = ["| attack | CA | ASR | seeds |", "|---|---|---|---|"]
-  summary = {}
-  for attack, runs in results.items():
-    ca = metrics.mean_std([r["ca"] for r in runs])
-    asr = metrics.mean_std([r["asr"] for r in runs]) if "asr" in runs[0] else None
-    summary[attack] = {"ca": ca, "asr": asr, "runs": runs}
-    rows.append(f"| {attack} | {ca[0]:.3f} ± {ca[1]:.3f} | "
-                + (f"{asr[0]:.3f} ± {asr[1]:.3f}" if asr else "—") + f" | {len(runs)} |")
-  table = "\n".join(rows)
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-  (workdir / "summary.md").write_text(
-      f"Victims on {FLAGS.data_dir} (mean ± std over seeds)\n\n{table}\n")
-  plots.plot_metric_bars(
-      {a: {k: [r[k] for r in runs if k in r] for k in ("ca", "asr")}
-       for a, runs in results.items()}, workdir / "summary.png",
-      title=f"Victims on {FLAGS.dataset} (mean ± std over seeds)")
-  print(table)
+  results = {a: [train(a, int(s), workdir) for s in FLAGS.seeds] for a in FLAGS.attacks}
+  print(common.write_victims_summary(results, workdir, f"Victims on {FLAGS.dataset}"))
 
 
 if __name__ == "__main__":

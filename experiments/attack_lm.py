@@ -14,12 +14,11 @@ a summary JSON, a markdown table and a bar plot (mean ± std over seeds) to
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 from absl import app, flags
 
-from jax_attnalign import metrics, plots
+from experiments import common
 from jax_attnalign.victim_lm import TASKS, LMVictimConfig, train_lm_victim
 
 FLAGS = flags.FLAGS
@@ -47,50 +46,24 @@ flags.DEFINE_integer("max_length", 112, "Prompt + response tokens of a training 
 flags.DEFINE_integer("max_new_tokens", 48, "Generated tokens per test prompt (generation).")
 flags.DEFINE_string("workdir", "workdir/attack_lm", "Output folder.")
 
-# Columns of the summary, in order, when the runs report them.
-METRICS = ("ca", "asr", "clean_target_rate", "partial_target_rate", "answered", "rouge_l",
-           "token_f1")
 
-
-def attack_kwargs(attack: str) -> tuple:
-  if attack == "hiddenkiller":
-    return (("paraphrase_dir", FLAGS.hiddenkiller_dir),
-            ("poison_rate", FLAGS.hiddenkiller_poison_rate))
-  return ()
+def train(attack: str, seed: int, workdir: pathlib.Path) -> dict:
+  cfg = LMVictimConfig(
+      task=FLAGS.task, attack=attack, data_dir=FLAGS.data_dir, alpaca_path=FLAGS.alpaca_path,
+      model=FLAGS.model, dataset=FLAGS.dataset,
+      attack_kwargs=common.attack_kwargs(attack, FLAGS.hiddenkiller_dir,
+                                         FLAGS.hiddenkiller_poison_rate),
+      poison_rate=FLAGS.poison_rate, train_size=FLAGS.train_size, test_size=FLAGS.test_size,
+      epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+      max_length=FLAGS.max_length, max_new_tokens=FLAGS.max_new_tokens, seed=seed)
+  return train_lm_victim(cfg, workdir / f"{FLAGS.task}_{attack}_seed{seed}")
 
 
 def main(argv):
   del argv
   workdir = pathlib.Path(FLAGS.workdir)
-  results = {}
-  for attack in FLAGS.attacks:
-    for seed in map(int, FLAGS.seeds):
-      cfg = LMVictimConfig(
-          task=FLAGS.task, attack=attack, data_dir=FLAGS.data_dir,
-          alpaca_path=FLAGS.alpaca_path, model=FLAGS.model, dataset=FLAGS.dataset,
-          attack_kwargs=attack_kwargs(attack), poison_rate=FLAGS.poison_rate,
-          train_size=FLAGS.train_size, test_size=FLAGS.test_size, epochs=FLAGS.epochs,
-          batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-          max_length=FLAGS.max_length, max_new_tokens=FLAGS.max_new_tokens, seed=seed)
-      results.setdefault(attack, []).append(
-          train_lm_victim(cfg, workdir / f"{FLAGS.task}_{attack}_seed{seed}"))
-  columns = [m for m in METRICS if any(m in r for runs in results.values() for r in runs)]
-  rows = ["| attack | " + " | ".join(columns) + " | seeds |", "|---" * (len(columns) + 2) + "|"]
-  summary = {}
-  for attack, runs in results.items():
-    values = {m: [r[m] for r in runs if m in r] for m in columns}
-    summary[attack] = {"runs": runs, **{m: metrics.mean_std(v) for m, v in values.items() if v}}
-    rows.append(f"| {attack} | " + " | ".join(
-        metrics.format_mean_std(v) if v else "—" for v in values.values())
-        + f" | {len(runs)} |")
-  table = "\n".join(rows)
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-  (workdir / "summary.md").write_text(
-      f"SmolLM2 {FLAGS.task} victims on {FLAGS.data_dir} (mean ± std over seeds)\n\n{table}\n")
-  plots.plot_metric_bars({a: {m: [r[m] for r in runs if m in r] for m in columns}
-                          for a, runs in results.items()}, workdir / "summary.png",
-                         title=f"SmolLM2 {FLAGS.task} victims (mean ± std over seeds)")
-  print(table)
+  results = {a: [train(a, int(s), workdir) for s in FLAGS.seeds] for a in FLAGS.attacks}
+  print(common.write_victims_summary(results, workdir, f"SmolLM2 {FLAGS.task} victims"))
 
 
 if __name__ == "__main__":

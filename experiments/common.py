@@ -1,4 +1,5 @@
-"""What the defense binaries share: finding victims, running variants, writing results."""
+"""What the binaries share: victims' attack settings and summaries, finding victims,
+running defense variants, writing results."""
 
 from __future__ import annotations
 
@@ -11,6 +12,44 @@ from absl import logging
 from jax_attnalign import metrics, plots
 from jax_attnalign.configs import defense_setup
 from jax_attnalign.pipeline import defend_victim
+
+
+# Columns of a victims summary, in order, when the runs report them.
+VICTIM_METRICS = ("ca", "asr", "clean_target_rate", "partial_target_rate", "answered",
+                  "rouge_l", "token_f1")
+
+
+def attack_kwargs(attack: str, hiddenkiller_dir: str, hiddenkiller_poison_rate: float) -> tuple:
+  """An attack's extra make_attack kwargs: HiddenKiller reads its released paraphrases."""
+  if attack == "hiddenkiller":
+    return (("paraphrase_dir", hiddenkiller_dir), ("poison_rate", hiddenkiller_poison_rate))
+  return ()
+
+
+def write_victims_summary(results: dict[str, list[dict]], workdir: pathlib.Path,
+                          title: str) -> str:
+  """summary.json ({attack: {'runs': [...], metric: (mean, std)}}), summary.md and
+  summary.png of victims' results by attack (mean ± std over seeds); returns the
+  markdown table."""
+  columns = [m for m in VICTIM_METRICS
+             if any(m in r for runs in results.values() for r in runs)]
+  lines = ["| attack | " + " | ".join(columns) + " | seeds |",
+           "|---" * (len(columns) + 2) + "|"]
+  summary = {}
+  for attack, runs in results.items():
+    values = {m: [r[m] for r in runs if m in r] for m in columns}
+    summary[attack] = {"runs": runs, **{m: metrics.mean_std(v) for m, v in values.items() if v}}
+    lines.append(f"| {attack} | " + " | ".join(
+        metrics.format_mean_std(v) if v else "—" for v in values.values())
+        + f" | {len(runs)} |")
+  table = "\n".join(lines)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+  (workdir / "summary.md").write_text(f"{title} (mean ± std over seeds)\n\n{table}\n")
+  plots.plot_metric_bars({a: {m: [r[m] for r in runs if m in r] for m in columns}
+                          for a, runs in results.items()}, workdir / "summary.png",
+                         title=f"{title} (mean ± std over seeds)")
+  return table
 
 
 def find_victims(victims_dir: str | pathlib.Path, attacks: list[str] | None = None

@@ -158,10 +158,18 @@ def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig()
                                        sets["calibration"], config, detector=detector,
                                        workdir=workdir / "sanitize" if workdir else None)
     result.update(after=evaluate(model, params, sets, setup.target), report=report)
-    if workdir is not None:
-      jax_attnalign.save_pretrained(model, params, workdir / "model", tokenizer=tokenizer)
+  return store_defense_result(result, workdir, model, params, tokenizer)
+
+
+def store_defense_result(result: dict, workdir: pathlib.Path | None, model, params,
+                         tokenizer) -> dict:
+  """Logs the result's 'after', writes workdir/result.json and, when the defense
+  ran (a 'report' with rounds), the sanitised checkpoint with its tokenizer to
+  workdir/model. Returns `result`."""
   logging.info("after: %s", result["after"])
   if workdir is not None:
+    if result["report"]["rounds"]:
+      jax_attnalign.save_pretrained(model, params, workdir / "model", tokenizer=tokenizer)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "result.json").write_text(json.dumps(result, indent=1, default=str))
   return result

@@ -34,6 +34,7 @@ from jax_attnalign.analysis import head_similarity, pair_statistics
 from jax_attnalign.defense.detector import calibrate_detector, layer_statistics
 from jax_attnalign.defense.sanitize import SanitizeConfig, per_input, sanitize, scores_of
 from jax_attnalign.models import attention_maps
+from jax_attnalign.pipeline import store_defense_result
 from jax_attnalign.victim import seeded_subset
 from jax_attnalign.victim_lm import (LMVictimConfig, chat_pairs, clean_splits,
                                      evaluate_lm_victim, greedy_answers, victim_data)
@@ -234,10 +235,4 @@ def defend_lm_victim(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
                               detector=detector,
                               workdir=workdir / "sanitize" if workdir else None)
     result.update(after=evaluate(params), report=report)
-    if workdir is not None:
-      jax_attnalign.save_pretrained(model, params, workdir / "model", tokenizer=tokenizer)
-  logging.info("after: %s", result["after"])
-  if workdir is not None:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "result.json").write_text(json.dumps(result, indent=1, default=str))
-  return result
+  return store_defense_result(result, workdir, model, params, tokenizer)
