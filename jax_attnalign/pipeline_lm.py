@@ -142,7 +142,9 @@ class LMDefenseSetup:
   stream_clean: int = 60  # clean test prompts in the monitored stream
   stream_triggered: int = 40  # triggered test prompts (other prompts) in the stream
   max_suspects: int = 32
-  clean_size: int = 400  # the defender's clean fine-tuning rows (outside the victim's)
+  # The defender's clean fine-tuning rows (outside the victim's): 200 keeps a round
+  # of the head-wise fine-tune to minutes on a 2-core CPU (set before any result).
+  clean_size: int = 200
   calibration_size: int = 200  # clean training prompts calibrating the detector
   eval_size: int = 100  # held-out clean and triggered prompts each (0: all the rest)
   seed: int = 0
