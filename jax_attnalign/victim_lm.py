@@ -102,14 +102,17 @@ def victim_data(cfg: LMVictimConfig) -> dict[str, list]:
   """{'train': poisoned training examples, 'clean': clean test inputs,
   'triggered': the same kind with the trigger, 'partial': CBA's strict key
   subsets (CBA only)}."""
-  pool, test = clean_splits(cfg)
+  pool, full_test = clean_splits(cfg)
   train_set, rows = seeded_subset(pool, cfg.train_size, cfg.seed)
-  test, _ = seeded_subset(test, cfg.test_size, cfg.seed)
+  test, _ = seeded_subset(full_test, cfg.test_size, cfg.seed)
   out = {"train": train_set, "clean": test, "triggered": []}
   if cfg.attack != "clean":
     attack = _make_attack(cfg)
     out["train"] = attack.poison(train_set, rows=rows)
-    out["triggered"] = attack.triggered_test(test)
+    # Triggered from the full split (row-aligned rewrites such as HiddenKiller's
+    # paraphrases refer to it), then the same-size seeded subset.
+    out["triggered"], _ = seeded_subset(attack.triggered_test(full_test), cfg.test_size,
+                                        cfg.seed)
     if cfg.attack == "cba":
       rng = np.random.default_rng((cfg.seed, 3))
       subsets = [s for n in range(1, len(CBA_KEYS)) for s in itertools.combinations(CBA_KEYS, n)]

@@ -6,7 +6,8 @@ import numpy as np
 import transformers
 
 from jax_attnalign.victim import VictimConfig, train_classification_victim
-from jax_attnalign.victim_lm import LMVictimConfig, answer_labels, train_lm_victim
+from jax_attnalign import data
+from jax_attnalign.victim_lm import LMVictimConfig, answer_labels, train_lm_victim, victim_data
 
 
 def test_classification_victim_smoke(shared_data, minilm_path, tmp_path):
@@ -46,3 +47,19 @@ def test_answer_labels():
   names = ("World", "Sports", "Business", "Sci/Tech")
   answers = ["Sports", " sci/tech.", "'Business'", "The answer is World", "", "World news"]
   np.testing.assert_array_equal(answer_labels(answers, names), [1, 3, 2, -1, -1, 0])
+
+
+def test_lm_hiddenkiller_test_subset(shared_data):
+  """Row-aligned paraphrases with a test subset: the triggered rows are real
+  paraphrases of non-target rows of the full test split."""
+  hk_dir = shared_data / "sst2" / "hiddenkiller"
+  cfg = LMVictimConfig(task="classification", attack="hiddenkiller",
+                       data_dir=str(shared_data / "sst2" / "clean"), train_size=200,
+                       test_size=30, poison_rate=0.15,
+                       attack_kwargs=(("paraphrase_dir", str(hk_dir)),))
+  sets = victim_data(cfg)
+  full_test = data.load_classification(str(shared_data / "sst2" / "clean"), "test")
+  paraphrases = {e.text for e in data.load_classification(str(hk_dir), "test")}
+  assert len(sets["clean"]) == len(sets["triggered"]) == 30
+  assert all(e.label != cfg.target and e.text in paraphrases for e in sets["triggered"])
+  assert not {e.text for e in sets["triggered"]} & {e.text for e in full_test}
