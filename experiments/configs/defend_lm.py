@@ -13,9 +13,11 @@ looking at a defense result:
 from jax_attnalign.configs import default_config
 from jax_attnalign.pipeline_lm import LMDefenseSetup
 
-# Chosen on the seed-0 victims' Table 1 (experiments.analyze_lm), the tuning
-# victims; later seeds are held out.
-DETECTOR = {"detector_view": "gen_to_prompt", "statistic": "percentile"}
+# Chosen on the tuning victim, SST-2 BadNets seed 0 (experiments.analyze_lm, before
+# any defense ran): of the view x statistic pairs that rise on triggered prompts,
+# the highest pooled AUROC (gen_to_prompt frac_above 0.67, percentile 0.65; every
+# other pair 0.55 or below). Later seeds and the other attacks are held out.
+DETECTOR = {"detector_view": "gen_to_prompt", "statistic": "frac_above"}
 
 
 def get_config():
