@@ -55,7 +55,8 @@ def main(argv):
   victims, clean = _victims(pathlib.Path(FLAGS.victims_dir))
   rows, lines = [], [
       "| victim | model | view | statistic | clean inputs | triggered inputs | AUROC (pooled) "
-      "| best layer (AUROC) | paper clean -> triggered |", "|---" * 9 + "|"]
+      "| AUROC (detector's score) | best layer (AUROC) | paper clean -> triggered |",
+      "|---" * 10 + "|"]
   for run in victims:
     readers = {"victim": None}
     task = json.loads((run / "result.json").read_text())["config"]["task"]
@@ -73,12 +74,14 @@ def main(argv):
           paper = PAPER_TABLE1.get(out["attack"]) if statistic == "percentile" else None
           rows.append({"victim": run.name, "reader": reader, "view": view,
                        "statistic": statistic, **{k: entry[k] for k in
-                                                  ("clean", "triggered", "auroc")},
+                                                  ("clean", "triggered", "auroc",
+                                                   "auroc_layer_mean")},
                        "best_layer": best, "best_layer_auroc": layer_auroc[best],
                        "paper": paper})
           lines.append(
               f"| {run.name} | {reader} | {view} | {statistic} | {entry['clean']:.4f} "
-              f"| {entry['triggered']:.4f} | {entry['auroc']:.3f} | {best} "
+              f"| {entry['triggered']:.4f} | {entry['auroc']:.3f} "
+              f"| {entry['auroc_layer_mean']:.3f} | {best} "
               f"({layer_auroc[best]:.3f}) | "
               + (f"{paper[0]:.4f} -> {paper[1]:.4f}" if paper else "—") + " |")
   table = "\n".join(lines)
@@ -87,7 +90,9 @@ def main(argv):
   (workdir / "table1.md").write_text(
       "Table 1 on SmolLM2 victims: pairwise head-cosine statistics of the teacher-forced "
       f"own answers, clean vs triggered test prompts ({FLAGS.size} each); AUROC of "
-      "triggered vs clean per input (below 0.5: lower on triggered inputs)\n\n"
+      "triggered vs clean per input (below 0.5: lower on triggered inputs), of the "
+      "statistic over all heads pooled and of the detector's score (each layer's "
+      "statistic, averaged over layers)\n\n"
       f"{table}\n")
   print(table)
 

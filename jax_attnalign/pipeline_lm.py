@@ -96,7 +96,8 @@ def analyze_lm_victim(victim_dir: str | pathlib.Path, views: tuple[str, ...],
                       model_dir: str | pathlib.Path | None = None) -> dict:
   """Table 1 / Figure 1 on a decoder victim: for `size` clean and `size` triggered
   test prompts, each view's statistics (clean mean, triggered mean, AUROC of
-  triggered vs clean) pooled over the model's heads and per layer. `model_dir`
+  triggered vs clean) pooled over the model's heads and per layer, and the AUROC
+  of the detector's score (the per-layer statistic averaged over layers). `model_dir`
   reads the victim's data through another model (see `load_lm_victim`). Writes
   analysis.json and per-layer plots to `workdir`; returns the dict."""
   workdir = pathlib.Path(workdir)
@@ -121,6 +122,8 @@ def analyze_lm_victim(victim_dir: str | pathlib.Path, views: tuple[str, ...],
       out["views"][view][statistic] = {
           "clean": float(pooled[~truth].mean()), "triggered": float(pooled[truth].mean()),
           "auroc": metrics.detection_auroc(pooled, truth),
+          # The detector's score (detector.input_scores): the layers' statistic averaged.
+          "auroc_layer_mean": metrics.detection_auroc(layers.mean(1), truth),
           "clean_per_layer": layers[~truth].mean(0).tolist(),
           "triggered_per_layer": layers[truth].mean(0).tolist(),
           "auroc_per_layer": [metrics.detection_auroc(layers[:, i], truth)

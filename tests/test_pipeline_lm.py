@@ -8,12 +8,12 @@ import jax
 import numpy as np
 import transformers
 
-from jax_attnalign import attention_maps
-from jax_attnalign.defense.sanitize import SanitizeConfig
+from jax_attnalign import attention_maps, metrics
+from jax_attnalign.defense.sanitize import SanitizeConfig, scores_of
 from jax_attnalign.models import ModelConfig, build_model
-from jax_attnalign.pipeline_lm import (LMDefenseSetup, analyze_lm_victim, defend_lm_victim,
-                                       view_statistics)
-from jax_attnalign.victim_lm import LMVictimConfig, train_lm_victim
+from jax_attnalign.pipeline_lm import (LMDefenseSetup, analyze_lm_victim, answer_inputs,
+                                       defend_lm_victim, load_lm_victim, view_statistics)
+from jax_attnalign.victim_lm import LMVictimConfig, train_lm_victim, victim_data
 
 CFG = ModelConfig(model_type="llama", vocab_size=41, hidden_size=24, num_layers=3, num_heads=4,
                   num_kv_heads=2, intermediate_size=29)
@@ -84,6 +84,15 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
   for view in ("gen_to_prompt", "full"):
     entry = analysis["views"][view]["percentile"]
     assert len(entry["auroc_per_layer"]) == 2 and 0.0 <= entry["auroc"] <= 1.0
+  # The detector's-score AUROC is the AUROC of the detector's own input scores.
+  model, params, tokenizer, victim_cfg = load_lm_victim(victim)
+  sets = victim_data(victim_cfg)
+  scores = [scores_of(model, params, answer_inputs(model, params, tokenizer, sets[name][:4],
+                                                   victim_cfg), "gen_to_prompt", "percentile")
+            for name in ("clean", "triggered")]
+  np.testing.assert_allclose(
+      analysis["views"]["gen_to_prompt"]["percentile"]["auroc_layer_mean"],
+      metrics.detection_auroc(np.r_[scores[0], scores[1]], np.r_[[False] * 4, [True] * 4]))
   assert (tmp_path / "analyze" / "gen_to_prompt_percentile.png").is_file()
   setup = LMDefenseSetup(stream_clean=4, stream_triggered=4, max_suspects=4, clean_size=8,
                          calibration_size=4, eval_size=4)
