@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+import tqdm
 
 from jax_attnalign import parallel, train
 from jax_attnalign.analysis import (HeadClass, class_counts, classify_heads,
@@ -221,11 +222,13 @@ def align(model, params, suspects: dict[str, np.ndarray], labels: np.ndarray,
   params = parallel.replicate(params, mesh)
   opt_state = parallel.replicate(optimizer.init(params), mesh)
   losses = []
-  for s in range(config.align_steps):
-    idx = order[(s * size + np.arange(size)) % n]
-    batch = parallel.shard_batch({k: v[idx] for k, v in suspects.items()}, mesh)
-    params, opt_state, loss = step(params, opt_state, batch)
-    losses.append(float(loss))
+  with tqdm.trange(config.align_steps, desc="align (eq. 7)", leave=False) as bar:
+    for s in bar:
+      idx = order[(s * size + np.arange(size)) % n]
+      batch = parallel.shard_batch({k: v[idx] for k, v in suspects.items()}, mesh)
+      params, opt_state, loss = step(params, opt_state, batch)
+      losses.append(float(loss))
+      bar.set_postfix(loss=f"{losses[-1]:.4f}")
   return params, losses
 
 
