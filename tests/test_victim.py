@@ -5,8 +5,8 @@ import json
 import numpy as np
 import transformers
 
-from jax_attnalign.victim import VictimConfig, train_classification_victim
 from jax_attnalign import data
+from jax_attnalign.victim import VictimConfig, train_classification_victim
 from jax_attnalign.victim_lm import LMVictimConfig, answer_labels, train_lm_victim, victim_data
 
 

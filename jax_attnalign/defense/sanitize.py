@@ -35,8 +35,8 @@ from typing import Callable, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 import tqdm
+from absl import logging
 
 from jax_attnalign import parallel, train
 from jax_attnalign.analysis import (HeadClass, class_counts, classify_heads,
