@@ -62,8 +62,10 @@ def train(attack: str, seed: int, workdir: pathlib.Path) -> dict:
 def main(argv):
   del argv
   workdir = pathlib.Path(FLAGS.workdir)
-  results = {a: [train(a, int(s), workdir) for s in FLAGS.seeds] for a in FLAGS.attacks}
-  print(common.write_victims_summary(results, workdir, f"SmolLM2 {FLAGS.task} victims"))
+  for attack in FLAGS.attacks:
+    for seed in FLAGS.seeds:
+      train(attack, int(seed), workdir)
+  print(common.write_victims_summary(workdir, f"SmolLM2 {FLAGS.task} victims"))
 
 
 if __name__ == "__main__":

@@ -26,11 +26,15 @@ def attack_kwargs(attack: str, hiddenkiller_dir: str, hiddenkiller_poison_rate: 
   return ()
 
 
-def write_victims_summary(results: dict[str, list[dict]], workdir: pathlib.Path,
-                          title: str) -> str:
+def write_victims_summary(workdir: pathlib.Path, title: str) -> str:
   """summary.json ({attack: {'runs': [...], metric: (mean, std)}}), summary.md and
-  summary.png of victims' results by attack (mean ± std over seeds); returns the
-  markdown table."""
+  summary.png of every finished victim under `workdir` (its */result.json, so runs
+  from earlier calls with other attacks or seeds stay in), by attack (mean ± std
+  over seeds); returns the markdown table."""
+  results: dict[str, list[dict]] = {}
+  for result in sorted(pathlib.Path(workdir).glob("*/result.json")):
+    run = json.loads(result.read_text())
+    results.setdefault(run["config"]["attack"], []).append(run)
   columns = [m for m in VICTIM_METRICS
              if any(m in r for runs in results.values() for r in runs)]
   lines = ["| attack | " + " | ".join(columns) + " | seeds |",
