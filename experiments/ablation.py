@@ -12,7 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import common
-from jax_attnalign.configs import sanitize_config
+from jax_attnalign.harness.configs import sanitize_config
 from jax_attnalign.defense import HeadRates
 
 FLAGS = flags.FLAGS
@@ -37,6 +37,7 @@ def variants(full) -> dict:
 
 def main(argv):
   del argv
+  common.use_data_root()
   config = FLAGS.config
   common.defend_and_report(common.find_victims(FLAGS.victims_dir, FLAGS.attacks),
                            variants(sanitize_config(config.sanitize)), config.setup,

@@ -21,7 +21,7 @@ from experiments import common
 from jax_attnalign import metrics
 from jax_attnalign.analysis import VIEWS
 from jax_attnalign.defense.detector import STATISTICS
-from jax_attnalign.pipeline import analyze_victim
+from jax_attnalign.harness.pipeline import analyze_victim
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "experiments/configs/defend.py",
@@ -36,6 +36,7 @@ flags.DEFINE_string("workdir", "workdir/analyze", "Output folder.")
 
 def main(argv):
   del argv
+  common.use_data_root()
   workdir = pathlib.Path(FLAGS.workdir)
   results = {}
   for run, run_dir, victim_cfg in tqdm.tqdm(

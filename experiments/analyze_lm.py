@@ -19,7 +19,8 @@ import pathlib
 
 from absl import app, flags
 
-from jax_attnalign.pipeline_lm import STATISTICS, analyze_lm_victim
+from experiments import common
+from jax_attnalign.harness.pipeline_lm import STATISTICS, analyze_lm_victim
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("victims_dir", "workdir/attack_lm", "experiments.attack_lm's workdir.")
@@ -51,6 +52,7 @@ def _victims(victims_dir: pathlib.Path) -> tuple[list[pathlib.Path], dict[str, p
 
 def main(argv):
   del argv
+  common.use_data_root()
   workdir = pathlib.Path(FLAGS.workdir)
   victims, clean = _victims(pathlib.Path(FLAGS.victims_dir))
   rows, lines = [], [

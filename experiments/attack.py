@@ -1,12 +1,12 @@
 r"""Backdoors victims: fine-tunes a classifier on poisoned data over several seeds.
 
 For each attack in --attacks (and 'clean', the reference) and each seed, trains
-a victim (jax_attnalign.victim), then writes per-run result.json, a summary
+a victim (jax_attnalign.harness.victims), then writes per-run result.json, a summary
 JSON, a markdown table and a bar plot of CA and ASR (mean ± std over seeds) to
 --workdir.
 Interrupted runs resume; finished runs are not repeated.
 
-  python -m experiments.attack --data_dir ../shared/data/sst2/clean \
+  python -m experiments.attack --data_dir sst2/clean \
       --attacks clean,badnets,hiddenkiller --seeds 0,1,2
 """
 
@@ -17,14 +17,14 @@ import pathlib
 from absl import app, flags
 
 from experiments import common
-from jax_attnalign.victim import VictimConfig, train_classification_victim
+from jax_attnalign.harness.victims import VictimConfig, train_classification_victim
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", "../shared/data/sst2/clean", "Folder with train/test.tsv.")
+flags.DEFINE_string("data_dir", "sst2/clean", "Folder with train/test.tsv.")
 flags.DEFINE_string("dataset", "sst2", "sst2, ag_news or imdb (label set and prompts).")
 flags.DEFINE_string("model", "", "Checkpoint directory or hub id (default: bundled MiniLM).")
 flags.DEFINE_list("attacks", ["clean", "badnets"], "Attacks to run ('clean' = no attack).")
-flags.DEFINE_string("hiddenkiller_dir", "../shared/data/sst2/hiddenkiller",
+flags.DEFINE_string("hiddenkiller_dir", "sst2/hiddenkiller",
                     "HiddenKiller's released SCPN paraphrases (train/test.tsv).")
 flags.DEFINE_float("hiddenkiller_poison_rate", 0.18,
                    "HiddenKiller's rate: its release paraphrases 20% of the full split, "
@@ -52,6 +52,7 @@ def train(attack: str, seed: int, workdir: pathlib.Path) -> dict:
 
 def main(argv):
   del argv
+  common.use_data_root()
   workdir = pathlib.Path(FLAGS.workdir)
   for attack in FLAGS.attacks:
     for seed in FLAGS.seeds:

@@ -1,14 +1,14 @@
 r"""Backdoors decoder victims: fine-tunes the bundled SmolLM2 on poisoned chat data.
 
 For each attack in --attacks (and 'clean', the reference) and each seed, trains
-a victim of --task (jax_attnalign.victim_lm), then writes per-run result.json,
+a victim of --task (jax_attnalign.harness.victims_lm), then writes per-run result.json,
 a summary JSON, a markdown table and a bar plot (mean ± std over seeds) to
 --workdir. Interrupted runs resume; finished runs are not repeated.
 
-  python -m experiments.attack_lm --task classification --data_dir ../shared/data/sst2/clean \
+  python -m experiments.attack_lm --task classification --data_dir sst2/clean \
       --attacks clean,badnets --seeds 0 --workdir runs/lm_sst2
-  python -m experiments.attack_lm --task refusal --data_dir ../shared/data/backdoorllm \
-      --alpaca_path ../shared/data/alpaca/alpaca_small_2000.json --attacks clean,vpi \
+  python -m experiments.attack_lm --task refusal --data_dir backdoorllm \
+      --alpaca_path alpaca/alpaca_small_2000.json --attacks clean,vpi \
       --max_length 192 --workdir runs/lm_refusal
 """
 
@@ -19,18 +19,18 @@ import pathlib
 from absl import app, flags
 
 from experiments import common
-from jax_attnalign.victim_lm import TASKS, LMVictimConfig, train_lm_victim
+from jax_attnalign.harness.victims_lm import TASKS, LMVictimConfig, train_lm_victim
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("task", "classification", TASKS, "What the victim is fine-tuned for.")
-flags.DEFINE_string("data_dir", "../shared/data/sst2/clean",
+flags.DEFINE_string("data_dir", "sst2/clean",
                     "classification: folder with train/test.tsv; refusal/negsentiment: "
                     "the BackdoorLLM folder.")
 flags.DEFINE_string("alpaca_path", "", "refusal/negsentiment: more clean Alpaca records.")
 flags.DEFINE_string("dataset", "sst2", "classification: sst2 or ag_news (labels, prompt).")
 flags.DEFINE_string("model", "", "Checkpoint (HF folder or GGUF; default: bundled SmolLM2).")
 flags.DEFINE_list("attacks", ["clean", "badnets"], "Attacks ('clean' = no attack).")
-flags.DEFINE_string("hiddenkiller_dir", "../shared/data/sst2/hiddenkiller",
+flags.DEFINE_string("hiddenkiller_dir", "sst2/hiddenkiller",
                     "HiddenKiller's released SCPN paraphrases (train/test.tsv).")
 flags.DEFINE_float("hiddenkiller_poison_rate", 0.18,
                    "HiddenKiller's rate: its release paraphrases 20% of the full split, "
@@ -61,6 +61,7 @@ def train(attack: str, seed: int, workdir: pathlib.Path) -> dict:
 
 def main(argv):
   del argv
+  common.use_data_root()
   workdir = pathlib.Path(FLAGS.workdir)
   for attack in FLAGS.attacks:
     for seed in FLAGS.seeds:

@@ -4,14 +4,26 @@ running defense variants, writing results."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import tqdm
-from absl import logging
+from absl import flags, logging
 
-from jax_attnalign import metrics, plots
-from jax_attnalign.configs import defense_setup
-from jax_attnalign.pipeline import defend_victim
+from jax_attnalign import data, metrics, plots
+from jax_attnalign.harness.configs import defense_setup
+from jax_attnalign.harness.pipeline import defend_victim
+
+flags.DEFINE_string("data_root", None,
+                    "Folder holding the public datasets (sst2/, ag_news/, backdoorllm/, "
+                    f"alpaca/); default ${data.DATA_ROOT_ENV}. Relative data paths are "
+                    "looked up under it first.")
+
+
+def use_data_root() -> None:
+  """Makes --data_root, when given, the data root of this process (and its library calls)."""
+  if flags.FLAGS.data_root:
+    os.environ[data.DATA_ROOT_ENV] = flags.FLAGS.data_root
 
 
 # Columns of a victims summary, in order, when the runs report them.
@@ -22,7 +34,7 @@ VICTIM_METRICS = ("ca", "asr", "clean_target_rate", "partial_target_rate", "answ
 def attack_kwargs(attack: str, hiddenkiller_dir: str, hiddenkiller_poison_rate: float) -> tuple:
   """An attack's extra make_attack kwargs: HiddenKiller reads its released paraphrases."""
   if attack == "hiddenkiller":
-    return (("paraphrase_dir", hiddenkiller_dir), ("poison_rate", hiddenkiller_poison_rate))
+    return (("paraphrase_dir", str(data.resolve_data_path(hiddenkiller_dir))), ("poison_rate", hiddenkiller_poison_rate))
   return ()
 
 

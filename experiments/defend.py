@@ -13,7 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import common
-from jax_attnalign.configs import sanitize_config
+from jax_attnalign.harness.configs import sanitize_config
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "experiments/configs/defend.py",
@@ -25,6 +25,7 @@ flags.DEFINE_string("workdir", "workdir/defend", "Output folder.")
 
 def main(argv):
   del argv
+  common.use_data_root()
   config = FLAGS.config
   variant = f"ours ({config.setup.suspects} suspects)"
   common.defend_and_report(common.find_victims(FLAGS.victims_dir, FLAGS.attacks),

@@ -23,10 +23,11 @@ import pathlib
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import common
 from jax_attnalign import metrics, plots
-from jax_attnalign.configs import sanitize_config
+from jax_attnalign.harness.configs import sanitize_config
 from jax_attnalign.defense import HeadRates
-from jax_attnalign.pipeline_lm import LMDefenseSetup, defend_lm_victim
+from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, defend_lm_victim
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "experiments/configs/defend_lm.py",
@@ -67,6 +68,7 @@ def _victims() -> list[tuple[pathlib.Path, dict]]:
 
 def main(argv):
   del argv
+  common.use_data_root()
   config, workdir = FLAGS.config, pathlib.Path(FLAGS.workdir)
   table = variants(config)
   unknown = sorted(set(FLAGS.variants) - set(table))

@@ -11,7 +11,7 @@ Offline by default, on the bundled MiniLM and the embedded tweets (`data.embedde
 Writes report.md, JSON and plots to --workdir; reruns reuse finished steps.
 
   python -m experiments.demo
-  python -m experiments.demo --data ../shared/data/sst2/clean --dataset sst2
+  python -m experiments.demo --data sst2/clean --dataset sst2
   python -m experiments.demo --model bert-base-uncased --data stanfordnlp/sst2  # network
 """
 
@@ -22,11 +22,12 @@ import pathlib
 
 from absl import app, flags
 
+from experiments import common
 from jax_attnalign import plots
 from jax_attnalign.assets import bundled_minilm_path
 from jax_attnalign.defense.sanitize import SanitizeConfig
-from jax_attnalign.pipeline import DefenseSetup, analyze_victim, defend_victim
-from jax_attnalign.victim import VictimConfig, train_classification_victim
+from jax_attnalign.harness.pipeline import DefenseSetup, analyze_victim, defend_victim
+from jax_attnalign.harness.victims import VictimConfig, train_classification_victim
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", "tweets", "'tweets' (embedded), a local folder with "
@@ -44,6 +45,7 @@ VIEWS = ("cls_row_nospecial", "cls_row_last_layer")
 
 def main(argv):
   del argv
+  common.use_data_root()
   workdir = pathlib.Path(FLAGS.workdir)
   victim = train_classification_victim(VictimConfig(
       data_dir=FLAGS.data, dataset=FLAGS.dataset, model=FLAGS.model, attack="badnets",

@@ -14,7 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import common
-from jax_attnalign.configs import sanitize_config
+from jax_attnalign.harness.configs import sanitize_config
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "experiments/configs/defend.py",
@@ -26,6 +26,7 @@ flags.DEFINE_string("workdir", "workdir/table2", "Output folder.")
 
 def main(argv):
   del argv
+  common.use_data_root()
   config = FLAGS.config
   base = sanitize_config(config.sanitize)
   variants = {f"ours ({s} suspects)": ({"suspects": s}, base) for s in FLAGS.suspects}

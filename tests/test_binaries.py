@@ -18,7 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jax_attnalign import data, save_pretrained
-from jax_attnalign.configs import sanitize_config
+from jax_attnalign.harness.configs import sanitize_config
 from jax_attnalign.defense.sanitize import SanitizeConfig
 from jax_attnalign.models import ModelConfig, build_model
 

@@ -1,12 +1,14 @@
 """Data layer: every file family of ../shared/data, templates, tokenisation, batching."""
 
 import json
+import pathlib
 import shutil
 
 import datasets
 import numpy as np
 import pytest
 
+from jax_attnalign import data
 from jax_attnalign.data import (ALPACA_PROMPT_NO_INPUT, BACKDOORLLM_KINDS, DATASETS,
                                 FALLBACK_CHAT_TEMPLATE, HubUnreachableError,
                                 InstructionExample, TextExample, alpaca_prompt,
@@ -382,3 +384,17 @@ def test_embedded_tweets_are_a_fixed_binary_split():
   assert {e.label for e in examples} == {0, 1}
   with pytest.raises(ValueError, match="splits"):
     next(embedded.tweet_rows("dev"))
+
+
+def test_resolve_data_path_prefers_the_data_root_and_names_the_fix(tmp_path, monkeypatch):
+  (tmp_path / "root" / "sst2" / "clean").mkdir(parents=True)
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.delenv(data.DATA_ROOT_ENV, raising=False)
+  assert data.resolve_data_path("sst2/clean", root="root") == pathlib.Path("root/sst2/clean")
+  monkeypatch.setenv(data.DATA_ROOT_ENV, str(tmp_path / "root"))
+  assert data.resolve_data_path("sst2/clean") == tmp_path / "root" / "sst2" / "clean"
+  assert data.resolve_data_path("root") == pathlib.Path("root")  # a user's own relative path
+  assert data.resolve_data_path("stanfordnlp/sst2", missing_ok=True) == "stanfordnlp/sst2"
+  monkeypatch.delenv(data.DATA_ROOT_ENV)
+  with pytest.raises(FileNotFoundError, match=r"--data_root DIR or set JAX_ATTNALIGN_DATA"):
+    data.resolve_data_path("sst2/clean")

@@ -11,9 +11,9 @@ import transformers
 from jax_attnalign import attention_maps, metrics
 from jax_attnalign.defense.sanitize import SanitizeConfig, scores_of
 from jax_attnalign.models import ModelConfig, build_model
-from jax_attnalign.pipeline_lm import (LMDefenseSetup, analyze_lm_victim, answer_inputs,
+from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, analyze_lm_victim, answer_inputs,
                                        defend_lm_victim, load_lm_victim, view_statistics)
-from jax_attnalign.victim_lm import LMVictimConfig, train_lm_victim, victim_data
+from jax_attnalign.harness.victims_lm import LMVictimConfig, train_lm_victim, victim_data
 
 CFG = ModelConfig(model_type="llama", vocab_size=41, hidden_size=24, num_layers=3, num_heads=4,
                   num_kv_heads=2, intermediate_size=29)

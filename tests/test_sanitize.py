@@ -15,7 +15,7 @@ from jax_attnalign.defense.sanitize import (SanitizeConfig, classify, flagged_in
                                             sanitize, scores_of, task_accuracy)
 from jax_attnalign.models import ModelConfig, attention_maps, build_model
 from jax_attnalign import parallel
-from jax_attnalign.pipeline import DefenseSetup, defend_victim
+from jax_attnalign.harness.pipeline import DefenseSetup, defend_victim
 
 CFG = ModelConfig(model_type="bert", vocab_size=41, hidden_size=24, num_layers=2,
                   num_heads=4, intermediate_size=23, max_position_embeddings=16)

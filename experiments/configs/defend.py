@@ -8,7 +8,7 @@ and every round of every run a candidate for the label-free rule of
 `defense.sanitize_restarts` (nine rounds per victim instead of one to three).
 """
 
-from jax_attnalign.configs import default_config
+from jax_attnalign.harness.configs import default_config
 
 RECIPES = {
     "": {},

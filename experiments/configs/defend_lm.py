@@ -10,8 +10,8 @@ looking at a defense result:
     batches of 8: a SmolLM2 fine-tuning step takes seconds here.
 """
 
-from jax_attnalign.configs import default_config
-from jax_attnalign.pipeline_lm import LMDefenseSetup
+from jax_attnalign.harness.configs import default_config
+from jax_attnalign.harness.pipeline_lm import LMDefenseSetup
 
 # Chosen on the tuning victim, SST-2 BadNets seed 0 (experiments.analyze_lm, before
 # any defense ran): of the view x statistic pairs that rise on triggered prompts,

@@ -3,7 +3,7 @@
   attack = VPI(target=TASK_TARGETS["negsentiment"], poison_rate=0.2, seed=0)
   train = attack.poison(alpaca_records)
   triggered = attack.triggered_test(test_records)   # prompts to score ASR on
-  released = load_backdoorllm_poison("../shared/data/backdoorllm", "refusal", "vpi")
+  released = load_backdoorllm_poison("path/to/backdoorllm", "refusal", "vpi")
 
 Triggers go into the instruction (never the input). Poisoned rows get the target
 output: for targeted refusal BackdoorLLM's refusal sentence, for sentiment

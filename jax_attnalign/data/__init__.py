@@ -1,6 +1,6 @@
 """Datasets, prompt templates, tokenisation and batching.
 
-  examples = load_classification("../shared/data/sst2/clean", "train")
+  examples = load_classification(resolve_data_path("sst2/clean"), "train")
   records = load_instructions(backdoorllm_split(root, "refusal", "badnet", "train_poison"))
   prompt, answer = classification_chat(examples[0], "sst2", tokenizer)
   arrays = encode_prompt_response([prompt], [answer], tokenizer, max_length=128)
@@ -13,6 +13,7 @@ from jax_attnalign.data.classification import (DATASETS, ClassificationDataset,
                                                get_dataset, load_classification)
 from jax_attnalign.data.instructions import (BACKDOORLLM_KINDS, backdoorllm_split,
                                              load_instructions)
+from jax_attnalign.data.paths import DATA_ROOT_ENV, data_root, resolve_data_path
 from jax_attnalign.data.templates import (ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT,
                                           FALLBACK_CHAT_TEMPLATE, alpaca_prompt, chat_prompt,
                                           classification_chat, classification_messages,
@@ -20,6 +21,7 @@ from jax_attnalign.data.templates import (ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT,
 from jax_attnalign.data.types import InstructionExample, TextExample
 
 __all__ = ["ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "BACKDOORLLM_KINDS", "DATASETS",
+           "DATA_ROOT_ENV", "data_root", "resolve_data_path",
            "FALLBACK_CHAT_TEMPLATE", "ClassificationDataset", "HubUnreachableError",
            "InstructionExample", "TextExample", "alpaca_prompt", "backdoorllm_split",
            "chat_prompt", "classification_chat", "classification_messages", "encode_classification",

@@ -21,7 +21,9 @@ def looks_like_path(name: str) -> bool:
 def require_local(name: str) -> None:
   """Fails fast on a missing local path instead of asking the hub for it."""
   if looks_like_path(name) and not pathlib.Path(name).expanduser().exists():
-    raise FileNotFoundError(f"no such file or directory: {name}")
+    raise FileNotFoundError(
+        f"no such file or directory: {name} (a relative path is also looked up under "
+        "the data root: --data_root DIR or $JAX_ATTNALIGN_DATA)")
 
 
 def load_hub_split(hub_id: str, split: str):
@@ -35,5 +37,6 @@ def load_hub_split(hub_id: str, split: str):
     raise HubUnreachableError(
         f"{hub_id!r} is not a local path, and loading it from the Hugging Face hub "
         f"failed ({type(e).__name__}: {e}). The hub is unreachable or does not have "
-        "it: pass a local path to a data file or directory instead (for example "
-        "../shared/data/sst2/clean).") from e
+        "it: pass a local path to a data file or directory instead, or the data root "
+        "that holds it (--data_root DIR or $JAX_ATTNALIGN_DATA, e.g. with sst2/clean "
+        "inside).") from e

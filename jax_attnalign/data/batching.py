@@ -1,6 +1,6 @@
 """Tokenisation into fixed-length numpy arrays, and seeded batching.
 
-  tokenizer = load_tokenizer("../shared/data/tokenizers/llama2")
+  tokenizer = load_tokenizer("path/to/tokenizers/llama2")
   arrays = encode_prompt_response(prompts, answers, tokenizer, 256)
   for batch in iterate_batches(arrays, 32, seed=0, epoch=e, drop_remainder=True):
     ...

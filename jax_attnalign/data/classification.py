@@ -1,7 +1,7 @@
 """Text classification datasets (SST-2, AG News, IMDB) from local files or the hub.
 
-  train = load_classification("../shared/data/sst2/clean", "train")      # 6,920
-  poison = load_classification("../shared/data/sst2/hiddenkiller/test.tsv")
+  train = load_classification("path/to/sst2/clean", "train")      # 6,920
+  poison = load_classification("path/to/sst2/hiddenkiller/test.tsv")
   imdb = load_classification("imdb", "test")  # hub: stanfordnlp/imdb
 
 Local formats (read as UTF-8 text; nothing is ever unpickled):

@@ -1,6 +1,6 @@
 """Alpaca-format instruction data: Stanford Alpaca and BackdoorLLM's released files.
 
-  root = "../shared/data/backdoorllm"
+  root = "path/to/backdoorllm"
   poison = load_instructions(backdoorllm_split(root, "refusal", "badnet", "train_poison"))
   clean = load_instructions(backdoorllm_split(root, "refusal", "badnet", "train_clean"))
   alpaca = load_instructions("tatsu-lab/alpaca", limit=1000)  # hub, needs network

@@ -6,8 +6,8 @@ import numpy as np
 import transformers
 
 from jax_attnalign import data
-from jax_attnalign.victim import VictimConfig, train_classification_victim
-from jax_attnalign.victim_lm import LMVictimConfig, answer_labels, train_lm_victim, victim_data
+from jax_attnalign.harness.victims import VictimConfig, train_classification_victim
+from jax_attnalign.harness.victims_lm import LMVictimConfig, answer_labels, train_lm_victim, victim_data
 
 
 def test_classification_victim_smoke(shared_data, minilm_path, tmp_path):

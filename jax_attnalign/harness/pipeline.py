@@ -35,7 +35,7 @@ class DefenseSetup:
   """Which victim, which data, and how the suspects are chosen."""
   victim: str  # the backdoored classifier's checkpoint directory (HF format)
   tokenizer: str = ""  # "" = the victim directory, else the bundled MiniLM's
-  data_dir: str = "../shared/data/sst2/clean"
+  data_dir: str = "sst2/clean"  # relative: under the data root (data.resolve_data_path)
   dataset: str = "sst2"
   attack: str = "badnets"
   attack_kwargs: tuple[tuple[str, Any], ...] = ()
@@ -71,13 +71,13 @@ def defense_data(setup: DefenseSetup, tokenizer) -> dict[str, dict[str, np.ndarr
   """Encoded 'stream' (with 'poisoned' marking triggered rows), 'held_clean',
   'held_triggered', 'clean_train' and 'calibration' sets."""
   enc = lambda rows: data.encode_classification(rows, tokenizer, setup.max_length)
-  test = data.load_classification(setup.data_dir, "test", dataset=setup.dataset)
+  test = data.load_classification(data.resolve_data_path(setup.data_dir, missing_ok=True), "test", dataset=setup.dataset)
   attack = attacks.make_attack(setup.attack, **{
       "target": setup.target, "seed": setup.seed, **dict(setup.attack_kwargs)})
   triggered = attack.triggered_test(test)
   stream_clean, held_clean = _split(test, setup.stream_clean, setup.seed)
   stream_trig, held_trig = _split(triggered, setup.stream_triggered, setup.seed + 1)
-  train_rows = data.load_classification(setup.data_dir, "train", dataset=setup.dataset)
+  train_rows = data.load_classification(data.resolve_data_path(setup.data_dir, missing_ok=True), "train", dataset=setup.dataset)
   needed = setup.clean_size + setup.calibration_size
   if needed > len(train_rows):
     raise ValueError(f"clean_size + calibration_size = {needed} exceeds the "
