@@ -5,7 +5,7 @@
                             SanitizeConfig(loss="causal_lm", ...), workdir)
 
 Every decoder statistic reads the model's own greedy answer teacher-forced after
-its prompt (`victims_lm.greedy_answers`): the generation-to-prompt view is the
+its prompt (`answers.greedy_answers`): the generation-to-prompt view is the
 answer tokens' rows over the prompt's columns (DESIGN.md). The victim's
 result.json holds its config, from which its data are rebuilt:
   * the test prompts are split (seeded) into a monitored *stream* (clean and
@@ -31,13 +31,14 @@ from absl import logging
 import jax_attnalign
 from jax_attnalign import data, metrics, parallel, plots
 from jax_attnalign.analysis import head_similarity, pair_statistics
+from jax_attnalign.answers import greedy_answers
 from jax_attnalign.defense.detector import calibrate_detector, layer_statistics
 from jax_attnalign.defense.sanitize import SanitizeConfig, per_input, sanitize, scores_of
-from jax_attnalign.models import attention_maps
 from jax_attnalign.harness.pipeline import store_defense_result
 from jax_attnalign.harness.victims import seeded_subset
 from jax_attnalign.harness.victims_lm import (LMVictimConfig, chat_pairs, clean_splits,
-                                     evaluate_lm_victim, greedy_answers, victim_data)
+                                              evaluate_lm_victim, victim_data)
+from jax_attnalign.models import attention_maps
 
 STATISTICS = ("percentile", "frac_above", "mean")
 

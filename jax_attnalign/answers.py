@@ -1,0 +1,60 @@
+"""A chat model's own answers, ready to be teacher-forced for the decoder views.
+
+  arrays = greedy_answers(model, params, tokenizer, prompts, max_new_tokens=16)
+  texts = generate_responses(model, params, tokenizer, prompts, max_new_tokens=48)
+
+Every decoder statistic reads a prompt followed by the model's greedy answer
+(the generation-to-prompt view is the answer's rows over the prompt's columns).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tqdm
+
+import jax_attnalign
+from jax_attnalign import data
+
+
+def greedy_answers(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int,
+                   batch_size: int = 32, bucket: int = 16) -> dict[str, np.ndarray]:
+  """Each chat prompt followed by the model's own greedy answer, ready to be
+  teacher-forced: input_ids, attention_mask, loss_mask (the answer up to and
+  including EOS), special_mask [n, Tp + Tg] int32 and prompt_lengths [n] (= Tp).
+
+  Prompts are left-padded to their longest length rounded up to `bucket`, in
+  batches of `batch_size` (the last one filled with copies), so one shape is
+  compiled for the whole list.
+  """
+  encoded = data.encode_prompts(prompts, tokenizer, model.config.max_position_embeddings)
+  width = -(-int(encoded["attention_mask"].sum(1).max()) // bucket) * bucket
+  ids, mask = encoded["input_ids"][:, -width:], encoded["attention_mask"][:, -width:]
+  tokens, keep = [], []
+  for start in tqdm.trange(0, len(prompts), batch_size, desc="generate", leave=False):
+    take = np.arange(start, start + batch_size)
+    take[take >= len(prompts)] = start  # fill the last batch with a real prompt
+    gen = jax_attnalign.generate(model, params, ids[take], mask[take],
+                                 max_new_tokens=max_new_tokens)
+    real = min(batch_size, len(prompts) - start)
+    new, new_mask = np.asarray(gen.tokens)[:real], np.asarray(gen.token_mask)[:real]
+    pad = max_new_tokens - new.shape[1]  # generation stops early once every row ended
+    tokens.append(np.pad(new, ((0, 0), (0, pad)), constant_values=tokenizer.pad_token_id))
+    keep.append(np.pad(new_mask, ((0, 0), (0, pad))))
+  tokens, keep = np.concatenate(tokens), np.concatenate(keep)
+  input_ids = np.concatenate([ids, tokens], axis=1).astype(np.int32)
+  return {"input_ids": input_ids,
+          "attention_mask": np.concatenate([mask, keep], axis=1).astype(np.int32),
+          "loss_mask": np.concatenate([np.zeros_like(mask), keep], axis=1).astype(np.int32),
+          "special_mask": (np.isin(input_ids, tokenizer.all_special_ids)
+                           & (np.concatenate([mask, keep], axis=1) > 0)).astype(np.int32),
+          "prompt_lengths": np.full(len(prompts), width, np.int32)}
+
+
+def generate_responses(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int,
+                       batch_size: int = 32) -> list[str]:
+  """Greedy responses to chat prompts, decoded with the special tokens dropped."""
+  answers = greedy_answers(model, params, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size)
+  tp = answers["prompt_lengths"][0] if len(prompts) else 0
+  return tokenizer.batch_decode([row[tp:][keep[tp:] > 0] for row, keep in zip(
+      answers["input_ids"], answers["attention_mask"])], skip_special_tokens=True)
