@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 PathLike = str | os.PathLike
+# Axis labels of the detector's per-input statistics of pairwise head cosine.
+STATISTIC_LABELS = {"frac_above": "share of head pairs with cosine > 0.99",
+                    "percentile": "99th percentile of head-pair cosine",
+                    "mean": "mean head-pair cosine"}
+
+
+def _legend_outside(ax) -> None:
+  """The legend right of the axes, where it covers no data."""
+  ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+            fontsize="small")
 
 
 def _save(fig: Figure, path: PathLike) -> pathlib.Path:
@@ -49,42 +60,52 @@ def plot_similarity_heatmap(cosine, path: PathLike, *, title: str | None = None,
   return _save(fig, path)
 
 
-def plot_clean_vs_triggered(clean, triggered, path: PathLike, *,
-                            ylabel: str = "head pairs with cosine > 0.99",
-                            title: str | None = None) -> pathlib.Path:
+def clean_vs_triggered_figure(clean, triggered, *, layers: Sequence[int] | None = None,
+                              ylabel: str = "head pairs with cosine > 0.99",
+                              title: str | None = None) -> Figure:
   """Figure-1-style comparison: a per-layer statistic, clean vs triggered inputs.
 
   clean: [B_clean, L] and triggered: [B_triggered, L], one value per input and
-  layer (e.g. `pair_statistics(cos)['frac_above']`). Draws side-by-side box
-  plots per layer with the means marked. Returns the PNG path.
+  layer (e.g. `pair_statistics(cos)['frac_above']`); layers: the model's index of
+  each of the L columns (a view of the last layers: `View.layer_indices`),
+  default 0..L-1. Draws side-by-side box plots per layer with the means marked.
   """
   clean, triggered = np.asarray(clean, np.float64), np.asarray(triggered, np.float64)
   if clean.ndim != 2 or triggered.ndim != 2 or clean.shape[1] != triggered.shape[1]:
     raise ValueError(f"Expected [B, L] arrays with the same L, got {clean.shape} "
                      f"and {triggered.shape}.")
-  layers = np.arange(clean.shape[1])
-  fig = Figure(figsize=(max(5.0, 0.6 * len(layers) + 2.0), 4.0))
+  names = list(range(clean.shape[1]) if layers is None else layers)
+  if len(names) != clean.shape[1]:
+    raise ValueError(f"{len(names)} layer indices for {clean.shape[1]} layers of values.")
+  slots = np.arange(len(names))
+  fig = Figure(figsize=(max(5.0, 0.6 * len(slots) + 2.0), 4.0))
   ax = fig.add_subplot()
   for values, offset, color, label in ((clean, -0.18, "tab:blue", "clean"),
                                        (triggered, 0.18, "tab:red", "triggered")):
-    ax.boxplot(values, positions=layers + offset, widths=0.3, patch_artist=True,
+    ax.boxplot(values, positions=slots + offset, widths=0.3, patch_artist=True,
                showfliers=False, boxprops=dict(facecolor=color, alpha=0.35),
                medianprops=dict(color=color))
-    ax.plot(layers + offset, values.mean(axis=0), "o", color=color,
-            label=f"{label} (mean, {len(values)} inputs)")
-  ax.set_xticks(layers, [str(l) for l in layers])
+    ax.plot(slots + offset, values.mean(axis=0), "o", color=color,
+            label=f"{label} (mean of {len(values)} inputs)")
+  ax.set_xticks(slots, [str(l) for l in names])
   ax.set_xlabel("layer")
   ax.set_ylabel(ylabel)
   ax.set_title(title or "clean vs triggered inputs")
-  ax.legend()
-  return _save(fig, path)
+  _legend_outside(ax)
+  return fig
 
 
-def plot_metric_bars(runs: dict[str, dict[str, list[float]]], path: PathLike, *,
-                     title: str | None = None) -> pathlib.Path:
-  """Grouped bars of metrics (e.g. CA, ASR) per setting, mean with std error bars.
+def plot_clean_vs_triggered(clean, triggered, path: PathLike, **kwargs) -> pathlib.Path:
+  """`clean_vs_triggered_figure(clean, triggered, **kwargs)` written to `path`."""
+  return _save(clean_vs_triggered_figure(clean, triggered, **kwargs), path)
 
-  runs: {setting: {metric: [value per seed]}}. Returns the PNG path.
+
+def metric_bars_figure(runs: dict[str, dict[str, list[float]]], *,
+                       title: str | None = None, ylabel: str = "score (0 to 1)") -> Figure:
+  """Grouped bars of metrics (e.g. CA, ASR) per setting: the mean, with a std
+  error bar (ddof=1) where there are several values (seeds), none for one.
+
+  runs: {setting: {metric: [value per seed]}}.
   """
   settings = list(runs)
   metrics = sorted({m for values in runs.values() for m in values})
@@ -92,14 +113,26 @@ def plot_metric_bars(runs: dict[str, dict[str, list[float]]], path: PathLike, *,
   ax = fig.add_subplot()
   width = 0.8 / max(len(metrics), 1)
   for k, metric in enumerate(metrics):
-    xs = [i + (k - (len(metrics) - 1) / 2) * width for i in range(len(settings))]
+    xs = np.arange(len(settings)) + (k - (len(metrics) - 1) / 2) * width
     values = [runs[s].get(metric, []) for s in settings]
-    means = [np.mean(v) if v else np.nan for v in values]
-    stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
-    ax.bar(xs, means, width, yerr=stds, capsize=3, label=metric)
+    means = np.array([np.mean(v) if v else np.nan for v in values])
+    ax.bar(xs, means, width, label=metric)
+    several = np.array([len(v) > 1 for v in values])
+    if several.any():
+      ax.errorbar(xs[several], means[several],
+                  yerr=[np.std(v, ddof=1) for v in values if len(v) > 1], fmt="none",
+                  ecolor="black", capsize=3)
   ax.set_xticks(range(len(settings)), settings)
   ax.set_ylim(0, 1.05)
-  ax.legend(loc="lower right")
+  ax.set_ylabel(ylabel)
+  _legend_outside(ax)
   if title:
     ax.set_title(title)
-  return _save(fig, path)
+  return fig
+
+
+def plot_metric_bars(runs: dict[str, dict[str, list[float]]], path: PathLike,
+                     **kwargs) -> pathlib.Path:
+  """`metric_bars_figure(runs, **kwargs)` written to `path`."""
+  return _save(metric_bars_figure(runs, **kwargs), path)
+

@@ -25,6 +25,7 @@ from absl import logging
 
 import jax_attnalign
 from jax_attnalign import attacks, data, metrics, plots, train
+from jax_attnalign.analysis import resolve_view
 from jax_attnalign.defense.detector import calibrate_detector
 from jax_attnalign.defense.restarts import sanitize_restarts
 from jax_attnalign.defense.sanitize import SanitizeConfig, scores_of
@@ -198,9 +199,11 @@ def analyze_victim(setup: DefenseSetup, views: list[str], statistics: list[str],
           "clean_per_layer": layers[~truth].mean(0).tolist(),
           "triggered_per_layer": layers[truth].mean(0).tolist()}
       if statistic == statistics[0]:
-        plots.plot_clean_vs_triggered(layers[~truth], layers[truth],
-                                      workdir / f"{view}_{statistic}.png", ylabel=statistic,
-                                      title=f"{setup.attack}: {view}")
+        plots.plot_clean_vs_triggered(
+            layers[~truth], layers[truth], workdir / f"{view}_{statistic}.png",
+            layers=resolve_view(view).layer_indices(model.config.num_layers),
+            ylabel=plots.STATISTIC_LABELS.get(statistic, statistic),
+            title=f"{setup.attack}: {view}")
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "analysis.json").write_text(json.dumps(out, indent=1))
   return out

@@ -30,7 +30,7 @@ from absl import logging
 
 import jax_attnalign
 from jax_attnalign import data, metrics, parallel, plots
-from jax_attnalign.analysis import head_similarity, pair_statistics
+from jax_attnalign.analysis import head_similarity, pair_statistics, resolve_view
 from jax_attnalign.answers import greedy_answers
 from jax_attnalign.defense.detector import calibrate_detector, layer_statistics
 from jax_attnalign.defense.sanitize import SanitizeConfig, per_input, sanitize, scores_of
@@ -38,7 +38,7 @@ from jax_attnalign.harness.pipeline import store_defense_result
 from jax_attnalign.harness.victims import seeded_subset
 from jax_attnalign.harness.victims_lm import (LMVictimConfig, chat_pairs, clean_splits,
                                               evaluate_lm_victim, victim_data)
-from jax_attnalign.models import attention_maps
+from jax_attnalign.models import PATTERNS, attention_maps, run_with_hooks
 
 STATISTICS = ("percentile", "frac_above", "mean")
 
@@ -67,9 +67,8 @@ def answer_inputs(model, params, tokenizer, examples: list, cfg: LMVictimConfig,
 
 @functools.partial(jax.jit, static_argnames=("model", "views"))
 def _view_statistics(model, params, batch, views: tuple[str, ...]):
-  _, state = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                         capture_attention=True, mutable=["intermediates"])
-  maps = attention_maps(state)  # [L, B, N, T, T]
+  _, captured = run_with_hooks(model, params, batch, capture=PATTERNS)
+  maps = attention_maps(captured)  # [L, B, N, T, T]
   kw = dict(attention_mask=batch["attention_mask"], special_mask=batch["special_mask"],
             prompt_lengths=batch["prompt_lengths"], is_decoder=True)
   out = {}
@@ -132,7 +131,9 @@ def analyze_lm_victim(victim_dir: str | pathlib.Path, views: tuple[str, ...],
       if statistic == STATISTICS[0]:
         plots.plot_clean_vs_triggered(layers[~truth], layers[truth],
                                       workdir / f"{view}_{statistic}.png",
-                                      ylabel=f"{statistic} of head-pair cosine",
+                                      layers=resolve_view(view).layer_indices(
+                                          model.config.num_layers),
+                                      ylabel=plots.STATISTIC_LABELS[statistic],
                                       title=f"{cfg.task} {cfg.attack}: {view}")
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "analysis.json").write_text(json.dumps(out, indent=1))
