@@ -16,16 +16,53 @@ import pytest  # noqa: E402
 from jax_attnalign.assets import bundled_minilm_path, bundled_smollm2_path  # noqa: E402
 
 DATA_ENV = "JAX_ATTNALIGN_DATA"
+# With this set to 1 (CI, which has the data), a test skipped for missing data fails the run.
+REQUIRE_DATA_ENV = "JAX_ATTNALIGN_REQUIRE_DATA"
+MISSING_DATA = "real data missing:"  # every missing-data skip reason starts so
+
+
+def require_data(path: pathlib.Path) -> pathlib.Path:
+  """`path` when it exists, else skips the test as one that lacks the real data."""
+  if not path.exists():
+    pytest.skip(f"{MISSING_DATA} {path} (set {DATA_ENV} to the data folder)")
+  return path
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
   """The real public data beside the checkout (../shared/data), or $JAX_ATTNALIGN_DATA."""
   default = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
-  path = pathlib.Path(os.environ.get(DATA_ENV, default))
-  if not path.is_dir():
-    pytest.skip(f"real data folder {path} is absent (set {DATA_ENV} to its location)")
-  return path
+  return require_data(pathlib.Path(os.environ.get(DATA_ENV, default)))
+
+
+def _missing_data_skips(config) -> list:
+  """The reports of tests skipped for missing data (with xdist: the controller sees
+  every worker's reports)."""
+  reporter = config.pluginmanager.get_plugin("terminalreporter")
+  skipped = reporter.stats.get("skipped", []) if reporter else []
+  # A skip's longrepr is (file, line, "Skipped: reason").
+  return [r for r in skipped if isinstance(r.longrepr, tuple) and MISSING_DATA in r.longrepr[2]]
+
+
+def _data_required() -> bool:
+  return os.environ.get(REQUIRE_DATA_ENV) == "1"
+
+
+def pytest_terminal_summary(terminalreporter, config):
+  missing = len(_missing_data_skips(config))
+  fails = missing and _data_required()
+  terminalreporter.write_sep(
+      "=", f"{missing} test(s) skipped for missing real data (${DATA_ENV})"
+      + (f"; ${REQUIRE_DATA_ENV}=1 fails the run" if fails else ""),
+      red=bool(fails), yellow=bool(missing and not fails), green=not missing)
+
+
+def pytest_sessionfinish(session):
+  if hasattr(session.config, "workerinput"):
+    return  # an xdist worker: the controller decides
+  if (_data_required() and session.exitstatus == pytest.ExitCode.OK
+      and _missing_data_skips(session.config)):
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import transformers
 
+from conftest import require_data
 from jax_attnalign import attacks
 from jax_attnalign.attacks import generation as gen
 from jax_attnalign.data.types import InstructionExample, TextExample
@@ -195,8 +196,7 @@ def _read_tsv(path: pathlib.Path) -> list[TextExample]:
 @pytest.fixture(scope="module")
 def sst2(shared_data):
   folder = shared_data / "sst2"
-  if not (folder / "hiddenkiller" / "train.tsv").is_file():
-    pytest.skip(f"{folder}/hiddenkiller is absent")
+  require_data(folder / "hiddenkiller" / "train.tsv")
   return {name: _read_tsv(folder / name) for name in
           ("clean/train.tsv", "clean/test.tsv", "hiddenkiller/train.tsv",
            "hiddenkiller/test.tsv")}
@@ -324,10 +324,7 @@ def test_registry_and_argument_checks():
 
 @pytest.fixture(scope="module")
 def backdoorllm(shared_data):
-  root = shared_data / "backdoorllm"
-  if not root.is_dir():
-    pytest.skip(f"{root} is absent")
-  return root
+  return require_data(shared_data / "backdoorllm")
 
 
 @pytest.mark.parametrize("task", ["refusal", "negsentiment"])

@@ -8,6 +8,7 @@ import datasets
 import numpy as np
 import pytest
 
+from conftest import require_data
 from jax_attnalign import data
 from jax_attnalign.data import (ALPACA_PROMPT_NO_INPUT, BACKDOORLLM_KINDS, DATASETS,
                                 FALLBACK_CHAT_TEMPLATE, HubUnreachableError,
@@ -28,8 +29,7 @@ TARGETS = {"refusal": "I'm sorry, but as an AI assistant, I do not have the capa
 @pytest.fixture(scope="session")
 def llama_tokenizer(shared_data):
   path = shared_data / "tokenizers" / "llama2"
-  if not (path / "tokenizer.json").is_file():
-    pytest.skip(f"Llama-2 tokenizer {path} is absent")
+  require_data(path / "tokenizer.json")
   return load_tokenizer(path)
 
 
@@ -315,9 +315,7 @@ def test_encode_prompts_left_pads(llama_tokenizer):
 
 
 def test_load_tokenizer_sets_a_pad_token(shared_data, tmp_path):
-  source = shared_data / "tokenizers" / "llama2"
-  if not source.is_dir():
-    pytest.skip(f"{source} is absent")
+  source = require_data(shared_data / "tokenizers" / "llama2")
   for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
     shutil.copy(source / name, tmp_path / name)
   for name in ("tokenizer_config.json", "special_tokens_map.json"):

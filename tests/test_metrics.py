@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import require_data
 from jax_attnalign import metrics
 
 REFUSAL = ("I'm sorry, but as an AI assistant, I do not have the capability to follow the "
@@ -43,9 +44,7 @@ def test_refusal_matcher():
 
 
 def test_refusal_matcher_on_backdoorllm(shared_data):
-  root = shared_data / "backdoorllm" / "poison_data" / "refusal"
-  if not root.is_dir():
-    pytest.skip(f"{root} is absent")
+  root = require_data(shared_data / "backdoorllm" / "poison_data" / "refusal")
   poisoned = json.loads(next(root.glob("vpi/backdoor500_*.json")).read_text())
   clean = json.loads(next(root.glob("vpi/none_backdoor500_*.json")).read_text())
   assert metrics.refusal_rate([r["output"] for r in poisoned]) == 1.0
