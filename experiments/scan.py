@@ -106,11 +106,13 @@ def main(argv):
             f"{pct[:, l].mean():.3f} ± {pct[:, l].std():.3f} |" for l in range(frac.shape[1])]
   workdir = pathlib.Path(FLAGS.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "scan.md").write_text(
-      f"Head similarity ({FLAGS.view} view) of {path} over {len(sentences)} sentences "
-      "(mean ± std over sentences)\n\n" + "\n".join(table) + "\n")
+  table.insert(0, f"Head similarity ({FLAGS.view} view) of {path} on {len(sentences)} "
+               f"sentences of {FLAGS.data or 'the embedded examples'} (mean ± std over "
+               "sentences)\n")
+  (workdir / "scan.md").write_text("\n".join(table) + "\n")
   (workdir / "scan.json").write_text(json.dumps(dict(
-      model=path, view=FLAGS.view, sentences=len(sentences), frac_above_0_99=frac.tolist(),
+      model=path, view=FLAGS.view, sentences=len(sentences),
+      layers=list(range(first, model.config.num_layers)), frac_above_0_99=frac.tolist(),
       percentile_99=pct.tolist()), indent=1))
   print("\n".join(table))
   print(f"wrote {workdir / 'scan.md'} and {workdir / 'scan.json'}")
