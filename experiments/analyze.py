@@ -61,12 +61,13 @@ def main(argv):
                    + " | ".join(metrics.format_mean_std(stat(s, "auroc"))
                                 for s in ("frac_above", "percentile", "mean"))
                    + f" | {len(runs)} |")
-  table = "\n".join(lines)
+  count = lambda key: common.count_range(r[key] for r in results.values() if key in r)
+  table = ("Head-pair similarity (mean ± std over victims) on each victim's stream of "
+           f"{count('clean_inputs')} clean and {count('triggered_inputs')} triggered test "
+           "inputs; AUROC: triggered vs clean, one score per input\n\n" + "\n".join(lines))
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "analyze.json").write_text(json.dumps(results, indent=1))
-  (workdir / "analyze.md").write_text(
-      "Head-pair similarity, clean vs triggered test inputs (mean ± std over victims)"
-      f"\n\n{table}\n")
+  (workdir / "analyze.md").write_text(f"{table}\n")
   print(table)
 
 

@@ -38,11 +38,18 @@ def attack_kwargs(attack: str, hiddenkiller_dir: str, hiddenkiller_poison_rate: 
   return ()
 
 
+def count_range(counts) -> str:
+  """'500' for equal counts, '480 to 500' for counts that differ between runs."""
+  counts = sorted(set(counts))
+  return "?" if not counts else (
+      str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}")
+
+
 def write_victims_summary(workdir: pathlib.Path, title: str) -> str:
   """summary.json ({attack: {'runs': [...], metric: (mean, std)}}), summary.md and
   summary.png of every finished victim under `workdir` (its */result.json, so runs
   from earlier calls with other attacks or seeds stay in), by attack (mean ± std
-  over seeds); returns the markdown table."""
+  over seeds); returns the markdown table under a line naming the sets measured."""
   results: dict[str, list[dict]] = {}
   for result in sorted(pathlib.Path(workdir).glob("*/result.json")):
     run = json.loads(result.read_text())
@@ -58,10 +65,16 @@ def write_victims_summary(workdir: pathlib.Path, title: str) -> str:
     lines.append(f"| {attack} | " + " | ".join(
         metrics.format_mean_std(v) if v else "—" for v in values.values())
         + f" | {len(runs)} |")
-  table = "\n".join(lines)
+  every = [r for runs in results.values() for r in runs]
+  table = (f"{title}, mean ± std over seeds: ASR on the "
+           f"{count_range(r['triggered_rows'] for r in every if r.get('triggered_rows'))} "
+           "triggered test rows (true label not the target; partial_target_rate on as many "
+           "partly triggered ones), the other metrics on the "
+           f"{count_range(r['test_rows'] for r in every if 'test_rows' in r)} clean test rows"
+           "\n\n" + "\n".join(lines))
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-  (workdir / "summary.md").write_text(f"{title} (mean ± std over seeds)\n\n{table}\n")
+  (workdir / "summary.md").write_text(f"{table}\n")
   plots.plot_metric_bars({a: {m: [r[m] for r in runs if m in r] for m in columns}
                           for a, runs in results.items()}, workdir / "summary.png",
                          title=f"{title} (mean ± std over seeds)")
@@ -105,14 +118,15 @@ def run_variants(victims, variants: dict, config, workdir: pathlib.Path) -> list
     logging.info("%s %s: %s -> %s", name, run, result["before"], result["after"])
     rows.append({"victim": run, "attack": victim_cfg["attack"],
                  "dataset": victim_cfg["dataset"], "variant": name,
-                 "seed": victim_cfg["seed"], **{k: result[k] for k in
-                                                ("before", "after", "detection")}})
+                 "seed": victim_cfg["seed"], "inputs": result.get("inputs", {}),
+                 **{k: result[k] for k in ("before", "after", "detection")}})
   return rows
 
 
 def write_summary(rows: list[dict], workdir: pathlib.Path, name: str, title: str) -> str:
   """Groups rows by (dataset, attack, variant); writes {name}.json, .md and .png
-  (CA and ASR before/after, mean ± std over seeds). Returns the markdown table."""
+  (CA and ASR before/after, mean ± std over seeds). Returns the markdown table
+  under a line naming the sets measured."""
   groups: dict[tuple, list[dict]] = {}
   for row in rows:
     groups.setdefault((row["dataset"], row["attack"], row["variant"]), []).append(row)
@@ -131,11 +145,16 @@ def write_summary(rows: list[dict], workdir: pathlib.Path, name: str, title: str
     bars[f"{attack}\n{variant}"] = {"CA after": get("after", "ca"),
                                     "ASR after": get("after", "asr"),
                                     "ASR before": get("before", "asr")}
-  table = "\n".join(lines)
+  size = lambda key: count_range(r["inputs"][key] for r in rows if key in r["inputs"])
+  table = (f"{title}, mean ± std over seeds: CA on each victim's {size('held_clean')} "
+           f"held-out clean test inputs, ASR on its {size('held_triggered')} held-out "
+           f"triggered ones; detector AUROC and suspects on its monitored stream of "
+           f"{size('stream')} test inputs\n\n" + "\n".join(lines))
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / f"{name}.json").write_text(json.dumps(rows, indent=1, default=str))
-  (workdir / f"{name}.md").write_text(f"{title} (mean ± std over seeds)\n\n{table}\n")
-  plots.plot_metric_bars(bars, workdir / f"{name}.png", title=title)
+  (workdir / f"{name}.md").write_text(f"{table}\n")
+  plots.plot_metric_bars(bars, workdir / f"{name}.png", title=title,
+                         ylabel="share of held-out test inputs")
   return table
 
 

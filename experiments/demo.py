@@ -43,6 +43,15 @@ flags.DEFINE_string("workdir", "workdir/demo", "Output folder.")
 VIEWS = ("cls_row_nospecial", "cls_row_last_layer")
 
 
+def disk_usage(path: pathlib.Path) -> str:
+  """What `du -sh path` says: the blocks its files take, human-readable."""
+  size = float(sum(f.lstat().st_blocks * 512 for f in path.rglob("*")))
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if size < 1024 or unit == "GiB":
+      return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    size /= 1024
+
+
 def main(argv):
   del argv
   common.use_data_root()
@@ -51,7 +60,11 @@ def main(argv):
       data_dir=FLAGS.data, dataset=FLAGS.dataset, model=FLAGS.model, attack="badnets",
       train_size=FLAGS.train_size, test_size=FLAGS.eval_size, max_length=FLAGS.max_length,
       seed=FLAGS.seed), workdir / "victim")
-  print(f"1. backdoored victim: CA {victim['ca']:.3f}, ASR {victim['asr']:.3f}")
+  noun = "tweets" if FLAGS.dataset == "tweets" else f"{FLAGS.dataset} inputs"
+  trained = (f"Victim (BadNets, {FLAGS.train_size} training {noun}): CA {victim['ca']:.3f} "
+             f"on {victim['test_rows']} clean test {noun}, ASR {victim['asr']:.3f} on "
+             f"{victim['triggered_rows']} triggered test {noun} (true label not the target)")
+  print(f"1. {trained}")
   setup = DefenseSetup(victim=str(workdir / "victim" / "model"), data_dir=FLAGS.data,
                        dataset=FLAGS.dataset, attack="badnets", max_length=FLAGS.max_length,
                        eval_size=FLAGS.eval_size, seed=FLAGS.seed)
@@ -64,34 +77,46 @@ def main(argv):
     lines.append(f"| {view} | {f['clean']:.3f} / {f['triggered']:.3f} | "
                  f"{p['clean']:.3f} / {p['triggered']:.3f} | {p['auroc']:.3f} |")
   similarity = "\n".join(lines)
-  print("2. head similarity, clean vs triggered:\n" + similarity)
+  stream = (f"the monitored stream: {analysis['clean_inputs']} clean and "
+            f"{analysis['triggered_inputs']} triggered test {noun}")
+  print(f"2. head similarity on {stream}:\n" + similarity)
   result = defend_victim(setup, SanitizeConfig(), workdir / "defend")
   d, before, after = result["detection"], result["before"], result["after"]
-  detection = (f"detector ({SanitizeConfig().detector_view}, 99th percentile, 5% FPR): "
-               f"AUROC {d['auroc']:.3f}, flagged {d['flagged']} of the stream, "
-               f"{d['suspects']} suspects of which {d['suspects_triggered']} triggered")
+  sizes = result.get("inputs", {})  # absent from results of older runs
+  count = lambda name: sizes.get(name, "the")
+  detection = (f"detector ({SanitizeConfig().detector_view}, 99th percentile) calibrated "
+               f"to 5% false positives on {count('calibration')} clean training {noun}; on "
+               f"{stream}: AUROC {d['auroc']:.3f}, flagged {d['flagged']}, of which the "
+               f"{d['suspects']} highest-scoring are the suspects ({d['suspects_triggered']} "
+               "of them triggered)")
   print("3. " + detection)
+  held = (f"CA on {count('held_clean')} held-out clean test {noun}, ASR on "
+          f"{count('held_triggered')} held-out triggered test {noun}")
   outcome = ("| | CA | ASR |\n|---|---|---|\n"
              f"| backdoored | {before['ca']:.3f} | {before['asr']:.3f} |\n"
              f"| sanitised ({len(result['report']['rounds'])} round(s)) | "
              f"{after['ca']:.3f} | {after['asr']:.3f} |")
-  print("4. sanitisation, on held-out test inputs:\n" + outcome)
+  print(f"4. sanitisation ({held}):\n" + outcome)
   plots.plot_metric_bars({"backdoored": {"CA": [before["ca"]], "ASR": [before["asr"]]},
                           "sanitised": {"CA": [after["ca"]], "ASR": [after["asr"]]}},
-                         workdir / "defense.png", title="BadNets: before and after")
+                         workdir / "defense.png", title="BadNets: before and after",
+                         ylabel=f"share of held-out test {noun}")
   model = FLAGS.model or bundled_minilm_path().name
   (workdir / "report.md").write_text(
-      f"# Backdoor demo: {model} on {FLAGS.data}\n\n"
-      f"Victim (BadNets, {FLAGS.train_size} training inputs): CA {victim['ca']:.3f}, "
-      f"ASR {victim['asr']:.3f}.\n\n## Head similarity\n\n{similarity}\n\n"
+      f"# Backdoor demo: {model} on {FLAGS.data}\n\n{trained}.\n\n"
+      f"## Head similarity\n\nOn {stream}.\n\n{similarity}\n\n"
+      "Per layer (cls_row_nospecial):\n\n![](analysis/cls_row_nospecial_frac_above.png)\n\n"
+      "The last layer (cls_row_last_layer):\n\n"
       "![](analysis/cls_row_last_layer_frac_above.png)\n\n"
-      f"## Detection\n\n{detection}.\n\n## Sanitisation\n\n{outcome}\n\n"
+      f"## Detection\n\n{detection}.\n\n## Sanitisation\n\n{held}.\n\n{outcome}\n\n"
       "![](defense.png)\n\nSanitised checkpoint (transformers-loadable): "
       "`defend/model/`.\n")
   (workdir / "summary.json").write_text(json.dumps(
       {"victim": victim, "analysis": analysis["views"], "defense": result}, indent=1,
       default=str))
   print(f"report: {workdir / 'report.md'}")
+  print(f"disk: {workdir} takes {disk_usage(workdir)} (the victim's and the sanitised "
+        "checkpoints, with their orbax training checkpoints)")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from jax_attnalign import data, save_pretrained
+from hf_reference import hf_ca_asr
+from jax_attnalign import attacks, data, save_pretrained
 from jax_attnalign.harness.configs import sanitize_config
 from jax_attnalign.defense.sanitize import SanitizeConfig
 from jax_attnalign.models import ModelConfig, build_model
@@ -74,10 +75,20 @@ def tiny(tmp_path_factory, minilm_path):
 
 
 def test_attack_writes_victims(tiny):
+  """The victim's CA and ASR, as summarised, are those transformers measures on the
+  exported checkpoint (with its tokenizer) over the whole test split."""
+  run = json.loads((tiny["victims"] / "badnets_seed0" / "result.json").read_text())
   summary = json.loads((tiny["victims"] / "summary.json").read_text())
-  assert 0.0 <= summary["badnets"]["asr"][0] <= 1.0
-  assert (tiny["victims"] / "badnets_seed0" / "model" / "tokenizer.json").is_file()
-  assert (tiny["victims"] / "summary.png").is_file()
+  assert summary["badnets"]["ca"][0] == run["ca"] and summary["badnets"]["asr"][0] == run["asr"]
+  test = data.load_classification(str(tiny["data"]), "test", dataset="sst2")
+  triggered = attacks.make_attack("badnets", target=1, seed=0).triggered_test(test)
+  assert (run["test_rows"], run["triggered_rows"]) == (len(test), len(triggered))
+  ca, asr = hf_ca_asr(tiny["victims"] / "badnets_seed0" / "model", test, triggered, 16, 1)
+  assert abs(ca - run["ca"]) <= 1 / len(test) and abs(asr - run["asr"]) <= 1 / len(triggered)
+  summary_md = (tiny["victims"] / "summary.md").read_text()
+  assert (f"ASR on the {len(triggered)} triggered test rows" in summary_md
+          and f"the other metrics on the {len(test)} clean test rows" in summary_md)
+  assert (tiny["victims"] / "summary.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_analyze_defend_and_table2(tiny):
@@ -91,6 +102,15 @@ def test_analyze_defend_and_table2(tiny):
       f"--workdir={tiny['root'] / 'defend'}", cwd=ROOT)
   rows = json.loads((tiny["root"] / "defend" / "defend.json").read_text())
   assert rows[0]["detection"]["suspects"] == 8 and "ca" in rows[0]["after"]
+  # The held-out sets are the test split less the stream, and the table says so.
+  test = data.load_classification(str(tiny["data"]), "test", dataset="sst2")
+  triggered = attacks.make_attack("badnets", target=1, seed=0).triggered_test(test)
+  assert rows[0]["inputs"] == {"stream": 16, "held_clean": len(test) - 8,
+                               "held_triggered": len(triggered) - 8, "clean_train": 16,
+                               "calibration": 8}
+  assert (f"CA on each victim's {len(test) - 8} held-out clean test inputs, ASR on its "
+          f"{len(triggered) - 8} held-out triggered ones" in
+          (tiny["root"] / "defend" / "defend.md").read_text())
   transformers_dir = tiny["root"] / "defend" / "ours (oracle suspects)" / "badnets_seed0"
   assert (transformers_dir / "model" / "model.safetensors").is_file()
   run("experiments.table2", f"--victims_dirs={tiny['victims']}", *TINY,
@@ -114,13 +134,30 @@ def test_ablation_and_sweep(tiny):
 
 
 def test_demo_main_job(tiny):
+  workdir = tiny["root"] / "demo"
   out = run("experiments.demo", f"--model={tiny['model']}", f"--data={tiny['data']}",
             "--dataset=sst2", "--train_size=64", "--eval_size=16", "--max_length=16",
-            f"--workdir={tiny['root'] / 'demo'}", cwd=ROOT)
-  assert "4. sanitisation" in out
-  report = (tiny["root"] / "demo" / "report.md").read_text()
-  assert "## Sanitisation" in report and "| sanitised" in report
-  assert (tiny["root"] / "demo" / "defense.png").is_file()
+            f"--workdir={workdir}", cwd=ROOT)
+  summary = json.loads((workdir / "summary.json").read_text())
+  victim, defense = summary["victim"], summary["defense"]
+  held = defense["inputs"]
+  # Every printed number names the set it was measured on, and is the stored one.
+  assert (f"CA {victim['ca']:.3f} on {victim['test_rows']} clean test sst2 inputs, ASR "
+          f"{victim['asr']:.3f} on {victim['triggered_rows']} triggered test sst2 inputs"
+          in out)
+  assert (f"4. sanitisation (CA on {held['held_clean']} held-out clean test sst2 inputs, "
+          f"ASR on {held['held_triggered']} held-out triggered test sst2 inputs)" in out)
+  for when in ("before", "after"):
+    assert f"{defense[when]['ca']:.3f} | {defense[when]['asr']:.3f} |" in out
+  report = (workdir / "report.md").read_text()
+  for plot in ("analysis/cls_row_nospecial_frac_above.png", "defense.png"):
+    assert f"![]({plot})" in report and (workdir / plot).read_bytes()[:4] == b"\x89PNG"
+  (disk,) = [line for line in out.splitlines() if line.startswith("disk: ")]
+  du_kib = int(subprocess.run(["du", "-sk", str(workdir)], capture_output=True, text=True,
+                              check=True).stdout.split()[0])
+  number, unit = disk.split(" takes ")[1].split()[:2]
+  scale = {"B": 1 / 1024, "KiB": 1, "MiB": 1024, "GiB": 1024 ** 2}[unit]
+  assert abs(float(number) * scale - du_kib) <= 0.06 * du_kib + 8, (disk, du_kib)
 
 
 def test_defend_config_recipes():

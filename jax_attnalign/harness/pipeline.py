@@ -137,7 +137,9 @@ def choose_suspects(model, params, sets: dict, setup: DefenseSetup, config: Sani
 
 def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig(),
                   workdir: str | pathlib.Path | None = None) -> dict:
-  """Detect suspects, sanitise, and measure; returns (and writes) the result dict.
+  """Detect suspects, sanitise, and measure; returns (and writes) the result dict:
+  'before' and 'after' (CA on 'held_clean', ASR on 'held_triggered'), 'detection'
+  (on the 'stream'), the sanitisation 'report', and 'inputs', each set's size.
 
   With `workdir` an existing result.json is returned as is, and an interrupted
   sanitisation resumes from its checkpoint there.
@@ -151,7 +153,8 @@ def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig()
   before = evaluate(model, params, sets, setup.target)
   suspects, flagged, detection, detector = choose_suspects(model, params, sets, setup, config)
   logging.info("before: %s; detection: %s", before, detection)
-  result = {"setup": dataclasses.asdict(setup), "before": before, "detection": detection}
+  result = {"setup": dataclasses.asdict(setup), "before": before, "detection": detection,
+            "inputs": {name: len(arrays["input_ids"]) for name, arrays in sets.items()}}
   if detection["suspects"] == 0:
     result.update(after=before, report={"stopped": "no_suspects", "rounds": []})
   else:
@@ -186,7 +189,8 @@ def analyze_victim(setup: DefenseSetup, views: list[str], statistics: list[str],
   model, params = jax_attnalign.load_pretrained(setup.victim, task="classification")
   stream = defense_data(setup, data.load_tokenizer(_tokenizer_path(setup)))["stream"]
   truth = stream["poisoned"]
-  out = {"setup": dataclasses.asdict(setup), "views": {}}
+  out = {"setup": dataclasses.asdict(setup), "clean_inputs": int((~truth).sum()),
+         "triggered_inputs": int(truth.sum()), "views": {}}
   for view in views:
     out["views"][view] = {}
     per_statistic = scores_of(model, params, stream, view, tuple(statistics),
