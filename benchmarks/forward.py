@@ -30,6 +30,7 @@ import numpy as np
 
 import jax_attnalign
 from jax_attnalign import assets
+from jax_attnalign.models import PATTERNS, run_with_hooks
 
 # name: (checkpoint path, default batch, default length, a title)
 MODELS = {
@@ -69,9 +70,9 @@ def bench_ours(path, ids, mask, capture: bool, repeats: int) -> dict:
   def forward(p, i, m):
     if not capture:
       return model.apply({"params": p}, i, m).last_hidden_state
-    out, state = model.apply({"params": p}, i, m, capture_attention=True,
-                             mutable=["intermediates"])
-    return out.last_hidden_state, jax_attnalign.attention_maps(state)
+    out, captured = run_with_hooks(model, p, {"input_ids": i, "attention_mask": m},
+                                   capture=PATTERNS)
+    return out.last_hidden_state, jax_attnalign.attention_maps(captured)
 
   compiled = jax.jit(forward).lower(params, ids, mask).compile()
   mem = compiled.memory_analysis()

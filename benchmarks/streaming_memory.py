@@ -3,8 +3,8 @@
 Paths, all on one sequence with the same view (default: the generation-to-prompt
 block, first half of the sequence the prompt), giving the same numbers:
   forward       no capture, no similarity (the floor)
-  maps          capture_attention, all layers' maps [L, 1, N, T, T] returned
-  materialised  capture_attention, then head_similarity in the same jit
+  maps          capture of every layers.<i>.attn.pattern: maps [L, 1, N, T, T] returned
+  materialised  the same capture, then head_similarity in the same jit
   streaming     streaming_head_similarity: each layer's cosine inside its layer
 
 Default (CPU): ONE full-size layer (4096 hidden, 32 heads, --length tokens,
@@ -38,7 +38,8 @@ import numpy as np
 
 from jax_attnalign.analysis.similarity import head_similarity
 from jax_attnalign.analysis.streaming import streaming_head_similarity
-from jax_attnalign.models import ModelConfig, attention_maps, build_model
+from jax_attnalign.models import (PATTERNS, ModelConfig, attention_maps, build_model,
+                                  run_with_hooks)
 
 GIB = 2 ** 30
 PATHS = ("forward", "streaming", "materialised", "maps")  # smallest footprint first
@@ -47,9 +48,9 @@ PATHS = ("forward", "streaming", "materialised", "maps")  # smallest footprint f
 def path_fns(model, view: str) -> dict:
   """name -> fn(params, ids, mask, special, prompt_lengths)."""
   def captured(params, ids, mask):
-    _, state = model.apply({"params": params}, ids, mask, capture_attention=True,
-                           mutable=["intermediates"])
-    return attention_maps(state)  # [L, 1, N, T, T]
+    _, captured = run_with_hooks(model, params, {"input_ids": ids, "attention_mask": mask},
+                                 capture=PATTERNS)
+    return attention_maps(captured)  # [L, 1, N, T, T]
 
   return {
       "forward": lambda p, ids, mask, special, lengths: model.apply(

@@ -9,7 +9,7 @@ import pytest
 
 from jax_attnalign.analysis.safety import EmptySafeSetError, HeadClass
 from jax_attnalign.defense.alignment import alignment_loss, alignment_optimizer, alignment_step
-from jax_attnalign.models import ModelConfig, build_model
+from jax_attnalign.models import PATTERNS, ModelConfig, attention_maps, build_model, run_with_hooks
 
 S, I, A = HeadClass.SUSPICIOUS, HeadClass.INTERMEDIATE, HeadClass.SAFE
 CASES = {
@@ -37,10 +37,8 @@ def _setup(name):
 def _brute_force(model, params, batch, view_name, special):
   """eq. 7 with per-head loops, materialised maps and the safe mean recomputed."""
   from jax_attnalign.analysis.views import extract_view
-  from jax_attnalign.models.capture import attention_maps
-  _, state = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                         capture_attention=True, mutable=["intermediates"])
-  blocks, _ = extract_view(attention_maps(state), view_name,
+  _, captured = run_with_hooks(model, params, batch, capture=PATTERNS)
+  blocks, _ = extract_view(attention_maps(captured), view_name,
                            attention_mask=batch["attention_mask"], special_mask=special)
   blocks = np.asarray(blocks)
   total = 0.0

@@ -6,7 +6,7 @@ import numpy as np
 from conftest import SMALL_LENGTH as LENGTH
 from jax_attnalign import data, metrics
 from jax_attnalign.analysis import VIEWS, head_similarity
-from jax_attnalign.models import attention_maps
+from jax_attnalign.models import PATTERNS, attention_maps, run_with_hooks
 from jax_attnalign.train import predict_logits
 
 
@@ -22,9 +22,8 @@ def test_badnets_trigger_raises_head_similarity(small_badnets):
       predict_logits(model, params, enc["triggered"]).argmax(-1),
       enc["triggered"]["labels"], 1)
   assert asr > 0.9, f"the backdoor was not learned (ASR {asr:.2f})"
-  capture = jax.jit(lambda ids, mask: model.apply(
-      {"params": params}, ids, mask, capture_attention=True,
-      mutable=["intermediates"])[1])
+  capture = jax.jit(lambda ids, mask: run_with_hooks(
+      model, params, {"input_ids": ids, "attention_mask": mask}, capture=PATTERNS)[1])
   maps_of = lambda ids, mask: attention_maps(capture(ids, mask))
   report = {}
   for view in VIEWS:

@@ -6,7 +6,7 @@ import pytest
 
 from jax_attnalign.analysis import head_similarity
 from jax_attnalign.defense.detector import Detector, calibrate_detector, input_scores
-from jax_attnalign.models import ModelConfig, attention_maps, build_model
+from jax_attnalign.models import PATTERNS, ModelConfig, attention_maps, build_model, run_with_hooks
 
 CFG = ModelConfig(model_type="bert", vocab_size=41, hidden_size=20, num_layers=2,
                   num_heads=4, intermediate_size=23)
@@ -20,10 +20,10 @@ def _model_inputs_and_cosines(seed: int, rows: int, padded_row: int, pad_from: i
   mask = np.ones_like(ids)
   mask[padded_row, pad_from:] = 0
   params = model.init(jax.random.PRNGKey(seed), ids)["params"]
-  _, state = model.apply({"params": params}, ids, mask, capture_attention=True,
-                         mutable=["intermediates"])
-  cos = np.asarray(head_similarity(attention_maps(state), "full", attention_mask=mask))
-  return model, params, {"input_ids": ids, "attention_mask": mask}, cos
+  batch = {"input_ids": ids, "attention_mask": mask}
+  _, captured = run_with_hooks(model, params, batch, capture=PATTERNS)
+  cos = np.asarray(head_similarity(attention_maps(captured), "full", attention_mask=mask))
+  return model, params, batch, cos
 
 
 def test_scores_match_materialised_brute_force():

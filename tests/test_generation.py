@@ -8,7 +8,7 @@ import torch
 
 import jax_attnalign
 import tiny_hf
-from jax_attnalign.models import init_cache
+from jax_attnalign.models import PATTERNS, init_cache, run_with_hooks
 from jax_attnalign.models.generation import sample_logits
 
 NEW = 12  # with 13 prompt slots the sequence passes Mistral's window of 5 twice
@@ -65,10 +65,10 @@ def test_generation_to_prompt_attention(case):
                                eos_token_id=[], return_attention=True)
   full_ids = np.concatenate([ids, np.asarray(out.tokens)], axis=1)
   full_mask = np.concatenate([mask, np.ones_like(out.tokens)], axis=1)
-  _, state = model.apply({"params": params}, full_ids, full_mask,
-                         capture_attention=True, mutable=["intermediates"])
+  _, captured = run_with_hooks(model, params, {"input_ids": full_ids,
+                                               "attention_mask": full_mask}, capture=PATTERNS)
   tp = ids.shape[1]
-  expected = jax_attnalign.attention_maps(state)[..., tp:, :tp]  # [L, B, N, Tg, Tp]
+  expected = jax_attnalign.attention_maps(captured)[..., tp:, :tp]  # [L, B, N, Tg, Tp]
   assert out.attention.shape == expected.shape
   np.testing.assert_allclose(np.asarray(out.attention), np.asarray(expected), atol=1e-6)
 

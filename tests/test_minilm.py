@@ -6,6 +6,7 @@ import transformers
 
 import jax_attnalign
 from jax_attnalign import data
+from jax_attnalign.models import PATTERNS, run_with_hooks
 
 TOL = 1e-4
 
@@ -23,13 +24,12 @@ def test_minilm_hidden_states_and_attentions_match_transformers(minilm_path, sha
              output_attentions=True, output_hidden_states=True)
   model, params = jax_attnalign.load_pretrained(minilm_path)
   assert (model.config.num_layers, model.config.num_heads) == (6, 12)
-  out, state = model.apply({"params": params}, enc["input_ids"], enc["attention_mask"],
-                           token_type_ids=enc["token_type_ids"], capture_attention=True,
-                           output_hidden_states=True, mutable=["intermediates"])
+  out, captured = run_with_hooks(model, params, dict(enc), capture=PATTERNS,
+                                 output_hidden_states=True)
   valid = enc["attention_mask"].astype(bool)
   for ours, theirs in zip(out.hidden_states, ref.hidden_states, strict=True):
     np.testing.assert_allclose(np.asarray(ours)[valid], theirs.numpy()[valid], atol=TOL)
-  maps = np.asarray(jax_attnalign.attention_maps(state))  # [L, B, N, T, S]
+  maps = np.asarray(jax_attnalign.attention_maps(captured))  # [L, B, N, T, S]
   ref_maps = np.stack([a.numpy() for a in ref.attentions])
   diff = np.abs(maps - ref_maps).transpose(1, 3, 0, 2, 4)[valid]  # valid query rows
   assert diff.max() < TOL

@@ -9,7 +9,7 @@ import torch
 
 import jax_attnalign
 import tiny_hf
-from jax_attnalign.models import ModelConfig, build_model
+from jax_attnalign.models import PATTERNS, Hooks, ModelConfig, build_model, collect, scale_heads
 
 TOL = 1e-5  # f32, absolute
 
@@ -31,9 +31,9 @@ def _run_both(name, hf, model, params, **apply_kwargs):
     ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
              output_attentions=True, output_hidden_states=True, **kwargs)
   out, state = model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask),
-                           capture_attention=True, output_hidden_states=True,
+                           hooks=Hooks(capture=PATTERNS), output_hidden_states=True,
                            mutable=["intermediates"], **apply_kwargs)
-  return ids, mask, ref, out, state
+  return ids, mask, ref, out, collect(state)
 
 
 def test_logits_hidden_states_and_attention_match_transformers(case):
@@ -79,8 +79,8 @@ def test_capture_off_keeps_nothing(case):
   ids, mask = tiny_hf.batch(name)
   out, state = model.apply({"params": params}, ids, mask, mutable=["intermediates"])
   assert not jax.tree_util.tree_leaves(state)
-  with pytest.raises(ValueError, match="capture_attention=True"):
-    jax_attnalign.attention_maps(state)
+  with pytest.raises(ValueError, match="No attention patterns captured"):
+    jax_attnalign.attention_maps(collect(state))
   plain = model.apply({"params": params}, ids, mask)
   first = out.logits if out.logits is not None else out.last_hidden_state
   second = plain.logits if plain.logits is not None else plain.last_hidden_state
@@ -94,7 +94,8 @@ def test_head_gates(case):
   ids, mask = tiny_hf.batch(name)
   cfg = model.config
   summary = lambda o: o.logits if o.logits is not None else o.last_hidden_state
-  apply = lambda p, gates: summary(model.apply({"params": p}, ids, mask, head_gates=gates))
+  apply = lambda p, gates: summary(model.apply({"params": p}, ids, mask, hooks=Hooks(
+      edit=None if gates is None else scale_heads(gates))))
   ones = jnp.ones((cfg.num_layers, cfg.num_heads))
   np.testing.assert_allclose(apply(params, ones), apply(params, None), atol=1e-6)
   layer, head = cfg.num_layers - 1, cfg.num_heads - 1
@@ -127,10 +128,10 @@ def test_bf16_compute_and_params():
   bf16_params = bf16.init(jax.random.PRNGKey(0), ids)["params"]
   assert {x.dtype for x in jax.tree_util.tree_leaves(bf16_params)} == {jnp.dtype(jnp.bfloat16)}
   cast = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
-  out, state = bf16.apply({"params": cast}, ids, mask, capture_attention=True,
+  out, state = bf16.apply({"params": cast}, ids, mask, hooks=Hooks(capture=PATTERNS),
                           mutable=["intermediates"])
   assert out.logits.dtype == jnp.bfloat16
-  assert jax_attnalign.attention_maps(state).dtype == jnp.float32  # softmax in f32
+  assert jax_attnalign.attention_maps(collect(state)).dtype == jnp.float32  # softmax in f32
   ref = f32.apply({"params": params}, ids, mask).logits
   valid = mask.astype(bool)
   err = np.abs(np.asarray(out.logits, np.float32) - np.asarray(ref))[valid]

@@ -10,7 +10,7 @@ import transformers
 
 from jax_attnalign import attention_maps, metrics
 from jax_attnalign.defense.sanitize import SanitizeConfig, scores_of
-from jax_attnalign.models import ModelConfig, build_model
+from jax_attnalign.models import PATTERNS, ModelConfig, build_model, run_with_hooks
 from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, analyze_lm_victim, answer_inputs,
                                        defend_lm_victim, load_lm_victim, view_statistics)
 from jax_attnalign.harness.victims_lm import LMVictimConfig, train_lm_victim, victim_data
@@ -61,9 +61,9 @@ def test_generation_to_prompt_statistics_equal_a_numpy_brute_force():
             "prompt_lengths": np.full(4, tp, np.int32)}
   ours = view_statistics(model, params, arrays, ("gen_to_prompt", "gen_to_prompt_nospecial"),
                          batch_size=3)
-  _, state = model.apply({"params": params}, ids, mask, capture_attention=True,
-                         mutable=["intermediates"])
-  maps = np.asarray(attention_maps(state))
+  _, captured = run_with_hooks(model, params, {"input_ids": ids, "attention_mask": mask},
+                               capture=PATTERNS)
+  maps = np.asarray(attention_maps(captured))
   for view, drop in (("gen_to_prompt", False), ("gen_to_prompt_nospecial", True)):
     for b, (per_layer, pooled) in enumerate(_brute_force(maps, mask, special, tp, drop)):
       for k, statistic in enumerate(("percentile", "frac_above", "mean")):

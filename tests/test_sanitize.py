@@ -13,7 +13,7 @@ from jax_attnalign.analysis import (HeadClass, head_importance, head_similarity,
 from jax_attnalign.defense import calibrate_detector
 from jax_attnalign.defense.sanitize import (SanitizeConfig, classify, flagged_inputs,
                                             sanitize, scores_of, task_accuracy)
-from jax_attnalign.models import ModelConfig, attention_maps, build_model
+from jax_attnalign.models import PATTERNS, ModelConfig, attention_maps, build_model, run_with_hooks
 from jax_attnalign import parallel
 from jax_attnalign.harness.pipeline import DefenseSetup, defend_victim
 
@@ -49,10 +49,8 @@ def setup():
 def test_classify_matches_materialised_similarity_and_importance(setup):
   model, params, suspects, _ = setup
   heads = classify(model, params, suspects, SanitizeConfig(**FAST), parallel.data_mesh())
-  _, state = model.apply({"params": params}, suspects["input_ids"],
-                         suspects["attention_mask"], capture_attention=True,
-                         mutable=["intermediates"])
-  cos = head_similarity(attention_maps(state), "cls_row_nospecial",
+  _, captured = run_with_hooks(model, params, suspects, capture=PATTERNS)
+  cos = head_similarity(attention_maps(captured), "cls_row_nospecial",
                         attention_mask=suspects["attention_mask"],
                         special_mask=suspects["special_mask"])  # [B, L, N, N]
   np.testing.assert_allclose(heads["max_similarity"],

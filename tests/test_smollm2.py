@@ -21,6 +21,7 @@ import jax_attnalign
 from jax_attnalign import assets, data
 from jax_attnalign.analysis.similarity import head_similarity
 from jax_attnalign.analysis.streaming import streaming_head_similarity
+from jax_attnalign.models import PATTERNS, Hooks, run_with_hooks, scale_heads
 
 pytestmark = pytest.mark.xdist_group("smollm2")
 NEW = 32
@@ -89,11 +90,11 @@ def test_config_and_tokenizer_from_the_file(smollm2):
 def test_logits_hidden_states_and_attention_match_transformers(smollm2, prompts):
   _, ids, mask = prompts
   ref = _hf_forward(smollm2["hf"], ids, mask)
-  out, state = smollm2["model"].apply(
-      {"params": smollm2["params"]}, ids, mask, capture_attention=True,
-      output_hidden_states=True, mutable=["intermediates"])
+  out, captured = run_with_hooks(
+      smollm2["model"], smollm2["params"], {"input_ids": ids, "attention_mask": mask},
+      capture=PATTERNS, output_hidden_states=True)
   valid = mask.astype(bool)
-  maps = np.asarray(jax_attnalign.attention_maps(state))  # [L, B, N, T, S]
+  maps = np.asarray(jax_attnalign.attention_maps(captured))  # [L, B, N, T, S]
   ref_maps = np.stack([a.numpy() for a in ref.attentions])
   assert maps.shape == ref_maps.shape == (30, *ids.shape[:1], 9, *ids.shape[1:] * 2)
   assert np.abs(maps - ref_maps).transpose(1, 3, 0, 2, 4)[valid].max() < 1e-4
@@ -181,10 +182,9 @@ def test_capture_gates_and_streaming_at_this_shape(smollm2, prompts):
   full_ids = np.concatenate([ids, np.asarray(gen.tokens)], 1)
   full_mask = np.concatenate([mask, np.asarray(gen.token_mask)], 1)
   prompt_lengths = np.full(len(ids), ids.shape[1])
-  out, state = jax.jit(lambda p: model.apply({"params": p}, full_ids, full_mask,
-                                             capture_attention=True,
-                                             mutable=["intermediates"]))(params)
-  maps = jax_attnalign.attention_maps(state)
+  out, captured = jax.jit(lambda p: run_with_hooks(
+      model, p, {"input_ids": full_ids, "attention_mask": full_mask}, capture=PATTERNS))(params)
+  maps = jax_attnalign.attention_maps(captured)
   chex.assert_shape(maps, (30, len(ids), 9, full_ids.shape[1], full_ids.shape[1]))
   np.testing.assert_allclose(np.asarray(maps.sum(-1)), 1.0, atol=1e-5)
   # generate()'s own generation-to-prompt blocks are the captured ones.
@@ -202,7 +202,8 @@ def test_capture_gates_and_streaming_at_this_shape(smollm2, prompts):
   pruned = jax.tree.map(lambda x: x, params)
   kernel = pruned[f"layers_{layer}"]["attention"]["out"]["kernel"]
   pruned[f"layers_{layer}"]["attention"]["out"]["kernel"] = kernel.at[head].set(0.0)
-  logits = jax.jit(lambda p, g: model.apply({"params": p}, ids, mask, head_gates=g).logits)
+  logits = jax.jit(lambda p, g: model.apply({"params": p}, ids, mask,
+                                            hooks=Hooks(edit=scale_heads(g))).logits)
   np.testing.assert_allclose(np.asarray(logits(params, gates)),
                              np.asarray(logits(pruned, jnp.ones((30, 9)))), atol=1e-4)
   assert not np.allclose(np.asarray(logits(params, gates)),

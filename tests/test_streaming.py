@@ -9,8 +9,8 @@ import pytest
 from jax_attnalign.analysis.similarity import head_similarity
 from jax_attnalign.analysis.streaming import streaming_head_similarity
 from jax_attnalign.analysis.views import VIEWS, View
-from jax_attnalign.models import ModelConfig, attention_maps, build_model
-from jax_attnalign.models.layers import CAPTURE_NAME, HOOK_NAME
+from jax_attnalign.models import (PATTERNS, Hooks, ModelConfig, attention_maps, build_model,
+                                  collect)
 
 B, T = 3, 11
 CONFIGS = {
@@ -61,9 +61,9 @@ def test_streaming_equals_materialised(model_and_params):
 
   @jax.jit  # one compilation for every view
   def both_paths(params, ids, mask, special, prompt_lengths):
-    _, state = model.apply({"params": params}, ids, mask, capture_attention=True,
+    _, state = model.apply({"params": params}, ids, mask, hooks=Hooks(capture=PATTERNS),
                            mutable=["intermediates"])
-    maps = attention_maps(state)
+    maps = attention_maps(collect(state))
     return [(streaming_head_similarity(model, params, ids, mask, view, special_mask=special,
                                        prompt_lengths=prompt_lengths),
              head_similarity(maps, view, attention_mask=mask, special_mask=special,
@@ -77,17 +77,15 @@ def test_streaming_equals_materialised(model_and_params):
     chex.assert_trees_all_close(streamed, materialised, atol=1e-6, custom_message=str(view))
 
 
-def test_hook_sows_summaries_not_maps(model_and_params):
+def test_summarize_sows_summaries_not_maps(model_and_params):
   model, params = model_and_params
   ids, mask, _, _ = make_batch(0, model.config.is_decoder)
-  hook = lambda probs, layer: jnp.sum(probs, axis=-1) if layer == 1 else None
-  _, state = jax.jit(lambda p: model.apply({"params": p}, ids, mask, attention_hook=hook,
+  hooks = Hooks(summarize={"layers.1.attn.pattern": lambda probs, _: jnp.sum(probs, -1)})
+  _, state = jax.jit(lambda p: model.apply({"params": p}, ids, mask, hooks=hooks,
                                            mutable=["intermediates"]))(params)
-  paths = [jax.tree_util.keystr(p) for p, _ in
-           jax.tree_util.tree_flatten_with_path(state)[0]]
-  assert len(paths) == 1 and "layers_1" in paths[0] and HOOK_NAME in paths[0]
-  assert not any(CAPTURE_NAME in p for p in paths)
-  summary = state["intermediates"]["layers_1"]["attention"][HOOK_NAME][0]
+  assert len(jax.tree_util.tree_leaves(state)) == 1
+  summary = collect(state)["layers.1.attn.pattern"]
+  chex.assert_shape(summary, (B, 4, T))
   np.testing.assert_allclose(summary, 1.0, atol=1e-6)  # [B, N, T]: rows sum to 1
 
 
@@ -125,10 +123,10 @@ def test_streaming_keeps_one_layer_of_maps():
       if not materialise:
         return streaming_head_similarity(model, params, ids, mask, "gen_to_prompt",
                                          prompt_lengths=lengths)
-      _, state = model.apply({"params": params}, ids, mask, capture_attention=True,
+      _, state = model.apply({"params": params}, ids, mask, hooks=Hooks(capture=PATTERNS),
                              mutable=["intermediates"])
-      return head_similarity(attention_maps(state), "gen_to_prompt", attention_mask=mask,
-                             prompt_lengths=lengths, is_decoder=True)
+      return head_similarity(attention_maps(collect(state)), "gen_to_prompt",
+                             attention_mask=mask, prompt_lengths=lengths, is_decoder=True)
 
     mem = jax.jit(scan).lower(params, ids, ids, lengths).compile().memory_analysis()
     return mem.temp_size_in_bytes + mem.output_size_in_bytes

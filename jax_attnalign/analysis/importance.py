@@ -1,7 +1,7 @@
 """Gradient head importance (paper eq. 4, Michel et al. 2019) through per-head gates.
 
-Every attention head's output H_lh [T, H] is multiplied by a gate g_lh before the
-output projection; at g = 1,
+Every attention head's output H_lh [T, H] (the hook `layers.<l>.attn.z`) is
+multiplied by a gate g_lh before the output projection (`scale_heads`); at g = 1,
 
   dL/dg_lh = sum_t <H_lh[t], dL/dH_lh[t]> = H_lh^T dL/dH_lh,
 
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_attnalign.models import apply_batch
+from jax_attnalign.models import Hooks, apply_batch, scale_heads
 
 Array = jax.Array
 Normalization = Literal["global_max", "layer_l2", "none"]
@@ -31,7 +31,7 @@ def _example_loss(model, params, gates: Array, example: dict[str, Array],
                   use_predictions: bool) -> Array:
   """The loss of one example (arrays without a batch axis) under head gates [L, N]."""
   batch = {k: v[None] for k, v in example.items()}
-  out = apply_batch(model, params, batch, head_gates=gates)
+  out = apply_batch(model, params, batch, hooks=Hooks(edit=scale_heads(gates)))
   logits = out.logits.astype(jnp.float32)
   if "loss_mask" in batch:  # causal LM: next-token loss on the masked (answer) tokens
     targets = batch["input_ids"][:, 1:]

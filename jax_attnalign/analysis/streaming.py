@@ -2,11 +2,12 @@
 
 DESIGN.md ("Memory"): a 7B model at 2k tokens holds ~16 GiB of f32 maps per
 sequence, while the per-layer head-by-head cosine matrices are a few KiB. Here
-an attention hook turns each layer's probabilities [B, N, T, S] into the cosine
-of their viewed block [B, N, N] right after the softmax, and only that is sown.
-With capture off, a layer's maps are dead once the layer is done, so under
-`jax.jit` XLA frees them before the next layer: peak memory holds one layer's
-maps, not L of them. The numbers equal `head_similarity` on captured maps.
+a `summarize` hook on each viewed layer's `layers.<i>.attn.pattern` turns the
+probabilities [B, N, T, S] into the cosine of their viewed block [B, N, N] right
+after the softmax, and only that is sown. Nothing captures the maps, so a
+layer's maps are dead once the layer is done and under `jax.jit` XLA frees them
+before the next layer: peak memory holds one layer's maps, not L of them. The
+numbers equal `head_similarity` on captured maps.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 
 from jax_attnalign.analysis.similarity import head_similarity
 from jax_attnalign.analysis.views import View, resolve_view
-from jax_attnalign.models.layers import HOOK_NAME
+from jax_attnalign.models.hooks import Hooks, collect, hook_name
 
 Array = jax.Array
 
@@ -43,17 +44,16 @@ def streaming_head_similarity(model, params, input_ids: Array, attention_mask: A
   selected = view.layer_indices(model.config.num_layers)
   layer_view = dataclasses.replace(view, layers="all")
 
-  def layer_cosine(probs: Array, layer: int) -> Array | None:  # probs: [B, N, T, S]
-    if layer not in selected:
-      return None
+  names = [hook_name(i, "attn.pattern") for i in selected]
+
+  def layer_cosine(probs: Array, name: str) -> Array:  # probs: [B, N, T, S]
     cos = head_similarity(probs[None], layer_view, attention_mask=attention_mask,
                           special_mask=special_mask, prompt_lengths=prompt_lengths,
                           is_decoder=model.config.is_decoder)
     return cos[:, 0]  # [B, N, N]
 
   _, state = model.apply({"params": params}, input_ids, attention_mask,
-                         attention_hook=layer_cosine, mutable=["intermediates"],
-                         **model_kwargs)
-  sown = state["intermediates"]
-  return jnp.stack([sown[f"layers_{i}"]["attention"][HOOK_NAME][0] for i in selected],
-                   axis=1)
+                         hooks=Hooks(summarize={tuple(names): layer_cosine}),
+                         mutable=["intermediates"], **model_kwargs)
+  summaries = collect(state)
+  return jnp.stack([summaries[name] for name in names], axis=1)

@@ -22,7 +22,7 @@ import optax
 from jax_attnalign.analysis.safety import HeadClass, require_safe_heads
 from jax_attnalign.analysis.views import View, extract_view, resolve_view
 from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer
-from jax_attnalign.models import apply_batch, attention_maps
+from jax_attnalign.models import PATTERNS, attention_maps, run_with_hooks
 
 Array = jax.Array
 
@@ -41,9 +41,8 @@ def alignment_loss(model, params, batch: dict[str, Array], labels: np.ndarray,
   labels = np.asarray(labels)[layers]  # [L', N]
   safe = jnp.asarray(require_safe_heads(labels))
   suspicious = jnp.asarray(labels == HeadClass.SUSPICIOUS)
-  _, state = apply_batch(model, params, batch, capture_attention=True,
-                         mutable=["intermediates"])
-  blocks, _ = extract_view(attention_maps(state), view,
+  _, captured = run_with_hooks(model, params, batch, capture=PATTERNS)
+  blocks, _ = extract_view(attention_maps(captured), view,
                            attention_mask=batch["attention_mask"],
                            special_mask=special_mask, prompt_lengths=prompt_lengths,
                            is_decoder=model.config.is_decoder)  # [L', B, N, F]

@@ -48,7 +48,8 @@ from jax_attnalign.checkpoint import Checkpointer
 from jax_attnalign.defense.alignment import alignment_optimizer, alignment_step
 from jax_attnalign.defense.detector import Detector, batch_scores, calibrate_detector
 from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer
-from jax_attnalign.models import MODEL_INPUTS, apply_batch, attention_maps
+from jax_attnalign.models import (MODEL_INPUTS, PATTERNS, apply_batch, attention_maps,
+                                  run_with_hooks)
 
 STAGES = ("align", "finetune")
 _VIEW_INPUTS = ("special_mask", "prompt_lengths")
@@ -160,9 +161,8 @@ def _suspect_cosine(model, params, batch, view: str, scope: str):
     return streaming_head_similarity(model, params, batch["input_ids"],
                                      batch["attention_mask"], view, **_view_kwargs(batch),
                                      **extra)
-  _, state = apply_batch(model, params, batch, capture_attention=True,
-                         mutable=["intermediates"])
-  return head_similarity(attention_maps(state), view, attention_mask=batch["attention_mask"],
+  _, captured = run_with_hooks(model, params, batch, capture=PATTERNS)
+  return head_similarity(attention_maps(captured), view, attention_mask=batch["attention_mask"],
                          is_decoder=model.config.is_decoder, scope="model",
                          **_view_kwargs(batch))
 

@@ -1,11 +1,12 @@
-"""Flax BERT, Llama and Mistral with attention capture and per-head gates."""
+"""Flax BERT, Llama and Mistral with named intermediates to capture or edit (hooks)."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
 from jax_attnalign.models.bert import Bert
-from jax_attnalign.models.capture import attention_maps
+from jax_attnalign.models.hooks import (PATTERNS, SITES, Hooks, attention_maps, collect,
+                                        hook_name, layer_of, name_filter, scale_heads)
 from jax_attnalign.models.config import ModelConfig
 from jax_attnalign.models.llama import Llama, init_cache, positions_from_mask
 from jax_attnalign.models.outputs import ModelOutput
@@ -17,10 +18,24 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 def apply_batch(model, params, batch: dict, **kwargs):
   """`model.apply` on a batch dict: input_ids, attention_mask and, when present,
   token_type_ids; other fields (labels, loss_mask, ...) stay out. kwargs go on
-  to the model (head_gates, capture_attention, mutable, rngs, ...)."""
+  to the model (hooks, mutable, rngs, ...)."""
   extra = {k: batch[k] for k in MODEL_INPUTS[2:] if k in batch}
   return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
                      **extra, **kwargs)
+
+
+def run_with_hooks(model, params, batch: dict, *, capture=None, edit=None, summarize=None,
+                   **kwargs) -> tuple:
+  """`apply_batch` with hooks: (output, {name: value} of what was captured or
+  summarised). capture: a name filter; edit, summarize: {filter: fn(value, name)}
+  (see models.hooks). Only the captured names are kept.
+
+  >>> out, captured = run_with_hooks(model, params, batch, capture="layers.0.attn.*",
+  ...                                edit=scale_heads(gates))
+  """
+  out, state = apply_batch(model, params, batch, mutable=["intermediates"], hooks=Hooks(
+      capture=capture, edit=edit, summarize=summarize), **kwargs)
+  return out, collect(state)
 
 
 def build_model(config: ModelConfig, task: str | None = None, dtype=jnp.float32,
@@ -31,5 +46,7 @@ def build_model(config: ModelConfig, task: str | None = None, dtype=jnp.float32,
   return Bert(config, task or "base", dtype=dtype, param_dtype=param_dtype)
 
 
-__all__ = ["MODEL_INPUTS", "Bert", "Llama", "ModelConfig", "ModelOutput", "apply_batch",
-           "attention_maps", "build_model", "init_cache", "positions_from_mask"]
+__all__ = ["MODEL_INPUTS", "PATTERNS", "SITES", "Bert", "Hooks", "Llama", "ModelConfig",
+           "ModelOutput", "apply_batch", "attention_maps", "build_model", "collect",
+           "hook_name", "init_cache", "layer_of", "name_filter", "positions_from_mask",
+           "run_with_hooks", "scale_heads"]

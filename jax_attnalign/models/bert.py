@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jax_attnalign.models import layers
 from jax_attnalign.models.config import ModelConfig
+from jax_attnalign.models.hooks import NO_HOOKS, Hooks
 from jax_attnalign.models.outputs import ModelOutput
 
 Array = jax.Array
@@ -50,16 +49,18 @@ class EncoderLayer(nn.Module):
   param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask, head_gates, capture, deterministic, attention_hook=None):
+  def __call__(self, x, mask, hooks: Hooks, deterministic):
+    """hooks: scoped to this layer ('layers.<i>')."""
     cfg = self.config
     drop = nn.Dropout(cfg.hidden_dropout)
+    x = hooks(self, "resid_pre", x)
     attn, _ = layers.Attention(cfg, use_bias=True, rope=False, dtype=self.dtype,
                                param_dtype=self.param_dtype, name="attention")(
-        x, mask, head_gates=head_gates, capture=capture, deterministic=deterministic,
-        attention_hook=attention_hook)
+        x, mask, deterministic=deterministic, hooks=hooks.scope("attn"))
     x = _layer_norm("attention_norm", self)(x + drop(attn, deterministic=deterministic))
     h = MLP(cfg, self.dtype, self.param_dtype, name="mlp")(x)
-    return _layer_norm("output_norm", self)(x + drop(h, deterministic=deterministic))
+    x = _layer_norm("output_norm", self)(x + drop(h, deterministic=deterministic))
+    return hooks(self, "resid_post", x)
 
 
 class MLP(nn.Module):
@@ -112,12 +113,10 @@ class Bert(nn.Module):
 
   def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
                token_type_ids: Array | None = None, position_ids: Array | None = None,
-               head_gates: Array | None = None, capture_attention: bool = False,
                output_hidden_states: bool = False, deterministic: bool = True,
-               attention_hook: Callable[..., Any] | None = None) -> ModelOutput:
-    """input_ids, attention_mask, token_type_ids: [B, T] int; head_gates: [L, N]
-    (or broadcastable to [B, T, L, N]). attention_hook(probs [B, N, T, S],
-    layer=i): see layers.Attention."""
+               hooks: Hooks = NO_HOOKS) -> ModelOutput:
+    """input_ids, attention_mask, token_type_ids: [B, T] int. hooks: what to
+    capture, edit or summarise among the named intermediates (models.hooks)."""
     b, t = input_ids.shape
     if attention_mask is None:
       attention_mask = jnp.ones((b, t), jnp.int32)
@@ -130,8 +129,7 @@ class Bert(nn.Module):
     x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
     hidden = [x]
     for i, layer in enumerate(self.layers):
-      x = layer(x, mask, layers.gates_for_layer(head_gates, i), capture_attention,
-                deterministic, layers.hook_for_layer(attention_hook, i))
+      x = layer(x, mask, hooks.scope(f"layers.{i}"), deterministic)
       hidden.append(x)
     pooled = logits = None
     if self.task != "masked_lm":

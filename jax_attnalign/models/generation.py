@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_attnalign.models.capture import attention_maps
+from jax_attnalign.models.hooks import PATTERNS, Hooks, attention_maps, collect
 from jax_attnalign.models.llama import Llama, init_cache, positions_from_mask
 
 Array = jax.Array
@@ -64,9 +64,10 @@ def _forward_step(model: Llama, params, tokens, positions, cache, cache_index,
   b, t = tokens.shape
   out, state = model.apply(
       {"params": params}, tokens, position_ids=positions, cache=cache,
-      cache_index=cache_index, cache_mask=cache_mask, capture_attention=capture,
+      cache_index=cache_index, cache_mask=cache_mask,
+      hooks=Hooks(capture=PATTERNS if capture else None),
       logit_positions=jnp.full((b, 1), t - 1), mutable=["intermediates"])
-  attn = attention_maps(state)[..., :prompt_len] if capture else None  # [L, B, N, T, Tp]
+  attn = attention_maps(collect(state))[..., :prompt_len] if capture else None  # [L,B,N,T,Tp]
   return out.logits[:, -1], out.cache, attn
 
 

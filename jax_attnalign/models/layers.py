@@ -6,7 +6,6 @@ K key/value heads, G query heads per key/value head, H head dim, D model dim.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable
 
@@ -15,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_attnalign.models.config import ModelConfig
+from jax_attnalign.models.hooks import NO_HOOKS, Hooks
 
 Array = jax.Array
 Dtype = Any
@@ -27,12 +27,6 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
 }
-
-# Collection and name under which attention probabilities are sown.
-CAPTURE_NAME = "attention_probs"
-# Name under which the result of an attention hook is sown (see Attention).
-HOOK_NAME = "attention_hook"
-
 
 def activation(name: str) -> Callable[[Array], Array]:
   if name not in ACTIVATIONS:
@@ -107,11 +101,9 @@ class Attention(nn.Module):
   """Multi-head (grouped-query) attention with heads as a weight axis.
 
   Kernels: query [D, N, H], key/value [D, K, H], out [N, H, D]. Probabilities are
-  computed in f32 and, with `capture=True`, sown as `intermediates/attention_probs`
-  with shape [B, N, T, S]. `head_gates` (broadcastable to [B, T, N]) scales each
-  head's output before the output projection. `attention_hook(probs)`, if given,
-  summarises the probabilities inside the layer; a result that is not None is
-  sown as `intermediates/attention_hook`, so statistics need not keep the maps.
+  computed in f32. `hooks` (scoped to 'layers.<i>.attn', see models.hooks) sees
+  q, k, v, the pattern [B, N, T, S] and z [B, T, N, H], each head's output before
+  the output projection.
   """
   config: ModelConfig
   use_bias: bool
@@ -132,10 +124,8 @@ class Attention(nn.Module):
     self.dropout = nn.Dropout(cfg.attention_dropout)
 
   def __call__(self, x: Array, mask: Array, *, positions: Array | None = None,
-               head_gates: Array | None = None, cache: dict | None = None,
-               cache_index: Array | None = None, capture: bool = False,
-               deterministic: bool = True,
-               attention_hook: Callable[[Array], Any] | None = None,
+               cache: dict | None = None, cache_index: Array | None = None,
+               deterministic: bool = True, hooks: Hooks = NO_HOOKS,
                ) -> tuple[Array, dict | None]:
     """x: [B, T, D]; mask: [B, 1, T, S] bool. Returns ([B, T, D], updated cache).
 
@@ -150,6 +140,7 @@ class Attention(nn.Module):
       inv_freq = rope_inverse_frequencies(cfg)
       q = apply_rope(q, positions, inv_freq)
       k = apply_rope(k, positions, inv_freq)
+    q, k, v = hooks(self, "q", q), hooks(self, "k", k), hooks(self, "v", v)
     if cache is not None:
       start = (0, cache_index, 0, 0)
       k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
@@ -163,30 +154,9 @@ class Attention(nn.Module):
     logits = logits * (cfg.head_dim ** -0.5)
     logits = logits.reshape(b, cfg.num_heads, t, k.shape[1])  # [B, N, T, S]
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)  # f32
-    if capture:
-      self.sow("intermediates", CAPTURE_NAME, probs)
-    summary = None if attention_hook is None else attention_hook(probs)
-    if summary is not None:
-      # The barrier makes the rest of the layer wait for the summary, so the f32
-      # maps die inside the layer; without it XLA:GPU deferred every layer's hook
-      # to the end and held all L layers' maps (18 of 32 GiB at 7B x 2k tokens).
-      summary, probs = jax.lax.optimization_barrier((summary, probs))
-      self.sow("intermediates", HOOK_NAME, summary)
+    probs = hooks(self, "pattern", jax.nn.softmax(logits, axis=-1))  # f32
     probs = self.dropout(probs, deterministic=deterministic).astype(self.dtype)
     probs = probs.reshape(b, cfg.num_kv_heads, groups, t, k.shape[1])
     heads = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v.astype(self.dtype))
     heads = heads.reshape(b, t, cfg.num_heads, cfg.head_dim)  # [B, T, N, H]
-    if head_gates is not None:
-      heads = heads * jnp.asarray(head_gates, heads.dtype)[..., None]
-    return self.out(heads), cache
-
-
-def gates_for_layer(head_gates: Array | None, layer: int) -> Array | None:
-  """Slices layer `layer` out of head gates broadcastable to [B, T, L, N]."""
-  return None if head_gates is None else jnp.asarray(head_gates)[..., layer, :]
-
-
-def hook_for_layer(hook: Callable[..., Any] | None, layer: int) -> Callable | None:
-  """Binds `layer` into a model-level attention hook(probs, layer=...)."""
-  return None if hook is None else functools.partial(hook, layer=layer)
+    return self.out(hooks(self, "z", heads)), cache

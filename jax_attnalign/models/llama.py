@@ -6,14 +6,13 @@ Left padding is handled: positions count only the valid tokens of each row.
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jax_attnalign.models import layers
 from jax_attnalign.models.config import ModelConfig
+from jax_attnalign.models.hooks import NO_HOOKS, Hooks
 from jax_attnalign.models.outputs import ModelOutput
 
 Array = jax.Array
@@ -59,18 +58,18 @@ class DecoderLayer(nn.Module):
   param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask, positions, head_gates, cache, cache_index, capture,
-               deterministic, attention_hook=None):
+  def __call__(self, x, mask, positions, cache, cache_index, deterministic, hooks: Hooks):
+    """hooks: scoped to this layer ('layers.<i>')."""
     cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = hooks(self, "resid_pre", x)
     h = layers.RMSNorm(cfg.norm_eps, **kw, name="input_norm")(x)
     h, cache = layers.Attention(cfg, use_bias=cfg.attention_bias, rope=True, **kw,
                                 name="attention")(
-        h, mask, positions=positions, head_gates=head_gates, cache=cache,
-        cache_index=cache_index, capture=capture, deterministic=deterministic,
-        attention_hook=attention_hook)
+        h, mask, positions=positions, cache=cache, cache_index=cache_index,
+        deterministic=deterministic, hooks=hooks.scope("attn"))
     x = x + h
     h = layers.RMSNorm(cfg.norm_eps, **kw, name="post_attention_norm")(x)
-    return x + MLP(cfg, **kw, name="mlp")(h), cache
+    return hooks(self, "resid_post", x + MLP(cfg, **kw, name="mlp")(h)), cache
 
 
 class Llama(nn.Module):
@@ -94,21 +93,20 @@ class Llama(nn.Module):
       self.score = _dense(cfg.num_labels, False, "score", self)
 
   def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
-               position_ids: Array | None = None, head_gates: Array | None = None,
+               position_ids: Array | None = None,
                cache: list[dict[str, Array]] | None = None,
-               cache_index: Array | int | None = None,
-               cache_mask: Array | None = None, capture_attention: bool = False,
+               cache_index: Array | int | None = None, cache_mask: Array | None = None,
                output_hidden_states: bool = False, deterministic: bool = True,
-               attention_hook: Callable[..., Any] | None = None,
+               hooks: Hooks = NO_HOOKS,
                logit_positions: Array | None = None) -> ModelOutput:
     """Forward pass over input_ids [B, T].
 
     attention_mask: [B, T], 1 for tokens, 0 for (left) padding. position_ids
-    default to `positions_from_mask(attention_mask)`. head_gates: [L, N] or
-    broadcastable to [B, T, L, N]. For cached decoding pass `cache` (from
-    `init_cache`), the slot `cache_index` where these tokens go, and `cache_mask`
-    [B, S_max], the validity of every cache slot (prompt padding is 0).
-    attention_hook(probs [B, N, T, S], layer=i): see layers.Attention.
+    default to `positions_from_mask(attention_mask)`. For cached decoding pass
+    `cache` (from `init_cache`), the slot `cache_index` where these tokens go, and
+    `cache_mask` [B, S_max], the validity of every cache slot (prompt padding is
+    0). hooks: what to capture, edit or summarise among the named intermediates
+    (models.hooks).
     logit_positions: [B, P] int, causal_lm only: the LM head runs at these
     positions alone and logits are [B, P, V] (training computes the vocabulary
     projection only where the loss is).
@@ -132,10 +130,8 @@ class Llama(nn.Module):
     x = self.embed_tokens(input_ids)
     hidden, new_cache = [x], []
     for i, layer in enumerate(self.layers):
-      x, layer_cache = layer(x, mask, position_ids, layers.gates_for_layer(head_gates, i),
-                             None if cache is None else cache[i], cache_index,
-                             capture_attention, deterministic,
-                             layers.hook_for_layer(attention_hook, i))
+      x, layer_cache = layer(x, mask, position_ids, None if cache is None else cache[i],
+                             cache_index, deterministic, hooks.scope(f"layers.{i}"))
       new_cache.append(layer_cache)
       hidden.append(x)
     x = self.norm(x)
