@@ -12,8 +12,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import common
-from jax_attnalign.harness.configs import sanitize_config
 from jax_attnalign.defense import HeadRates
+from jax_attnalign.harness.configs import sanitize_config
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "experiments/configs/defend.py",
@@ -25,14 +25,17 @@ flags.DEFINE_string("workdir", "workdir/ablation", "Output folder.")
 
 def variants(full) -> dict:
   """{name: ({}, SanitizeConfig)}: one round each, so the variants are comparable."""
-  one = dataclasses.replace(full, stop="fixed", max_rounds=1)
-  uniform = HeadRates(*(full.rates.safe,) * 3)
-  return {"full method": ({}, dataclasses.replace(one, finetune_when="always")),
-          "fine-tune only to repair": ({}, dataclasses.replace(one, finetune_when="repair")),
+  one = dataclasses.replace(full, stopping=dataclasses.replace(full.stopping, stop="fixed",
+                                                               max_rounds=1))
+  when = lambda rule: dataclasses.replace(one, finetune=dataclasses.replace(one.finetune,
+                                                                            when=rule))
+  uniform = dataclasses.replace(one.finetune, rates=HeadRates(*(full.finetune.rates.safe,) * 3))
+  return {"full method": ({}, when("always")),
+          "fine-tune only to repair": ({}, when("repair")),
           "alignment only": ({}, dataclasses.replace(one, stages=("align",))),
           "head-wise fine-tuning only": ({}, dataclasses.replace(one, stages=("finetune",))),
           "uniform fine-tuning only": ({}, dataclasses.replace(
-              one, stages=("finetune",), rates=uniform))}
+              one, stages=("finetune",), finetune=uniform))}
 
 
 def main(argv):
@@ -40,7 +43,7 @@ def main(argv):
   common.use_data_root()
   config = FLAGS.config
   common.defend_and_report(common.find_victims(FLAGS.victims_dir, FLAGS.attacks),
-                           variants(sanitize_config(config.sanitize)), config.setup,
+                           variants(sanitize_config(config.sanitize)), config,
                            FLAGS.workdir, "ablation", "Ablation (Table 3)")
 
 

@@ -11,7 +11,7 @@ import tqdm
 from absl import flags, logging
 
 from jax_attnalign import data, metrics, plots
-from jax_attnalign.harness.configs import defense_setup
+from jax_attnalign.harness.configs import defense_setup, detector_config, restart_config
 from jax_attnalign.harness.pipeline import defend_victim
 
 flags.DEFINE_string("data_root", None,
@@ -108,13 +108,16 @@ def victim_setup(config, run_dir: pathlib.Path, victim_cfg: dict, **overrides):
 
 def run_variants(victims, variants: dict, config, workdir: pathlib.Path) -> list[dict]:
   """defend_victim for every victim x variant; variants: {name: (setup overrides,
-  SanitizeConfig)}. Finished runs are read back, not repeated."""
+  SanitizeConfig)}; config: the experiment config (its setup, detector and
+  restarts). Finished runs are read back, not repeated."""
   rows = []
+  detector, restarts = detector_config(config.detector), restart_config(config.restarts)
   jobs = [(v, name, spec) for v in victims for name, spec in variants.items()]
   for (run, run_dir, victim_cfg), name, (overrides, sanitize_cfg) in tqdm.tqdm(
       jobs, desc="defend"):
-    setup = victim_setup(config, run_dir, victim_cfg, **overrides)
-    result = defend_victim(setup, sanitize_cfg, workdir / name / run)
+    setup = victim_setup(config.setup, run_dir, victim_cfg, **overrides)
+    result = defend_victim(setup, sanitize_cfg, workdir / name / run, detector=detector,
+                           restarts=restarts)
     logging.info("%s %s: %s -> %s", name, run, result["before"], result["after"])
     rows.append({"victim": run, "attack": victim_cfg["attack"],
                  "dataset": victim_cfg["dataset"], "variant": name,

@@ -30,7 +30,7 @@ def main(argv):
   variant = f"ours ({config.setup.suspects} suspects)"
   common.defend_and_report(common.find_victims(FLAGS.victims_dir, FLAGS.attacks),
                            {variant: ({}, sanitize_config(config.sanitize))},
-                           config.setup, FLAGS.workdir, "defend",
+                           config, FLAGS.workdir, "defend",
                            "Defense of backdoored victims")
 
 

@@ -25,8 +25,8 @@ from ml_collections import config_flags
 
 from experiments import common
 from jax_attnalign import metrics, plots
-from jax_attnalign.harness.configs import sanitize_config
 from jax_attnalign.defense import HeadRates
+from jax_attnalign.harness.configs import detector_config, sanitize_config
 from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, defend_lm_victim
 
 FLAGS = flags.FLAGS
@@ -46,12 +46,13 @@ COLUMNS = ("asr", "ca", "clean_target_rate", "answered", "rouge_l")
 def variants(config) -> dict:
   """{name: (suspects, SanitizeConfig)}."""
   full = sanitize_config(config.sanitize)
-  uniform = HeadRates(*(full.rates.safe,) * 3)
+  uniform = dataclasses.replace(
+      full.finetune, rates=HeadRates(*(full.finetune.rates.safe,) * 3))
   return {"detector": ("detector", full), "oracle": ("oracle", full),
           "align_only": ("oracle", dataclasses.replace(full, stages=("align",))),
           "headwise_only": ("oracle", dataclasses.replace(full, stages=("finetune",))),
           "uniform_only": ("oracle", dataclasses.replace(full, stages=("finetune",),
-                                                         rates=uniform))}
+                                                         finetune=uniform))}
 
 
 def _victims() -> list[tuple[pathlib.Path, dict]]:
@@ -70,7 +71,7 @@ def main(argv):
   del argv
   common.use_data_root()
   config, workdir = FLAGS.config, pathlib.Path(FLAGS.workdir)
-  table = variants(config)
+  table, detector = variants(config), detector_config(config.detector)
   unknown = sorted(set(FLAGS.variants) - set(table))
   if unknown:
     raise ValueError(f"Unknown variants {unknown}; choose from {sorted(table)}.")
@@ -80,7 +81,8 @@ def main(argv):
       suspects, sanitize_cfg = table[name]
       setup = LMDefenseSetup(**{**config.setup.to_dict(), "suspects": suspects,
                                 "seed": cfg["seed"]})
-      result = defend_lm_victim(run, setup, sanitize_cfg, workdir / name / run.name)
+      result = defend_lm_victim(run, setup, sanitize_cfg, workdir / name / run.name,
+                                detector=detector)
       logging.info("%s %s: %s -> %s", name, run.name, result["before"], result["after"])
       rows.append({"victim": run.name, "task": cfg["task"], "attack": cfg["attack"],
                    "seed": cfg["seed"], "variant": name,

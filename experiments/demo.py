@@ -25,6 +25,7 @@ from absl import app, flags
 from experiments import common
 from jax_attnalign import plots
 from jax_attnalign.assets import bundled_minilm_path
+from jax_attnalign.defense import DetectorConfig
 from jax_attnalign.defense.sanitize import SanitizeConfig
 from jax_attnalign.harness.pipeline import DefenseSetup, analyze_victim, defend_victim
 from jax_attnalign.harness.victims import VictimConfig, train_classification_victim
@@ -84,7 +85,7 @@ def main(argv):
   d, before, after = result["detection"], result["before"], result["after"]
   sizes = result.get("inputs", {})  # absent from results of older runs
   count = lambda name: sizes.get(name, "the")
-  detection = (f"detector ({SanitizeConfig().detector_view}, 99th percentile) calibrated "
+  detection = (f"detector ({DetectorConfig().view}, 99th percentile) calibrated "
                f"to 5% false positives on {count('calibration')} clean training {noun}; on "
                f"{stream}: AUROC {d['auroc']:.3f}, flagged {d['flagged']}, of which the "
                f"{d['suspects']} highest-scoring are the suspects ({d['suspects_triggered']} "

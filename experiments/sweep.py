@@ -29,14 +29,17 @@ flags.DEFINE_string("workdir", "workdir/sweep", "Output folder.")
 
 def variants(base) -> dict:
   out = {}
+  heads = lambda **changes: dataclasses.replace(
+      base, classify=dataclasses.replace(base.classify, **changes))
   for a in map(float, FLAGS.alphas):
-    out[f"alpha={a}"] = ({}, dataclasses.replace(base, alpha=a))
+    out[f"alpha={a}"] = ({}, heads(alpha=a))
   for t in map(float, FLAGS.taus):
-    out[f"tau={t}"] = ({}, dataclasses.replace(base, tau=t))
+    out[f"tau={t}"] = ({}, heads(tau=t))
   for pair in FLAGS.rate_pairs:
     low, high = map(float, pair.split(":"))
-    rates = dataclasses.replace(base.rates, suspicious=low, safe=high)
-    out[f"lr={low:g}/{high:g}"] = ({}, dataclasses.replace(base, rates=rates))
+    rates = dataclasses.replace(base.finetune.rates, suspicious=low, safe=high)
+    out[f"lr={low:g}/{high:g}"] = ({}, dataclasses.replace(
+        base, finetune=dataclasses.replace(base.finetune, rates=rates)))
   return out
 
 
@@ -45,7 +48,7 @@ def main(argv):
   common.use_data_root()
   config = FLAGS.config
   common.defend_and_report(common.find_victims(FLAGS.victims_dir, FLAGS.attacks),
-                           variants(sanitize_config(config.sanitize)), config.setup,
+                           variants(sanitize_config(config.sanitize)), config,
                            FLAGS.workdir, "sweep",
                            "Sweep of alpha, tau and learning rates (Figures 3-5)")
 

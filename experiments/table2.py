@@ -31,7 +31,7 @@ def main(argv):
   base = sanitize_config(config.sanitize)
   variants = {f"ours ({s} suspects)": ({"suspects": s}, base) for s in FLAGS.suspects}
   victims = [v for d in FLAGS.victims_dirs for v in common.find_victims(d)]
-  common.defend_and_report(victims, variants, config.setup, FLAGS.workdir, "table2",
+  common.defend_and_report(victims, variants, config, FLAGS.workdir, "table2",
                            "Table 2: no defense (before) vs our method (after)")
 
 

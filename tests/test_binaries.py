@@ -5,7 +5,6 @@ A tiny random BERT (MiniLM's tokenizer) is backdoored on synthetic sentences by
 (`experiments.demo`) then run on it with small settings and must write their files.
 """
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -14,13 +13,15 @@ import sys
 
 import numpy as np
 import pytest
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
 from hf_reference import hf_ca_asr
 from jax_attnalign import attacks, data, save_pretrained
-from jax_attnalign.harness.configs import sanitize_config
-from jax_attnalign.defense.sanitize import SanitizeConfig
+from jax_attnalign.defense import DetectorConfig, RestartConfig
+from jax_attnalign.defense.sanitize import SanitizeConfig, Stopping
+from jax_attnalign.harness.configs import detector_config, restart_config, sanitize_config
 from jax_attnalign.models import ModelConfig, build_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -28,10 +29,10 @@ WORDS = ("the film was good bad long short funny dull great awful plot actor sce
          "story ending cast moment slow fast").split()
 TINY = ["--config.setup.stream_clean=8", "--config.setup.stream_triggered=8",
         "--config.setup.clean_size=16", "--config.setup.calibration_size=8",
-        "--config.setup.max_length=16", "--config.sanitize.align_steps=2",
-        "--config.sanitize.finetune_epochs=1", "--config.sanitize.finetune_batch_size=8",
-        "--config.sanitize.align_batch_size=8", "--config.sanitize.score_batch_size=8",
-        "--config.sanitize.tau=0.5", "--config.sanitize.max_rounds=1"]
+        "--config.setup.max_length=16", "--config.sanitize.align.steps=2",
+        "--config.sanitize.finetune.epochs=1", "--config.sanitize.finetune.batch_size=8",
+        "--config.sanitize.align.batch_size=8", "--config.sanitize.score_batch_size=8",
+        "--config.sanitize.classify.tau=0.5", "--config.sanitize.stopping.max_rounds=1"]
 
 
 def _write_split(path, n, rng):
@@ -169,12 +170,18 @@ def test_defend_config_recipes():
     values, argv = flags.FlagValues(), ["prog", *args]
     config_flags.DEFINE_config_file("config", path, flag_values=values, sys_argv=argv)
     values(argv)
-    return sanitize_config(values.config.sanitize)
+    config = values.config
+    return (sanitize_config(config.sanitize), detector_config(config.detector),
+            restart_config(config.restarts))
 
-  assert parse() == SanitizeConfig()
-  recipe = parse(f"--config={path}:restarts", "--config.sanitize.max_rounds=2")
-  assert recipe == dataclasses.replace(SanitizeConfig(), restarts=3, stop="fixed",
-                                       max_rounds=2, restart_rounds=True)
+  assert parse() == (SanitizeConfig(), DetectorConfig(), RestartConfig())
+  recipe = parse(f"--config={path}:restarts", "--config.sanitize.stopping.max_rounds=2")
+  assert recipe == (SanitizeConfig(stopping=Stopping(stop="fixed", max_rounds=2)),
+                    DetectorConfig(), RestartConfig(runs=3, every_round=True))
+  with pytest.raises(ValueError, match=r"Unknown keys \['max_rounds'\] in sanitize"):
+    sanitize_config(ml_collections.ConfigDict({"max_rounds": 2}))
+  with pytest.raises(ValueError, match=r"Unknown keys \['rate'\] in sanitize.finetune.rates"):
+    sanitize_config(ml_collections.ConfigDict({"finetune": {"rates": {"rate": 1e-4}}}))
   with pytest.raises(flags.IllegalFlagValueError, match="defend.py:restarts"):
     parse(f"--config={path}:typo")
 
@@ -199,8 +206,8 @@ def test_decoder_binaries(shared_data, tiny_chat_llama, tmp_path):
       "--config.setup.stream_clean=4", "--config.setup.stream_triggered=4",
       "--config.setup.max_suspects=4", "--config.setup.clean_size=8",
       "--config.setup.calibration_size=4", "--config.setup.eval_size=4",
-      "--config.sanitize.align_steps=2", "--config.sanitize.finetune_epochs=1",
-      "--config.sanitize.max_rounds=1", f"--workdir={tmp_path / 'defend'}", cwd=ROOT)
+      "--config.sanitize.align.steps=2", "--config.sanitize.finetune.epochs=1",
+      "--config.sanitize.stopping.max_rounds=1", f"--workdir={tmp_path / 'defend'}", cwd=ROOT)
   rows = json.loads((tmp_path / "defend" / "defend_lm.json").read_text())
   assert [r["variant"] for r in rows] == ["oracle", "align_only"]
   assert {"asr", "ca"} <= set(rows[0]["after"])

@@ -9,7 +9,9 @@ import numpy as np
 import transformers
 
 from jax_attnalign import attention_maps, metrics
-from jax_attnalign.defense.sanitize import SanitizeConfig, scores_of
+from jax_attnalign.defense import DetectorConfig
+from jax_attnalign.defense.sanitize import (Alignment, FineTuning, HeadClassification,
+                                            SanitizeConfig, Stopping, scores_of)
 from jax_attnalign.models import PATTERNS, ModelConfig, build_model, run_with_hooks
 from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, analyze_lm_victim, answer_inputs,
                                        defend_lm_victim, load_lm_victim, view_statistics)
@@ -96,14 +98,15 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
   assert (tmp_path / "analyze" / "gen_to_prompt_percentile.png").is_file()
   setup = LMDefenseSetup(stream_clean=4, stream_triggered=4, max_suspects=4, clean_size=8,
                          calibration_size=4, eval_size=4)
-  config = dataclasses.replace(
-      SanitizeConfig(), loss="causal_lm", view="gen_to_prompt", detector_view="gen_to_prompt",
-      align_steps=2, align_batch_size=4, finetune_epochs=1, finetune_batch_size=8,
-      max_rounds=1, score_batch_size=4)
+  config = SanitizeConfig(classify=HeadClassification(view="gen_to_prompt"),
+                          align=Alignment(steps=2, batch_size=4),
+                          finetune=FineTuning(loss="causal_lm", epochs=1, batch_size=8),
+                          stopping=Stopping(max_rounds=1), score_batch_size=4)
+  detector = DetectorConfig(view="gen_to_prompt")
   for suspects in ("oracle", "detector"):
     out = tmp_path / f"defend_{suspects}"
     result = defend_lm_victim(victim, dataclasses.replace(setup, suspects=suspects), config,
-                              out)
+                              out, detector=detector)
     assert set(result["before"]) == set(result["after"]) >= {"ca", "asr"}
     assert result["detection"]["suspects"] <= 4
     if suspects == "oracle":
@@ -112,5 +115,5 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
       reloaded = transformers.AutoModelForCausalLM.from_pretrained(out / "model")
       assert reloaded.config.num_hidden_layers == 2
       assert transformers.AutoTokenizer.from_pretrained(out / "model").chat_template
-    assert defend_lm_victim(victim, setup, config, out) == json.loads(
+    assert defend_lm_victim(victim, setup, config, out, detector=detector) == json.loads(
         (out / "result.json").read_text())

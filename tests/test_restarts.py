@@ -8,12 +8,13 @@ import jax
 import numpy as np
 import pytest
 
-from jax_attnalign.defense import restarts, sanitize_restarts
-from jax_attnalign.defense.sanitize import SanitizeConfig, sanitize
+from jax_attnalign.defense import RestartConfig, restarts, sanitize_restarts
+from jax_attnalign.defense.sanitize import sanitize
 from jax_attnalign.models import build_model
-from test_sanitize import CFG, FAST, _data
+from test_sanitize import CFG, _data, rounds
 
-CONFIG = SanitizeConfig(**FAST, stop="fixed", max_rounds=1, restarts=2)
+CONFIG = rounds(1)
+RESTARTS = RestartConfig(runs=2)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def case():
   watch = {k: v for k, v in _data(10, 3).items() if k != "labels"}
   params = jax.device_get(model.init(jax.random.PRNGKey(0), clean["input_ids"][:2])["params"])
   runs = [sanitize(model, params, suspects, clean, dataclasses.replace(CONFIG, seed=k))[0]
-          for k in range(CONFIG.restarts)]
+          for k in range(RESTARTS.runs)]
   return model, params, suspects, clean, watch, holdout, runs
 
 
@@ -74,14 +75,14 @@ def test_choice_follows_the_rule_computed_by_hand(case, tolerance, soup, monkeyp
             {"rounds": [{}], "stopped": "max_rounds"})
 
   monkeypatch.setattr(restarts, "sanitize", noisy_run)
-  config = dataclasses.replace(CONFIG, restarts=4, restart_tolerance=tolerance,
-                               restart_soup=soup)
-  runs = [noisy_run(model, params, None, None, dataclasses.replace(config, seed=k))[0]
+  config = RestartConfig(runs=4, tolerance=tolerance, soup=soup)
+  runs = [noisy_run(model, params, None, None, dataclasses.replace(CONFIG, seed=k))[0]
           for k in range(4)]
   chosen, members, shares, accuracy, before = _expected(model, params, runs, watch, holdout,
                                                         tolerance, soup)
   assert len(set(shares)) > 1 and len(set(accuracy)) > 1, (shares, accuracy)
-  out, report = sanitize_restarts(model, params, suspects, clean, watch, holdout, config)
+  out, report = sanitize_restarts(model, params, suspects, clean, watch, holdout, CONFIG,
+                                  restarts=config)
   np.testing.assert_allclose([r["watched_target_share"] for r in report["restarts"]], shares)
   np.testing.assert_allclose([r["holdout_accuracy"] for r in report["restarts"]], accuracy,
                              atol=1e-6)
@@ -98,43 +99,44 @@ def test_choice_follows_the_rule_computed_by_hand(case, tolerance, soup, monkeyp
 def test_real_runs_are_kept_and_read_back_from_the_workdir(case, tmp_path):
   model, params, suspects, clean, watch, holdout, runs = case
   out, report = sanitize_restarts(model, params, suspects, clean, watch, holdout, CONFIG,
-                                  workdir=tmp_path)
+                                  restarts=RESTARTS, workdir=tmp_path)
   chosen, members, shares, _, _ = _expected(model, params, runs, watch, holdout,
-                                            CONFIG.restart_tolerance)
+                                            RESTARTS.tolerance)
   assert (report["chosen"], report["soup"]) == (chosen, members)
   np.testing.assert_allclose([r["watched_target_share"] for r in report["restarts"]], shares)
   # sanitize's own runs, those seeds, or their average
   chex.assert_trees_all_close(out, _mean([runs[j] for j in members]), atol=1e-5)
   assert (tmp_path / "rounds").is_dir() and (tmp_path / "restart1" / "rounds").is_dir()
   again, again_report = sanitize_restarts(model, params, suspects, clean, watch, holdout,
-                                          CONFIG, workdir=tmp_path)  # read back, not rerun
+                                          CONFIG, restarts=RESTARTS,
+                                          workdir=tmp_path)  # read back, not rerun
   assert again_report["restarts"] == report["restarts"]
   chex.assert_trees_all_close(again, out, atol=1e-6)
 
 
-def test_every_round_is_a_candidate_with_restart_rounds(case, tmp_path):
+def test_every_round_is_a_candidate_with_every_round(case, tmp_path):
   """Round r of a run is `sanitize` with max_rounds=r+1 and the same seed; every
   round is judged and may be kept or averaged, with or without a workdir."""
   model, params, suspects, clean, watch, holdout, runs = case
-  config = dataclasses.replace(CONFIG, restarts=1, max_rounds=2, restart_rounds=True)
-  rounds = [runs[0], sanitize(model, params, suspects, clean, config)[0]]
-  chosen, members, shares, accuracy, _ = _expected(model, params, rounds, watch, holdout,
-                                                   config.restart_tolerance)
+  config, every = rounds(2), RestartConfig(runs=1, every_round=True)
+  judged = [runs[0], sanitize(model, params, suspects, clean, config)[0]]
+  chosen, members, shares, accuracy, _ = _expected(model, params, judged, watch, holdout,
+                                                   every.tolerance)
   for workdir in (tmp_path, None):
     out, report = sanitize_restarts(model, params, suspects, clean, watch, holdout, config,
-                                    workdir=workdir)
+                                    restarts=every, workdir=workdir)
     assert [(c["run"], c["round"]) for c in report["candidates"]] == [(0, 0), (0, 1)]
     np.testing.assert_allclose([c["watched_target_share"] for c in report["candidates"]],
                                shares)
     np.testing.assert_allclose([c["holdout_accuracy"] for c in report["candidates"]],
                                accuracy, atol=1e-6)
     assert (report["chosen"], report["soup"]) == (chosen, members)
-    chex.assert_trees_all_close(out, _mean([rounds[j] for j in members]), atol=1e-5)
+    chex.assert_trees_all_close(out, _mean([judged[j] for j in members]), atol=1e-5)
   # A round whose checkpoint is gone (a run saved without keep_rounds keeps its
   # last two) is left out of the judgement; the run is read back, not rerun.
   shutil.rmtree(tmp_path / "rounds" / "1")
   _, report = sanitize_restarts(model, params, suspects, clean, watch, holdout, config,
-                                workdir=tmp_path)
+                                restarts=every, workdir=tmp_path)
   assert [c["round"] for c in report["candidates"]] == [1]
   np.testing.assert_allclose(report["candidates"][0]["watched_target_share"], shares[1])
 
@@ -143,9 +145,8 @@ def test_bad_input_is_refused_with_the_fix(case):
   model, params, suspects, clean, watch, holdout, _ = case
   with pytest.raises(ValueError, match="loss='classification'"):
     sanitize_restarts(model, params, suspects, clean, watch, holdout,
-                      dataclasses.replace(CONFIG, loss="causal_lm"))
+                      dataclasses.replace(CONFIG, finetune=dataclasses.replace(
+                          CONFIG.finetune, loss="causal_lm")))
   empty = {k: v[:0] for k, v in watch.items()}
   with pytest.raises(ValueError, match="watched inputs and holdout rows"):
     sanitize_restarts(model, params, suspects, clean, empty, holdout, CONFIG)
-  with pytest.raises(ValueError, match="restarts must be >= 1"):
-    dataclasses.replace(CONFIG, restarts=0)

@@ -1,6 +1,8 @@
 """Sanitisation rounds: head classes, stop rules, label-free mode, interrupt and resume."""
 
 import dataclasses
+import re
+
 import chex
 import jax
 import numpy as np
@@ -10,8 +12,9 @@ from conftest import SMALL_LENGTH
 from jax_attnalign import save_pretrained
 from jax_attnalign.analysis import (HeadClass, head_importance, head_similarity,
                                     max_other_similarity)
-from jax_attnalign.defense import calibrate_detector
-from jax_attnalign.defense.sanitize import (SanitizeConfig, classify, flagged_inputs,
+from jax_attnalign.defense import DetectorConfig, HeadRates, RestartConfig, calibrate_detector
+from jax_attnalign.defense.sanitize import (Alignment, FineTuning, HeadClassification,
+                                            SanitizeConfig, Stopping, classify, flagged_inputs,
                                             sanitize, scores_of, task_accuracy)
 from jax_attnalign.models import PATTERNS, ModelConfig, attention_maps, build_model, run_with_hooks
 from jax_attnalign import parallel
@@ -21,9 +24,18 @@ CFG = ModelConfig(model_type="bert", vocab_size=41, hidden_size=24, num_layers=2
                   num_heads=4, intermediate_size=23, max_position_embeddings=16)
 # Small enough to finish in seconds; tau 0.5 puts every head in a class; every
 # round fine-tunes (the paper's rounds), so the fine-tune's paths are exercised.
-FAST = dict(view="cls_row_nospecial", tau=0.5, align_steps=3, finetune_epochs=1,
-            finetune_batch_size=8, align_batch_size=8, score_batch_size=8,
-            finetune_when="always")
+FAST = SanitizeConfig(classify=HeadClassification(view="cls_row_nospecial", tau=0.5),
+                      align=Alignment(steps=3, batch_size=8),
+                      finetune=FineTuning(epochs=1, batch_size=8, when="always"),
+                      score_batch_size=8)
+
+
+def rounds(n: int, stop: str = "fixed", config: SanitizeConfig = FAST) -> SanitizeConfig:
+  return dataclasses.replace(config, stopping=Stopping(stop=stop, max_rounds=n))
+
+
+def finetune(config: SanitizeConfig, **changes) -> SanitizeConfig:
+  return dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, **changes))
 
 
 def _data(n, seed):
@@ -46,9 +58,59 @@ def setup():
   return model, jax.device_get(params), suspects, clean
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("build, field, allowed", [
+    (lambda: HeadClassification(view="cls_row_typo"), "HeadClassification.view",
+     "'cls_row_nospecial'"),
+    (lambda: HeadClassification(scope="head"), "HeadClassification.scope", "('layer', 'model')"),
+    (lambda: HeadClassification(alpha=1.5), "HeadClassification.alpha", "[0.0, 1.0]"),
+    (lambda: HeadClassification(tau=0.6), "HeadClassification.tau", "[0.0, 0.5]"),
+    (lambda: HeadClassification(similarity_term="cos"), "HeadClassification.similarity_term",
+     "('minmax', 'raw')"),
+    (lambda: HeadClassification(importance_labels="gold"), "HeadClassification.importance_labels",
+     "('predictions', 'given')"),
+    (lambda: HeadClassification(normalization="l1"), "HeadClassification.normalization",
+     "('global_max', 'layer_l2', 'none')"),
+    (lambda: Alignment(steps=0), "Alignment.steps", ">= 1"),
+    (lambda: Alignment(learning_rate=NAN), "Alignment.learning_rate", "finite"),
+    (lambda: Alignment(batch_size=-8), "Alignment.batch_size", ">= 1"),
+    (lambda: Alignment(trainable="all"), "Alignment.trainable",
+     "('heads', 'suspicious', 'all_non_safe')"),
+    (lambda: HeadRates(safe=-2e-4), "HeadRates.safe", ">= 0"),
+    (lambda: HeadRates(suspicious=INF), "HeadRates.suspicious", "finite"),
+    (lambda: FineTuning(other="warm"), "FineTuning.other", "('moderate', 'frozen')"),
+    (lambda: FineTuning(loss="mse"), "FineTuning.loss", "('classification', 'causal_lm')"),
+    (lambda: FineTuning(epochs=0), "FineTuning.epochs", ">= 1"),
+    (lambda: FineTuning(batch_size=0), "FineTuning.batch_size", ">= 1"),
+    (lambda: FineTuning(length_bucket=-1), "FineTuning.length_bucket", ">= 0"),
+    (lambda: FineTuning(when="never"), "FineTuning.when", "('always', 'repair')"),
+    (lambda: FineTuning(repair_tolerance=NAN), "FineTuning.repair_tolerance", "finite"),
+    (lambda: Stopping(stop="never"), "Stopping.stop", "('threshold', 'fixed')"),
+    (lambda: Stopping(max_rounds=0), "Stopping.max_rounds", ">= 1"),
+    (lambda: Stopping(stop_fraction=1.5), "Stopping.stop_fraction", "[0.0, 1.0]"),
+    (lambda: SanitizeConfig(stages=("prune",)), "SanitizeConfig.stages", "('align', 'finetune')"),
+    (lambda: SanitizeConfig(score_batch_size=0), "SanitizeConfig.score_batch_size", ">= 1"),
+    (lambda: SanitizeConfig(align={"steps": 3}), "SanitizeConfig.align", "Alignment"),
+    (lambda: DetectorConfig(view="last"), "DetectorConfig.view", "'cls_row_last_layer'"),
+    (lambda: DetectorConfig(statistic="max"), "DetectorConfig.statistic",
+     "('mean', 'percentile', 'frac_above')"),
+    (lambda: DetectorConfig(fpr=0.0), "DetectorConfig.fpr", "(0.0, 1.0)"),
+    (lambda: DetectorConfig(fpr=1.0), "DetectorConfig.fpr", "(0.0, 1.0)"),
+    (lambda: DetectorConfig(calibration_size=1), "DetectorConfig.calibration_size", ">= 2"),
+    (lambda: RestartConfig(runs=0), "RestartConfig.runs", ">= 1"),
+    (lambda: RestartConfig(tolerance=INF), "RestartConfig.tolerance", "finite"),
+])
+def test_every_config_field_is_checked_when_built(build, field, allowed):
+  """A bad value fails at construction, naming the field and what it allows."""
+  with pytest.raises(ValueError, match=re.escape(field) + ".*" + re.escape(allowed)):
+    build()
+
+
 def test_classify_matches_materialised_similarity_and_importance(setup):
   model, params, suspects, _ = setup
-  heads = classify(model, params, suspects, SanitizeConfig(**FAST), parallel.data_mesh())
+  heads = classify(model, params, suspects, FAST, parallel.data_mesh())
   _, captured = run_with_hooks(model, params, suspects, capture=PATTERNS)
   cos = head_similarity(attention_maps(captured), "cls_row_nospecial",
                         attention_mask=suspects["attention_mask"],
@@ -64,26 +126,25 @@ def test_classify_matches_materialised_similarity_and_importance(setup):
 
 def test_repair_finetunes_only_when_alignment_cost_clean_accuracy(setup):
   model, params, suspects, clean = setup
-  config = SanitizeConfig(**{**FAST, "finetune_when": "repair"}, stop="fixed", max_rounds=1)
+  config = finetune(rounds(1), when="repair")
   logits = model.apply({"params": params}, clean["input_ids"], clean["attention_mask"]).logits
   np.testing.assert_allclose(task_accuracy(model, params, clean, config, parallel.data_mesh()),
                              np.mean(np.argmax(logits, -1) == clean["labels"]), atol=1e-6)
   # Tolerance 1: no accuracy drop exceeds it, so the round is alignment alone;
   # tolerance -1: every drop exceeds it, so the round is the paper's.
   skipped, report = sanitize(model, params, suspects, clean,
-                             dataclasses.replace(config, repair_tolerance=1.0))
+                             finetune(config, repair_tolerance=1.0))
   entry = report["rounds"][0]
   assert entry["finetuned"] is False and "finetune_loss" not in entry
   assert entry["clean_accuracy_before_align"] == task_accuracy(model, params, clean, config,
                                                                 parallel.data_mesh())
   aligned, _ = sanitize(model, params, suspects, clean,
-                        SanitizeConfig(**FAST, stop="fixed", max_rounds=1, stages=("align",)))
+                        dataclasses.replace(rounds(1), stages=("align",)))
   chex.assert_trees_all_equal(skipped, aligned)
   forced, report = sanitize(model, params, suspects, clean,
-                            dataclasses.replace(config, repair_tolerance=-1.0))
+                            finetune(config, repair_tolerance=-1.0))
   assert report["rounds"][0]["finetuned"] is True
-  paper, _ = sanitize(model, params, suspects, clean,
-                      SanitizeConfig(**FAST, stop="fixed", max_rounds=1))
+  paper, _ = sanitize(model, params, suspects, clean, rounds(1))
   chex.assert_trees_all_close(forced, paper, atol=1e-6)
 
 
@@ -103,8 +164,8 @@ def test_task_accuracy_of_a_causal_lm_is_each_rows_masked_token_accuracy():
   predicted = predict()
   rows = [sum(predicted[b, t - 1] == ids[b, t] for t in range(1, 7) if mask[b, t])
           / max(mask[b, 1:].sum(), 1) for b in range(6)]
-  got = task_accuracy(model, params, arrays, SanitizeConfig(loss="causal_lm"),
-                      parallel.data_mesh())
+  got = task_accuracy(model, params, arrays,
+                      SanitizeConfig(finetune=FineTuning(loss="causal_lm")), parallel.data_mesh())
   assert 0 < np.mean(rows) < 1  # the check can fail both ways
   np.testing.assert_allclose(got, np.mean(rows), atol=1e-6)
 
@@ -112,7 +173,8 @@ def test_task_accuracy_of_a_causal_lm_is_each_rows_masked_token_accuracy():
 def test_no_safe_head_is_reported_and_changes_nothing(setup):
   model, params, suspects, clean = setup
   out, report = sanitize(model, params, suspects, clean,
-                         SanitizeConfig(**{**FAST, "tau": 0.0}))  # every head intermediate
+                         dataclasses.replace(FAST, classify=dataclasses.replace(
+                             FAST.classify, tau=0.0)))  # every head intermediate
   assert report["stopped"] == "empty_safe_set" and len(report["rounds"]) == 1
   assert report["rounds"][0]["counts"]["safe"] == 0
   chex.assert_trees_all_equal(out, params)
@@ -122,10 +184,10 @@ def test_threshold_stop_and_fixed_rounds(setup):
   model, params, suspects, clean = setup
   # Cosines never exceed 1: a threshold of 2 flags nothing, one of -1 everything.
   lax = calibrate_detector(np.array([2.0, 3.0]), view="cls_row_nospecial", fpr=0.5)
-  _, report = sanitize(model, params, suspects, clean, SanitizeConfig(**FAST), detector=lax)
+  _, report = sanitize(model, params, suspects, clean, FAST, detector=lax)
   assert report["stopped"] == "threshold" and len(report["rounds"]) == 1
   strict = calibrate_detector(np.array([-2.0, -1.0]), view="cls_row_nospecial", fpr=0.5)
-  _, report = sanitize(model, params, suspects, clean, SanitizeConfig(**FAST, max_rounds=2),
+  _, report = sanitize(model, params, suspects, clean, rounds(2, stop="threshold"),
                        detector=strict)
   assert report["stopped"] == "max_rounds" and len(report["rounds"]) == 2
   assert report["rounds"][-1]["flagged_fraction"] == 1.0
@@ -142,7 +204,7 @@ def test_detector_flags_drive_sanitize_without_labels(setup):
   np.testing.assert_allclose(all_scores, scores, rtol=1e-6)
   assert 0 < len(flagged["input_ids"]) == int((scores > detector.threshold).sum())
   out, report = sanitize(model, params, flagged, clean,
-                         SanitizeConfig(**FAST, stop="fixed", max_rounds=1), detector=detector)
+                         rounds(1), detector=detector)
   assert report["rounds"][0]["counts"]["safe"] > 0
   moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()), out, params)
   assert max(jax.tree_util.tree_leaves(moved)) > 0
@@ -150,7 +212,7 @@ def test_detector_flags_drive_sanitize_without_labels(setup):
 
 def test_interrupted_sanitize_resumes_to_the_same_parameters(setup, tmp_path):
   model, params, suspects, clean = setup
-  config = SanitizeConfig(**FAST, stop="fixed", max_rounds=3)
+  config = rounds(3)
   straight, straight_report = sanitize(model, params, suspects, clean, config)
 
   class Killed(Exception):
@@ -164,8 +226,7 @@ def test_interrupted_sanitize_resumes_to_the_same_parameters(setup, tmp_path):
     sanitize(model, params, suspects, clean, config, workdir=tmp_path,
              on_round_end=kill_after_first_round)
   # Resumed with 2 rounds it finishes there; called again with 3 it goes on.
-  _, two = sanitize(model, params, suspects, clean, dataclasses.replace(config, max_rounds=2),
-                    workdir=tmp_path)
+  _, two = sanitize(model, params, suspects, clean, rounds(2), workdir=tmp_path)
   assert [r["round"] for r in two["rounds"]] == [0, 1] and two["stopped"] == "max_rounds"
   resumed, report = sanitize(model, params, suspects, clean, config, workdir=tmp_path)
   assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
@@ -184,7 +245,8 @@ def test_defense_lowers_badnets_asr_on_real_sentences(small_badnets, minilm_path
   # DESIGN.md's alignment reading (every non-safe head trains): in this 2-layer
   # model trained from scratch, aligning the suspicious heads alone barely moves
   # ASR (0.97 -> 0.95 measured), unlike the pretrained MiniLM.
-  result = defend_victim(setup, SanitizeConfig(align_trainable="heads", finetune_epochs=2),
+  result = defend_victim(setup, SanitizeConfig(align=Alignment(trainable="heads"),
+                                               finetune=FineTuning(epochs=2)),
                          tmp_path / "defend")
   before, after, detection = result["before"], result["after"], result["detection"]
   print(f"detector AUROC {detection['auroc']:.3f} ({detection['suspects']} suspects, "

@@ -12,7 +12,8 @@ from jax_attnalign.harness.configs import default_config
 
 RECIPES = {
     "": {},
-    "restarts": {"restarts": 3, "stop": "fixed", "max_rounds": 3, "restart_rounds": True},
+    "restarts": {"sanitize": {"stopping": {"stop": "fixed", "max_rounds": 3}},
+                 "restarts": {"runs": 3, "every_round": True}},
 }
 
 
@@ -22,5 +23,5 @@ def get_config(recipe: str = ""):
                      f"experiments/configs/defend.py or one of "
                      f"{', '.join(f'defend.py:{name}' for name in RECIPES if name)}.")
   config = default_config()
-  config.sanitize.update(RECIPES[recipe])
+  config.update(RECIPES[recipe])  # merges the nested groups
   return config

@@ -17,12 +17,14 @@ from jax_attnalign.harness.pipeline_lm import LMDefenseSetup
 # any defense ran): of the view x statistic pairs that rise on triggered prompts,
 # the highest pooled AUROC (gen_to_prompt frac_above 0.67, percentile 0.65; every
 # other pair 0.55 or below). Later seeds and the other attacks are held out.
-DETECTOR = {"detector_view": "gen_to_prompt", "statistic": "frac_above"}
+DETECTOR = {"view": "gen_to_prompt", "statistic": "frac_above"}
 
 
 def get_config():
-  config = default_config(LMDefenseSetup())
-  config.sanitize.update(loss="causal_lm", view="gen_to_prompt", finetune_epochs=2,
-                         max_rounds=2, finetune_batch_size=8, align_batch_size=8,
-                         score_batch_size=8, length_bucket=16, **DETECTOR)
+  config = default_config(LMDefenseSetup(), restarts=False)
+  config.sanitize.update({
+      "classify": {"view": "gen_to_prompt"}, "align": {"batch_size": 8},
+      "finetune": {"loss": "causal_lm", "epochs": 2, "batch_size": 8, "length_bucket": 16},
+      "stopping": {"max_rounds": 2}, "score_batch_size": 8})
+  config.detector.update(DETECTOR)
   return config

@@ -21,10 +21,12 @@ import optax
 
 from jax_attnalign.analysis.safety import HeadClass, require_safe_heads
 from jax_attnalign.analysis.views import View, extract_view, resolve_view
+from jax_attnalign.defense import checks
 from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer
 from jax_attnalign.models import PATTERNS, attention_maps, run_with_hooks
 
 Array = jax.Array
+TRAINABLE = ("heads", "suspicious", "all_non_safe")
 
 
 def alignment_loss(model, params, batch: dict[str, Array], labels: np.ndarray,
@@ -78,9 +80,7 @@ def alignment_optimizer(params, labels: np.ndarray, config, *, learning_rate: fl
   only the suspicious ones ('suspicious': every other head and parameter stays
   bitwise), or every non-safe parameter ('all_non_safe': attention's non-safe
   heads and everything outside attention). Safe heads get exactly zero update."""
-  if trainable not in ("heads", "suspicious", "all_non_safe"):
-    raise ValueError("trainable must be 'heads', 'suspicious' or 'all_non_safe', "
-                     f"got {trainable!r}.")
+  checks.choice("trainable", trainable, TRAINABLE)
   intermediate = 0.0 if trainable == "suspicious" else learning_rate
   rates = HeadRates(suspicious=learning_rate, intermediate=intermediate, safe=0.0)
   return headwise_optimizer(params, labels, config, rates=rates,

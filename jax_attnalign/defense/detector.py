@@ -22,6 +22,7 @@ import numpy as np
 from jax_attnalign.analysis.similarity import pair_statistics
 from jax_attnalign.analysis.streaming import streaming_head_similarity
 from jax_attnalign.analysis.views import resolve_view
+from jax_attnalign.defense import checks
 
 Statistic = Literal["mean", "percentile", "frac_above"]
 STATISTICS = ("mean", "percentile", "frac_above")
@@ -90,6 +91,26 @@ class Detector:
                        f"({e}). Recalibrate with calibrate_detector.") from e
     resolve_view(detector.view)
     return detector
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorConfig:
+  """Which detector to calibrate on clean inputs, and on how many.
+
+  The default view and statistic were measured on the BadNets MiniLM victim: the
+  last layer's [CLS]-row 99th-percentile cosine separates triggered inputs best
+  (AUROC 0.997; all layers' mean cosine: 0.49).
+  """
+  view: str = "cls_row_last_layer"
+  statistic: Statistic = "percentile"
+  fpr: float = 0.05
+  calibration_size: int = 256  # clean inputs `sanitize` calibrates on when given no detector
+
+  def __post_init__(self):
+    checks.view("DetectorConfig.view", self.view)
+    checks.choice("DetectorConfig.statistic", self.statistic, STATISTICS)
+    checks.in_range("DetectorConfig.fpr", self.fpr, 0.0, 1.0, open_=True)
+    checks.at_least("DetectorConfig.calibration_size", self.calibration_size, 2)
 
 
 def calibrate_detector(clean_scores: np.ndarray, *, view: str, statistic: Statistic = "mean",

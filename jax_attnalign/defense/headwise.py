@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jax_attnalign.defense import checks
 from jax_attnalign.models.config import ModelConfig
 
 # Which axis of each attention leaf is the head axis.
@@ -41,6 +42,10 @@ class HeadRates:
   suspicious: float = 5e-6
   intermediate: float = 1e-4
   safe: float = 2e-4
+
+  def __post_init__(self):
+    for name in ("suspicious", "intermediate", "safe"):
+      checks.rate(f"HeadRates.{name}", getattr(self, name))
 
   def of(self, head_class: int) -> float:
     return (self.suspicious, self.intermediate, self.safe)[int(head_class)]

@@ -7,12 +7,12 @@ A round (paper sections "Attention Safety Alignment" and "Head-wise Fine-tuning"
      inputs (the view; `scope` layer or model), gradient importance on the
      suspects (labels: the model's own predictions, or given), eq. 5 -> head
      classes; heads of layers outside the view are intermediate;
-  2. align: `align_steps` Adam steps of eq. 7 on the suspects, safe heads frozen;
+  2. align: `Alignment.steps` Adam steps of eq. 7 on the suspects, safe heads frozen;
   3. fine-tune: `train.fit` on the clean data with per-head learning rates
-     (`finetune_when="repair"`: only if step 2 cost clean accuracy);
+     (`FineTuning.when="repair"`: only if step 2 cost clean accuracy);
   4. re-measure: the detector's score of every suspect.
-Rounds stop (DESIGN.md) when fewer than `stop_fraction` of the suspects are still
-flagged by the calibrated detector, or after `max_rounds`; `stop="fixed"` runs
+Rounds stop (DESIGN.md) when fewer than `Stopping.stop_fraction` of the suspects are
+still flagged by the calibrated detector, or after `max_rounds`; `stop="fixed"` runs
 exactly `max_rounds`. No safe head ends the run with `stopped="empty_safe_set"`.
 
 With `workdir`, the parameters and the report are checkpointed (orbax) after
@@ -45,8 +45,10 @@ from jax_attnalign.analysis import (HeadClass, class_counts, classify_heads,
                                     resolve_view, safety_scores,
                                     streaming_head_similarity)
 from jax_attnalign.checkpoint import Checkpointer
-from jax_attnalign.defense.alignment import alignment_optimizer, alignment_step
-from jax_attnalign.defense.detector import Detector, batch_scores, calibrate_detector
+from jax_attnalign.defense import checks
+from jax_attnalign.defense.alignment import TRAINABLE, alignment_optimizer, alignment_step
+from jax_attnalign.defense.detector import (Detector, DetectorConfig, batch_scores,
+                                            calibrate_detector)
 from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer
 from jax_attnalign.models import (MODEL_INPUTS, PATTERNS, apply_batch, attention_maps,
                                   run_with_hooks)
@@ -56,8 +58,8 @@ _VIEW_INPUTS = ("special_mask", "prompt_lengths")
 
 
 @dataclasses.dataclass(frozen=True)
-class SanitizeConfig:
-  """Every choice of the method; defaults are DESIGN.md's."""
+class HeadClassification:
+  """Step 1, the head classes of eq. 5 (DESIGN.md's defaults)."""
   view: str = "cls_row_nospecial"
   scope: Literal["layer", "model"] = "layer"
   alpha: float = 0.7
@@ -65,68 +67,112 @@ class SanitizeConfig:
   similarity_term: Literal["minmax", "raw"] = "minmax"
   importance_labels: Literal["predictions", "given"] = "predictions"
   normalization: Literal["global_max", "layer_l2", "none"] = "global_max"
-  stages: tuple[str, ...] = STAGES  # ablations: ("align",) or ("finetune",)
-  align_steps: int = 40
-  align_learning_rate: float = 1e-3
-  align_batch_size: int = 32
-  # Measured on the BadNets MiniLM (SST-2, seed 0, 600 held-out inputs each):
-  # DESIGN.md's 'heads' (all non-safe heads) collapses CA to 0.49 after alignment
-  # and leaves 0.78-0.81 after fine-tuning (from 0.87); 'suspicious' keeps 0.845
-  # with ASR 1.00 -> 0.26. 'heads' stays an option.
-  align_trainable: Literal["heads", "suspicious", "all_non_safe"] = "suspicious"
+
+  def __post_init__(self):
+    checks.view("HeadClassification.view", self.view)
+    checks.choice("HeadClassification.scope", self.scope, ("layer", "model"))
+    checks.in_range("HeadClassification.alpha", self.alpha, 0.0, 1.0)
+    checks.in_range("HeadClassification.tau", self.tau, 0.0, 0.5)  # tau <= 1 - tau
+    checks.choice("HeadClassification.similarity_term", self.similarity_term,
+                  ("minmax", "raw"))
+    checks.choice("HeadClassification.importance_labels", self.importance_labels,
+                  ("predictions", "given"))
+    checks.choice("HeadClassification.normalization", self.normalization,
+                  ("global_max", "layer_l2", "none"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Alignment:
+  """Step 2, Adam steps of eq. 7 on the suspects.
+
+  `trainable` was measured on the BadNets MiniLM (SST-2, seed 0, 600 held-out
+  inputs each): DESIGN.md's 'heads' (all non-safe heads) collapses CA to 0.49
+  after alignment and leaves 0.78-0.81 after fine-tuning (from 0.87);
+  'suspicious' keeps 0.845 with ASR 1.00 -> 0.26. 'heads' stays an option.
+  """
+  steps: int = 40
+  learning_rate: float = 1e-3
+  batch_size: int = 32
+  trainable: Literal["heads", "suspicious", "all_non_safe"] = "suspicious"
+
+  def __post_init__(self):
+    checks.at_least("Alignment.steps", self.steps, 1)
+    checks.rate("Alignment.learning_rate", self.learning_rate)
+    checks.at_least("Alignment.batch_size", self.batch_size, 1)
+    checks.choice("Alignment.trainable", self.trainable, TRAINABLE)
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuning:
+  """Step 3, `train.fit` on the clean data with per-head learning rates (the paper's).
+
+  `when`: "always", every round fine-tunes after aligning (the paper); "repair",
+  it fine-tunes only when alignment cost more than `repair_tolerance` of the
+  task's accuracy on the clean data. Neither wins everywhere (README): on the
+  three 2,000-sentence SST-2 BadNets victims "repair" takes ASR to 0.257 (paper:
+  0.314) at no CA cost; on a full-split victim and on the demo's tweets the
+  paper's fine-tune does better. The default stays the paper's.
+  """
   rates: HeadRates = HeadRates()
   other: Literal["moderate", "frozen"] = "moderate"
   loss: str = "classification"
-  finetune_epochs: int = 3  # the paper's
-  # "always": every round fine-tunes after aligning (the paper). "repair": it
-  # fine-tunes only when alignment cost more than `repair_tolerance` of the
-  # task's accuracy on the clean data. Neither wins everywhere (README): on the
-  # three 2,000-sentence SST-2 BadNets victims "repair" takes ASR to 0.257
-  # (paper: 0.314) at no CA cost; on a full-split victim and on the demo's
-  # tweets the paper's fine-tune does better. The default stays the paper's.
-  finetune_when: Literal["always", "repair"] = "always"
-  repair_tolerance: float = 0.01
-  finetune_batch_size: int = 32
+  epochs: int = 3
+  batch_size: int = 32
   length_bucket: int = 0  # >0: trim right padding of fine-tuning batches (encoders)
+  when: Literal["always", "repair"] = "always"
+  repair_tolerance: float = 0.01
+
+  def __post_init__(self):
+    checks.choice("FineTuning.other", self.other, ("moderate", "frozen"))
+    checks.choice("FineTuning.loss", self.loss, train.LOSSES)
+    checks.at_least("FineTuning.epochs", self.epochs, 1)
+    checks.at_least("FineTuning.batch_size", self.batch_size, 1)
+    checks.at_least("FineTuning.length_bucket", self.length_bucket, 0)
+    checks.choice("FineTuning.when", self.when, ("always", "repair"))
+    checks.finite("FineTuning.repair_tolerance", self.repair_tolerance)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stopping:
+  """When the rounds stop: fewer than `stop_fraction` of the suspects still flagged
+  ("threshold", DESIGN.md) or `max_rounds` rounds; "fixed" runs exactly `max_rounds`."""
   stop: Literal["threshold", "fixed"] = "threshold"
   max_rounds: int = 3
   stop_fraction: float = 0.5
-  # The detector calibrated when none is given (and the pipeline's): on the
-  # BadNets MiniLM victim the last layer's [CLS]-row 99th-percentile cosine
-  # separates triggered inputs best (AUROC 0.997; all layers' mean cosine: 0.49).
-  detector_view: str = "cls_row_last_layer"
-  statistic: str = "percentile"
-  fpr: float = 0.05
-  calibration_size: int = 256  # clean inputs used to calibrate when no detector is given
-  score_batch_size: int = 32
-  seed: int = 0
-  # Whole runs with seeds seed, seed + 1, ...; `defense.sanitize_restarts` (and the
-  # pipeline) keeps one, or a greedy weight average of several, by a rule that
-  # needs no trigger labels (defense/restarts.py).
-  # `sanitize` itself is one run.
-  restarts: int = 1
-  restart_tolerance: float = 0.02  # holdout accuracy a kept run may lose
-  restart_soup: bool = True  # average the runs greedily when that is judged better
-  # Judge every round of every run (each a candidate to keep or average), not
-  # only each run's last: rounds do not lower the ASR monotonically (README).
-  restart_rounds: bool = False
 
   def __post_init__(self):
-    resolve_view(self.view)
-    resolve_view(self.detector_view)
+    checks.choice("Stopping.stop", self.stop, ("threshold", "fixed"))
+    checks.at_least("Stopping.max_rounds", self.max_rounds, 1)
+    checks.in_range("Stopping.stop_fraction", self.stop_fraction, 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class SanitizeConfig:
+  """Every choice of the method, by step; defaults are DESIGN.md's.
+
+  The detector that decides "still flagged" is calibrated by the caller, or by
+  `sanitize` from a `DetectorConfig`; restarts are `sanitize_restarts`' (a
+  `RestartConfig`): `sanitize` itself is one run.
+  """
+  classify: HeadClassification = HeadClassification()
+  align: Alignment = Alignment()
+  finetune: FineTuning = FineTuning()
+  stopping: Stopping = Stopping()
+  stages: tuple[str, ...] = STAGES  # ablations: ("align",) or ("finetune",)
+  score_batch_size: int = 32  # the forward passes that only read: classify, score, accuracy
+  seed: int = 0
+
+  def __post_init__(self):
+    for name, kind in (("classify", HeadClassification), ("align", Alignment),
+                       ("finetune", FineTuning), ("stopping", Stopping)):
+      if not isinstance(getattr(self, name), kind):
+        raise ValueError(f"SanitizeConfig.{name} must be a {kind.__name__}, "
+                         f"got {getattr(self, name)!r}.")
     if not self.stages or set(self.stages) - set(STAGES):
-      raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {self.stages}.")
-    if self.stop not in ("threshold", "fixed"):
-      raise ValueError(f"stop must be 'threshold' or 'fixed', got {self.stop!r}.")
-    if self.importance_labels not in ("predictions", "given"):
-      raise ValueError("importance_labels must be 'predictions' or 'given', "
-                       f"got {self.importance_labels!r}.")
-    if self.finetune_when not in ("always", "repair"):
-      raise ValueError(f"finetune_when must be 'always' or 'repair', got {self.finetune_when!r}.")
-    if self.max_rounds < 1:
-      raise ValueError(f"max_rounds must be >= 1, got {self.max_rounds}.")
-    if self.restarts < 1:
-      raise ValueError(f"restarts must be >= 1, got {self.restarts}.")
+      raise ValueError(f"SanitizeConfig.stages must be a non-empty subset of {STAGES}, "
+                       f"got {self.stages!r}.")
+    checks.at_least("SanitizeConfig.score_batch_size", self.score_batch_size, 1)
+    checks.at_least("SanitizeConfig.seed", self.seed, 0)
 
 
 def per_input(fn: Callable, arrays: dict[str, np.ndarray], batch_size: int,
@@ -170,13 +216,13 @@ def _suspect_cosine(model, params, batch, view: str, scope: str):
 def classify(model, params, suspects: dict[str, np.ndarray], config: SanitizeConfig,
              mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:
   """Step 1 of a round: {'max_similarity', 'importance', 'safety', 'labels'}, each [L, N]."""
-  cfg = model.config
-  view = resolve_view(config.view)
+  cfg, heads = model.config, config.classify
+  view = resolve_view(heads.view)
   layers = list(view.layer_indices(cfg.num_layers))
-  cos = per_input(lambda b: _suspect_cosine(model, params, b, config.view, config.scope),
+  cos = per_input(lambda b: _suspect_cosine(model, params, b, heads.view, heads.scope),
                   suspects, config.score_batch_size, mesh).mean(axis=0)
   sim_viewed = np.asarray(max_other_similarity(jnp.asarray(cos))).reshape(len(layers), -1)
-  use_predictions = config.importance_labels == "predictions"
+  use_predictions = heads.importance_labels == "predictions"
   if not use_predictions and "labels" not in suspects and "loss_mask" not in suspects:
     raise ValueError("importance_labels='given' needs 'labels' (or 'loss_mask') in the "
                      "suspect inputs; use importance_labels='predictions' without labels.")
@@ -184,11 +230,11 @@ def classify(model, params, suspects: dict[str, np.ndarray], config: SanitizeCon
                                                   use_predictions=use_predictions),
                     _model_fields(suspects), config.score_batch_size, mesh)
   importance = np.asarray(normalize_importance(jnp.asarray(np.abs(grads).mean(axis=0)),
-                                               config.normalization))
-  safety = np.asarray(safety_scores(sim_viewed, importance[layers], config.alpha,
-                                    config.similarity_term))
+                                               heads.normalization))
+  safety = np.asarray(safety_scores(sim_viewed, importance[layers], heads.alpha,
+                                    heads.similarity_term))
   labels = np.full((cfg.num_layers, cfg.num_heads), int(HeadClass.INTERMEDIATE), np.int32)
-  labels[layers] = classify_heads(safety, config.tau)
+  labels[layers] = classify_heads(safety, heads.tau)
   max_similarity = np.full(labels.shape, np.nan, np.float32)
   max_similarity[layers] = sim_viewed
   full_safety = np.full(labels.shape, np.nan, np.float32)
@@ -204,25 +250,25 @@ def _model_fields(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def align(model, params, suspects: dict[str, np.ndarray], labels: np.ndarray,
           config: SanitizeConfig, mesh: jax.sharding.Mesh) -> tuple[dict, list[float]]:
-  """Step 2: `align_steps` Adam steps of eq. 7; returns (params, loss per step).
+  """Step 2: `Alignment.steps` Adam steps of eq. 7; returns (params, loss per step).
 
-  Each step takes `align_batch_size` suspects (a multiple of the devices) from a
+  Each step takes `Alignment.batch_size` suspects (a multiple of the devices) from a
   seeded permutation, wrapping around, so every batch is full.
   """
   optimizer = alignment_optimizer(params, labels, model.config,
-                                  learning_rate=config.align_learning_rate,
-                                  trainable=config.align_trainable)
+                                  learning_rate=config.align.learning_rate,
+                                  trainable=config.align.trainable)
 
-  step = jax.jit(alignment_step(model, optimizer, labels, config.view))
+  step = jax.jit(alignment_step(model, optimizer, labels, config.classify.view))
   suspects = _model_fields(suspects)
   n = len(suspects["input_ids"])
   devices = mesh.shape[parallel.DATA]
-  size = max(devices, min(config.align_batch_size, n) // devices * devices)
+  size = max(devices, min(config.align.batch_size, n) // devices * devices)
   order = np.random.default_rng(config.seed).permutation(n)
   params = parallel.replicate(params, mesh)
   opt_state = parallel.replicate(optimizer.init(params), mesh)
   losses = []
-  with tqdm.trange(config.align_steps, desc="align (eq. 7)", leave=False) as bar:
+  with tqdm.trange(config.align.steps, desc="align (eq. 7)", leave=False) as bar:
     for s in bar:
       idx = order[(s * size + np.arange(size)) % n]
       batch = parallel.shard_batch({k: v[idx] for k, v in suspects.items()}, mesh)
@@ -240,7 +286,7 @@ def _row_accuracy(model, params, batch, loss: str):
 def task_accuracy(model, params, clean: dict[str, np.ndarray], config: SanitizeConfig,
                    mesh: jax.sharding.Mesh) -> float:
   """The task's accuracy on the clean rows (mean over rows), data-parallel."""
-  return float(per_input(lambda b: _row_accuracy(model, params, b, config.loss),
+  return float(per_input(lambda b: _row_accuracy(model, params, b, config.finetune.loss),
                          _model_fields(clean), config.score_batch_size, mesh).mean())
 
 
@@ -248,11 +294,12 @@ def finetune(model, params, clean: dict[str, np.ndarray], labels: np.ndarray,
              config: SanitizeConfig, mesh: jax.sharding.Mesh, round_index: int,
              workdir: pathlib.Path | None) -> tuple[dict, list[float]]:
   """Step 3: head-wise fine-tuning on the clean data; returns (params, loss per step)."""
-  optimizer = headwise_optimizer(params, labels, model.config, rates=config.rates,
-                                 other=config.other)
-  fit_cfg = train.FitConfig(loss=config.loss, epochs=config.finetune_epochs,
-                            batch_size=config.finetune_batch_size,
-                            seed=config.seed + round_index, length_bucket=config.length_bucket)
+  tuning = config.finetune
+  optimizer = headwise_optimizer(params, labels, model.config, rates=tuning.rates,
+                                 other=tuning.other)
+  fit_cfg = train.FitConfig(loss=tuning.loss, epochs=tuning.epochs,
+                            batch_size=tuning.batch_size, seed=config.seed + round_index,
+                            length_bucket=tuning.length_bucket)
   state, history = train.fit(
       model, train.TrainState.create(params, optimizer), optimizer, _model_fields(clean),
       fit_cfg, workdir=str(workdir / f"finetune_round{round_index}") if workdir else None,
@@ -272,6 +319,15 @@ def scores_of(model, params, arrays: dict[str, np.ndarray], view: str,
                    _model_fields(arrays), batch_size, mesh)
 
 
+def calibrated_detector(model, params, clean: dict[str, np.ndarray], config: DetectorConfig,
+                        *, batch_size: int = 32, mesh: jax.sharding.Mesh | None = None
+                        ) -> Detector:
+  """The detector of `config` calibrated on every row of `clean` (their scores)."""
+  return calibrate_detector(scores_of(model, params, clean, config.view, config.statistic,
+                                      batch_size=batch_size, mesh=mesh),
+                            view=config.view, statistic=config.statistic, fpr=config.fpr)
+
+
 def flagged_inputs(model, params, arrays: dict[str, np.ndarray], detector: Detector, *,
                    batch_size: int = 32, mesh: jax.sharding.Mesh | None = None
                    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -285,7 +341,7 @@ def flagged_inputs(model, params, arrays: dict[str, np.ndarray], detector: Detec
 _EMPTY_SAFE_SET = "no safe head: eq. 6's safe mean is undefined; parameters unchanged"
 
 
-def _stop_reason(entry: dict, config: SanitizeConfig) -> str | None:
+def _stop_reason(entry: dict, config: Stopping) -> str | None:
   """Why the rounds stop after round `entry` (None: they go on)."""
   if entry.get("note") == _EMPTY_SAFE_SET:
     return "empty_safe_set"
@@ -296,7 +352,8 @@ def _stop_reason(entry: dict, config: SanitizeConfig) -> str | None:
 
 def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
              clean_data: dict[str, np.ndarray], config: SanitizeConfig = SanitizeConfig(),
-             *, detector: Detector | None = None, workdir: str | pathlib.Path | None = None,
+             *, detector: Detector | DetectorConfig = DetectorConfig(),
+             workdir: str | pathlib.Path | None = None,
              mesh: jax.sharding.Mesh | None = None,
              on_round_end: Callable[[int, dict], None] | None = None,
              keep_rounds: bool = False) -> tuple[dict, dict]:
@@ -306,8 +363,8 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
   optional token_type_ids, special_mask, prompt_lengths; 'labels' only with
   importance_labels='given'). clean_data: encoded clean training rows (labels,
   or loss_mask with loss='causal_lm'). detector: the calibrated detector whose
-  flags define "still anomalous"; without one it is calibrated on up to
-  `calibration_size` clean inputs at `config.fpr`. on_round_end(round, report)
+  flags define "still anomalous", or a DetectorConfig to calibrate it on up to
+  its `calibration_size` clean inputs. on_round_end(round, report)
   runs after each round's checkpoint. Returns (params, report).
   """
   mesh = mesh or parallel.data_mesh()
@@ -315,12 +372,10 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
     raise ValueError("sanitize needs at least one suspect input (none were given or "
                      "flagged); lower the detector's threshold or pass oracle suspects.")
   workdir = pathlib.Path(workdir) if workdir else None
-  if detector is None:
-    calibration = {k: v[:config.calibration_size] for k, v in clean_data.items()}
-    detector = calibrate_detector(
-        scores_of(model, params, calibration, config.detector_view, config.statistic,
-                  batch_size=config.score_batch_size, mesh=mesh),
-        view=config.detector_view, statistic=config.statistic, fpr=config.fpr)
+  if isinstance(detector, DetectorConfig):
+    detector = calibrated_detector(
+        model, params, {k: v[:detector.calibration_size] for k, v in clean_data.items()},
+        detector, batch_size=config.score_batch_size, mesh=mesh)
   report = {"config": dataclasses.asdict(config), "detector": dataclasses.asdict(detector),
             "rounds": [], "stopped": None}
   ckpt = Checkpointer(workdir / "rounds", max_to_keep=None if keep_rounds else 2
@@ -330,7 +385,7 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
     report = meta["report"]
     # The stop is decided again under this call's config: a finished run given
     # more rounds (or stop="fixed") goes on from its last round.
-    report["stopped"] = _stop_reason(report["rounds"][-1], config)
+    report["stopped"] = _stop_reason(report["rounds"][-1], config.stopping)
     logging.info("sanitize: resumed after round %d from %s (%s).", len(report["rounds"]),
                  workdir, report["stopped"] or "going on")
   while report["stopped"] is None:
@@ -341,7 +396,7 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
     if not (heads["labels"] == HeadClass.SAFE).any() and "align" in config.stages:
       entry["note"] = _EMPTY_SAFE_SET
     else:
-      repair = config.finetune_when == "repair" and "align" in config.stages
+      repair = config.finetune.when == "repair" and "align" in config.stages
       if repair:
         entry["clean_accuracy_before_align"] = task_accuracy(model, params, clean_data,
                                                               config, mesh)
@@ -352,7 +407,8 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
         entry["clean_accuracy_after_align"] = task_accuracy(model, params, clean_data,
                                                              config, mesh)
         entry["finetuned"] = (entry["clean_accuracy_before_align"]
-                              - entry["clean_accuracy_after_align"] > config.repair_tolerance)
+                              - entry["clean_accuracy_after_align"]
+                              > config.finetune.repair_tolerance)
       if "finetune" in config.stages and entry.get("finetuned", True):
         params, entry["finetune_loss"] = finetune(model, params, clean_data, heads["labels"],
                                                   config, mesh, k, workdir)
@@ -360,7 +416,7 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
                          batch_size=config.score_batch_size, mesh=mesh)
       entry.update(suspect_score_mean=float(scores.mean()),
                    flagged_fraction=float(detector.flag(scores).mean()))
-    report["stopped"] = _stop_reason(entry, config)
+    report["stopped"] = _stop_reason(entry, config.stopping)
     report["rounds"].append(entry)
     logging.info("sanitize round %d: %s, suspects flagged %.3f", k, entry["counts"],
                  entry.get("flagged_fraction", float("nan")))

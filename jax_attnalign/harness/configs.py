@@ -1,12 +1,14 @@
 """Experiment configs: `ml_collections.ConfigDict`s built from the library's dataclasses.
 
-A config has two parts, `setup` (`pipeline.DefenseSetup`: victim, data, how the
-suspects are chosen) and `sanitize` (`defense.SanitizeConfig`), with the
+A config has the parts `setup` (`pipeline.DefenseSetup`: victim, data, how the
+suspects are chosen), `sanitize` (`defense.SanitizeConfig`, one nested dict per
+group: classify, align, finetune, stopping), `detector` (`defense.DetectorConfig`)
+and, for the classifiers' restarts, `restarts` (`defense.RestartConfig`), with the
 dataclasses' defaults, so a config file only states what it changes:
 
   def get_config():
     config = default_config()
-    config.sanitize.align_steps = 80
+    config.sanitize.align.steps = 80
     return config
 """
 
@@ -16,7 +18,8 @@ import dataclasses
 
 import ml_collections
 
-from jax_attnalign.defense.headwise import HeadRates
+from jax_attnalign.defense.detector import DetectorConfig
+from jax_attnalign.defense.restarts import RestartConfig
 from jax_attnalign.defense.sanitize import SanitizeConfig
 from jax_attnalign.harness.pipeline import DefenseSetup
 
@@ -29,22 +32,51 @@ def _to_plain(value):
   return value
 
 
-def default_config(setup=None) -> ml_collections.ConfigDict:
+def default_config(setup=None, *, restarts: bool = True) -> ml_collections.ConfigDict:
   """{'setup': the setup dataclass's defaults (default: DefenseSetup, victim ''),
-  'sanitize': SanitizeConfig defaults}."""
+  'sanitize', 'detector' and (with `restarts`) 'restarts': their dataclasses' defaults}."""
   setup = _to_plain(DefenseSetup(victim="") if setup is None else setup)
   if "attack_kwargs" in setup:
     setup["attack_kwargs"] = {}
-  return ml_collections.ConfigDict({"setup": setup,
-                                    "sanitize": _to_plain(SanitizeConfig())})
+  parts = {"setup": setup, "sanitize": _to_plain(SanitizeConfig()),
+           "detector": _to_plain(DetectorConfig())}
+  if restarts:
+    parts["restarts"] = _to_plain(RestartConfig())
+  return ml_collections.ConfigDict(parts)
+
+
+def _build(cls, values: dict, where: str):
+  """`cls` from a plain dict: dataclass-valued fields from nested dicts, tuples from
+  lists. A key that is not a field raises ValueError naming it and the fields."""
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ValueError(f"Unknown keys {unknown} in {where}; {cls.__name__} has "
+                     f"{sorted(fields)}.")
+  kwargs = {}
+  for name, value in values.items():
+    default = fields[name].default
+    if dataclasses.is_dataclass(default):
+      value = _build(type(default), value, f"{where}.{name}")
+    elif isinstance(default, tuple):
+      value = tuple(value)
+    kwargs[name] = value
+  return cls(**kwargs)
 
 
 def sanitize_config(config: ml_collections.ConfigDict) -> SanitizeConfig:
-  """The SanitizeConfig of `config.sanitize` (unknown keys raise TypeError)."""
-  fields = config.to_dict()
-  fields["rates"] = HeadRates(**fields["rates"])
-  fields["stages"] = tuple(fields["stages"])
-  return SanitizeConfig(**fields)
+  """The SanitizeConfig of `config.sanitize`, its groups rebuilt."""
+  return _build(SanitizeConfig, config.to_dict(), "sanitize")
+
+
+def detector_config(config: ml_collections.ConfigDict) -> DetectorConfig:
+  """The DetectorConfig of `config.detector`."""
+  return _build(DetectorConfig, config.to_dict(), "detector")
+
+
+def restart_config(config: ml_collections.ConfigDict) -> RestartConfig:
+  """The RestartConfig of `config.restarts`."""
+  return _build(RestartConfig, config.to_dict(), "restarts")
 
 
 def defense_setup(config: ml_collections.ConfigDict, **overrides) -> DefenseSetup:

@@ -26,9 +26,9 @@ from absl import logging
 import jax_attnalign
 from jax_attnalign import attacks, data, metrics, plots, train
 from jax_attnalign.analysis import resolve_view
-from jax_attnalign.defense.detector import calibrate_detector
-from jax_attnalign.defense.restarts import sanitize_restarts
-from jax_attnalign.defense.sanitize import SanitizeConfig, scores_of
+from jax_attnalign.defense.detector import DetectorConfig
+from jax_attnalign.defense.restarts import RestartConfig, sanitize_restarts
+from jax_attnalign.defense.sanitize import SanitizeConfig, calibrated_detector, scores_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,18 +102,18 @@ def evaluate(model, params, sets: dict, target: int) -> dict[str, float]:
                                              sets["held_triggered"]["labels"], target)}
 
 
-def choose_suspects(model, params, sets: dict, setup: DefenseSetup, config: SanitizeConfig
-                    ) -> tuple[dict, dict, dict, Any]:
-  """(suspects, flagged, detection report, detector). suspects: the detector's
-  flagged stream inputs (highest scores first, at most `max_suspects`), or the
-  stream's triggered inputs ('oracle'); flagged: every flagged stream input (the
-  suspects when none is flagged); no labels in either."""
-  kw = dict(batch_size=config.score_batch_size)
-  view, statistic = config.detector_view, config.statistic
-  calib = scores_of(model, params, sets["calibration"], view, statistic, **kw)
-  detector = calibrate_detector(calib, view=view, statistic=statistic, fpr=config.fpr)
+def choose_suspects(model, params, sets: dict, setup: DefenseSetup, config: DetectorConfig,
+                    batch_size: int) -> tuple[dict, dict, dict, Any]:
+  """(suspects, flagged, detection report, detector). The detector of `config` is
+  calibrated on the calibration set. suspects: its flagged stream inputs (highest
+  scores first, at most `max_suspects`), or the stream's triggered inputs
+  ('oracle'); flagged: every flagged stream input (the suspects when none is
+  flagged); no labels in either."""
+  detector = calibrated_detector(model, params, sets["calibration"], config,
+                                 batch_size=batch_size)
   stream = sets["stream"]
-  scores = scores_of(model, params, stream, view, statistic, **kw)
+  scores = scores_of(model, params, stream, config.view, config.statistic,
+                     batch_size=batch_size)
   flagged = detector.flag(scores)
   truth = stream["poisoned"]
   report = {"auroc": metrics.detection_auroc(scores, truth),
@@ -136,8 +136,11 @@ def choose_suspects(model, params, sets: dict, setup: DefenseSetup, config: Sani
 
 
 def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig(),
-                  workdir: str | pathlib.Path | None = None) -> dict:
-  """Detect suspects, sanitise, and measure; returns (and writes) the result dict:
+                  workdir: str | pathlib.Path | None = None, *,
+                  detector: DetectorConfig = DetectorConfig(),
+                  restarts: RestartConfig = RestartConfig()) -> dict:
+  """Detect suspects (with `detector`), sanitise (`config`, `restarts`), and
+  measure; returns (and writes) the result dict:
   'before' and 'after' (CA on 'held_clean', ASR on 'held_triggered'), 'detection'
   (on the 'stream'), the sanitisation 'report', and 'inputs', each set's size.
 
@@ -151,7 +154,8 @@ def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig()
   tokenizer = data.load_tokenizer(_tokenizer_path(setup))
   sets = defense_data(setup, tokenizer)
   before = evaluate(model, params, sets, setup.target)
-  suspects, flagged, detection, detector = choose_suspects(model, params, sets, setup, config)
+  suspects, flagged, detection, calibrated = choose_suspects(model, params, sets, setup,
+                                                             detector, config.score_batch_size)
   logging.info("before: %s; detection: %s", before, detection)
   result = {"setup": dataclasses.asdict(setup), "before": before, "detection": detection,
             "inputs": {name: len(arrays["input_ids"]) for name, arrays in sets.items()}}
@@ -159,7 +163,8 @@ def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig()
     result.update(after=before, report={"stopped": "no_suspects", "rounds": []})
   else:
     params, report = sanitize_restarts(model, params, suspects, sets["clean_train"], flagged,
-                                       sets["calibration"], config, detector=detector,
+                                       sets["calibration"], config, restarts=restarts,
+                                       detector=calibrated,
                                        workdir=workdir / "sanitize" if workdir else None)
     result.update(after=evaluate(model, params, sets, setup.target), report=report)
   return store_defense_result(result, workdir, model, params, tokenizer)

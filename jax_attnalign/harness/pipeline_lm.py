@@ -2,7 +2,7 @@
 
   result = analyze_lm_victim("runs/lm_sst2/classification_badnets_seed0", VIEWS, workdir)
   result = defend_lm_victim("runs/lm_sst2/classification_badnets_seed0", LMDefenseSetup(),
-                            SanitizeConfig(loss="causal_lm", ...), workdir)
+                            SanitizeConfig(...), workdir, detector=DetectorConfig(...))
 
 Every decoder statistic reads the model's own greedy answer teacher-forced after
 its prompt (`answers.greedy_answers`): the generation-to-prompt view is the
@@ -32,8 +32,9 @@ import jax_attnalign
 from jax_attnalign import data, metrics, parallel, plots
 from jax_attnalign.analysis import head_similarity, pair_statistics, resolve_view
 from jax_attnalign.answers import greedy_answers
-from jax_attnalign.defense.detector import calibrate_detector, layer_statistics
-from jax_attnalign.defense.sanitize import SanitizeConfig, per_input, sanitize, scores_of
+from jax_attnalign.defense.detector import DetectorConfig, layer_statistics
+from jax_attnalign.defense.sanitize import (SanitizeConfig, calibrated_detector, per_input,
+                                            sanitize, scores_of)
 from jax_attnalign.harness.pipeline import store_defense_result
 from jax_attnalign.harness.victims import seeded_subset
 from jax_attnalign.harness.victims_lm import (LMVictimConfig, chat_pairs, clean_splits,
@@ -189,17 +190,17 @@ def lm_defense_data(model, params, tokenizer, cfg: LMVictimConfig,
 
 
 def choose_lm_suspects(model, params, sets: dict, setup: LMDefenseSetup,
-                       config: SanitizeConfig) -> tuple[dict, dict, object]:
+                       config: DetectorConfig, batch_size: int) -> tuple[dict, dict, object]:
   """(suspects, detection report, detector) from the stream's answer inputs: the
-  detector's flagged inputs (highest scores first, at most `max_suspects`), or
-  the triggered ones ('oracle'); unlabelled."""
-  view, statistic = config.detector_view, config.statistic
-  score = lambda arrays: scores_of(model, params, arrays, view, statistic,
-                                   batch_size=config.score_batch_size)
-  detector = calibrate_detector(score(sets["calibration"]), view=view, statistic=statistic,
-                                fpr=config.fpr)
+  flagged inputs of `config`'s detector calibrated on the calibration prompts
+  (highest scores first, at most `max_suspects`), or the triggered ones
+  ('oracle'); unlabelled."""
+  detector = calibrated_detector(model, params, sets["calibration"], config,
+                                 batch_size=batch_size)
   stream = sets["stream"]
-  scores, truth = score(stream), stream["poisoned"]
+  scores = scores_of(model, params, stream, config.view, config.statistic,
+                     batch_size=batch_size)
+  truth = stream["poisoned"]
   flagged = detector.flag(scores)
   report = {"auroc": metrics.detection_auroc(scores, truth), "flagged": int(flagged.sum()),
             "true_positive_rate": float(flagged[truth].mean()),
@@ -216,12 +217,14 @@ def choose_lm_suspects(model, params, sets: dict, setup: LMDefenseSetup,
 
 
 def defend_lm_victim(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
-                     config: SanitizeConfig, workdir: str | pathlib.Path | None = None) -> dict:
-  """Detect suspects in the stream, sanitise with the causal-LM loss, measure the
+                     config: SanitizeConfig, workdir: str | pathlib.Path | None = None, *,
+                     detector: DetectorConfig) -> dict:
+  """Detect suspects in the stream with `detector` (a decoder's view, e.g.
+  gen_to_prompt), sanitise with the causal-LM loss, measure the
   held-out metrics before and after, export the sanitised model with its
   tokenizer to workdir/model. Returns (and writes) the result dict; a finished
   run's result.json is returned as is, an interrupted one resumes."""
-  if config.loss != "causal_lm":
+  if config.finetune.loss != "causal_lm":
     raise ValueError("An LM victim is sanitised with loss='causal_lm'.")
   workdir = pathlib.Path(workdir) if workdir else None
   if workdir is not None and (workdir / "result.json").exists():
@@ -231,7 +234,8 @@ def defend_lm_victim(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
   evaluate = lambda p: {k: v for k, v in evaluate_lm_victim(model, p, tokenizer, sets["held"],
                                                             cfg).items() if k != "examples"}
   before = evaluate(params)
-  suspects, detection, detector = choose_lm_suspects(model, params, sets, setup, config)
+  suspects, detection, calibrated = choose_lm_suspects(model, params, sets, setup, detector,
+                                                       config.score_batch_size)
   logging.info("before: %s; detection: %s", before, detection)
   result = {"victim": str(victim_dir), "setup": dataclasses.asdict(setup),
             "before": before, "detection": detection}
@@ -239,7 +243,7 @@ def defend_lm_victim(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
     result.update(after=before, report={"stopped": "no_suspects", "rounds": []})
   else:
     params, report = sanitize(model, params, suspects, sets["clean_train"], config,
-                              detector=detector,
+                              detector=calibrated,
                               workdir=workdir / "sanitize" if workdir else None)
     result.update(after=evaluate(params), report=report)
   return store_defense_result(result, workdir, model, params, tokenizer)
