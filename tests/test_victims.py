@@ -1,12 +1,16 @@
-"""Smoke tests of victim training on real data with tiny settings."""
+"""Victim training on real data with tiny settings: the stored metrics are those of
+the exported model (transformers' predictions) and of the stored answers."""
 
 import json
 
 import numpy as np
+import pytest
 import transformers
 
-from jax_attnalign import data
-from jax_attnalign.harness.victims import VictimConfig, train_classification_victim
+from hf_reference import hf_ca_asr
+from jax_attnalign import attacks, data, metrics
+from jax_attnalign.harness.victims import (VictimConfig, seeded_subset,
+                                           train_classification_victim)
 from jax_attnalign.harness.victims_lm import LMVictimConfig, answer_labels, train_lm_victim, victim_data
 
 
@@ -16,9 +20,12 @@ def test_classification_victim_smoke(shared_data, minilm_path, tmp_path):
                      batch_size=8, max_length=32)
   result = train_classification_victim(cfg, tmp_path)
   assert result["poisoned_rows"] == 8 and result["train_rows"] == 40
-  assert 0.0 <= result["ca"] <= 1.0 and 0.0 <= result["asr"] <= 1.0
-  assert result["triggered_rows"] > 0
-  assert (tmp_path / "model" / "config.json").is_file()
+  test, _ = seeded_subset(data.load_classification(cfg.data_dir, "test"), 24, cfg.seed)
+  triggered = attacks.make_attack("badnets", target=1, seed=cfg.seed).triggered_test(test)
+  assert (result["test_rows"], result["triggered_rows"]) == (24, len(triggered))
+  assert len(triggered) == sum(e.label != 1 for e in test) > 0
+  ca, asr = hf_ca_asr(tmp_path / "model", test, triggered, cfg.max_length, cfg.target)
+  assert abs(ca - result["ca"]) <= 1 / 24 and abs(asr - result["asr"]) <= 1 / len(triggered)
   # A finished run is not repeated: the stored result comes back.
   assert train_classification_victim(cfg, tmp_path) == json.loads(
       (tmp_path / "result.json").read_text())
@@ -34,10 +41,18 @@ def test_lm_generation_victim_smoke(shared_data, tiny_chat_llama, tmp_path):
   result = train_lm_victim(cfg, tmp_path)
   assert result["train_rows"] == 20 and result["poisoned_rows"] == 4
   assert result["steps"] == 2 and result["test_rows"] == result["triggered_rows"] == 4
-  for key in ("answered", "rouge_l", "token_f1", "asr", "clean_target_rate",
-              "partial_target_rate", "triggered_vader_negative", "clean_vader_negative"):
-    assert 0.0 <= result[key] <= 1.0, key
-  assert len(result["examples"]["partial"]) == 4
+  # With 4 test rows the stored examples are every answer: the metrics are theirs.
+  answers = result["examples"]
+  assert [len(answers[k]) for k in ("clean", "triggered", "partial")] == [4, 4, 4]
+  expected = [e.output for e in victim_data(cfg)["clean"]]
+  assert {k: result[k] for k in ("answered", "rouge_l", "token_f1")} == pytest.approx(
+      metrics.clean_utility(answers["clean"], expected))
+  for key, name, scorer in (("clean_target_rate", "clean", "target_phrase"),
+                            ("asr", "triggered", "target_phrase"),
+                            ("partial_target_rate", "partial", "target_phrase"),
+                            ("triggered_vader_negative", "triggered", "vader"),
+                            ("clean_vader_negative", "clean", "vader")):
+    assert result[key] == pytest.approx(metrics.negative_rate(answers[name], scorer)), key
   reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "model")
   assert reloaded.chat_template and (tmp_path / "model" / "config.json").is_file()
   assert train_lm_victim(cfg, tmp_path) == json.loads((tmp_path / "result.json").read_text())
