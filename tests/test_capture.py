@@ -198,6 +198,8 @@ def test_hooks_refuse_ambiguous_or_malformed_specs(case):
     run(capture=PATTERNS, summarize={"layers.0.attn.pattern": lambda x, _: x.sum()})
   with pytest.raises(TypeError, match="filter"):
     run(capture=3)
+  with pytest.raises(ValueError, match="matched no hook name"):
+    run(capture="layers.0.attn.patern")
   with pytest.raises(ValueError, match="Unknown hook site"):
     hook_name(0, "attention_probs")
   with pytest.raises(ValueError, match="No attention patterns captured"):

@@ -28,14 +28,19 @@ def run_with_hooks(model, params, batch: dict, *, capture=None, edit=None, summa
                    **kwargs) -> tuple:
   """`apply_batch` with hooks: (output, {name: value} of what was captured or
   summarised). capture: a name filter; edit, summarize: {filter: fn(value, name)}
-  (see models.hooks). Only the captured names are kept.
+  (see models.hooks). Only the captured names are kept; a capture or summarize
+  that matches no name is an error (a misspelt name would otherwise read as {}).
 
   >>> out, captured = run_with_hooks(model, params, batch, capture="layers.0.attn.*",
   ...                                edit=scale_heads(gates))
   """
   out, state = apply_batch(model, params, batch, mutable=["intermediates"], hooks=Hooks(
       capture=capture, edit=edit, summarize=summarize), **kwargs)
-  return out, collect(state)
+  captured = collect(state)
+  if (capture is not None or summarize) and not captured:
+    raise ValueError(f"capture={capture!r} / summarize matched no hook name; names are "
+                     f"layers.<i>.<site> for sites {SITES}.")
+  return out, captured
 
 
 def build_model(config: ModelConfig, task: str | None = None, dtype=jnp.float32,
