@@ -83,19 +83,30 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
   victim = tmp_path / "victim"
   train_lm_victim(cfg, victim)
   analysis = analyze_lm_victim(victim, ("gen_to_prompt", "full"), tmp_path / "analyze", size=4)
-  for view in ("gen_to_prompt", "full"):
-    entry = analysis["views"][view]["percentile"]
-    assert len(entry["auroc_per_layer"]) == 2 and 0.0 <= entry["auroc"] <= 1.0
-  # The detector's-score AUROC is the AUROC of the detector's own input scores.
+  # Each AUROC is triggered vs clean over the statistics (checked above against a
+  # brute force) of the victim's answers to its first 4 clean and 4 triggered test
+  # prompts, in the view named; the detector's-score AUROC is that of the
+  # detector's own input scores. A swapped or mislabelled set would show.
   model, params, tokenizer, victim_cfg = load_lm_victim(victim)
   sets = victim_data(victim_cfg)
-  scores = [scores_of(model, params, answer_inputs(model, params, tokenizer, sets[name][:4],
-                                                   victim_cfg), "gen_to_prompt", "percentile")
+  inputs = [answer_inputs(model, params, tokenizer, sets[name][:4], victim_cfg)
             for name in ("clean", "triggered")]
+  truth = np.r_[[False] * 4, [True] * 4]
+  stats = [view_statistics(model, params, arrays, ("gen_to_prompt", "full"))
+           for arrays in inputs]
+  for view in ("gen_to_prompt", "full"):
+    entry = analysis["views"][view]["percentile"]
+    pooled = np.r_[stats[0][view]["pooled"]["percentile"],
+                   stats[1][view]["pooled"]["percentile"]]
+    layers = np.concatenate([s[view]["layer"]["percentile"] for s in stats])
+    np.testing.assert_allclose(entry["auroc"], metrics.detection_auroc(pooled, truth))
+    np.testing.assert_allclose(entry["auroc_per_layer"],
+                               [metrics.detection_auroc(layers[:, i], truth) for i in (0, 1)])
+  scores = [scores_of(model, params, arrays, "gen_to_prompt", "percentile") for arrays in inputs]
   np.testing.assert_allclose(
       analysis["views"]["gen_to_prompt"]["percentile"]["auroc_layer_mean"],
-      metrics.detection_auroc(np.r_[scores[0], scores[1]], np.r_[[False] * 4, [True] * 4]))
-  assert (tmp_path / "analyze" / "gen_to_prompt_percentile.png").is_file()
+      metrics.detection_auroc(np.r_[scores[0], scores[1]], truth))
+  assert (tmp_path / "analyze" / "gen_to_prompt_percentile.png").read_bytes()[:4] == b"\x89PNG"
   setup = LMDefenseSetup(stream_clean=4, stream_triggered=4, max_suspects=4, clean_size=8,
                          calibration_size=4, eval_size=4)
   config = SanitizeConfig(classify=HeadClassification(view="gen_to_prompt"),

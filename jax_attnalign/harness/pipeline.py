@@ -95,6 +95,8 @@ def defense_data(setup: DefenseSetup, tokenizer) -> dict[str, dict[str, np.ndarr
 
 def evaluate(model, params, sets: dict, target: int) -> dict[str, float]:
   """CA on the held-out clean inputs, ASR on the held-out triggered ones."""
+  logging.info("Measuring CA on %d held-out clean and ASR on %d held-out triggered inputs.",
+               len(sets["held_clean"]["labels"]), len(sets["held_triggered"]["labels"]))
   predict = lambda arrays: train.predict_logits(model, params, arrays).argmax(-1)
   return {"ca": metrics.clean_accuracy(predict(sets["held_clean"]),
                                        sets["held_clean"]["labels"]),
@@ -109,6 +111,8 @@ def choose_suspects(model, params, sets: dict, setup: DefenseSetup, config: Dete
   scores first, at most `max_suspects`), or the stream's triggered inputs
   ('oracle'); flagged: every flagged stream input (the suspects when none is
   flagged); no labels in either."""
+  logging.info("Detector: calibrating on %d clean inputs, scoring the %d stream inputs.",
+               len(sets["calibration"]["input_ids"]), len(sets["stream"]["input_ids"]))
   detector = calibrated_detector(model, params, sets["calibration"], config,
                                  batch_size=batch_size)
   stream = sets["stream"]
@@ -197,6 +201,7 @@ def analyze_victim(setup: DefenseSetup, views: list[str], statistics: list[str],
   out = {"setup": dataclasses.asdict(setup), "clean_inputs": int((~truth).sum()),
          "triggered_inputs": int(truth.sum()), "views": {}}
   for view in views:
+    logging.info("Head similarity of the %d stream inputs in the %s view.", len(truth), view)
     out["views"][view] = {}
     per_statistic = scores_of(model, params, stream, view, tuple(statistics),
                               batch_size=batch_size, per_layer=True)  # {stat: [n, L']}

@@ -114,6 +114,8 @@ def train_classification_victim(cfg: VictimConfig, workdir: str | pathlib.Path) 
   state, history = train.fit(model, train.TrainState.create(params, optimizer), optimizer,
                              arrays, fit_cfg, workdir=str(workdir / "ckpt"))
   params = state.params
+  logging.info("Measuring the victim: CA on %d clean, ASR on %d triggered test inputs.",
+               len(test_set), len(triggered or []))
   result = evaluate_classifier(model, params, tokenizer, test_set, triggered, cfg.target,
                                cfg.max_length, cfg.length_bucket)
   result.update(config=dataclasses.asdict(cfg), train_rows=len(train_set),
