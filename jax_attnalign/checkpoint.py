@@ -7,11 +7,25 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import pathlib
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+
+class _NoOrbaxInfo(logging.Filter):
+  """Drops orbax's INFO bookkeeping (thirty-odd lines per save and restore, logged
+  through absl); its warnings and errors, and every other library's lines, pass."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+# orbax logs through absl's logger: quiet by default wherever checkpoints are written.
+logging.getLogger("absl").addFilter(_NoOrbaxInfo())
 
 
 class Checkpointer:

@@ -1,4 +1,7 @@
-"""Orbax checkpoints restore params and optimizer state exactly."""
+"""Orbax checkpoints restore params and optimizer state exactly, quietly."""
+
+import logging
+import os
 
 import chex
 import flax.linen as nn
@@ -92,3 +95,20 @@ def test_save_skips_steps_at_or_below_the_latest_unless_forced(tmp_path):
     assert ckpt.latest_step() == 5  # the highest step, not the last one saved
   with Checkpointer(tmp_path) as ckpt:
     assert ckpt.latest_step() == 5
+
+
+def test_orbax_info_lines_are_off_and_its_warnings_on(tmp_path, caplog):
+  """A save and a restore log nothing of orbax's below WARNING, even with INFO asked
+  for; orbax's warnings still reach the handlers."""
+  caplog.set_level(logging.INFO)
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _trained_state(1))
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.restore(target=_trained_state(0))
+  orbax = f"{os.sep}orbax{os.sep}"
+  assert not [r.getMessage() for r in caplog.records if orbax in r.pathname]
+  absl = logging.getLogger("absl")
+  record = lambda level: absl.makeRecord("absl", level, f"{os.sep}site-packages{orbax}x.py",
+                                         1, "orbax says", (), None)
+  assert absl.filter(record(logging.WARNING)) and not absl.filter(record(logging.INFO))
+  assert absl.filter(absl.makeRecord("absl", logging.INFO, "ours.py", 1, "ours", (), None))
