@@ -86,16 +86,14 @@ def main(argv):
               f"| {entry['auroc_layer_mean']:.3f} | {best} "
               f"({layer_auroc[best]:.3f}) | "
               + (f"{paper[0]:.4f} -> {paper[1]:.4f}" if paper else "—") + " |")
-  table = "\n".join(lines)
+  table = ("Table 1 on SmolLM2 victims: pairwise head-cosine statistics of the teacher-forced "
+           f"own answers, clean vs triggered test prompts ({FLAGS.size} each); AUROC of "
+           "triggered vs clean per input (below 0.5: lower on triggered inputs), of the "
+           "statistic over all heads pooled and of the detector's score (each layer's "
+           "statistic, averaged over layers)\n\n" + "\n".join(lines))
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "table1.json").write_text(json.dumps(rows, indent=1))
-  (workdir / "table1.md").write_text(
-      "Table 1 on SmolLM2 victims: pairwise head-cosine statistics of the teacher-forced "
-      f"own answers, clean vs triggered test prompts ({FLAGS.size} each); AUROC of "
-      "triggered vs clean per input (below 0.5: lower on triggered inputs), of the "
-      "statistic over all heads pooled and of the detector's score (each layer's "
-      "statistic, averaged over layers)\n\n"
-      f"{table}\n")
+  (workdir / "table1.md").write_text(f"{table}\n")
   print(table)
 
 

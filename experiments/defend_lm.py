@@ -105,11 +105,12 @@ def main(argv):
                      f"{r['detection']['suspects']} ({r['detection']['suspects_triggered']})"
                      for r in runs) + f" | {len(runs)} |")
     bars[f"{attack}\n{variant}"] = {f"{c} after": get("after", c) for c in columns[:2]}
-  text = "\n".join(lines)
+  text = ("Defense of SmolLM2 victims: metrics on each victim's held-out test prompts, "
+          "detector AUROC and suspects on its monitored stream (mean ± std over seeds)\n\n"
+          + "\n".join(lines))
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "defend_lm.json").write_text(json.dumps(rows, indent=1, default=str))
-  (workdir / "defend_lm.md").write_text(
-      f"Defense of SmolLM2 victims (held-out prompts; mean ± std over seeds)\n\n{text}\n")
+  (workdir / "defend_lm.md").write_text(f"{text}\n")
   plots.plot_metric_bars(bars, workdir / "defend_lm.png", title="SmolLM2 victims after defense")
   print(text)
 

@@ -44,13 +44,27 @@ flags.DEFINE_string("workdir", "workdir/demo", "Output folder.")
 VIEWS = ("cls_row_nospecial", "cls_row_last_layer")
 
 
-def disk_usage(path: pathlib.Path) -> str:
-  """What `du -sh path` says: the blocks its files take, human-readable."""
-  size = float(sum(f.lstat().st_blocks * 512 for f in path.rglob("*")))
+def disk_usage(path: pathlib.Path) -> int:
+  """What `du -s` counts: the bytes of the blocks that the files under `path` take."""
+  return sum(f.lstat().st_blocks * 512 for f in [path, *path.rglob("*")])
+
+
+def human(size: float) -> str:
+  """1.5 KiB, 919.7 MiB, ... (what `du -h` says)."""
   for unit in ("B", "KiB", "MiB", "GiB"):
     if size < 1024 or unit == "GiB":
       return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
     size /= 1024
+
+
+def disk_line(workdir: pathlib.Path) -> str:
+  """The workdir's disk use, with each step's folders of 1 MiB or more."""
+  parts = {p: disk_usage(p) for step in workdir.iterdir() if step.is_dir()
+           for p in step.iterdir()}
+  big = sorted(((size, p) for p, size in parts.items() if size >= 2 ** 20), reverse=True)
+  return (f"disk: {workdir} takes {human(disk_usage(workdir))} ("
+          + ", ".join(f"{p.relative_to(workdir)} {human(size)}" for size, p in big)
+          + "; ckpt/ and sanitize/ are orbax checkpoints, kept so that reruns resume)")
 
 
 def main(argv):
@@ -71,14 +85,15 @@ def main(argv):
                        eval_size=FLAGS.eval_size, seed=FLAGS.seed)
   analysis = analyze_victim(setup, list(VIEWS), ["frac_above", "percentile"],
                             workdir / "analysis")
-  lines = ["| view | pairs > 0.99, clean / triggered | 99th pct, clean / triggered | AUROC |",
+  lines = ["| view | pairs > 0.99, clean / triggered | 99th pct, clean / triggered "
+           "| AUROC of the 99th pct |",
            "|---|---|---|---|"]
   for view, stats in analysis["views"].items():
     f, p = stats["frac_above"], stats["percentile"]
     lines.append(f"| {view} | {f['clean']:.3f} / {f['triggered']:.3f} | "
                  f"{p['clean']:.3f} / {p['triggered']:.3f} | {p['auroc']:.3f} |")
   similarity = "\n".join(lines)
-  stream = (f"the monitored stream: {analysis['clean_inputs']} clean and "
+  stream = (f"the monitored stream of {analysis['clean_inputs']} clean and "
             f"{analysis['triggered_inputs']} triggered test {noun}")
   print(f"2. head similarity on {stream}:\n" + similarity)
   result = defend_victim(setup, SanitizeConfig(), workdir / "defend")
@@ -102,7 +117,7 @@ def main(argv):
                           "sanitised": {"CA": [after["ca"]], "ASR": [after["asr"]]}},
                          workdir / "defense.png", title="BadNets: before and after",
                          ylabel=f"share of held-out test {noun}")
-  model = FLAGS.model or bundled_minilm_path().name
+  model = FLAGS.model or f"the bundled MiniLM ({bundled_minilm_path()})"
   (workdir / "report.md").write_text(
       f"# Backdoor demo: {model} on {FLAGS.data}\n\n{trained}.\n\n"
       f"## Head similarity\n\nOn {stream}.\n\n{similarity}\n\n"
@@ -116,8 +131,7 @@ def main(argv):
       {"victim": victim, "analysis": analysis["views"], "defense": result}, indent=1,
       default=str))
   print(f"report: {workdir / 'report.md'}")
-  print(f"disk: {workdir} takes {disk_usage(workdir)} (the victim's and the sanitised "
-        "checkpoints, with their orbax training checkpoints)")
+  print(disk_line(workdir))
 
 
 if __name__ == "__main__":
