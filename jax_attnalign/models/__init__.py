@@ -31,8 +31,19 @@ def run_with_hooks(model, params, batch: dict, *, capture=None, edit=None, summa
   (see models.hooks). Only the captured names are kept; a capture or summarize
   that matches no name is an error (a misspelt name would otherwise read as {}).
 
-  >>> out, captured = run_with_hooks(model, params, batch, capture="layers.0.attn.*",
-  ...                                edit=scale_heads(gates))
+  Example, layer 0's intermediates with its head 3 switched off:
+    >>> import jax
+    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+    >>> ids = jnp.array([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]]); mask = jnp.sign(ids)
+    >>> params = model.init(jax.random.key(0), ids)["params"]
+    >>> batch = {"input_ids": ids, "attention_mask": mask}
+    >>> gates = jnp.ones((2, 4)).at[0, 3].set(0.0)
+    >>> out, captured = run_with_hooks(model, params, batch, capture="layers.0.attn.*",
+    ...                                edit=scale_heads(gates))
+    >>> out.logits.shape, captured["layers.0.attn.z"].shape  # z: [B, T, N, H]
+    ((2, 2), (2, 6, 4, 4))
+    >>> float(jnp.abs(captured["layers.0.attn.z"][:, :, 3]).max())  # edited before capture
+    0.0
   """
   out, state = apply_batch(model, params, batch, mutable=["intermediates"], hooks=Hooks(
       capture=capture, edit=edit, summarize=summarize), **kwargs)
@@ -45,7 +56,17 @@ def run_with_hooks(model, params, batch: dict, *, capture=None, edit=None, summa
 
 def build_model(config: ModelConfig, task: str | None = None, dtype=jnp.float32,
                 param_dtype=jnp.float32) -> Bert | Llama:
-  """The Flax module for `config` with the head for `task` (default: the family's LM/base head)."""
+  """The Flax module for `config` with the head for `task` (default: the family's LM/base head).
+
+  Example, a tiny random BERT classifier:
+    >>> import jax
+    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+    >>> ids = jnp.array([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]]); mask = jnp.sign(ids)
+    >>> params = model.init(jax.random.key(0), ids)["params"]
+    >>> out = model.apply({"params": params}, ids, mask)
+    >>> type(model).__name__, out.logits.shape, out.last_hidden_state.shape
+    ('Bert', (2, 2), (2, 6, 16))
+  """
   if config.is_decoder:
     return Llama(config, task or "causal_lm", dtype=dtype, param_dtype=param_dtype)
   return Bert(config, task or "base", dtype=dtype, param_dtype=param_dtype)

@@ -31,7 +31,8 @@ _CONSUMED = {
     "transformers_version", "_name_or_path", "torch_dtype", "dtype",
 }
 
-# Full-size architectures, for shape checks, benchmarks and random-weight scans.
+# Full-size architectures, for shape checks, benchmarks and random-weight scans,
+# and tiny ones (2 layers x 4 heads) for examples and smoke tests.
 _PRESETS: dict[str, dict[str, Any]] = {
     "llama2-7b": dict(
         model_type="llama", vocab_size=32000, hidden_size=4096, num_layers=32,
@@ -47,12 +48,29 @@ _PRESETS: dict[str, dict[str, Any]] = {
         model_type="bert", vocab_size=30522, hidden_size=384, num_layers=6,
         num_heads=12, intermediate_size=1536, hidden_act="gelu",
         max_position_embeddings=512, norm_eps=1e-12, pad_token_id=0),
+    "tiny-bert": dict(
+        model_type="bert", vocab_size=64, hidden_size=16, num_layers=2, num_heads=4,
+        intermediate_size=32, max_position_embeddings=16, pad_token_id=0),
+    "tiny-llama": dict(
+        model_type="llama", vocab_size=64, hidden_size=16, num_layers=2, num_heads=4,
+        num_kv_heads=2, intermediate_size=32, hidden_act="silu",
+        max_position_embeddings=32, norm_eps=1e-5, pad_token_id=0, bos_token_id=1,
+        eos_token_id=(2,)),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Architecture of a BERT, Llama or Mistral model (hashable: usable as a jit static)."""
+  """Architecture of a BERT, Llama or Mistral model (hashable: usable as a jit static).
+
+  Example:
+    >>> cfg = ModelConfig(model_type="bert", vocab_size=64, hidden_size=16, num_layers=2,
+    ...                   num_heads=4, intermediate_size=32, max_position_embeddings=16)
+    >>> cfg.head_dim, cfg.is_decoder
+    (4, False)
+    >>> cfg.to_hf_config()["num_attention_heads"]  # HF config.json keys
+    4
+  """
 
   model_type: str
   vocab_size: int
@@ -121,7 +139,12 @@ class ModelConfig:
 
   @classmethod
   def preset(cls, name: str, **changes) -> "ModelConfig":
-    """A named full-size architecture: one of 'llama2-7b', 'mistral-7b', 'minilm-l6'."""
+    """A named architecture: full-size 'llama2-7b', 'mistral-7b', 'minilm-l6', or
+    the tiny random-weight 'tiny-bert' and 'tiny-llama' (2 layers x 4 heads).
+
+    >>> ModelConfig.preset("minilm-l6").num_heads
+    12
+    """
     if name not in _PRESETS:
       raise ValueError(f"Unknown preset {name!r}; choose from {sorted(_PRESETS)}.")
     return cls(**{**_PRESETS[name], **changes})

@@ -25,7 +25,13 @@ class GenerationOutput:
   """tokens: [B, Tg] new ids (pad after EOS); token_mask: [B, Tg], 1 up to and
   including EOS; attention: [L, B, N, Tg, Tp] generation-to-prompt blocks (row g
   is the generated token g attending to the prompt slots; padded prompt slots are
-  0), or None."""
+  0), or None.
+
+  Example, the answer of a row that ended with EOS (id 2):
+    >>> out = GenerationOutput(tokens=jnp.array([[7, 2, 0]]), token_mask=jnp.array([[1, 1, 0]]))
+    >>> out.tokens[out.token_mask == 1].tolist()
+    [7, 2]
+  """
   tokens: Array
   token_mask: Array
   attention: Array | None = None
@@ -83,8 +89,16 @@ def generate(model: Llama, params, input_ids: Array, attention_mask: Array | Non
   has produced an EOS token (default: the config's). With `return_attention`, the
   generation-to-prompt attention blocks [L, B, N, Tg, Tp] come back too.
 
-  >>> out = generate(model, params, ids, mask, max_new_tokens=16)
-  >>> out.tokens  # [B, Tg]
+  Example, a tiny random Llama; the first prompt is left-padded:
+    >>> from jax_attnalign import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.preset("tiny-llama"))  # task "causal_lm"
+    >>> ids = jnp.array([[0, 1, 5, 6], [1, 7, 8, 9]]); mask = jnp.sign(ids)
+    >>> params = model.init(jax.random.key(0), ids)["params"]
+    >>> out = generate(model, params, ids, mask, max_new_tokens=3, return_attention=True)
+    >>> out.tokens.shape, out.attention.shape  # [B, Tg], [L, B, N, Tg, Tp]
+    ((2, 3), (2, 2, 4, 3, 4))
+    >>> float(out.attention[:, 0, :, :, 0].max())  # the padded prompt slot
+    0.0
   """
   cfg = model.config
   if not cfg.is_decoder or model.task != "causal_lm":

@@ -303,6 +303,12 @@ def load_pretrained(path: str | os.PathLike, *, task: str | None = None,
     allow_pickle: read `pytorch_model.bin`-style checkpoints with
       `torch.load(weights_only=True)`.
     seed: for the heads the checkpoint lacks, initialised like `model.init`.
+
+  Example, the MiniLM bundled with the package (`assets`):
+    >>> from jax_attnalign.assets import bundled_minilm_path
+    >>> model, params = load_pretrained(bundled_minilm_path())
+    >>> model.task, model.config.num_layers, model.config.num_heads
+    ('base', 6, 12)
   """
   # Lazy: jax_attnalign.models may come to re-export this module.
   from jax_attnalign.models import build_model  # pylint: disable=g-import-not-at-top
@@ -385,6 +391,20 @@ def save_pretrained(model, params: Params, out_dir: str | os.PathLike, *,
   Without a tokenizer the folder has none, and `AutoTokenizer.from_pretrained`
   on it fails or builds an empty one: pass the tokenizer of the checkpoint the
   model came from (`data.load_tokenizer(path)`).
+
+  Example, a round trip of a tiny random BERT classifier:
+    >>> import tempfile
+    >>> from jax_attnalign import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+    >>> params = model.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32))["params"]
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...   save_pretrained(model, params, tmp)
+    ...   files = sorted(os.listdir(tmp))
+    ...   loaded_model, loaded = load_pretrained(tmp)
+    >>> files, loaded_model.task
+    (['config.json', 'model.safetensors'], 'classification')
+    >>> bool(jnp.array_equal(loaded["classifier"]["kernel"], params["classifier"]["kernel"]))
+    True
   """
   out_dir = pathlib.Path(out_dir)
   check_params(model, params)

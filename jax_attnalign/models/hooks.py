@@ -25,9 +25,20 @@ A `Hooks` spec, passed to the model as `hooks=`, says what happens at each one:
 A filter is an exact name or glob ('layers.*.attn.pattern'), a compiled regex
 (full match), a predicate over names, or a list/tuple of these (any matches).
 
->>> out, captured = run_with_hooks(model, params, batch, capture="layers.3.attn.*")
->>> captured["layers.3.attn.pattern"]  # [B, N, T, S]
->>> maps = attention_maps(run_with_hooks(model, params, batch, capture=PATTERNS)[1])
+Example, a tiny random BERT (2 layers x 4 heads):
+>>> from jax_attnalign import ModelConfig, build_model, run_with_hooks
+>>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+>>> ids = jnp.array([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]]); mask = jnp.sign(ids)
+>>> params = model.init(jax.random.key(0), ids)["params"]
+>>> batch = {"input_ids": ids, "attention_mask": mask}
+>>> out, captured = run_with_hooks(model, params, batch, capture="layers.1.attn.*")
+>>> sorted(captured)  # doctest: +NORMALIZE_WHITESPACE
+['layers.1.attn.k', 'layers.1.attn.pattern', 'layers.1.attn.q', 'layers.1.attn.v',
+ 'layers.1.attn.z']
+>>> captured["layers.1.attn.pattern"].shape  # [B, N, T, S]
+(2, 4, 6, 6)
+>>> attention_maps(run_with_hooks(model, params, batch, capture=PATTERNS)[1]).shape
+(2, 2, 4, 6, 6)
 """
 
 from __future__ import annotations
@@ -96,6 +107,17 @@ class Hooks:
   `value = hooks(module, 'attn.pattern', value)`; filters are resolved there, at
   trace time. Build it with filters:
   Hooks(capture=PATTERNS, edit={'layers.2.attn.z': fn}, summarize={...}).
+
+  Example, each layer's attention entropy per head instead of its maps:
+    >>> from jax_attnalign import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+    >>> ids = jnp.array([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]]); mask = jnp.sign(ids)
+    >>> params = model.init(jax.random.key(0), ids)["params"]
+    >>> entropy = lambda p, name: -jnp.sum(p * jnp.log(p + 1e-9), axis=-1)  # [B, N, T]
+    >>> _, state = model.apply({"params": params}, ids, mask, mutable=["intermediates"],
+    ...                        hooks=Hooks(summarize={PATTERNS: entropy}))
+    >>> {name: value.shape for name, value in collect(state).items()}
+    {'layers.0.attn.pattern': (2, 4, 6), 'layers.1.attn.pattern': (2, 4, 6)}
   """
   capture: Filter = None
   edit: Rules = None
@@ -138,6 +160,13 @@ def scale_heads(gates: Array) -> dict:
 
   gates: [L, N], or broadcastable to [B, T, L, N] (per example / position).
   Its gradient at gates = 1 is head importance (analysis.importance).
+
+  Example, heads 0 and 2 of layer 1 switched off:
+    >>> gates = jnp.ones((2, 4)).at[1, jnp.array([0, 2])].set(0.0)
+    >>> edit = scale_heads(gates)  # pass as run_with_hooks(..., edit=edit)
+    >>> z = jnp.ones((1, 3, 4, 8))  # layers.1.attn.z: [B, T, N, H]
+    >>> edit["layers.*.attn.z"](z, "layers.1.attn.z")[0, 0, :, 0]
+    Array([0., 1., 0., 1.], dtype=float32)
   """
   gates = jnp.asarray(gates)
   return {"layers.*.attn.z":
@@ -165,8 +194,16 @@ def collect(variables: Mapping) -> dict[str, Any]:
 def attention_maps(captured: Mapping[str, Array]) -> Array:
   """Stacks every layer's captured pattern: [L, B, N, T, S].
 
-  >>> _, captured = run_with_hooks(model, params, batch, capture=PATTERNS)
-  >>> maps = attention_maps(captured)  # [L, B, N, T, S]
+  Example:
+    >>> from jax_attnalign import ModelConfig, build_model, run_with_hooks
+    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+    >>> ids = jnp.array([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]]); mask = jnp.sign(ids)
+    >>> params = model.init(jax.random.key(0), ids)["params"]
+    >>> batch = {"input_ids": ids, "attention_mask": mask}
+    >>> _, captured = run_with_hooks(model, params, batch, capture=PATTERNS)
+    >>> maps = attention_maps(captured)  # [L, B, N, T, S]
+    >>> maps.shape, bool(jnp.allclose(maps.sum(-1), 1.0))  # each row a distribution
+    ((2, 2, 4, 6, 6), True)
   """
   found = {layer_of(name): value for name, value in captured.items()
            if _NAME.fullmatch(name) and name.endswith(".attn.pattern")}

@@ -16,6 +16,15 @@ class ModelOutput:
   hidden_states: with `output_hidden_states=True`, L + 1 arrays [B, T, D]
     (embeddings, then each layer's output), as transformers returns them.
   cache: the updated key/value cache when decoding with one, else None.
+
+  Example, a tiny random BERT without a task head:
+    >>> import jax.numpy as jnp
+    >>> from jax_attnalign import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.preset("tiny-bert"))  # task "base"
+    >>> ids = jnp.array([[1, 5, 6, 2]])
+    >>> out = model.apply(model.init(jax.random.key(0), ids), ids, output_hidden_states=True)
+    >>> out.logits is None, out.pooled.shape, len(out.hidden_states)  # embeddings + 2 layers
+    (True, (1, 16), 3)
   """
   logits: jax.Array | None
   last_hidden_state: jax.Array
