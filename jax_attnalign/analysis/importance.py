@@ -57,6 +57,15 @@ def head_gate_gradients(model, params, batch: dict[str, Array], *,
   argmax class, or for causal LM the argmax next token at each answer position.
   For decoders' label-free setting feed the model's own greedy answer (see
   `self_labelled_answers`); teacher-forcing it makes both settings agree.
+
+  Example, a tiny random BERT classifier (2 layers x 4 heads):
+    >>> from jax_attnalign import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+    >>> ids = jnp.array([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]]); mask = jnp.sign(ids)
+    >>> params = model.init(jax.random.key(0), ids)["params"]
+    >>> batch = {"input_ids": ids, "attention_mask": mask, "labels": jnp.array([0, 1])}
+    >>> head_gate_gradients(model, params, batch).shape  # [B, L, N]
+    (2, 2, 4)
   """
   cfg = model.config
   gates = jnp.ones((cfg.num_layers, cfg.num_heads), jnp.float32)
@@ -66,7 +75,15 @@ def head_gate_gradients(model, params, batch: dict[str, Array], *,
 
 def normalize_importance(importance: Array, how: Normalization = "global_max") -> Array:
   """importance: [L, N] >= 0. 'global_max': divided by the largest head (eq. 5);
-  'layer_l2': each layer divided by its L2 norm (Michel et al.); 'none'."""
+  'layer_l2': each layer divided by its L2 norm (Michel et al.); 'none'.
+
+  >>> print(normalize_importance(jnp.array([[1.0, 2.0], [4.0, 0.0]])))
+  [[0.25 0.5 ]
+   [1.   0.  ]]
+  >>> print(normalize_importance(jnp.array([[3.0, 4.0], [0.0, 2.0]]), "layer_l2"))
+  [[0.6 0.8]
+   [0.  1. ]]
+  """
   if how == "global_max":
     return importance / jnp.maximum(jnp.max(importance), 1e-30)
   if how == "layer_l2":
@@ -83,6 +100,16 @@ def head_importance(model, params, batches, *, use_predictions: bool = False,
 
   batches: one batch dict or an iterable of them (see `head_gate_gradients`);
   examples with all-zero attention_mask rows (batch padding) are skipped.
+
+  Example, label-free (the model's own predictions), a tiny random BERT:
+    >>> from jax_attnalign import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+    >>> ids = jnp.array([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]]); mask = jnp.sign(ids)
+    >>> params = model.init(jax.random.key(0), ids)["params"]
+    >>> g = head_importance(model, params, {"input_ids": ids, "attention_mask": mask},
+    ...                     use_predictions=True)
+    >>> g.shape, float(g.max())  # [L, N], the most important head at 1 (eq. 5)
+    ((2, 4), 1.0)
   """
   if isinstance(batches, dict):
     batches = [batches]
@@ -105,6 +132,17 @@ def self_labelled_answers(model, params, prompt_ids: Array, prompt_mask: Array, 
   prompt_ids, prompt_mask: [B, Tp] left-padded. Returns input_ids,
   attention_mask and loss_mask [B, Tp + Tg]; loss_mask covers the generated
   tokens up to and including EOS (DESIGN.md: decoders' default labels).
+
+  Example, a tiny random Llama's own answers to two prompts (one left-padded):
+    >>> from jax_attnalign import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.preset("tiny-llama"))
+    >>> ids = jnp.array([[0, 1, 5, 6], [1, 7, 8, 9]]); mask = jnp.sign(ids)
+    >>> params = model.init(jax.random.key(0), ids)["params"]
+    >>> batch = self_labelled_answers(model, params, ids, mask, max_new_tokens=3)
+    >>> {k: v.shape for k, v in batch.items()}  # [B, Tp + Tg]
+    {'input_ids': (2, 7), 'attention_mask': (2, 7), 'loss_mask': (2, 7)}
+    >>> batch["loss_mask"][:, :4].tolist()  # the prompts are not scored
+    [[0, 0, 0, 0], [0, 0, 0, 0]]
   """
   from jax_attnalign.models.generation import generate  # pylint: disable=g-import-not-at-top
   out = generate(model, params, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens)

@@ -23,19 +23,37 @@ SimilarityTerm = Literal["minmax", "raw"]
 
 
 class HeadClass(enum.IntEnum):
+  """A head's class from its safety score (`classify_heads`), stored as its int.
+
+  >>> HeadClass(2).name, int(HeadClass.SUSPICIOUS)
+  ('SAFE', 0)
+  """
   SUSPICIOUS = 0
   INTERMEDIATE = 1
   SAFE = 2
 
 
 class EmptySafeSetError(ValueError):
-  """No head is safe, so the safe-head mean of eq. 6 is undefined."""
+  """No head is safe, so the safe-head mean of eq. 6 is undefined.
+
+  >>> try:
+  ...   require_safe_heads(np.zeros((2, 4), np.int32))  # every head suspicious
+  ... except EmptySafeSetError as e:
+  ...   print(e)
+  No head is safe ({'suspicious': 8, 'intermediate': 0, 'safe': 0}): ...
+  """
 
 
 def safety_scores(max_similarity: Array, importance: Array, alpha: float = 0.7,
                   similarity_term: SimilarityTerm = "minmax") -> Array:
   """Eq. 5 for every head. max_similarity, importance: [L, N] (importance already
-  normalised, e.g. by its global max). Returns S: [L, N]."""
+  normalised, e.g. by its global max). Returns S: [L, N].
+
+  A head with a near twin and high importance scores low (suspicious):
+    >>> s = safety_scores(jnp.array([[0.99, 0.5, 0.6]]), jnp.array([[1.0, 0.1, 0.2]]))
+    >>> [round(float(v), 3) for v in s[0]]
+    [0.0, 0.97, 0.797]
+  """
   if not 0.0 <= alpha <= 1.0:
     raise ValueError(f"alpha must lie in [0, 1], got {alpha}.")
   sim = jnp.asarray(max_similarity, jnp.float32)
@@ -48,7 +66,11 @@ def safety_scores(max_similarity: Array, importance: Array, alpha: float = 0.7,
 
 
 def classify_heads(scores: Array, tau: float = 0.3) -> np.ndarray:
-  """HeadClass per head [L, N] (int): S < tau suspicious, S > 1 - tau safe."""
+  """HeadClass per head [L, N] (int): S < tau suspicious, S > 1 - tau safe.
+
+  >>> classify_heads(np.array([[0.1, 0.5, 0.9]]), tau=0.3).tolist()
+  [[0, 1, 2]]
+  """
   if not 0.0 <= tau <= 0.5:
     raise ValueError(f"tau must lie in [0, 0.5] (so that tau <= 1 - tau), got {tau}.")
   scores = np.asarray(scores)
@@ -59,13 +81,21 @@ def classify_heads(scores: Array, tau: float = 0.3) -> np.ndarray:
 
 
 def class_counts(labels: np.ndarray) -> dict[str, int]:
-  """{'suspicious': n, 'intermediate': n, 'safe': n} of a label array."""
+  """{'suspicious': n, 'intermediate': n, 'safe': n} of a label array.
+
+  >>> class_counts(np.array([[0, 1, 2], [2, 2, 1]]))
+  {'suspicious': 1, 'intermediate': 2, 'safe': 3}
+  """
   return {c.name.lower(): int(np.sum(np.asarray(labels) == c)) for c in HeadClass}
 
 
 def require_safe_heads(labels: np.ndarray) -> np.ndarray:
   """The safe-head mask [L, N]; raises EmptySafeSetError (with the counts and the
-  remedies) when there is none, instead of averaging over an empty set."""
+  remedies) when there is none, instead of averaging over an empty set.
+
+  >>> require_safe_heads(np.array([[0, 1, 2], [2, 2, 1]])).astype(int).tolist()
+  [[0, 0, 1], [1, 1, 0]]
+  """
   safe = np.asarray(labels) == HeadClass.SAFE
   if not safe.any():
     raise EmptySafeSetError(

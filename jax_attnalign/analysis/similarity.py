@@ -28,6 +28,8 @@ def head_cosine(maps: Array, valid: Array | None = None, eps: float = 1e-12) -> 
 
   >>> head_cosine(jnp.eye(3)[None]).shape
   (1, 3, 3)
+  >>> head_cosine(jnp.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])).round(3).tolist()
+  [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
   """
   if valid is not None:
     maps = jnp.where(valid[..., None, :], maps, 0.0)
@@ -48,8 +50,15 @@ def head_similarity(maps: Array, view: View | str, *, attention_mask: Array,
   layer: [B, L', N, N]; scope='model' compares all heads of the viewed layers,
   ordered (layer, head): [B, L' N, L' N].
 
-  >>> cos = head_similarity(maps, "cls_row_nospecial", attention_mask=mask,
-  ...                       special_mask=special)  # [B, L, N, N]
+  Example, random maps of 2 layers x 4 heads for 3 inputs of 6 tokens:
+    >>> import numpy as np
+    >>> maps = np.random.default_rng(0).dirichlet(np.ones(6), (2, 3, 4, 6))  # [L, B, N, T, T]
+    >>> ids = jnp.array([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0], [1, 4, 4, 4, 4, 2]])
+    >>> similarity = jax.jit(head_similarity, static_argnums=1)  # the view is static
+    >>> cos = similarity(maps, "cls_row_nospecial", attention_mask=jnp.sign(ids),
+    ...                  special_mask=(ids == 1) | (ids == 2))
+    >>> cos.shape, bool(jnp.allclose(jnp.diagonal(cos, axis1=-2, axis2=-1), 1.0))  # [B, L, N, N]
+    ((3, 2, 4, 4), True)
   """
   if scope not in ("layer", "model"):
     raise ValueError(f"scope must be 'layer' or 'model', got {scope!r}.")
@@ -72,6 +81,10 @@ def max_other_similarity(cosine: Array) -> Array:
 
   cosine: [..., M, M] -> [..., M]. Layer scope: [..., L, N, N] -> [..., L, N];
   model scope: [..., L N, L N] -> [..., L N] (reshape to [..., L, N]).
+
+  >>> cos = jnp.array([[1.0, 0.9, 0.2], [0.9, 1.0, 0.5], [0.2, 0.5, 1.0]])
+  >>> print(max_other_similarity(cos))
+  [0.9 0.9 0.5]
   """
   m = cosine.shape[-1]
   return jnp.max(jnp.where(jnp.eye(m, dtype=bool), -jnp.inf, cosine), axis=-1)
@@ -86,7 +99,15 @@ def pair_statistics(cosine: Array, threshold: float = 0.99, percentile: float = 
   `pool_axis` (an axis of [...], e.g. 0 for the inputs of [B, L, N, N]) the
   pairs of all entries along it are pooled into one set, and that axis is gone.
 
-  >>> pair_statistics(cos, pool_axis=0)["frac_above"]  # [L], over all inputs
+  Example, 3 heads of one layer for 2 inputs ([B, L, N, N]):
+    >>> cos = jnp.array([[1.0, 0.995, 0.2], [0.995, 1.0, 0.5], [0.2, 0.5, 1.0]])
+    >>> cos = jnp.stack([cos, jnp.eye(3)])[:, None]
+    >>> pair_statistics(cos)["frac_above"].shape  # [B, L]
+    (2, 1)
+    >>> [round(float(v), 3) for v in pair_statistics(cos)["frac_above"].ravel()]
+    [0.333, 0.0]
+    >>> [round(float(v), 3) for v in pair_statistics(cos, pool_axis=0)["frac_above"]]  # [L]
+    [0.167]
   """
   n = cosine.shape[-1]
   rows, cols = jnp.triu_indices(n, k=1)

@@ -37,8 +37,16 @@ def streaming_head_similarity(model, params, input_ids: Array, attention_mask: A
   Cross-layer ('model' scope) similarity needs every layer's block at once, so
   it is not offered here. Pure: jit it with `model` and `view` static.
 
-  >>> fn = jax.jit(streaming_head_similarity, static_argnums=(0, 4))
-  >>> cos = fn(model, params, ids, mask, "cls_row_nospecial", special_mask=special)
+  Example, a tiny random BERT (2 layers x 4 heads):
+    >>> from jax_attnalign import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+    >>> ids = jnp.array([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]]); mask = jnp.sign(ids)
+    >>> params = model.init(jax.random.key(0), ids)["params"]
+    >>> fn = jax.jit(streaming_head_similarity, static_argnums=(0, 4))
+    >>> special = (ids == 1) | (ids == 2)  # [CLS], [SEP]
+    >>> cos = fn(model, params, ids, mask, "cls_row_nospecial", special_mask=special)
+    >>> cos.shape  # [B, L, N, N]
+    (2, 2, 4, 4)
   """
   view = resolve_view(view)
   selected = view.layer_indices(model.config.num_layers)

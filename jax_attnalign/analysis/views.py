@@ -47,7 +47,9 @@ class View:
   special-token columns left out. renormalize: each kept row rescaled to sum to
   1 over its kept columns.
 
-  >>> View(rows="output", layers=1, drop_special=True, renormalize=True)
+  >>> view = View(rows="output", layers=1, drop_special=True, renormalize=True)
+  >>> view == VIEWS["cls_row_last_layer"], view.layer_indices(6)  # MiniLM: its layer 5
+  (True, range(5, 6))
   """
   rows: Rows = "output"
   layers: Literal["all"] | int = "all"
@@ -85,7 +87,11 @@ VIEWS: dict[str, View] = {
 
 
 def resolve_view(view: View | str) -> View:
-  """A View, or the preset of that name in VIEWS."""
+  """A View, or the preset of that name in VIEWS.
+
+  >>> resolve_view("cls_row_nospecial")
+  View(rows='output', layers='all', drop_special=True, renormalize=True)
+  """
   if isinstance(view, View):
     return view
   if view not in VIEWS:
@@ -152,8 +158,17 @@ def extract_view(maps: Array, view: View | str, *, attention_mask: Array,
   module docstring). Returns (blocks [L', B, N, F] with entries outside the view
   zeroed, valid [B, F] bool), F = R * T (R = 1 for the [CLS] row, else T).
 
-  >>> blocks, valid = extract_view(maps, "cls_row_nospecial", attention_mask=mask,
-  ...                              special_mask=special)
+  Example, random maps of 2 layers x 4 heads for 2 inputs of 6 tokens:
+    >>> import numpy as np
+    >>> maps = np.random.default_rng(0).dirichlet(np.ones(6), (2, 2, 4, 6))  # [L, B, N, T, T]
+    >>> ids = jnp.array([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]])
+    >>> extract = jax.jit(extract_view, static_argnums=1)  # the view is static
+    >>> blocks, valid = extract(maps, "cls_row_nospecial", attention_mask=jnp.sign(ids),
+    ...                         special_mask=(ids == 1) | (ids == 2))
+    >>> blocks.shape, valid.astype(int).tolist()  # the [CLS] row, words only
+    ((2, 2, 4, 6), [[0, 1, 1, 1, 0, 0], [0, 1, 1, 0, 0, 0]])
+    >>> bool(jnp.allclose(blocks.sum(-1), 1.0))  # renormalised over the kept columns
+    True
   """
   view = resolve_view(view)
   one = lambda m, a, sp, p: view_block(m, view, attention_mask=a, special_mask=sp,
