@@ -40,7 +40,8 @@ import optax
 
 from jax_attnalign import train
 from jax_attnalign.analysis.safety import HeadClass
-from jax_attnalign.defense import alignment_optimizer, alignment_step, headwise_optimizer
+from jax_attnalign.defense import (alignment_optimizer, alignment_rates, alignment_step,
+                                   headwise_init, headwise_optimizer)
 from jax_attnalign.models import ModelConfig, build_model
 from streaming_memory import GIB, inputs, measure
 
@@ -64,19 +65,23 @@ def step_fns(model, params, labels: np.ndarray) -> dict:
   cfg = model.config
   optimizers = {
       "adam": optax.adam(1e-4),
-      "headwise": headwise_optimizer(params, labels, cfg),
-      "headwise_frozen": headwise_optimizer(params, labels, cfg, other="frozen"),
+      "headwise": headwise_optimizer(params),
+      "headwise_frozen": headwise_optimizer(params, other="frozen"),
   }
   out = {}
   for name, opt in optimizers.items():
     fn = jax.jit(lambda state, batch, rng, opt=opt: train.train_step(
         model, opt, "causal_lm", False, state, batch, rng), donate_argnums=0)
-    out[name] = (fn, lambda p, opt=opt: train.TrainState.create(p, opt),
+    init = (lambda p, opt=opt: None) if name == "adam" else (
+        lambda p, opt=opt: headwise_init(opt, p, labels, cfg))
+    out[name] = (fn, lambda p, opt=opt, init=init: train.TrainState.create(p, opt, init(p)),
                  lambda result: result[0])
-  opt = alignment_optimizer(params, labels, cfg)
-  align = alignment_step(model, opt, labels, "gen_to_prompt")
-  out["align"] = (jax.jit(lambda state, batch, rng: align(*state, batch), donate_argnums=0),
-                  lambda p: (p, opt.init(p)), lambda result: result[:2])
+  opt = alignment_optimizer(params)
+  align = alignment_step(model, opt, "gen_to_prompt")
+  out["align"] = (jax.jit(lambda state, batch, rng: align(*state, batch, labels),
+                          donate_argnums=0),
+                  lambda p: (p, headwise_init(opt, p, labels, cfg, alignment_rates(1e-4))),
+                  lambda result: result[:2])
   return out
 
 

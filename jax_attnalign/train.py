@@ -11,6 +11,7 @@ LM (next-token cross-entropy restricted to `loss_mask`, e.g. the response).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from typing import Any
@@ -30,6 +31,9 @@ from jax_attnalign.models import MODEL_INPUTS, apply_batch
 
 Array = jax.Array
 LOSSES = ("classification", "causal_lm")
+# Traces of the jitted steps by name (the Python body runs once per trace): a
+# step whose optimizer is reused across rounds and seeds is traced once per shape.
+TRACES: collections.Counter = collections.Counter()
 
 
 @flax.struct.dataclass
@@ -39,9 +43,11 @@ class TrainState:
   opt_state: Any
 
   @classmethod
-  def create(cls, params, optimizer: optax.GradientTransformation) -> "TrainState":
+  def create(cls, params, optimizer: optax.GradientTransformation,
+             opt_state: Any = None) -> "TrainState":
+    """Step 0; `opt_state` (e.g. `defense.headwise_init`'s) or optimizer.init(params)."""
     return cls(step=jnp.zeros((), jnp.int32), params=params,
-               opt_state=optimizer.init(params))
+               opt_state=optimizer.init(params) if opt_state is None else opt_state)
 
 
 def classification_loss(logits: Array, batch: dict[str, Array]) -> tuple[Array, dict]:
@@ -128,6 +134,7 @@ def train_step(model, optimizer: optax.GradientTransformation, loss: str, dropou
   `parallel.shard_batch`), XLA inserts the gradient all-reduce. The state is
   donated. Reusing the same optimizer object reuses the compiled step.
   """
+  TRACES["train_step"] += 1
   rng = jax.random.fold_in(rng, state.step)
   grad_fn = jax.value_and_grad(loss_and_metrics, argnums=1, has_aux=True)
   (_, metrics), grads = grad_fn(model, state.params, batch, rng, loss, not dropout)
@@ -195,7 +202,8 @@ class FitConfig:
 
 def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
         arrays: dict[str, np.ndarray], config: FitConfig, *, workdir: str | None = None,
-        mesh: jax.sharding.Mesh | None = None) -> tuple[TrainState, list[dict]]:
+        mesh: jax.sharding.Mesh | None = None, desc: str | None = None
+        ) -> tuple[TrainState, list[dict]]:
   """Trains for `config.epochs` epochs; with `workdir` it checkpoints and resumes.
 
   Data parallel over `mesh` (default: all devices) with `train_step`, or with
@@ -205,7 +213,8 @@ def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
   loss_mask, ...), [n, ...] numpy each. A run that finds a checkpoint in
   `workdir` restores it and continues from the next unseen batch, so an
   interrupted run ends with the same parameters as an uninterrupted one.
-  Returns the final state and the per-step metrics history.
+  `desc` names the progress bar (default: "train (<loss>)"). Returns the final
+  state and the per-step metrics history.
   """
   mesh = mesh or parallel.data_mesh()
   n = len(next(iter(arrays.values())))
@@ -237,7 +246,7 @@ def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
     unreplicate = lambda tree: tree
   else:
     raise ValueError(f"parallelism must be 'mesh' or 'pmap', got {config.parallelism!r}.")
-  with tqdm.tqdm(total=total, initial=done, desc=f"train ({config.loss})") as bar:
+  with tqdm.tqdm(total=total, initial=done, desc=desc or f"train ({config.loss})") as bar:
     for epoch in range(done // steps_per_epoch, config.epochs):
       batches = iterate_batches(arrays, config.batch_size, seed=config.seed, epoch=epoch,
                                 drop_remainder=True, length_groups=config.length_groups)

@@ -8,7 +8,9 @@ import optax
 import pytest
 
 from jax_attnalign.analysis.safety import EmptySafeSetError, HeadClass
-from jax_attnalign.defense.alignment import alignment_loss, alignment_optimizer, alignment_step
+from jax_attnalign.defense.alignment import (alignment_loss, alignment_optimizer,
+                                             alignment_rates, alignment_step)
+from jax_attnalign.defense.headwise import headwise_init
 from jax_attnalign.models import PATTERNS, ModelConfig, attention_maps, build_model, run_with_hooks
 
 S, I, A = HeadClass.SUSPICIOUS, HeadClass.INTERMEDIATE, HeadClass.SAFE
@@ -56,13 +58,13 @@ def test_loss_equals_brute_force_and_decreases_with_safe_heads_frozen(name):
   loss_fn = lambda p: alignment_loss(model, p, batch, LABELS, view, special_mask=special)
   np.testing.assert_allclose(loss_fn(params), _brute_force(model, params, batch, view,
                                                            special), rtol=1e-5)
-  opt = alignment_optimizer(params, LABELS, model.config, learning_rate=3e-3)
-  state = opt.init(params)
-  step = jax.jit(alignment_step(model, opt, LABELS, view))
+  opt = alignment_optimizer(params)
+  state = headwise_init(opt, params, LABELS, model.config, alignment_rates(3e-3))
+  step = jax.jit(alignment_step(model, opt, view))
   new, losses = params, []
   for _ in range(30):
     before = float(loss_fn(new))
-    new, state, loss = step(new, state, {**batch, "special_mask": special})
+    new, state, loss = step(new, state, {**batch, "special_mask": special}, LABELS)
     np.testing.assert_allclose(float(loss), before, rtol=1e-4)  # the loss it stepped on (f32, jit vs eager)
     losses.append(before)
   losses.append(float(loss_fn(new)))
@@ -93,9 +95,9 @@ def test_no_safe_head_is_reported():
 def test_suspicious_only_alignment_moves_only_suspicious_heads():
   model, params, batch, view, special = _setup("bert")
   loss_fn = lambda p: alignment_loss(model, p, batch, LABELS, view, special_mask=special)
-  opt = alignment_optimizer(params, LABELS, model.config, learning_rate=3e-3,
-                            trainable="suspicious")
-  state, new = opt.init(params), params
+  opt = alignment_optimizer(params, trainable="suspicious")
+  state = headwise_init(opt, params, LABELS, model.config, alignment_rates(3e-3, "suspicious"))
+  new = params
   for _ in range(3):
     updates, state = opt.update(jax.grad(loss_fn)(new), state, new)
     new = optax.apply_updates(new, updates)

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from jax_attnalign.analysis.safety import HeadClass
-from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer
+from jax_attnalign.defense.headwise import HeadRates, headwise_init, headwise_optimizer
 from jax_attnalign.models import ModelConfig, build_model
 
 CFG = ModelConfig(model_type="llama", vocab_size=31, hidden_size=24, num_layers=2,
@@ -81,8 +81,8 @@ LABELS = np.array([[HeadClass.SUSPICIOUS, HeadClass.SAFE, HeadClass.INTERMEDIATE
 @pytest.mark.parametrize("other", ["moderate", "frozen"])
 def test_equals_one_adam_per_head_over_20_steps(other):
   params = _params()
-  opt = headwise_optimizer(params, LABELS, CFG, rates=RATES, other=other)
-  state = opt.init(params)
+  opt = headwise_optimizer(params, other=other)
+  state = headwise_init(opt, params, LABELS, CFG, RATES)
   ours = params
   for step in range(20):
     updates, state = opt.update(_grad_fn(ours, step), state, ours)
@@ -99,8 +99,8 @@ def test_equals_one_adam_per_head_over_20_steps(other):
 def test_zero_rate_heads_are_bitwise_frozen_and_gqa_is_conservative():
   params = _params()
   rates = HeadRates(suspicious=0.0, intermediate=1e-2, safe=1e-2)
-  opt = headwise_optimizer(params, LABELS, CFG, rates=rates)
-  state = opt.init(params)
+  opt = headwise_optimizer(params)
+  state = headwise_init(opt, params, LABELS, CFG, rates)
   new = params
   for step in range(5):
     updates, state = opt.update(_grad_fn(new, step), state, new)
@@ -120,5 +120,26 @@ def test_zero_rate_heads_are_bitwise_frozen_and_gqa_is_conservative():
 
 
 def test_bad_labels_shape_is_a_clear_error():
+  params = _params()
   with pytest.raises(ValueError, match=r"\[L, N\]"):
-    headwise_optimizer(_params(), np.zeros((3, 4), int), CFG)
+    headwise_init(headwise_optimizer(params), params, np.zeros((3, 4), int), CFG)
+
+
+def test_one_transformation_serves_every_classification():
+  """The rates are state: the same layout gets the same (cached) transformation,
+  whose own init moves nothing until headwise_init sets the rates."""
+  params = _params()
+  opt = headwise_optimizer(params)
+  assert headwise_optimizer(jax.tree_util.tree_map(np.zeros_like, params)) is opt
+  assert headwise_optimizer(params, other="frozen") is not opt
+  grads = _grad_fn(params, 0)
+  updates, _ = opt.update(grads, opt.init(params), params)
+  assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree_util.tree_leaves(updates))
+  for labels in (LABELS, LABELS[::-1]):
+    state = headwise_init(opt, params, labels, CFG, RATES)
+    updates, _ = opt.update(grads, state, params)
+    query = np.asarray(updates["layers_0"]["attention"]["query"]["kernel"])
+    per_head = np.abs(query).max(axis=(0, 2))
+    rates = np.array([RATES.of(c) for c in labels[0]])
+    # Adam's first step is +-lr per element (up to eps): each head moves by its rate.
+    np.testing.assert_allclose(per_head, rates, rtol=1e-3)

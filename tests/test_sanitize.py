@@ -17,7 +17,7 @@ from jax_attnalign.defense.sanitize import (Alignment, FineTuning, HeadClassific
                                             SanitizeConfig, Stopping, classify, flagged_inputs,
                                             sanitize, scores_of, task_accuracy)
 from jax_attnalign.models import PATTERNS, ModelConfig, attention_maps, build_model, run_with_hooks
-from jax_attnalign import parallel
+from jax_attnalign import parallel, train
 from jax_attnalign.harness.pipeline import DefenseSetup, defend_victim
 
 CFG = ModelConfig(model_type="bert", vocab_size=41, hidden_size=24, num_layers=2,
@@ -208,6 +208,21 @@ def test_detector_flags_drive_sanitize_without_labels(setup):
   assert report["rounds"][0]["counts"]["safe"] > 0
   moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(a - b).max()), out, params)
   assert max(jax.tree_util.tree_leaves(moved)) > 0
+
+
+def test_rounds_and_seeds_reuse_one_compiled_align_and_finetune_step(setup):
+  """The head classes are an argument of the alignment step and the per-head rates
+  optimizer state, so two rounds, and a second run with another seed (a restart),
+  trace each step once."""
+  model, params, suspects, clean = setup
+  jax.clear_caches()
+  train.TRACES.clear()
+  for seed in (0, 1):
+    _, report = sanitize(model, params, suspects, clean,
+                         dataclasses.replace(rounds(2), seed=seed))
+    assert len(report["rounds"]) == 2
+    assert all("align_loss" in r and "finetune_loss" in r for r in report["rounds"])
+  assert train.TRACES == {"align_step": 1, "train_step": 1}
 
 
 def test_interrupted_sanitize_resumes_to_the_same_parameters(setup, tmp_path):

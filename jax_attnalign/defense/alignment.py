@@ -8,6 +8,15 @@ business: `alignment_optimizer` trains the q/k/v/o slices of the non-safe heads
 and freezes the safe heads and everything outside attention (DESIGN.md's
 default); `trainable="all_non_safe"` also lets the parameters outside attention
 move.
+
+  optimizer = alignment_optimizer(params, trainable="heads")
+  opt_state = headwise_init(optimizer, params, labels, model.config,
+                            alignment_rates(1e-3, "heads"))
+  params, opt_state, loss = jax.jit(alignment_step(model, optimizer, view))(
+      params, opt_state, batch, labels)
+
+The head classes are an argument of the step, and the rates are optimizer state:
+one compiled step serves every round's classification.
 """
 
 from __future__ import annotations
@@ -35,14 +44,18 @@ def alignment_loss(model, params, batch: dict[str, Array], labels: np.ndarray,
   """Mean over the batch of eq. 7's sum over suspicious heads (a scalar).
 
   batch: input_ids, attention_mask [B, T] (token_type_ids optional); labels:
-  HeadClass per head [L, N]. The safe mean is taken over every safe head of the
-  viewed layers and held fixed. Raises EmptySafeSetError without safe heads.
+  HeadClass per head [L, N], a NumPy array or a traced one. The safe mean is
+  taken over every safe head of the viewed layers and held fixed. NumPy labels
+  without a safe head raise EmptySafeSetError (traced ones give NaN: check them
+  with `require_safe_heads` before the step, as `sanitize` does).
   """
   view = resolve_view(view)
-  layers = list(view.layer_indices(model.config.num_layers))
-  labels = np.asarray(labels)[layers]  # [L', N]
-  safe = jnp.asarray(require_safe_heads(labels))
-  suspicious = jnp.asarray(labels == HeadClass.SUSPICIOUS)
+  layers = np.asarray(view.layer_indices(model.config.num_layers))
+  if isinstance(labels, np.ndarray):
+    require_safe_heads(labels[layers])
+  labels = jnp.asarray(labels)[layers]  # [L', N]
+  safe = labels == HeadClass.SAFE
+  suspicious = labels == HeadClass.SUSPICIOUS
   _, captured = run_with_hooks(model, params, batch, capture=PATTERNS)
   blocks, _ = extract_view(attention_maps(captured), view,
                            attention_mask=batch["attention_mask"],
@@ -56,13 +69,13 @@ def alignment_loss(model, params, batch: dict[str, Array], labels: np.ndarray,
   return jnp.mean(per_example)
 
 
-def alignment_step(model, optimizer: optax.GradientTransformation, labels: np.ndarray,
-                   view: View | str):
-  """fn(params, opt_state, batch) -> (params, opt_state, loss): one optimizer step
-  on eq. 7 (batch: model inputs plus special_mask / prompt_lengths when the view
-  needs them). Not jitted: callers jit it (with their shardings or donation)."""
+def alignment_step(model, optimizer: optax.GradientTransformation, view: View | str):
+  """fn(params, opt_state, batch, labels) -> (params, opt_state, loss): one
+  optimizer step on eq. 7 (batch: model inputs plus special_mask / prompt_lengths
+  when the view needs them; labels: HeadClass per head [L, N]). Not jitted:
+  callers jit it (with their shardings or donation)."""
 
-  def step(params, opt_state, batch):
+  def step(params, opt_state, batch, labels):
     loss, grads = jax.value_and_grad(
         lambda p: alignment_loss(model, p, batch, labels, view,
                                  special_mask=batch.get("special_mask"),
@@ -73,15 +86,25 @@ def alignment_step(model, optimizer: optax.GradientTransformation, labels: np.nd
   return step
 
 
-def alignment_optimizer(params, labels: np.ndarray, config, *, learning_rate: float = 1e-4,
-                        trainable: Literal["heads", "suspicious", "all_non_safe"] = "heads"
+Trainable = Literal["heads", "suspicious", "all_non_safe"]
+
+
+def alignment_optimizer(params, *, trainable: Trainable = "heads"
                         ) -> optax.GradientTransformation:
-  """Adam at `learning_rate` on the non-safe heads ('heads', DESIGN.md's default),
-  only the suspicious ones ('suspicious': every other head and parameter stays
-  bitwise), or every non-safe parameter ('all_non_safe': attention's non-safe
-  heads and everything outside attention). Safe heads get exactly zero update."""
+  """The head-wise Adam of the alignment: on the non-safe heads ('heads',
+  DESIGN.md's default), only the suspicious ones ('suspicious': every other head
+  and parameter stays bitwise), or every non-safe parameter ('all_non_safe':
+  attention's non-safe heads and everything outside attention). Its rates come
+  from `headwise_init(..., alignment_rates(learning_rate, trainable))`; safe heads
+  get exactly zero update."""
+  checks.choice("trainable", trainable, TRAINABLE)
+  return headwise_optimizer(params,
+                            other="moderate" if trainable == "all_non_safe" else "frozen")
+
+
+def alignment_rates(learning_rate: float, trainable: Trainable = "heads") -> HeadRates:
+  """The alignment's rate per head class: `learning_rate` for the suspicious heads
+  (and the intermediate ones unless `trainable="suspicious"`), 0 for the safe."""
   checks.choice("trainable", trainable, TRAINABLE)
   intermediate = 0.0 if trainable == "suspicious" else learning_rate
-  rates = HeadRates(suspicious=learning_rate, intermediate=intermediate, safe=0.0)
-  return headwise_optimizer(params, labels, config, rates=rates,
-                            other="moderate" if trainable == "all_non_safe" else "frozen")
+  return HeadRates(suspicious=learning_rate, intermediate=intermediate, safe=0.0)

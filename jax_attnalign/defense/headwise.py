@@ -1,8 +1,14 @@
-"""Head-wise learning rates: one optax transformation, per-head scales along the head axis.
+"""Head-wise learning rates: one optax transformation, per-head rates along the head axis.
 
-With Adam the update of every weight is normalised element-wise, so scaling the
-Adam direction by a per-head learning rate equals running one Adam per head at
-its own rate. A rate of 0 gives exactly zero update (frozen heads stay bitwise).
+  optimizer = headwise_optimizer(params)
+  opt_state = headwise_init(optimizer, params, labels, model.config, HeadRates())
+
+The rates are the optimizer state's (`LearningRates`), not constants of the
+transformation, so one transformation and one compiled step serve every head
+classification. With Adam the update of every weight is normalised element-wise,
+so scaling the Adam direction by a per-head learning rate equals running one Adam
+per head at its own rate. A rate of 0 gives exactly zero update (frozen heads stay
+bitwise).
 
 Parameter groups, chosen by path (every parameter must match exactly one):
   heads:  layers_<l>/attention/{query,key,value}/{kernel,bias}, attention/out/kernel
@@ -17,8 +23,9 @@ the paper's rates that is the most suspicious class's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import flax.traverse_util
 import jax
@@ -59,70 +66,109 @@ def head_group(path: str) -> tuple[int, str, str] | None:
   return int(m.group(1)), m.group(2), m.group(3)
 
 
-def head_rate_tree(params, labels: np.ndarray, config: ModelConfig, rates: HeadRates):
-  """For the per-head leaves: arrays broadcastable to the leaf with each head's rate."""
-  labels = np.asarray(labels)
-  rate = np.vectorize(rates.of, otypes=[np.float32])
-  groups = config.num_heads // config.num_kv_heads
-  kv_rates = rate(labels).reshape(config.num_layers, config.num_kv_heads, groups).min(-1)
-  flat = flax.traverse_util.flatten_dict(params, sep="/")
-  out = {}
-  for path, leaf in flat.items():
-    group = head_group(path)
-    if group is None:
-      continue
-    layer, proj, kind = group
-    per_head = kv_rates[layer] if proj in ("key", "value") else rate(labels[layer])
-    axis = _HEAD_AXIS[(proj, kind)]
-    shape = [1] * leaf.ndim
-    shape[axis] = per_head.shape[0]
-    out[path] = jnp.asarray(per_head.reshape(shape))
-  return out
+def _rate_shape(path: str, leaf) -> tuple[int, ...]:
+  """The shape of a leaf's learning rate: the head axis kept for per-head leaves, else ()."""
+  group = head_group(path)
+  if group is None:
+    return ()
+  shape = [1] * leaf.ndim
+  axis = _HEAD_AXIS[group[1:]]
+  shape[axis] = leaf.shape[axis]
+  return tuple(shape)
 
 
-def _scale_by_tree(scales: dict[str, jax.Array]) -> optax.GradientTransformation:
-  """Multiplies each update leaf at a path of `scales` by -scale (a descent step).
-
-  Leaves at other paths are the other group's, masked out by multi_transform
-  (optax.MaskedNode), and pass through.
-  """
-
-  def update_fn(updates, state, params=None):
-    del params
-    flat = flax.traverse_util.flatten_dict(updates, sep="/")
-    flat = {k: v * -scales[k].astype(v.dtype) if k in scales else v
-            for k, v in flat.items()}
-    return flax.traverse_util.unflatten_dict(flat, sep="/"), state
-
-  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
-
-
-def headwise_optimizer(params, labels: np.ndarray, config: ModelConfig, *,
-                       rates: HeadRates = HeadRates(),
-                       other: Literal["moderate", "frozen"] = "moderate",
-                       b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                       weight_decay: float = 0.0) -> optax.GradientTransformation:
-  """Adam(W) with a learning rate per attention head, from head classes [L, N].
-
-  Built on `optax.multi_transform` with groups 'heads' (per-head scales along
-  the head axis) and 'other' (moderate rate, or `optax.set_to_zero` when
-  frozen). Every parameter is assigned to exactly one group.
-  """
+def learning_rates(params, labels: np.ndarray, config: ModelConfig,
+                   rates: HeadRates) -> dict[str, jax.Array]:
+  """Every leaf's learning rate by path: for the per-head leaves an array
+  broadcastable to the leaf with each head's rate, for the others
+  `rates.intermediate` (a scalar). labels: HeadClass per head [L, N]."""
   labels = np.asarray(labels)
   if labels.shape != (config.num_layers, config.num_heads):
     raise ValueError(f"labels must be [L, N] = {(config.num_layers, config.num_heads)}, "
                      f"got {labels.shape}.")
-  if other not in ("moderate", "frozen"):
-    raise ValueError(f"other must be 'moderate' or 'frozen', got {other!r}.")
-  flat = flax.traverse_util.flatten_dict(params, sep="/")
-  assignment = {p: ("heads" if head_group(p) else "other") for p in flat}
-  if not any(g == "heads" for g in assignment.values()):
+  rate = np.vectorize(rates.of, otypes=[np.float32])
+  groups = config.num_heads // config.num_kv_heads
+  kv_rates = rate(labels).reshape(config.num_layers, config.num_kv_heads, groups).min(-1)
+  out = {}
+  for path, leaf in flax.traverse_util.flatten_dict(params, sep="/").items():
+    group = head_group(path)
+    if group is None:
+      out[path] = jnp.asarray(rates.intermediate, jnp.float32)
+      continue
+    layer, proj, _ = group
+    per_head = kv_rates[layer] if proj in ("key", "value") else rate(labels[layer])
+    out[path] = jnp.asarray(per_head.reshape(_rate_shape(path, leaf)))
+  return out
+
+
+class LearningRates(NamedTuple):
+  """The optimizer state's learning rate of each trained leaf, nested like the params."""
+  learning_rates: Any
+
+
+def _scale_by_learning_rates() -> optax.GradientTransformation:
+  """Multiplies each update leaf by -(its rate in the state): a descent step.
+
+  `init` sets every rate to 0; `headwise_init` puts real ones in. Leaves masked
+  out by multi_transform (optax.MaskedNode) have no rate and pass through.
+  """
+
+  def init_fn(params):
+    flat = flax.traverse_util.flatten_dict(params, sep="/")
+    return LearningRates(flax.traverse_util.unflatten_dict(
+        {p: np.zeros(_rate_shape(p, leaf), np.float32) for p, leaf in flat.items()
+         if not isinstance(leaf, optax.MaskedNode)}, sep="/"))
+
+  def update_fn(updates, state, params=None):
+    del params
+    rates = flax.traverse_util.flatten_dict(state.learning_rates, sep="/")
+    flat = flax.traverse_util.flatten_dict(updates, sep="/")
+    flat = {k: v * -rates[k].astype(v.dtype) if k in rates else v for k, v in flat.items()}
+    return flax.traverse_util.unflatten_dict(flat, sep="/"), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def headwise_optimizer(params, *, other: Literal["moderate", "frozen"] = "moderate",
+                       b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                       weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """Adam(W) with a learning rate per attention head, the rates held in its state.
+
+  Start from `headwise_init(optimizer, params, labels, config, rates)`: the
+  transformation's own `init` leaves every rate 0 (nothing moves). The rates
+  being state, not constants, one transformation serves every head
+  classification; it is cached per parameter layout and settings, so a jitted
+  step taking it as a static argument compiles once per shape across rounds,
+  restarts and seeds. With `other="frozen"` the parameters outside the heads
+  get `optax.set_to_zero` through `optax.multi_transform`.
+  """
+  checks.choice("other", other, ("moderate", "frozen"))
+  paths = tuple(sorted(flax.traverse_util.flatten_dict(params, sep="/")))
+  if not any(head_group(p) for p in paths):
     raise ValueError("No attention parameters found: is this a jax_attnalign model's params?")
-  adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+  return _headwise_transform(paths, other, b1, b2, eps, weight_decay)
+
+
+@functools.lru_cache(maxsize=None)
+def _headwise_transform(paths: tuple[str, ...], other: str, b1: float, b2: float, eps: float,
+                        weight_decay: float) -> optax.GradientTransformation:
   decay = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
-  heads = optax.chain(adam, *decay, _scale_by_tree(
-      head_rate_tree(params, labels, config, rates)))
-  rest = (optax.set_to_zero() if other == "frozen" else
-          optax.chain(adam, *decay, optax.scale(-rates.intermediate)))
-  group_of = flax.traverse_util.unflatten_dict(assignment, sep="/")
-  return optax.multi_transform({"heads": heads, "other": rest}, group_of)
+  trained = optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps), *decay,
+                        _scale_by_learning_rates())
+  if other == "moderate":
+    return trained
+  group_of = {p: ("heads" if head_group(p) else "frozen") for p in paths}
+  return optax.multi_transform({"heads": trained, "frozen": optax.set_to_zero()},
+                               flax.traverse_util.unflatten_dict(group_of, sep="/"))
+
+
+def headwise_init(optimizer: optax.GradientTransformation, params, labels: np.ndarray,
+                  config: ModelConfig, rates: HeadRates = HeadRates()) -> optax.OptState:
+  """`optimizer.init(params)` (a `headwise_optimizer`) with the learning rates of
+  the head classes `labels` [L, N] at `rates` (see `learning_rates`)."""
+  state = optimizer.init(params)
+  held = flax.traverse_util.flatten_dict(optax.tree_utils.tree_get(state, "learning_rates"),
+                                         sep="/")
+  every = learning_rates(params, labels, config, rates)
+  return optax.tree_utils.tree_set(state, learning_rates=flax.traverse_util.unflatten_dict(
+      {p: every[p] for p in held}, sep="/"))

@@ -14,6 +14,9 @@ A round (paper sections "Attention Safety Alignment" and "Head-wise Fine-tuning"
 Rounds stop (DESIGN.md) when fewer than `Stopping.stop_fraction` of the suspects are
 still flagged by the calibrated detector, or after `max_rounds`; `stop="fixed"` runs
 exactly `max_rounds`. No safe head ends the run with `stopped="empty_safe_set"`.
+The head classes are an argument of the jitted alignment step and the per-head
+rates optimizer state, so rounds, restarts and seeds reuse one compiled
+alignment step and one fine-tune step per shape.
 
 With `workdir`, the parameters and the report are checkpointed (orbax) after
 every round and the fine-tune inside a round checkpoints itself, so a killed run
@@ -42,14 +45,15 @@ from jax_attnalign import parallel, train
 from jax_attnalign.analysis import (HeadClass, class_counts, classify_heads,
                                     head_gate_gradients, head_similarity,
                                     max_other_similarity, normalize_importance,
-                                    resolve_view, safety_scores,
+                                    require_safe_heads, resolve_view, safety_scores,
                                     streaming_head_similarity)
 from jax_attnalign.checkpoint import Checkpointer
 from jax_attnalign.defense import checks
-from jax_attnalign.defense.alignment import TRAINABLE, alignment_optimizer, alignment_step
+from jax_attnalign.defense.alignment import (TRAINABLE, alignment_optimizer, alignment_rates,
+                                             alignment_step)
 from jax_attnalign.defense.detector import (Detector, DetectorConfig, batch_scores,
                                             calibrate_detector)
-from jax_attnalign.defense.headwise import HeadRates, headwise_optimizer
+from jax_attnalign.defense.headwise import HeadRates, headwise_init, headwise_optimizer
 from jax_attnalign.models import (MODEL_INPUTS, PATTERNS, apply_batch, attention_maps,
                                   run_with_hooks)
 
@@ -243,36 +247,51 @@ def classify(model, params, suspects: dict[str, np.ndarray], config: SanitizeCon
           "safety": full_safety, "labels": labels}
 
 
+def _round_name(round_index: int, config: SanitizeConfig) -> str:
+  """How the progress bars name a round: 'sanitize round 2/3' (counted from 1)."""
+  return f"sanitize round {round_index + 1}/{config.stopping.max_rounds}"
+
+
 def _model_fields(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   keep = MODEL_INPUTS + ("labels", "loss_mask") + _VIEW_INPUTS
   return {k: v for k, v in arrays.items() if k in keep}
 
 
+@functools.partial(jax.jit, static_argnames=("model", "optimizer", "view"))
+def _align_step(model, optimizer, view: str, params, opt_state, batch, labels):
+  """`alignment_step` compiled once per model, optimizer, view and shapes: the head
+  classes are an argument, the rates optimizer state."""
+  train.TRACES["align_step"] += 1
+  return alignment_step(model, optimizer, view)(params, opt_state, batch, labels)
+
+
 def align(model, params, suspects: dict[str, np.ndarray], labels: np.ndarray,
-          config: SanitizeConfig, mesh: jax.sharding.Mesh) -> tuple[dict, list[float]]:
+          config: SanitizeConfig, mesh: jax.sharding.Mesh, round_index: int = 0
+          ) -> tuple[dict, list[float]]:
   """Step 2: `Alignment.steps` Adam steps of eq. 7; returns (params, loss per step).
 
   Each step takes `Alignment.batch_size` suspects (a multiple of the devices) from a
-  seeded permutation, wrapping around, so every batch is full.
+  seeded permutation, wrapping around, so every batch is full. Raises
+  EmptySafeSetError without a safe head.
   """
-  optimizer = alignment_optimizer(params, labels, model.config,
-                                  learning_rate=config.align.learning_rate,
-                                  trainable=config.align.trainable)
-
-  step = jax.jit(alignment_step(model, optimizer, labels, config.classify.view))
+  require_safe_heads(labels)
+  optimizer = alignment_optimizer(params, trainable=config.align.trainable)
+  opt_state = headwise_init(optimizer, params, labels, model.config,
+                            alignment_rates(config.align.learning_rate, config.align.trainable))
   suspects = _model_fields(suspects)
   n = len(suspects["input_ids"])
   devices = mesh.shape[parallel.DATA]
   size = max(devices, min(config.align.batch_size, n) // devices * devices)
   order = np.random.default_rng(config.seed).permutation(n)
-  params = parallel.replicate(params, mesh)
-  opt_state = parallel.replicate(optimizer.init(params), mesh)
+  params, opt_state, labels = parallel.replicate((params, opt_state, jnp.asarray(labels)), mesh)
   losses = []
-  with tqdm.trange(config.align.steps, desc="align (eq. 7)", leave=False) as bar:
+  with tqdm.trange(config.align.steps, leave=False,
+                   desc=f"{_round_name(round_index, config)}: align (eq. 7)") as bar:
     for s in bar:
       idx = order[(s * size + np.arange(size)) % n]
       batch = parallel.shard_batch({k: v[idx] for k, v in suspects.items()}, mesh)
-      params, opt_state, loss = step(params, opt_state, batch)
+      params, opt_state, loss = _align_step(model, optimizer, config.classify.view, params,
+                                            opt_state, batch, labels)
       losses.append(float(loss))
       bar.set_postfix(loss=f"{losses[-1]:.4f}")
   return params, losses
@@ -295,15 +314,16 @@ def finetune(model, params, clean: dict[str, np.ndarray], labels: np.ndarray,
              workdir: pathlib.Path | None) -> tuple[dict, list[float]]:
   """Step 3: head-wise fine-tuning on the clean data; returns (params, loss per step)."""
   tuning = config.finetune
-  optimizer = headwise_optimizer(params, labels, model.config, rates=tuning.rates,
-                                 other=tuning.other)
+  optimizer = headwise_optimizer(params, other=tuning.other)
+  state = train.TrainState.create(
+      params, optimizer, headwise_init(optimizer, params, labels, model.config, tuning.rates))
   fit_cfg = train.FitConfig(loss=tuning.loss, epochs=tuning.epochs,
                             batch_size=tuning.batch_size, seed=config.seed + round_index,
                             length_bucket=tuning.length_bucket)
   state, history = train.fit(
-      model, train.TrainState.create(params, optimizer), optimizer, _model_fields(clean),
-      fit_cfg, workdir=str(workdir / f"finetune_round{round_index}") if workdir else None,
-      mesh=mesh)
+      model, state, optimizer, _model_fields(clean), fit_cfg,
+      workdir=str(workdir / f"finetune_round{round_index}") if workdir else None, mesh=mesh,
+      desc=f"{_round_name(round_index, config)}: head-wise fine-tune")
   return state.params, [h["loss"] for h in history]
 
 
@@ -402,7 +422,7 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
                                                               config, mesh)
       if "align" in config.stages:
         params, entry["align_loss"] = align(model, params, suspect_inputs, heads["labels"],
-                                            config, mesh)
+                                            config, mesh, k)
       if repair:
         entry["clean_accuracy_after_align"] = task_accuracy(model, params, clean_data,
                                                              config, mesh)
