@@ -210,10 +210,10 @@ def test_detector_flags_drive_sanitize_without_labels(setup):
   assert max(jax.tree_util.tree_leaves(moved)) > 0
 
 
-def test_rounds_and_seeds_reuse_one_compiled_align_and_finetune_step(setup):
+def test_rounds_and_seeds_reuse_one_compiled_align_and_finetune_step(setup, capsys):
   """The head classes are an argument of the alignment step and the per-head rates
   optimizer state, so two rounds, and a second run with another seed (a restart),
-  trace each step once."""
+  trace each step once. The progress bars name the round and the step."""
   model, params, suspects, clean = setup
   jax.clear_caches()
   train.TRACES.clear()
@@ -223,6 +223,9 @@ def test_rounds_and_seeds_reuse_one_compiled_align_and_finetune_step(setup):
     assert len(report["rounds"]) == 2
     assert all("align_loss" in r and "finetune_loss" in r for r in report["rounds"])
   assert train.TRACES == {"align_step": 1, "train_step": 1}
+  bars = capsys.readouterr().err
+  assert "sanitize round 2/2: align (eq. 7)" in bars
+  assert "sanitize round 2/2: head-wise fine-tune" in bars
 
 
 def test_interrupted_sanitize_resumes_to_the_same_parameters(setup, tmp_path):
