@@ -1,4 +1,10 @@
-"""The defense: alignment, the head-wise optimizer, the online detector (rounds: defense.sanitize)."""
+"""The defense: the online detector, alignment, the head-wise optimizer, and the
+sanitisation rounds that chain them (`sanitize`, `sanitize_restarts`).
+
+>>> from jax_attnalign.defense import SanitizeConfig, Stopping
+>>> SanitizeConfig(stopping=Stopping(max_rounds=1)).stages
+('align', 'finetune')
+"""
 
 from jax_attnalign.defense.alignment import (alignment_loss, alignment_optimizer,
                                              alignment_rates, alignment_step)
@@ -6,7 +12,14 @@ from jax_attnalign.defense.detector import (Detector, DetectorConfig, calibrate_
                                             input_scores)
 from jax_attnalign.defense.headwise import HeadRates, headwise_init, headwise_optimizer
 from jax_attnalign.defense.restarts import RestartConfig, sanitize_restarts
+# After restarts, which imports it. `sanitize` here is the function; the module
+# stays importable as `jax_attnalign.defense.sanitize` (from ... import works).
+from jax_attnalign.defense.sanitize import (Alignment, FineTuning, HeadClassification,
+                                            SanitizeConfig, Stopping, flagged_inputs,
+                                            sanitize, scores_of)
 
-__all__ = ["Detector", "DetectorConfig", "HeadRates", "RestartConfig", "alignment_loss",
+__all__ = ["Alignment", "Detector", "DetectorConfig", "FineTuning", "HeadClassification",
+           "HeadRates", "RestartConfig", "SanitizeConfig", "Stopping", "alignment_loss",
            "alignment_optimizer", "alignment_rates", "alignment_step", "calibrate_detector",
-           "headwise_init", "headwise_optimizer", "input_scores", "sanitize_restarts"]
+           "flagged_inputs", "headwise_init", "headwise_optimizer", "input_scores",
+           "sanitize", "sanitize_restarts", "scores_of"]

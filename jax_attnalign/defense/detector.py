@@ -31,7 +31,19 @@ STATISTICS = ("mean", "percentile", "frac_above")
 def input_scores(model, params, batch: dict, view: str, statistic: Statistic = "mean",
                  *, special_mask=None, prompt_lengths=None) -> np.ndarray:
   """One score per input [B]: the statistic of its pairwise head cosines per
-  layer ('mean' cosine, 99th 'percentile', 'frac_above' 0.99), averaged over layers."""
+  layer ('mean' cosine, 99th 'percentile', 'frac_above' 0.99), averaged over layers.
+
+  Example, a tiny random BERT (2 layers x 4 heads):
+    >>> from jax_attnalign import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+    >>> ids = jnp.array([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]]); mask = jnp.sign(ids)
+    >>> params = model.init(jax.random.key(0), ids)["params"]
+    >>> batch = {"input_ids": ids, "attention_mask": mask}
+    >>> scores = input_scores(model, params, batch, "cls_row_nospecial", "percentile",
+    ...                       special_mask=(ids == 1) | (ids == 2))
+    >>> scores.shape, bool(((-1 <= scores) & (scores <= 1)).all())  # [B], cosines
+    ((2,), True)
+  """
   if statistic not in STATISTICS:
     raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}.")
   resolve_view(view)
@@ -66,7 +78,19 @@ def batch_scores(model, params, input_ids, attention_mask, view: str,
 
 @dataclasses.dataclass(frozen=True)
 class Detector:
-  """A calibrated threshold on an input score; `flag(scores)` is True above it."""
+  """A calibrated threshold on an input score; `flag(scores)` is True above it.
+
+  Example (`calibrate_detector` makes one from clean scores):
+    >>> detector = Detector(view="cls_row", statistic="mean", fpr=0.05, threshold=0.9,
+    ...                     clean_count=256, clean_mean=0.7, clean_std=0.1)
+    >>> detector.flag(np.array([0.85, 0.95])).tolist()  # True: flagged as triggered
+    [False, True]
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:  # JSON, never pickled
+    ...   detector.save(os.path.join(tmp, "detector.json"))
+    ...   Detector.load(os.path.join(tmp, "detector.json")) == detector
+    True
+  """
   view: str
   statistic: str
   fpr: float
@@ -100,6 +124,14 @@ class DetectorConfig:
   The default view and statistic were measured on the BadNets MiniLM victim: the
   last layer's [CLS]-row 99th-percentile cosine separates triggered inputs best
   (AUROC 0.997; all layers' mean cosine: 0.49).
+
+  >>> config = DetectorConfig()
+  >>> config.view, config.statistic, config.fpr
+  ('cls_row_last_layer', 'percentile', 0.05)
+  >>> DetectorConfig(view="cls")
+  Traceback (most recent call last):
+  ...
+  ValueError: DetectorConfig.view must be a named view, one of (...), got 'cls'.
   """
   view: str = "cls_row_last_layer"
   statistic: Statistic = "percentile"
@@ -116,7 +148,12 @@ class DetectorConfig:
 def calibrate_detector(clean_scores: np.ndarray, *, view: str, statistic: Statistic = "mean",
                        fpr: float = 0.05) -> Detector:
   """The detector flagging about `fpr` of clean inputs: threshold = the (1 - fpr)
-  quantile of clean scores [n] (computed with `input_scores`)."""
+  quantile of clean scores [n] (computed with `input_scores`).
+
+  >>> detector = calibrate_detector(np.arange(101) / 100, view="cls_row", fpr=0.05)
+  >>> detector.threshold, detector.flag([0.5, 0.99]).tolist()
+  (0.95, [False, True])
+  """
   if not 0.0 < fpr < 1.0:
     raise ValueError(f"fpr must lie in (0, 1), got {fpr}.")
   clean_scores = np.asarray(clean_scores, np.float64)

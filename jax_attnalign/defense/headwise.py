@@ -45,7 +45,12 @@ _ATTENTION = re.compile(r"layers_(\d+)/attention/(query|key|value|out)/(kernel|b
 
 @dataclasses.dataclass(frozen=True)
 class HeadRates:
-  """Learning rates per head class (paper defaults)."""
+  """Learning rates per head class (paper defaults).
+
+  >>> from jax_attnalign.analysis import HeadClass
+  >>> HeadRates().of(HeadClass.SAFE), HeadRates(suspicious=0.0).suspicious  # 0: frozen
+  (0.0002, 0.0)
+  """
   suspicious: float = 5e-6
   intermediate: float = 1e-4
   safe: float = 2e-4
@@ -141,6 +146,19 @@ def headwise_optimizer(params, *, other: Literal["moderate", "frozen"] = "modera
   step taking it as a static argument compiles once per shape across rounds,
   restarts and seeds. With `other="frozen"` the parameters outside the heads
   get `optax.set_to_zero` through `optax.multi_transform`.
+
+  Example, the first step of a tiny random BERT with all gradients 1:
+    >>> from jax_attnalign import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+    >>> params = model.init(jax.random.key(0), jnp.ones((2, 6), jnp.int32))["params"]
+    >>> labels = np.array([[0, 1, 2, 2], [2, 2, 2, 2]])  # HeadClass per head [L, N]
+    >>> optimizer = headwise_optimizer(params)
+    >>> state = headwise_init(optimizer, params, labels, model.config, HeadRates())
+    >>> grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    >>> updates, _ = jax.jit(optimizer.update)(grads, state)
+    >>> step = -updates["layers_0"]["attention"]["query"]["kernel"][0, :, 0]  # ~ the rate
+    >>> [round(float(v) / 1e-4, 2) for v in step]  # in 1e-4: each head its class's rate
+    [0.05, 1.0, 2.0, 2.0]
   """
   checks.choice("other", other, ("moderate", "frozen"))
   paths = tuple(sorted(flax.traverse_util.flatten_dict(params, sep="/")))
@@ -165,7 +183,17 @@ def _headwise_transform(paths: tuple[str, ...], other: str, b1: float, b2: float
 def headwise_init(optimizer: optax.GradientTransformation, params, labels: np.ndarray,
                   config: ModelConfig, rates: HeadRates = HeadRates()) -> optax.OptState:
   """`optimizer.init(params)` (a `headwise_optimizer`) with the learning rates of
-  the head classes `labels` [L, N] at `rates` (see `learning_rates`)."""
+  the head classes `labels` [L, N] at `rates` (see `learning_rates`).
+
+  Example, one layer's query kernel [D, N, H] of 4 heads:
+    >>> params = {"layers_0": {"attention": {"query": {"kernel": jnp.zeros((16, 4, 4))}}}}
+    >>> optimizer = headwise_optimizer(params)
+    >>> config = ModelConfig.preset("tiny-bert", num_layers=1)
+    >>> state = headwise_init(optimizer, params, np.array([[0, 1, 2, 2]]), config)
+    >>> rates = optax.tree_utils.tree_get(state, "learning_rates")["layers_0"]["attention"]
+    >>> [round(float(r) / 1e-4, 2) for r in rates["query"]["kernel"].ravel()]  # in 1e-4
+    [0.05, 1.0, 2.0, 2.0]
+  """
   state = optimizer.init(params)
   held = flax.traverse_util.flatten_dict(optax.tree_utils.tree_get(state, "learning_rates"),
                                          sep="/")

@@ -58,7 +58,11 @@ from jax_attnalign.defense.sanitize import SanitizeConfig, sanitize, task_accura
 @dataclasses.dataclass(frozen=True)
 class RestartConfig:
   """Whole runs of `sanitize` with seeds seed, seed + 1, ..., and how one (or a
-  greedy weight average of several) is kept, by a rule that needs no trigger labels."""
+  greedy weight average of several) is kept, by a rule that needs no trigger labels.
+
+  >>> RestartConfig(runs=3).soup, RestartConfig().tolerance
+  (True, 0.02)
+  """
   runs: int = 1
   tolerance: float = 0.02  # holdout accuracy a kept run may lose
   soup: bool = True  # average the runs greedily when that is judged better
@@ -137,6 +141,23 @@ def sanitize_restarts(model, params, suspect_inputs: dict[str, np.ndarray],
   average tried: members, share, accuracy, kept), 'target_class',
   'holdout_accuracy_before' and 'restart_config'. With `workdir`, run 0
   checkpoints there and run k in workdir/restart<k>, so an interrupted call resumes.
+
+  Example, two one-round runs on a tiny random BERT (see `sanitize`'s example):
+    >>> from jax_attnalign import ModelConfig, build_model
+    >>> from jax_attnalign.defense import Alignment, HeadClassification, Stopping
+    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+    >>> ids = np.random.default_rng(0).integers(3, 64, (16, 6)); ids[:, 0] = 1  # [CLS] first
+    >>> params = model.init(jax.random.key(0), ids[:2])["params"]
+    >>> rows = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids[:, 1] % 2}
+    >>> flagged = {k: v[:8] for k, v in rows.items() if k != "labels"}
+    >>> config = SanitizeConfig(HeadClassification(view="cls_row"), Alignment(steps=2,
+    ...                         batch_size=8), stopping=Stopping(stop="fixed", max_rounds=1),
+    ...                         stages=("align",))
+    >>> detector = DetectorConfig(view="cls_row", calibration_size=16)
+    >>> out, report = sanitize_restarts(model, params, flagged, rows, flagged, rows, config,
+    ...                                 restarts=RestartConfig(runs=2), detector=detector)
+    >>> [c["run"] for c in report["candidates"]], report["chosen"] in report["soup"]
+    ([0, 1], True)
   """
   if config.finetune.loss != "classification":
     raise ValueError("sanitize_restarts judges runs by predicted classes, so it needs "

@@ -63,7 +63,13 @@ _VIEW_INPUTS = ("special_mask", "prompt_lengths")
 
 @dataclasses.dataclass(frozen=True)
 class HeadClassification:
-  """Step 1, the head classes of eq. 5 (DESIGN.md's defaults)."""
+  """Step 1, the head classes of eq. 5 (DESIGN.md's defaults).
+
+  >>> HeadClassification(tau=0.6)  # tau <= 1 - tau
+  Traceback (most recent call last):
+  ...
+  ValueError: HeadClassification.tau must lie in [0.0, 0.5], got 0.6.
+  """
   view: str = "cls_row_nospecial"
   scope: Literal["layer", "model"] = "layer"
   alpha: float = 0.7
@@ -93,6 +99,9 @@ class Alignment:
   inputs each): DESIGN.md's 'heads' (all non-safe heads) collapses CA to 0.49
   after alignment and leaves 0.78-0.81 after fine-tuning (from 0.87);
   'suspicious' keeps 0.845 with ASR 1.00 -> 0.26. 'heads' stays an option.
+
+  >>> Alignment().trainable, Alignment(steps=10).steps
+  ('suspicious', 10)
   """
   steps: int = 40
   learning_rate: float = 1e-3
@@ -116,6 +125,9 @@ class FineTuning:
   three 2,000-sentence SST-2 BadNets victims "repair" takes ASR to 0.257 (paper:
   0.314) at no CA cost; on a full-split victim and on the demo's tweets the
   paper's fine-tune does better. The default stays the paper's.
+
+  >>> FineTuning().when, FineTuning(when="repair").repair_tolerance
+  ('always', 0.01)
   """
   rates: HeadRates = HeadRates()
   other: Literal["moderate", "frozen"] = "moderate"
@@ -139,7 +151,11 @@ class FineTuning:
 @dataclasses.dataclass(frozen=True)
 class Stopping:
   """When the rounds stop: fewer than `stop_fraction` of the suspects still flagged
-  ("threshold", DESIGN.md) or `max_rounds` rounds; "fixed" runs exactly `max_rounds`."""
+  ("threshold", DESIGN.md) or `max_rounds` rounds; "fixed" runs exactly `max_rounds`.
+
+  >>> Stopping().stop, Stopping(stop="fixed", max_rounds=2).max_rounds
+  ('threshold', 2)
+  """
   stop: Literal["threshold", "fixed"] = "threshold"
   max_rounds: int = 3
   stop_fraction: float = 0.5
@@ -157,6 +173,10 @@ class SanitizeConfig:
   The detector that decides "still flagged" is calibrated by the caller, or by
   `sanitize` from a `DetectorConfig`; restarts are `sanitize_restarts`' (a
   `RestartConfig`): `sanitize` itself is one run.
+
+  >>> config = SanitizeConfig(align=Alignment(steps=10), stopping=Stopping(max_rounds=1))
+  >>> config.align.steps, config.classify.view, config.stages
+  (10, 'cls_row_nospecial', ('align', 'finetune'))
   """
   classify: HeadClassification = HeadClassification()
   align: Alignment = Alignment()
@@ -331,7 +351,18 @@ def scores_of(model, params, arrays: dict[str, np.ndarray], view: str,
               statistic: str | tuple[str, ...], *, batch_size: int = 32,
               mesh: jax.sharding.Mesh | None = None, per_layer: bool = False):
   """Every input's detector score (`input_scores`), data-parallel: [n] (per_layer:
-  [n, L']); a tuple of statistics gives {statistic: scores} from one pass."""
+  [n, L']); a tuple of statistics gives {statistic: scores} from one pass.
+
+  Example, 16 random inputs to a tiny random BERT:
+    >>> from jax_attnalign import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+    >>> ids = np.random.default_rng(0).integers(3, 64, (16, 6)); ids[:, 0] = 1  # [CLS] first
+    >>> params = model.init(jax.random.key(0), ids[:2])["params"]
+    >>> inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    >>> scores = scores_of(model, params, inputs, "cls_row", ("mean", "frac_above"), batch_size=8)
+    >>> sorted((name, s.shape) for name, s in scores.items())  # both from one forward pass
+    [('frac_above', (16,)), ('mean', (16,))]
+  """
   mesh = mesh or parallel.data_mesh()
   return per_input(lambda b: batch_scores(model, params, b["input_ids"], b["attention_mask"],
                                           view, statistic, per_layer=per_layer,
@@ -351,7 +382,20 @@ def calibrated_detector(model, params, clean: dict[str, np.ndarray], config: Det
 def flagged_inputs(model, params, arrays: dict[str, np.ndarray], detector: Detector, *,
                    batch_size: int = 32, mesh: jax.sharding.Mesh | None = None
                    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-  """The inputs the detector flags (the suspects of the label-free mode) and all scores."""
+  """The inputs the detector flags (the suspects of the label-free mode) and all scores.
+
+  Example, a detector calibrated to flag about 20% of 16 random inputs:
+    >>> from jax_attnalign import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+    >>> ids = np.random.default_rng(0).integers(3, 64, (16, 6)); ids[:, 0] = 1  # [CLS] first
+    >>> params = model.init(jax.random.key(0), ids[:2])["params"]
+    >>> inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    >>> detector = calibrate_detector(scores_of(model, params, inputs, "cls_row", "mean"),
+    ...                               view="cls_row", fpr=0.2)
+    >>> suspects, scores = flagged_inputs(model, params, inputs, detector)
+    >>> suspects["input_ids"].shape, int(detector.flag(scores).sum())
+    ((3, 6), 3)
+  """
   scores = scores_of(model, params, arrays, detector.view, detector.statistic,
                      batch_size=batch_size, mesh=mesh)
   keep = detector.flag(scores)
@@ -386,6 +430,22 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
   flags define "still anomalous", or a DetectorConfig to calibrate it on up to
   its `calibration_size` clean inputs. on_round_end(round, report)
   runs after each round's checkpoint. Returns (params, report).
+
+  Example, one round on a tiny random BERT: 8 suspects, 16 clean labelled rows
+  (a real run also fine-tunes: drop `stages`, see FineTuning):
+    >>> from jax_attnalign import ModelConfig, build_model
+    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+    >>> ids = np.random.default_rng(0).integers(3, 64, (16, 6)); ids[:, 0] = 1  # [CLS] first
+    >>> params = model.init(jax.random.key(0), ids[:2])["params"]
+    >>> clean = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids[:, 1] % 2}
+    >>> suspects = {k: v[:8] for k, v in clean.items() if k != "labels"}
+    >>> config = SanitizeConfig(classify=HeadClassification(view="cls_row"), stages=("align",),
+    ...                         align=Alignment(steps=2, batch_size=8),
+    ...                         stopping=Stopping(stop="fixed", max_rounds=1))
+    >>> out, report = sanitize(model, params, suspects, clean, config,
+    ...                        detector=DetectorConfig(view="cls_row", calibration_size=16))
+    >>> report["stopped"], sum(report["rounds"][0]["counts"].values())  # 2 x 4 heads
+    ('max_rounds', 8)
   """
   mesh = mesh or parallel.data_mesh()
   if len(suspect_inputs.get("input_ids", ())) == 0:
