@@ -58,13 +58,13 @@ def head_gate_gradients(model, params, batch: dict[str, Array], *,
   For decoders' label-free setting feed the model's own greedy answer (see
   `self_labelled_answers`); teacher-forcing it makes both settings agree.
 
-  Example, a tiny random BERT classifier (2 layers x 4 heads):
+  Example, a tiny random BERT classifier (2 layers x 4 heads) and given labels:
     >>> from jax_attnalign import ModelConfig, build_model
     >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
     >>> ids = jnp.array([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]]); mask = jnp.sign(ids)
     >>> params = model.init(jax.random.key(0), ids)["params"]
     >>> batch = {"input_ids": ids, "attention_mask": mask, "labels": jnp.array([0, 1])}
-    >>> head_gate_gradients(model, params, batch).shape  # [B, L, N]
+    >>> head_gate_gradients(model, params, batch).shape  # [B, L, N], signed
     (2, 2, 4)
   """
   cfg = model.config
@@ -108,7 +108,7 @@ def head_importance(model, params, batches, *, use_predictions: bool = False,
     >>> params = model.init(jax.random.key(0), ids)["params"]
     >>> g = head_importance(model, params, {"input_ids": ids, "attention_mask": mask},
     ...                     use_predictions=True)
-    >>> g.shape, float(g.max())  # [L, N], the most important head at 1 (eq. 5)
+    >>> g.shape, float(g.max())  # [L, N] >= 0, the most important head at 1 (eq. 5)
     ((2, 4), 1.0)
   """
   if isinstance(batches, dict):

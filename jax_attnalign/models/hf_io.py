@@ -396,7 +396,7 @@ def save_pretrained(model, params: Params, out_dir: str | os.PathLike, *,
     >>> import tempfile
     >>> from jax_attnalign import ModelConfig, build_model
     >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
-    >>> params = model.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32))["params"]
+    >>> params = model.init(jax.random.key(0), jnp.ones((2, 6), jnp.int32))["params"]
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...   save_pretrained(model, params, tmp)
     ...   files = sorted(os.listdir(tmp))

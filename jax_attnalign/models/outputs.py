@@ -21,10 +21,10 @@ class ModelOutput:
     >>> import jax.numpy as jnp
     >>> from jax_attnalign import ModelConfig, build_model
     >>> model = build_model(ModelConfig.preset("tiny-bert"))  # task "base"
-    >>> ids = jnp.array([[1, 5, 6, 2]])
+    >>> ids = jnp.array([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]])
     >>> out = model.apply(model.init(jax.random.key(0), ids), ids, output_hidden_states=True)
     >>> out.logits is None, out.pooled.shape, len(out.hidden_states)  # embeddings + 2 layers
-    (True, (1, 16), 3)
+    (True, (2, 16), 3)
   """
   logits: jax.Array | None
   last_hidden_state: jax.Array
