@@ -27,6 +27,7 @@ MODULES = (
     "jax_attnalign.analysis.similarity",
     "jax_attnalign.analysis.streaming",
     "jax_attnalign.analysis.views",
+    "jax_attnalign.defense",
     "jax_attnalign.defense.alignment",
     "jax_attnalign.defense.detector",
     "jax_attnalign.defense.headwise",
