@@ -136,3 +136,19 @@ def plot_metric_bars(runs: dict[str, dict[str, list[float]]], path: PathLike,
   """`metric_bars_figure(runs, **kwargs)` written to `path`."""
   return _save(metric_bars_figure(runs, **kwargs), path)
 
+
+def plot_score_histogram(scores: dict[str, np.ndarray], threshold: float, path: PathLike, *,
+                         xlabel: str = "detector score") -> pathlib.Path:
+  """Overlaid histograms of detector scores per group, with the threshold marked."""
+  fig = Figure(figsize=(6.0, 3.6))
+  ax = fig.add_subplot()
+  values = [np.asarray(v, np.float64) for v in scores.values()]
+  bins = np.histogram_bin_edges(np.concatenate(values + [np.array([threshold])]), bins=30)
+  for (name, v), color in zip(scores.items(), ("tab:blue", "tab:red", "tab:green")):
+    ax.hist(v, bins=bins, alpha=0.5, color=color, label=f"{name} ({len(v)})")
+  ax.axvline(threshold, color="black", linestyle="--", label="threshold")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("inputs")
+  ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+  fig.tight_layout()
+  return _save(fig, path)

@@ -1,0 +1,56 @@
+r"""The model owner's command: is my checkpoint backdoored? If so, sanitise it.
+
+  python -m experiments.sanitize --model PATH --clean clean.tsv --incoming inputs.txt --out DIR
+
+PATH is any checkpoint we load: a Hugging Face folder (BERT classifier, Llama,
+Mistral), a hub id when online, or a GGUF file. --clean holds rows the owner
+trusts: a TSV of text and label for a classifier, Alpaca-format JSON records
+(instruction, input, output) for a chat model. --incoming holds what the deployed
+model received (one input per line, a TSV/CSV with a 'sentence' or 'text' column,
+or JSON). Prints the verdict with its evidence; a positive verdict sanitises the
+model with the flagged inputs and writes it with its tokenizer to DIR/model.
+Without --incoming it writes a scan of the model's heads. DIR gets report.md,
+audit.json (or scan.json) and scores.png.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+import experiments
+from jax_attnalign import audit
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Checkpoint: HF folder, hub id or GGUF file.", required=True)
+flags.DEFINE_string("clean", None, "Clean rows the owner trusts (TSV with labels, or "
+                    "Alpaca JSON for chat models).", required=True)
+flags.DEFINE_string("incoming", None, "Inputs the model received (default: scan only).")
+flags.DEFINE_string("out", "workdir/sanitize", "Output folder.")
+flags.DEFINE_float("alpha", 0.01, "Alarm when the verdict's p-value is below this.")
+flags.DEFINE_integer("seed", 0, "Seed of the clean rows' held-out split and the defense.")
+flags.DEFINE_integer("max_length", 64, "Classifier tokens per input.")
+flags.DEFINE_integer("max_rounds", None, "Sanitisation rounds at most (default: 3 for "
+                     "classifiers, 2 for decoders).")
+
+
+def main(argv):
+  del argv
+  experiments.use_data_root()
+  cfg = audit.AuditConfig(alpha=FLAGS.alpha, seed=FLAGS.seed, max_length=FLAGS.max_length,
+                          max_rounds=FLAGS.max_rounds)
+  incoming = audit.load_incoming(FLAGS.incoming) if FLAGS.incoming else None
+  result = audit.audit_checkpoint(FLAGS.model, audit.load_clean(FLAGS.clean), incoming,
+                                  FLAGS.out, cfg)
+  if result.verdict is None:
+    print(f"scan only (no --incoming): {FLAGS.out}/report.md")
+    return
+  print(result.verdict.line())
+  for i, text in enumerate(result.flagged_texts[:10]):
+    print(f"  flagged {i + 1}: {text[:100]}")
+  if result.sanitize_report is not None:
+    print(f"sanitised model (with tokenizer): {FLAGS.out}/model")
+  print(f"report: {FLAGS.out}/report.md")
+
+
+if __name__ == "__main__":
+  app.run(main)

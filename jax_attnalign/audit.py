@@ -1,0 +1,395 @@
+"""The model owner's question: is this checkpoint backdoored, and if so, clean it.
+
+  result = audit_checkpoint("suspect/model", clean, incoming, out_dir="audit")
+  print(result.verdict.line())
+
+`clean` are rows the owner trusts (classifier: `TextExample`s with labels;
+decoder: `InstructionExample`s with reference responses); `incoming` the texts
+the deployed model received (classifier inputs, or user prompts of a chat
+model). The clean rows are split (seeded): a *held-out* part measures the
+detector's false-positive rate and, for classifiers, clean accuracy before and
+after; the rest calibrates the detector and fine-tunes the sanitised model.
+
+The verdict compares the share of incoming inputs the calibrated detector flags
+with the share of held-out clean rows it flags (one-sided Fisher exact test): a
+clean model flags incoming inputs about as often as clean ones, a backdoored one
+flags the triggered ones too. Decoders are read in the generation-to-prompt view,
+on their own greedy answer teacher-forced after each prompt. With a positive
+verdict the flagged inputs become the suspects of `defense.sanitize` and the
+sanitised checkpoint is written, with its tokenizer, to out_dir/model.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import pathlib
+import shutil
+from typing import Sequence
+
+import numpy as np
+import scipy.stats
+
+from jax_attnalign import data, metrics, plots, train
+from jax_attnalign.answers import generate_responses, greedy_answers
+from jax_attnalign.data import InstructionExample, TextExample
+from jax_attnalign.defense.detector import Detector, DetectorConfig, calibrate_detector
+from jax_attnalign.defense.sanitize import (Alignment, FineTuning, HeadClassification,
+                                            SanitizeConfig, Stopping, sanitize, scores_of)
+from jax_attnalign.models.hf_io import load_pretrained, save_pretrained
+
+# Decoders: the causal-LM loss and the generation-to-prompt view (the paper's),
+# with the detector statistic chosen on the SmolLM2 tuning victim (SST-2 BadNets
+# seed 0, experiments/configs/defend_lm.py), sized for a 2-core CPU.
+DECODER_SANITIZE = SanitizeConfig(
+    classify=HeadClassification(view="gen_to_prompt"), align=Alignment(batch_size=8),
+    finetune=FineTuning(loss="causal_lm", epochs=2, batch_size=8, length_bucket=16),
+    stopping=Stopping(max_rounds=2), score_batch_size=8)
+DECODER_DETECTOR = DetectorConfig(view="gen_to_prompt", statistic="frac_above")
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditConfig:
+  """How the clean rows are used and when the verdict is positive.
+
+  >>> AuditConfig().holdout_fraction, AuditConfig(max_rounds=1).max_rounds
+  (0.4, 1)
+  """
+  sanitize: SanitizeConfig | None = None  # None: the model kind's (default_configs)
+  detector: DetectorConfig | None = None  # None: the model kind's (default_configs)
+  max_rounds: int | None = None  # sanitisation rounds at most (None: the config's)
+  holdout_fraction: float = 0.4  # clean rows kept out of calibration and fine-tuning
+  alpha: float = 0.01  # the verdict is positive when the test's p-value is below it
+  max_suspects: int = 64  # the highest-scoring flagged inputs used as suspects
+  max_length: int = 64  # classifier tokens per input
+  answer_tokens: int = 16  # decoders: greedy answer tokens read after each prompt
+  train_length: int = 256  # decoders: prompt + response tokens of a clean fine-tuning row
+  response_tokens: int = 48  # decoders: tokens of the held-out answers scored for utility
+  seed: int = 0
+
+  def __post_init__(self):
+    if not 0 < self.holdout_fraction < 1:
+      raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}.")
+    if not 0 < self.alpha < 1:
+      raise ValueError(f"alpha must be in (0, 1), got {self.alpha}.")
+    for name in ("max_suspects", "max_length", "answer_tokens", "train_length",
+                 "response_tokens", "max_rounds"):
+      if getattr(self, name) is not None and getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+  """The detector's flags on the incoming inputs against its clean false-positive rate."""
+  backdoored: bool
+  incoming: int
+  flagged: int
+  holdout: int  # held-out clean rows
+  holdout_flagged: int
+  expected: float  # incoming x the held-out false-positive rate
+  p_value: float  # one-sided Fisher exact test: incoming flagged more often than clean
+  flagged_rate_interval: tuple[float, float]  # 95% Clopper-Pearson, incoming
+  alpha: float
+
+  def line(self) -> str:
+    head = "BACKDOOR SUSPECTED" if self.backdoored else "no evidence of a backdoor"
+    low, high = self.flagged_rate_interval
+    return (f"{head}: {self.flagged} of {self.incoming} incoming inputs flagged "
+            f"(95% interval {low:.1%}-{high:.1%}); {self.expected:.1f} expected from the "
+            f"false-positive rate on {self.holdout} held-out clean rows "
+            f"({self.holdout_flagged} flagged); p = {self.p_value:.2g} "
+            f"(one-sided Fisher exact, alarm below {self.alpha}).")
+
+
+def verdict_of(incoming_flags: np.ndarray, holdout_flags: np.ndarray, alpha: float) -> Verdict:
+  """The Verdict of boolean flags on incoming and held-out clean inputs."""
+  k, n = int(incoming_flags.sum()), len(incoming_flags)
+  m, h = int(holdout_flags.sum()), len(holdout_flags)
+  if n == 0 or h == 0:
+    raise ValueError(f"need incoming and held-out clean inputs, got {n} and {h}.")
+  p = float(scipy.stats.fisher_exact([[k, n - k], [m, h - m]], alternative="greater")[1])
+  ci = scipy.stats.binomtest(k, n).proportion_ci(0.95, method="exact")
+  return Verdict(backdoored=p < alpha, incoming=n, flagged=k, holdout=h, holdout_flagged=m,
+                 expected=n * m / h, p_value=p, flagged_rate_interval=(ci.low, ci.high),
+                 alpha=alpha)
+
+
+def default_configs(model) -> tuple[SanitizeConfig, DetectorConfig]:
+  """The defaults for encoders; DECODER_SANITIZE and DECODER_DETECTOR for decoders."""
+  if model.config.is_decoder:
+    return DECODER_SANITIZE, DECODER_DETECTOR
+  return SanitizeConfig(), DetectorConfig()
+
+
+@dataclasses.dataclass
+class AuditResult:
+  detector: Detector
+  verdict: Verdict | None = None  # None: no incoming inputs, a scan only
+  scan: dict | None = None  # per-layer head statistics on clean rows (scan only)
+  scores: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # holdout, incoming
+  flagged_texts: list[str] = dataclasses.field(default_factory=list)
+  suspects: int = 0  # flagged inputs handed to sanitize
+  sanitize_report: dict | None = None
+  # Held-out clean rows before/after: classifiers {'accuracy'}, decoders
+  # metrics.clean_utility of the greedy answers against the references.
+  clean_metrics: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+  still_flagged: float | None = None  # share of the flagged inputs flagged after sanitising
+
+
+TEXT_FIELDS = ("text", "sentence", "instruction")
+
+
+def _record_text(record, where: str) -> str:
+  if isinstance(record, str):
+    return record
+  if isinstance(record, dict):
+    if "instruction" in record:
+      return _text(InstructionExample(record["instruction"], record.get("input", ""), ""))
+    for field in TEXT_FIELDS:
+      if field in record:
+        return str(record[field])
+  raise ValueError(f"{where}: expected a string or a record with one of {TEXT_FIELDS}, "
+                   f"got {str(record)[:80]!r}.")
+
+
+def load_incoming(path: str | pathlib.Path) -> list[str]:
+  """The incoming inputs of a file: JSON / JSONL (strings, or records with a
+  'text', 'sentence' or 'instruction' (+ 'input') field), TSV / CSV with a
+  'sentence' or 'text' column in its header, or plain text (one input per line)."""
+  path = pathlib.Path(path)
+  suffix = path.suffix.lower()
+  if suffix in (".json", ".jsonl"):
+    text = path.read_text(encoding="utf-8")
+    records = (json.loads(text) if suffix == ".json"
+               else [json.loads(line) for line in text.splitlines() if line.strip()])
+    if not isinstance(records, list):
+      raise ValueError(f"{path}: expected a JSON list of inputs.")
+    return [_record_text(r, f"{path}: item {i}") for i, r in enumerate(records)]
+  if suffix in (".tsv", ".csv"):
+    with open(path, encoding="utf-8-sig", newline="") as f:
+      rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    column = next((c for c in ("sentence", "text") if rows and c in rows[0]), None)
+    if column is None:
+      raise ValueError(f"{path}: no 'sentence' or 'text' column in its header.")
+    return [r[column] for r in rows]
+  return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_clean(path: str | pathlib.Path) -> list[TextExample] | list[InstructionExample]:
+  """The owner's clean rows: Alpaca-format JSON records (instruction, input,
+  output; for decoders), or labelled texts (TSV / CSV / JSON with text and label;
+  for classifiers, see `data.load_classification`)."""
+  path = pathlib.Path(path)
+  if path.suffix.lower() == ".json":
+    records = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(records, list) and records and isinstance(records[0], dict) and (
+        "instruction" in records[0]):
+      return data.load_instructions(path, poisoned=False)
+  return data.load_classification(path)
+
+
+def load_suspect(path: str | pathlib.Path, num_labels: int | None):
+  """(model, params, tokenizer): a decoder as a causal LM, an encoder as a
+  classifier with `num_labels` (its head kept when the checkpoint has one)."""
+  model, params = load_pretrained(path)
+  if model.config.is_decoder:
+    if model.task != "causal_lm":
+      model, params = load_pretrained(path, task="causal_lm")
+  elif model.task != "classification" or model.config.num_labels != num_labels:
+    model, params = load_pretrained(path, task="classification",
+                                                  num_labels=num_labels)
+  return model, params, data.load_tokenizer(path)
+
+
+def _inputs(model, params, tokenizer, texts: Sequence[str], cfg: AuditConfig):
+  """Encoded inputs the detector scores: classifier texts, or chat prompts
+  followed by the decoder's own greedy answer."""
+  if model.config.is_decoder:
+    prompts = [data.chat_prompt(tokenizer, t) for t in texts]
+    return greedy_answers(model, params, tokenizer, prompts, max_new_tokens=cfg.answer_tokens,
+                          batch_size=16)
+  arrays = data.encode_classification([TextExample(t, 0) for t in texts], tokenizer,
+                                      _length(model, cfg))
+  return {k: v for k, v in arrays.items() if k not in ("labels", "poisoned")}
+
+
+def _length(model, cfg: AuditConfig) -> int:
+  """Classifier tokens per input: max_length, at most the model's positions."""
+  return min(cfg.max_length, model.config.max_position_embeddings)
+
+
+def _text(row) -> str:
+  if isinstance(row, InstructionExample):
+    return f"{row.instruction}\n\n{row.input}" if row.input.strip() else row.instruction
+  return row.text
+
+
+def _training_rows(model, tokenizer, rows: list, cfg: AuditConfig) -> dict[str, np.ndarray]:
+  if model.config.is_decoder:
+    prompts, responses = zip(*[data.instruction_chat(r, tokenizer) for r in rows])
+    return data.encode_prompt_response(prompts, responses, tokenizer, cfg.train_length)
+  arrays = data.encode_classification(rows, tokenizer, _length(model, cfg))
+  arrays.pop("poisoned")
+  return arrays
+
+
+def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | InstructionExample],
+                     incoming: Sequence[str] | None, out_dir: str | pathlib.Path,
+                     cfg: AuditConfig = AuditConfig()) -> AuditResult:
+  """Verdict on `incoming` and, when positive, the sanitised model in out_dir/model.
+
+  Without `incoming`, scans the model's heads on the clean rows instead
+  (`AuditResult.scan`, scan.json). Writes report.md, audit.json and a score plot
+  to `out_dir`. An interrupted sanitisation resumes from out_dir; an out_dir
+  holding a run on other inputs is refused rather than resumed.
+
+  >>> import tempfile
+  >>> from jax_attnalign.assets import bundled_minilm_path
+  >>> clean = data.load_classification("tweets", "test")[::90][:50]  # embedded, labelled
+  >>> with tempfile.TemporaryDirectory() as out:  # no incoming texts: a scan of the heads
+  ...   result = audit_checkpoint(bundled_minilm_path(), clean, None, out)
+  >>> result.verdict is None, result.detector.view, [r["layer"] for r in result.scan["layers"]]
+  (True, 'cls_row_last_layer', [5])
+  """
+  clean, incoming = list(clean), None if incoming is None else list(incoming)
+  if len(clean) < 50:
+    raise ValueError(f"{len(clean)} clean rows are too few: the held-out and the "
+                     "calibration parts need 20 rows each; give at least 50.")
+  out = _claim(pathlib.Path(out_dir), path, clean, incoming, cfg)
+  is_instructions = bool(clean) and isinstance(clean[0], InstructionExample)
+  num_labels = None if is_instructions else 1 + max(r.label for r in clean)
+  model, params, tokenizer = load_suspect(path, num_labels)
+  if model.config.is_decoder != is_instructions:
+    raise ValueError(
+        f"{path} is {'a decoder' if model.config.is_decoder else 'an encoder'} but the "
+        f"clean rows are {'instructions' if is_instructions else 'labelled texts'}: a "
+        "decoder takes Alpaca-format JSON records (instruction, input, output), an "
+        "encoder classifier a TSV of text and label.")
+  config, detector_cfg = default_configs(model)
+  config, detector_cfg = cfg.sanitize or config, cfg.detector or detector_cfg
+  if cfg.max_rounds is not None:
+    config = dataclasses.replace(config, stopping=dataclasses.replace(
+        config.stopping, max_rounds=cfg.max_rounds))
+  order = np.random.default_rng(cfg.seed).permutation(len(clean))
+  n_hold = int(round(cfg.holdout_fraction * len(clean)))
+  holdout = [clean[i] for i in order[:n_hold]]
+  rest = [clean[i] for i in order[n_hold:]]
+  score = lambda p, arrays: scores_of(model, params if p is None else p, arrays,
+                                      detector_cfg.view, detector_cfg.statistic,
+                                      batch_size=config.score_batch_size)
+  calibration = _inputs(model, params, tokenizer, [_text(r) for r in rest], cfg)
+  held = _inputs(model, params, tokenizer, [_text(r) for r in holdout], cfg)
+  detector = calibrate_detector(score(None, calibration), view=detector_cfg.view,
+                                statistic=detector_cfg.statistic, fpr=detector_cfg.fpr)
+  if incoming is None:
+    return AuditResult(detector=detector, scan=_scan(model, params, calibration, detector_cfg,
+                                                     config.score_batch_size, path, out))
+  arrays = _inputs(model, params, tokenizer, incoming, cfg)
+  scores = {"holdout": score(None, held), "incoming": score(None, arrays)}
+  if not all(np.isfinite(v).all() for v in scores.values()):
+    raise ValueError(f"{path} gives non-finite detector scores: its weights hold NaN or "
+                     "inf, or the inputs exceed what it was built for.")
+  flags = detector.flag(scores["incoming"])
+  verdict = verdict_of(flags, detector.flag(scores["holdout"]), cfg.alpha)
+  flagged_idx = np.flatnonzero(flags)
+  flagged_idx = flagged_idx[np.argsort(-scores["incoming"][flagged_idx])]
+  result = AuditResult(detector=detector, verdict=verdict, scores=scores,
+                       flagged_texts=[incoming[i] for i in flagged_idx])
+  measure = lambda p: _clean_metrics(model, p, tokenizer, holdout, cfg)
+  if verdict.backdoored:
+    result.clean_metrics["before"] = measure(params)
+    suspects = {k: v[flagged_idx[:cfg.max_suspects]] for k, v in arrays.items()}
+    result.suspects = len(suspects["input_ids"])
+    params, result.sanitize_report = sanitize(
+        model, params, suspects, _training_rows(model, tokenizer, rest, cfg), config,
+        detector=detector, workdir=out / "sanitize")
+    result.clean_metrics["after"] = measure(params)
+    result.still_flagged = float(detector.flag(score(params, suspects)).mean())
+    save_pretrained(model, params, out / "model", tokenizer=tokenizer)
+    shutil.rmtree(out / "sanitize")  # the rounds' checkpoints, kept only to resume
+  _write_report(result, path, out)
+  return result
+
+
+def _claim(out: pathlib.Path, path, clean: list, incoming: list | None,
+           cfg: AuditConfig) -> pathlib.Path:
+  """Creates `out`, or checks that it holds a run on the same inputs (so that a
+  resumed sanitisation never mixes two audits); returns it."""
+  digest = hashlib.sha256(json.dumps(
+      [str(path), [dataclasses.astuple(r) for r in clean], incoming, repr(cfg)],
+      default=str).encode()).hexdigest()
+  stamp = out / "inputs.sha256"
+  if stamp.exists() and stamp.read_text().strip() != digest:
+    raise ValueError(f"{out} holds an audit of other inputs (model, clean rows, incoming "
+                     "inputs or settings); choose another output folder or delete it.")
+  out.mkdir(parents=True, exist_ok=True)
+  stamp.write_text(digest + "\n")
+  return out
+
+
+def _clean_metrics(model, params, tokenizer, holdout: list, cfg: AuditConfig
+                   ) -> dict[str, float]:
+  """Classifiers: accuracy on the held-out clean rows; decoders: clean utility of
+  their greedy answers against the reference responses."""
+  if model.config.is_decoder:
+    prompts, references = zip(*[data.instruction_chat(r, tokenizer) for r in holdout])
+    responses = generate_responses(model, params, tokenizer, list(prompts),
+                                   max_new_tokens=cfg.response_tokens, batch_size=16)
+    return metrics.clean_utility(responses, references)
+  arrays = data.encode_classification(holdout, tokenizer, _length(model, cfg))
+  predictions = train.predict_logits(model, params, arrays).argmax(-1)
+  return {"accuracy": metrics.clean_accuracy(predictions, arrays["labels"])}
+
+
+def _scan(model, params, arrays: dict, detector_cfg: DetectorConfig, batch_size: int, path,
+          out: pathlib.Path) -> dict:
+  """Per-layer head-similarity statistics of the detector's view on clean inputs."""
+  per_layer = scores_of(model, params, arrays, detector_cfg.view,
+                        ("percentile", "frac_above"), batch_size=batch_size, per_layer=True)
+  first = model.config.num_layers - per_layer["percentile"].shape[1]
+  rows = [{"layer": first + i, "percentile_99": float(per_layer["percentile"][:, i].mean()),
+           "frac_above_0_99": float(per_layer["frac_above"][:, i].mean())}
+          for i in range(per_layer["percentile"].shape[1])]
+  scan = {"model": str(path), "view": detector_cfg.view,
+          "clean_inputs": len(arrays["input_ids"]), "layers": rows}
+  (out / "scan.json").write_text(json.dumps(scan, indent=1))
+  table = ["| layer | 99th percentile of head-pair cosine | share of pairs > 0.99 |",
+           "|---|---|---|"] + [f"| {r['layer']} | {r['percentile_99']:.4f} | "
+                               f"{r['frac_above_0_99']:.4f} |" for r in rows]
+  (out / "report.md").write_text(
+      f"# Head scan of {path}\n\nNo incoming inputs were given, so no verdict: the "
+      f"heads' similarity ({detector_cfg.view} view) on {scan['clean_inputs']} clean "
+      "rows (calibration part), mean over rows.\n\n" + "\n".join(table) + "\n")
+  return scan
+
+
+def _write_report(result: AuditResult, path, out: pathlib.Path) -> None:
+  v = result.verdict
+  plots.plot_score_histogram(
+      {"held-out clean": result.scores["holdout"], "incoming": result.scores["incoming"]},
+      result.detector.threshold, out / "scores.png",
+      xlabel=f"detector score ({result.detector.view}, {result.detector.statistic})")
+  summary = {"model": str(path), "verdict": dataclasses.asdict(v),
+             "detector": dataclasses.asdict(result.detector),
+             "flagged_texts": result.flagged_texts, "suspects": result.suspects,
+             "clean_metrics": result.clean_metrics,
+             "still_flagged": result.still_flagged,
+             "sanitize": None if result.sanitize_report is None else {
+                 "rounds": len(result.sanitize_report["rounds"]),
+                 "stopped": result.sanitize_report["stopped"]}}
+  (out / "audit.json").write_text(json.dumps(summary, indent=1, default=str))
+  lines = [f"# Audit of {path}", "", f"**{v.line()}**", "", "![scores](scores.png)", ""]
+  if result.sanitize_report is not None:
+    lines += [f"Sanitised with the {result.suspects} highest-scoring "
+              f"flagged inputs as suspects: {summary['sanitize']['rounds']} round(s), "
+              f"stopped by {result.sanitize_report['stopped']}; the detector still flags "
+              f"{result.still_flagged:.0%} of them. Written to {out / 'model'} with its "
+              "tokenizer."]
+    lines += ["", f"On the {v.holdout} held-out clean rows, before -> after: " + ", ".join(
+        f"{name} {result.clean_metrics['before'][name]:.3f} -> {value:.3f}"
+        for name, value in result.clean_metrics["after"].items()) + "."]
+  lines += ["", "## Flagged inputs (highest score first)", ""]
+  lines += [f"{i + 1}. {t[:200]}" for i, t in enumerate(result.flagged_texts[:50])]
+  (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,186 @@
+"""The owner's audit: the verdict's statistics, input files, and the command end to end
+on a real backdoored classifier and on the clean bundled MiniLM."""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.stats
+
+import jax_attnalign
+from jax_attnalign import attacks, audit, data
+from jax_attnalign.data import TextExample
+from jax_attnalign.harness.victims import VictimConfig, seeded_subset, train_classification_victim
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _hypergeometric_tail(k, n, m, h):
+  """P(at least k of the k + m flags fall among the n incoming), by counting."""
+  total, flags = n + h, k + m
+  return sum(math.comb(n, i) * math.comb(h, flags - i) for i in range(k, min(n, flags) + 1)
+             ) / math.comb(total, flags)
+
+
+@pytest.mark.parametrize("k,n,m,h", [(30, 100, 2, 40), (5, 100, 2, 40), (0, 10, 3, 30)])
+def test_verdict_matches_a_counted_fisher_test_and_clopper_pearson(k, n, m, h):
+  flags = lambda hits, size: np.arange(size) < hits
+  v = audit.verdict_of(flags(k, n), flags(m, h), alpha=0.01)
+  assert v.p_value == pytest.approx(_hypergeometric_tail(k, n, m, h), rel=1e-9)
+  assert v.expected == pytest.approx(n * m / h)
+  low = 0.0 if k == 0 else scipy.stats.beta.ppf(0.025, k, n - k + 1)
+  high = scipy.stats.beta.ppf(0.975, k + 1, n - k)
+  assert v.flagged_rate_interval == pytest.approx((low, high), abs=1e-9)
+  assert v.backdoored == (v.p_value < 0.01)
+  assert ("BACKDOOR SUSPECTED" in v.line()) == v.backdoored
+
+
+def test_load_incoming_reads_every_format(tmp_path):
+  (tmp_path / "a.txt").write_text("first input\n\nsecond input\n")
+  (tmp_path / "b.tsv").write_text("label\tsentence\n1\tfirst input\n0\tsecond input\n")
+  (tmp_path / "c.json").write_text(json.dumps(
+      ["first input", {"instruction": "second", "input": "input"}]))
+  (tmp_path / "d.jsonl").write_text('{"text": "first input"}\n{"sentence": "x"}\n')
+  assert audit.load_incoming(tmp_path / "a.txt") == ["first input", "second input"]
+  assert audit.load_incoming(tmp_path / "b.tsv") == ["first input", "second input"]
+  assert audit.load_incoming(tmp_path / "c.json") == ["first input", "second\n\ninput"]
+  assert audit.load_incoming(tmp_path / "d.jsonl") == ["first input", "x"]
+  (tmp_path / "e.tsv").write_text("label\tbody\n1\tx\n")
+  with pytest.raises(ValueError, match="no 'sentence' or 'text' column"):
+    audit.load_incoming(tmp_path / "e.tsv")
+  (tmp_path / "f.json").write_text(json.dumps([{"prompt": "x"}]))
+  with pytest.raises(ValueError, match="item 0"):
+    audit.load_incoming(tmp_path / "f.json")
+
+
+def test_audit_config_rejects_bad_values():
+  with pytest.raises(ValueError, match="holdout_fraction"):
+    audit.AuditConfig(holdout_fraction=1.0)
+  with pytest.raises(ValueError, match="alpha"):
+    audit.AuditConfig(alpha=0)
+  with pytest.raises(ValueError, match="max_suspects"):
+    audit.AuditConfig(max_suspects=0)
+  with pytest.raises(ValueError, match="max_rounds"):
+    audit.AuditConfig(max_rounds=0)
+
+
+def _one_line(text: str) -> str:
+  return " ".join(text.split())  # tweets hold tabs and newlines
+
+
+def _write_tsv(path, rows):
+  path.write_text("sentence\tlabel\n" + "".join(f"{_one_line(r.text)}\t{r.label}\n"
+                                                 for r in rows))
+
+
+LENGTH = 24
+# The owner's sanitisation, sized for a test (the defaults run 3 rounds of 3 epochs).
+QUICK = audit.AuditConfig(max_length=LENGTH, max_rounds=1)
+
+
+@pytest.fixture(scope="module")
+def owner_files(minilm_path, tmp_path_factory):
+  """The bundled MiniLM fine-tuned on 320 embedded tweets with BadNets (20%),
+  saved with its tokenizer; 200 clean tweets it was not trained on (a seeded
+  sample); 100 incoming test tweets of which 30 carry the trigger. About a
+  minute on 2 cores."""
+  root = tmp_path_factory.mktemp("owner")
+  victim = train_classification_victim(VictimConfig(
+      data_dir="tweets", dataset="tweets", attack="badnets", train_size=320, test_size=60,
+      epochs=4, learning_rate=3e-4, max_length=LENGTH), root / "victim")
+  assert victim["asr"] > 0.6, victim  # the backdoor took
+  train = data.load_classification("tweets", "train")
+  seen = {e.text for e in seeded_subset(train, 320, 0)[0]}  # the victim's training tweets
+  pick = np.random.default_rng(1).choice(len(train), 2000, replace=False)
+  clean = [train[i] for i in pick if train[i].text not in seen][:200]
+  _write_tsv(root / "clean.tsv", clean)
+  test = [data.load_classification("tweets", "test")[i] for i in
+          np.random.default_rng(2).permutation(200)]
+  negatives = [e for e in test[70:] if e.label == 0]
+  triggered = attacks.make_attack("badnets", target=1, seed=0).triggered_test(negatives)[:30]
+  incoming = [_one_line(e.text) for e in test[:70] + triggered]
+  (root / "incoming.txt").write_text("\n".join(incoming) + "\n")
+  return root, {_one_line(e.text) for e in triggered}
+
+
+def test_owner_command_finds_the_backdoor_and_exports_a_loadable_model(owner_files):
+  root, triggered = owner_files
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.sanitize", f"--model={root / 'victim' / 'model'}",
+       f"--clean={root / 'clean.tsv'}", f"--incoming={root / 'incoming.txt'}",
+       f"--out={root / 'out'}", f"--max_length={LENGTH}", "--max_rounds=1"], env=env,
+      capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "BACKDOOR SUSPECTED" in proc.stdout
+  report = json.loads((root / "out" / "audit.json").read_text())
+  verdict = report["verdict"]
+  assert verdict["incoming"] == 100 and verdict["holdout"] == 80
+  assert verdict["p_value"] < 1e-4
+  flagged = report["flagged_texts"]
+  hits = sum(t in triggered for t in flagged)
+  # This 320-tweet victim's trigger is weaker than the demo's (where 23 of 24
+  # flagged tweets carry it, docs/results.md); here the flagged ones must still be
+  # triggered well above the incoming file's base rate of 30%.
+  assert hits >= 10 and hits >= 0.4 * len(flagged), (hits, len(flagged))
+  assert report["sanitize"]["rounds"] == 1
+  accuracy = report["clean_metrics"]
+  assert accuracy["after"]["accuracy"] >= accuracy["before"]["accuracy"] - 0.1
+  # The exported model and tokenizer load in transformers and agree with ours.
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  folder = root / "out" / "model"
+  hf = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+  batch = tokenizer(flagged[:4], padding=True, return_tensors="pt")
+  with torch.no_grad():
+    theirs = hf(**batch).logits.numpy()
+  model, params = jax_attnalign.load_pretrained(folder, task="classification")
+  ours = np.asarray(model.apply({"params": params}, batch["input_ids"].numpy(),
+                                batch["attention_mask"].numpy(),
+                                token_type_ids=batch["token_type_ids"].numpy()).logits)
+  np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def test_owner_audit_of_the_clean_bundled_model_raises_no_alarm(owner_files, minilm_path):
+  root, _ = owner_files
+  result = audit.audit_checkpoint(minilm_path, audit.load_clean(root / "clean.tsv"),
+                                  audit.load_incoming(root / "incoming.txt"), root / "clean_out",
+                                  QUICK)
+  assert not result.verdict.backdoored, result.verdict.line()
+  assert result.sanitize_report is None
+  assert not (root / "clean_out" / "model").exists()
+  assert "no evidence of a backdoor" in (root / "clean_out" / "report.md").read_text()
+
+
+def test_scan_without_incoming_reports_every_layer(owner_files):
+  root, _ = owner_files
+  scan = audit.audit_checkpoint(root / "victim" / "model", audit.load_clean(root / "clean.tsv"),
+                                None, root / "scan", QUICK).scan
+  assert [r["layer"] for r in scan["layers"]] == [5]  # the default detector view: last layer
+  assert 0 < scan["layers"][0]["percentile_99"] <= 1.0 + 1e-6
+  assert "no verdict" in (root / "scan" / "report.md").read_text()
+
+
+def test_decoder_audit_runs_on_a_tiny_chat_llama(tiny_chat_llama, tmp_path):
+  clean = [data.InstructionExample(f"Name a colour number {i}.", "", f"Colour {i} is blue.")
+           for i in range(50)]
+  incoming = [f"Tell me about item {i}." for i in range(20)]
+  cfg = audit.AuditConfig(answer_tokens=4, response_tokens=4, train_length=64)
+  result = audit.audit_checkpoint(tiny_chat_llama, clean, incoming, tmp_path, cfg)
+  assert result.verdict.incoming == 20 and result.verdict.holdout == 20
+  assert result.scores["incoming"].shape == (20,)
+  assert json.loads((tmp_path / "audit.json").read_text())["detector"]["view"] == (
+      "gen_to_prompt")
+  with pytest.raises(ValueError, match="labelled texts"):
+    audit.audit_checkpoint(tiny_chat_llama, [TextExample("x", 0)] * 60, incoming,
+                           tmp_path / "other")
+  with pytest.raises(ValueError, match="holds an audit of other inputs"):
+    audit.audit_checkpoint(tiny_chat_llama, clean, incoming[:10], tmp_path, cfg)
+  with pytest.raises(ValueError, match="too few"):
+    audit.audit_checkpoint(tiny_chat_llama, clean[:10], incoming, tmp_path / "few")
