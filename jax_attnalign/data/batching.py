@@ -18,8 +18,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from absl import logging
 
+from jax_attnalign.data.paths import find_gguf
 from jax_attnalign.data.types import TextExample
-from jax_attnalign.models import gguf_io
 
 Tokenizer = Any  # a transformers PreTrainedTokenizerBase
 PADDING_SIDES = ("left", "right")
@@ -38,7 +38,7 @@ def load_tokenizer(path_or_id: str | pathlib.Path) -> Tokenizer:
 
   path = pathlib.Path(path_or_id).expanduser()
   name = str(path)
-  gguf = gguf_io.find_gguf(path)
+  gguf = find_gguf(path)
   try:
     if gguf is not None:
       tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-SUFFIX = ".gguf"
 ARCHITECTURES = ("llama", "mistral")
 _MAGIC = b"GGUF"
 
@@ -62,22 +61,6 @@ _REQUIRED = ("block_count", "embedding_length", "feed_forward_length",
 _TOKEN_IDS = {"bos_token_id": "tokenizer.ggml.bos_token_id",
               "eos_token_id": "tokenizer.ggml.eos_token_id",
               "pad_token_id": "tokenizer.ggml.padding_token_id"}
-
-
-def find_gguf(path: str | os.PathLike) -> pathlib.Path | None:
-  """The GGUF file `path` names: the file itself, or the one `.gguf` file of a
-  directory without config.json. None when `path` is no GGUF checkpoint (a HF
-  checkpoint directory, or nothing at all)."""
-  path = pathlib.Path(path)
-  if path.is_file():
-    return path if path.suffix.lower() == SUFFIX else None
-  if not path.is_dir() or (path / "config.json").is_file():
-    return None
-  found = sorted(p for p in path.iterdir() if p.suffix.lower() == SUFFIX and p.is_file())
-  if len(found) > 1:
-    raise ValueError(f"{path} holds several GGUF files ({', '.join(p.name for p in found)}); "
-                     "pass the path of the one to load.")
-  return found[0] if found else None
 
 
 class _Tensor:

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_attnalign.data.paths import find_gguf
 from jax_attnalign.models import gguf_io, safetensors_io
 from jax_attnalign.models.config import ModelConfig
 
@@ -313,7 +314,7 @@ def load_pretrained(path: str | os.PathLike, *, task: str | None = None,
   # Lazy: jax_attnalign.models may come to re-export this module.
   from jax_attnalign.models import build_model  # pylint: disable=g-import-not-at-top
   path = resolve_checkpoint(path)
-  gguf_file = gguf_io.find_gguf(path)
+  gguf_file = find_gguf(path)
   if gguf_file is not None:
     hf_config, state = gguf_io.read_gguf(gguf_file)
   else:
