@@ -1,14 +1,21 @@
 """The experiment binaries (absl apps) and their configs.
 
+Every binary takes --data_root (default $JAX_ATTNALIGN_DATA), the folder of the
+public datasets, and calls `use_data_root()` first in its main.
+
 Importing the package keeps other libraries' INFO lines (orbax's checkpoint
 bookkeeping, jax's backend probing) out of the binaries' output; their warnings
 and errors still show, and so does every line of jax_attnalign and the binaries.
 """
 
 import logging as _std_logging
+import os as _os
 import pathlib as _pathlib
 
+from absl import flags as _flags
 from absl import logging as _logging
+
+from jax_attnalign import data as _data
 
 _OURS = (str(_pathlib.Path(__file__).resolve().parents[1] / "jax_attnalign"),
          str(_pathlib.Path(__file__).resolve().parent))
@@ -21,3 +28,14 @@ class _OwnInfoOnly(_std_logging.Filter):
 
 
 _logging.get_absl_handler().addFilter(_OwnInfoOnly())
+
+_flags.DEFINE_string("data_root", None,
+                     "Folder holding the public datasets (sst2/, ag_news/, backdoorllm/, "
+                     f"alpaca/); default ${_data.DATA_ROOT_ENV}. Relative data paths are "
+                     "looked up under it first.")
+
+
+def use_data_root() -> None:
+  """Makes --data_root, when given, the data root of this process (and its library calls)."""
+  if _flags.FLAGS.data_root:
+    _os.environ[_data.DATA_ROOT_ENV] = _flags.FLAGS.data_root

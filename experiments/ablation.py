@@ -11,8 +11,9 @@ import dataclasses
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import common
+import experiments
 from jax_attnalign.defense import HeadRates
+from jax_attnalign.harness import reporting
 from jax_attnalign.harness.configs import sanitize_config
 
 FLAGS = flags.FLAGS
@@ -40,11 +41,11 @@ def variants(full) -> dict:
 
 def main(argv):
   del argv
-  common.use_data_root()
+  experiments.use_data_root()
   config = FLAGS.config
-  common.defend_and_report(common.find_victims(FLAGS.victims_dir, FLAGS.attacks),
-                           variants(sanitize_config(config.sanitize)), config,
-                           FLAGS.workdir, "ablation", "Ablation (Table 3)")
+  reporting.defend_and_report(reporting.find_victims(FLAGS.victims_dir, FLAGS.attacks),
+                              variants(sanitize_config(config.sanitize)), config,
+                              FLAGS.workdir, "ablation", "Ablation (Table 3)")
 
 
 if __name__ == "__main__":

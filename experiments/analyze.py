@@ -17,10 +17,11 @@ import tqdm
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import common
+import experiments
 from jax_attnalign import metrics
 from jax_attnalign.analysis import VIEWS
 from jax_attnalign.defense.detector import STATISTICS
+from jax_attnalign.harness import reporting
 from jax_attnalign.harness.pipeline import analyze_victim
 
 FLAGS = flags.FLAGS
@@ -36,17 +37,17 @@ flags.DEFINE_string("workdir", "workdir/analyze", "Output folder.")
 
 def main(argv):
   del argv
-  common.use_data_root()
+  experiments.use_data_root()
   workdir = pathlib.Path(FLAGS.workdir)
   results = {}
   for run, run_dir, victim_cfg in tqdm.tqdm(
-      common.find_victims(FLAGS.victims_dir, FLAGS.attacks), desc="analyze"):
+      reporting.find_victims(FLAGS.victims_dir, FLAGS.attacks), desc="analyze"):
     out = workdir / run / "analysis.json"
     if out.exists():  # resume: finished victims are read back
       results[run] = json.loads(out.read_text())
       continue
-    setup = common.victim_setup(FLAGS.config.setup, run_dir, victim_cfg,
-                                stream_clean=FLAGS.inputs, stream_triggered=FLAGS.inputs)
+    setup = reporting.victim_setup(FLAGS.config.setup, run_dir, victim_cfg,
+                                   stream_clean=FLAGS.inputs, stream_triggered=FLAGS.inputs)
     results[run] = analyze_victim(setup, FLAGS.views, list(STATISTICS), workdir / run)
   lines = ["| attack | view | pairs > 0.99, clean / triggered | 99th pct, clean / triggered "
            "| AUROC (> 0.99) | AUROC (99th pct) | AUROC (mean cos) | victims |",
@@ -61,7 +62,7 @@ def main(argv):
                    + " | ".join(metrics.format_mean_std(stat(s, "auroc"))
                                 for s in ("frac_above", "percentile", "mean"))
                    + f" | {len(runs)} |")
-  count = lambda key: common.count_range(r[key] for r in results.values() if key in r)
+  count = lambda key: reporting.count_range(r[key] for r in results.values() if key in r)
   table = ("Head-pair similarity (mean ± std over victims) on each victim's stream of "
            f"{count('clean_inputs')} clean and {count('triggered_inputs')} triggered test "
            "inputs; AUROC: triggered vs clean, one score per input\n\n" + "\n".join(lines))

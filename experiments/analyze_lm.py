@@ -19,7 +19,7 @@ import pathlib
 
 from absl import app, flags
 
-from experiments import common
+import experiments
 from jax_attnalign.harness.pipeline_lm import STATISTICS, analyze_lm_victim
 
 FLAGS = flags.FLAGS
@@ -52,7 +52,7 @@ def _victims(victims_dir: pathlib.Path) -> tuple[list[pathlib.Path], dict[str, p
 
 def main(argv):
   del argv
-  common.use_data_root()
+  experiments.use_data_root()
   workdir = pathlib.Path(FLAGS.workdir)
   victims, clean = _victims(pathlib.Path(FLAGS.victims_dir))
   rows, lines = [], [

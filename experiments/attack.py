@@ -16,7 +16,8 @@ import pathlib
 
 from absl import app, flags
 
-from experiments import common
+import experiments
+from jax_attnalign.harness import reporting
 from jax_attnalign.harness.victims import VictimConfig, train_classification_victim
 
 FLAGS = flags.FLAGS
@@ -42,8 +43,8 @@ flags.DEFINE_string("workdir", "workdir/attack", "Output folder.")
 def train(attack: str, seed: int, workdir: pathlib.Path) -> dict:
   cfg = VictimConfig(
       data_dir=FLAGS.data_dir, dataset=FLAGS.dataset, model=FLAGS.model, attack=attack,
-      attack_kwargs=common.attack_kwargs(attack, FLAGS.hiddenkiller_dir,
-                                         FLAGS.hiddenkiller_poison_rate),
+      attack_kwargs=reporting.attack_kwargs(attack, FLAGS.hiddenkiller_dir,
+                                            FLAGS.hiddenkiller_poison_rate),
       target=FLAGS.target, train_size=FLAGS.train_size, test_size=FLAGS.test_size,
       epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate, max_length=FLAGS.max_length,
       seed=seed)
@@ -52,12 +53,12 @@ def train(attack: str, seed: int, workdir: pathlib.Path) -> dict:
 
 def main(argv):
   del argv
-  common.use_data_root()
+  experiments.use_data_root()
   workdir = pathlib.Path(FLAGS.workdir)
   for attack in FLAGS.attacks:
     for seed in FLAGS.seeds:
       train(attack, int(seed), workdir)
-  print(common.write_victims_summary(workdir, f"Victims on {FLAGS.dataset}"))
+  print(reporting.write_victims_summary(workdir, f"Victims on {FLAGS.dataset}"))
 
 
 if __name__ == "__main__":

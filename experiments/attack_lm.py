@@ -18,7 +18,8 @@ import pathlib
 
 from absl import app, flags
 
-from experiments import common
+import experiments
+from jax_attnalign.harness import reporting
 from jax_attnalign.harness.victims_lm import TASKS, LMVictimConfig, train_lm_victim
 
 FLAGS = flags.FLAGS
@@ -51,8 +52,8 @@ def train(attack: str, seed: int, workdir: pathlib.Path) -> dict:
   cfg = LMVictimConfig(
       task=FLAGS.task, attack=attack, data_dir=FLAGS.data_dir, alpaca_path=FLAGS.alpaca_path,
       model=FLAGS.model, dataset=FLAGS.dataset,
-      attack_kwargs=common.attack_kwargs(attack, FLAGS.hiddenkiller_dir,
-                                         FLAGS.hiddenkiller_poison_rate),
+      attack_kwargs=reporting.attack_kwargs(attack, FLAGS.hiddenkiller_dir,
+                                            FLAGS.hiddenkiller_poison_rate),
       poison_rate=FLAGS.poison_rate, train_size=FLAGS.train_size, test_size=FLAGS.test_size,
       epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
       max_length=FLAGS.max_length, max_new_tokens=FLAGS.max_new_tokens, seed=seed)
@@ -61,12 +62,12 @@ def train(attack: str, seed: int, workdir: pathlib.Path) -> dict:
 
 def main(argv):
   del argv
-  common.use_data_root()
+  experiments.use_data_root()
   workdir = pathlib.Path(FLAGS.workdir)
   for attack in FLAGS.attacks:
     for seed in FLAGS.seeds:
       train(attack, int(seed), workdir)
-  print(common.write_victims_summary(workdir, f"SmolLM2 {FLAGS.task} victims"))
+  print(reporting.write_victims_summary(workdir, f"SmolLM2 {FLAGS.task} victims"))
 
 
 if __name__ == "__main__":

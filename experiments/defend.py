@@ -12,7 +12,8 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import common
+import experiments
+from jax_attnalign.harness import reporting
 from jax_attnalign.harness.configs import sanitize_config
 
 FLAGS = flags.FLAGS
@@ -25,13 +26,13 @@ flags.DEFINE_string("workdir", "workdir/defend", "Output folder.")
 
 def main(argv):
   del argv
-  common.use_data_root()
+  experiments.use_data_root()
   config = FLAGS.config
   variant = f"ours ({config.setup.suspects} suspects)"
-  common.defend_and_report(common.find_victims(FLAGS.victims_dir, FLAGS.attacks),
-                           {variant: ({}, sanitize_config(config.sanitize))},
-                           config, FLAGS.workdir, "defend",
-                           "Defense of backdoored victims")
+  reporting.defend_and_report(reporting.find_victims(FLAGS.victims_dir, FLAGS.attacks),
+                              {variant: ({}, sanitize_config(config.sanitize))},
+                              config, FLAGS.workdir, "defend",
+                              "Defense of backdoored victims")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import pathlib
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import common
+import experiments
 from jax_attnalign import metrics, plots
 from jax_attnalign.defense import HeadRates
 from jax_attnalign.harness.configs import detector_config, sanitize_config
@@ -69,7 +69,7 @@ def _victims() -> list[tuple[pathlib.Path, dict]]:
 
 def main(argv):
   del argv
-  common.use_data_root()
+  experiments.use_data_root()
   config, workdir = FLAGS.config, pathlib.Path(FLAGS.workdir)
   table, detector = variants(config), detector_config(config.detector)
   unknown = sorted(set(FLAGS.variants) - set(table))

@@ -22,7 +22,7 @@ import pathlib
 
 from absl import app, flags
 
-from experiments import common
+import experiments
 from jax_attnalign import plots
 from jax_attnalign.assets import bundled_minilm_path
 from jax_attnalign.defense import DetectorConfig
@@ -69,7 +69,7 @@ def disk_line(workdir: pathlib.Path) -> str:
 
 def main(argv):
   del argv
-  common.use_data_root()
+  experiments.use_data_root()
   workdir = pathlib.Path(FLAGS.workdir)
   victim = train_classification_victim(VictimConfig(
       data_dir=FLAGS.data, dataset=FLAGS.dataset, model=FLAGS.model, attack="badnets",

@@ -12,7 +12,8 @@ import dataclasses
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import common
+import experiments
+from jax_attnalign.harness import reporting
 from jax_attnalign.harness.configs import sanitize_config
 
 FLAGS = flags.FLAGS
@@ -45,12 +46,12 @@ def variants(base) -> dict:
 
 def main(argv):
   del argv
-  common.use_data_root()
+  experiments.use_data_root()
   config = FLAGS.config
-  common.defend_and_report(common.find_victims(FLAGS.victims_dir, FLAGS.attacks),
-                           variants(sanitize_config(config.sanitize)), config,
-                           FLAGS.workdir, "sweep",
-                           "Sweep of alpha, tau and learning rates (Figures 3-5)")
+  reporting.defend_and_report(reporting.find_victims(FLAGS.victims_dir, FLAGS.attacks),
+                              variants(sanitize_config(config.sanitize)), config,
+                              FLAGS.workdir, "sweep",
+                              "Sweep of alpha, tau and learning rates (Figures 3-5)")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import common
+import experiments
+from jax_attnalign.harness import reporting
 from jax_attnalign.harness.configs import sanitize_config
 
 FLAGS = flags.FLAGS
@@ -26,13 +27,13 @@ flags.DEFINE_string("workdir", "workdir/table2", "Output folder.")
 
 def main(argv):
   del argv
-  common.use_data_root()
+  experiments.use_data_root()
   config = FLAGS.config
   base = sanitize_config(config.sanitize)
   variants = {f"ours ({s} suspects)": ({"suspects": s}, base) for s in FLAGS.suspects}
-  victims = [v for d in FLAGS.victims_dirs for v in common.find_victims(d)]
-  common.defend_and_report(victims, variants, config, FLAGS.workdir, "table2",
-                           "Table 2: no defense (before) vs our method (after)")
+  victims = [v for d in FLAGS.victims_dirs for v in reporting.find_victims(d)]
+  reporting.defend_and_report(victims, variants, config, FLAGS.workdir, "table2",
+                              "Table 2: no defense (before) vs our method (after)")
 
 
 if __name__ == "__main__":

@@ -1,30 +1,17 @@
-"""What the binaries share: victims' attack settings and summaries, finding victims,
-running defense variants, writing results."""
+"""What the experiment binaries share: victims' attack settings and summaries,
+finding victims, running defense variants, writing results (JSON, markdown, plots)."""
 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 import tqdm
-from absl import flags, logging
+from absl import logging
 
 from jax_attnalign import data, metrics, plots
 from jax_attnalign.harness.configs import defense_setup, detector_config, restart_config
 from jax_attnalign.harness.pipeline import defend_victim
-
-flags.DEFINE_string("data_root", None,
-                    "Folder holding the public datasets (sst2/, ag_news/, backdoorllm/, "
-                    f"alpaca/); default ${data.DATA_ROOT_ENV}. Relative data paths are "
-                    "looked up under it first.")
-
-
-def use_data_root() -> None:
-  """Makes --data_root, when given, the data root of this process (and its library calls)."""
-  if flags.FLAGS.data_root:
-    os.environ[data.DATA_ROOT_ENV] = flags.FLAGS.data_root
-
 
 # Columns of a victims summary, in order, when the runs report them.
 VICTIM_METRICS = ("ca", "asr", "clean_target_rate", "partial_target_rate", "answered",
