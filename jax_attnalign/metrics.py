@@ -214,6 +214,8 @@ def mean_std(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
 
 def format_mean_std(values: Sequence[float] | np.ndarray, digits: int = 3,
                     scale: float = 1.0) -> str:
-  """"mean ± std" of per-seed results (std with ddof=1), times `scale` (100: percent)."""
-  mean, std = mean_std(np.asarray(values, dtype=np.float64) * scale)
-  return f"{mean:.{digits}f} ± {std:.{digits}f}"
+  """"mean ± std" of per-seed results (std with ddof=1), times `scale` (100: percent);
+  a single value alone, without a spread it does not have."""
+  values = np.asarray(values, dtype=np.float64) * scale
+  mean, std = mean_std(values)
+  return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"

@@ -127,5 +127,6 @@ def test_mean_std_and_format():
   assert metrics.mean_std([0.7]) == (0.7, 0.0)
   assert metrics.format_mean_std([1.0, 2.0, 3.0, 4.0]) == "2.500 ± 1.291"
   assert metrics.format_mean_std([0.91, 0.93], digits=1, scale=100) == "92.0 ± 1.4"
+  assert metrics.format_mean_std([0.875]) == "0.875"  # one seed: no spread to show
   with pytest.raises(ValueError):
     metrics.mean_std([])
