@@ -1,0 +1,51 @@
+"""experiments.make_results renders the binaries' JSON (and only that) into tables."""
+
+import json
+
+from experiments import make_results
+
+
+def _write(path, obj):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(obj))
+
+
+def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
+  results = tmp_path / "results"
+  _write(results / "smollm2" / "table1.json", [
+      {"victim": "classification_badnets_seed1", "reader": "victim", "view": "gen_to_prompt",
+       "statistic": "percentile", "clean": 0.99123, "triggered": 0.99187, "auroc": 0.6451,
+       "auroc_layer_mean": 0.155, "best_layer": 25, "best_layer_auroc": 0.96,
+       "paper": [0.9149, 0.9921]}])
+  run = lambda seed, asr: {"victim": f"classification_badnets_seed{seed}",
+                           "task": "classification", "attack": "badnets", "seed": seed,
+                           "variant": "detector", "before": {"ca": 0.86, "asr": 1.0},
+                           "after": {"ca": 0.89, "asr": asr},
+                           "detection": {"auroc": 0.75, "suspects": 18,
+                                         "suspects_triggered": 15}}
+  _write(results / "smollm2" / "defend_lm.json", [run(1, 0.2), run(2, 0.4)])
+  page = make_results.results_page(results)
+  assert "| 0.9912 | 0.9919 | 0.645 | 0.155 | 25 (0.960) | 0.9149 -> 0.9921 |" in page
+  assert "0.300 ± 0.141" in page  # ASR after, mean ± std over the two seeds
+  headline = make_results.headline(results)
+  assert "0.915 -> 0.992 (Llama-2-7B) | 0.9912 -> 0.9919, AUROC 0.65" in headline
+  assert "86.91 / 88.73 -> 85.19 / 25.61" in headline
+  assert "30.0 ± 14.1" in headline and "seeds 1, 2" in headline
+
+
+def test_headline_block_is_replaced_in_place(tmp_path):
+  results = tmp_path / "results"
+  _write(results / "owner" / "audit.json", {
+      "model": "m", "verdict": {"backdoored": True, "incoming": 100, "flagged": 31,
+                                "holdout": 80, "holdout_flagged": 3, "expected": 3.75,
+                                "p_value": 1e-9, "flagged_rate_interval": [0.22, 0.41],
+                                "alpha": 0.01},
+      "clean_metrics": {"before": {"accuracy": 0.8}, "after": {"accuracy": 0.82}}})
+  readme = tmp_path / "README.md"
+  readme.write_text("intro\n" + "\n".join(make_results.HEADLINE) + "\noutro\n")
+  make_results.write(results, tmp_path / "results.md", readme)
+  text = readme.read_text()
+  assert text.startswith("intro\n") and text.endswith("outro\n")
+  assert "| what | paper | ours |" in text
+  page = (tmp_path / "results.md").read_text()
+  assert "**BACKDOOR SUSPECTED**: 31 of 100" in page and "accuracy 0.800 -> 0.820" in page
