@@ -138,8 +138,8 @@ def headline(results: pathlib.Path) -> str:
       lines.append(
           f"| SST-2 BadNets, chat classifier: CA / ASR before -> after (%) | {pv} / {pa} -> "
           f"{po_ca} / {po_asr} (Llama-2-7B) | {get('before', 'ca')} / {get('before', 'asr')}"
-          f" -> {get('after', 'ca')} / {get('after', 'asr')} (SmolLM2, seeds "
-          f"{', '.join(str(r['seed']) for r in rows)}) |")
+          f" -> {get('after', 'ca')} / {get('after', 'asr')} (SmolLM2, seed"
+          f"{'s' if len(rows) > 1 else ''} {', '.join(str(r['seed']) for r in rows)}) |")
   demo = results / "demo" / "summary.json"
   if demo.exists():
     d = json.loads(demo.read_text())["defense"]
