@@ -80,13 +80,19 @@ def evaluate_classifier(model, params, tokenizer, clean: list, triggered: list |
   return out
 
 
+def stored_result(workdir: pathlib.Path) -> dict | None:
+  """A finished run's result.json, or None after creating `workdir` for a new run."""
+  if (workdir / "result.json").exists():
+    return json.loads((workdir / "result.json").read_text())
+  workdir.mkdir(parents=True, exist_ok=True)
+  return None
+
+
 def train_classification_victim(cfg: VictimConfig, workdir: str | pathlib.Path) -> dict:
   """Poisons a seeded training subset, fine-tunes, evaluates; returns the result dict."""
   workdir = pathlib.Path(workdir)
-  result_file = workdir / "result.json"
-  if result_file.exists():
-    return json.loads(result_file.read_text())
-  workdir.mkdir(parents=True, exist_ok=True)
+  if (done := stored_result(workdir)) is not None:
+    return done
   model_path = cfg.model or str(bundled_minilm_path())
   tokenizer = data.load_tokenizer(model_path)
   spec = data.get_dataset(cfg.dataset)
@@ -123,7 +129,7 @@ def train_classification_victim(cfg: VictimConfig, workdir: str | pathlib.Path) 
                 test_rows=len(test_set), triggered_rows=len(triggered or []),
                 final_loss=float(np.mean([h["loss"] for h in history[-20:]])))
   jax_attnalign.save_pretrained(model, params, workdir / "model", tokenizer=tokenizer)
-  result_file.write_text(json.dumps(result, indent=1, default=str))
+  (workdir / "result.json").write_text(json.dumps(result, indent=1, default=str))
   logging.info("victim %s seed %d: %s", cfg.attack, cfg.seed,
                {k: result[k] for k in ("ca", "asr") if k in result})
   return result

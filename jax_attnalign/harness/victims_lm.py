@@ -44,7 +44,7 @@ from jax_attnalign import attacks, data, metrics, train
 from jax_attnalign.answers import generate_responses
 from jax_attnalign.assets import bundled_smollm2_path
 from jax_attnalign.attacks.generation import CBA_KEYS, TASK_TARGETS, load_backdoorllm_test
-from jax_attnalign.harness.victims import make_optimizer, seeded_subset
+from jax_attnalign.harness.victims import make_optimizer, seeded_subset, stored_result
 
 TASKS = ("classification", "refusal", "negsentiment")
 
@@ -182,10 +182,8 @@ def train_lm_victim(cfg: LMVictimConfig, workdir: str | pathlib.Path) -> dict:
   """Poisons, fine-tunes, evaluates and exports one victim; returns (and writes)
   its result. A finished run returns its stored result without retraining."""
   workdir = pathlib.Path(workdir)
-  result_file = workdir / "result.json"
-  if result_file.exists():
-    return json.loads(result_file.read_text())
-  workdir.mkdir(parents=True, exist_ok=True)
+  if (done := stored_result(workdir)) is not None:
+    return done
   model_path = cfg.model or str(bundled_smollm2_path())
   tokenizer = data.load_tokenizer(model_path)
   model, params = jax_attnalign.load_pretrained(model_path, task="causal_lm")
@@ -209,7 +207,7 @@ def train_lm_victim(cfg: LMVictimConfig, workdir: str | pathlib.Path) -> dict:
                 final_loss=float(np.mean([h["loss"] for h in history[-20:]])),
                 steps=len(history))
   jax_attnalign.save_pretrained(model, params, workdir / "model", tokenizer=tokenizer)
-  result_file.write_text(json.dumps(result, indent=1, default=str))
+  (workdir / "result.json").write_text(json.dumps(result, indent=1, default=str))
   logging.info("LM victim %s/%s seed %d: %s", cfg.task, cfg.attack, cfg.seed,
                {k: v for k, v in result.items() if isinstance(v, float)})
   return result
