@@ -35,9 +35,10 @@ import scipy.stats
 from jax_attnalign import data, metrics, plots, train
 from jax_attnalign.answers import generate_responses, greedy_answers
 from jax_attnalign.data import InstructionExample, TextExample
-from jax_attnalign.defense.detector import Detector, DetectorConfig, calibrate_detector
+from jax_attnalign.defense.detector import Detector, DetectorConfig
 from jax_attnalign.defense.sanitize import (Alignment, FineTuning, HeadClassification,
-                                            SanitizeConfig, Stopping, sanitize, scores_of)
+                                            SanitizeConfig, Stopping, calibrated_detector,
+                                            sanitize, scores_of)
 from jax_attnalign.models.hf_io import load_pretrained, save_pretrained
 
 # Decoders: the causal-LM loss and the generation-to-prompt view (the paper's),
@@ -258,7 +259,7 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
     raise ValueError(f"{len(clean)} clean rows are too few: the held-out and the "
                      "calibration parts need 20 rows each; give at least 50.")
   out = _claim(pathlib.Path(out_dir), path, clean, incoming, cfg)
-  is_instructions = bool(clean) and isinstance(clean[0], InstructionExample)
+  is_instructions = isinstance(clean[0], InstructionExample)
   num_labels = None if is_instructions else 1 + max(r.label for r in clean)
   model, params, tokenizer = load_suspect(path, num_labels)
   if model.config.is_decoder != is_instructions:
@@ -276,18 +277,17 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
   n_hold = int(round(cfg.holdout_fraction * len(clean)))
   holdout = [clean[i] for i in order[:n_hold]]
   rest = [clean[i] for i in order[n_hold:]]
-  score = lambda p, arrays: scores_of(model, params if p is None else p, arrays,
-                                      detector_cfg.view, detector_cfg.statistic,
-                                      batch_size=config.score_batch_size)
+  score = lambda p, arrays: scores_of(model, p, arrays, detector_cfg.view,
+                                      detector_cfg.statistic, batch_size=config.score_batch_size)
   calibration = _inputs(model, params, tokenizer, [_text(r) for r in rest], cfg)
-  held = _inputs(model, params, tokenizer, [_text(r) for r in holdout], cfg)
-  detector = calibrate_detector(score(None, calibration), view=detector_cfg.view,
-                                statistic=detector_cfg.statistic, fpr=detector_cfg.fpr)
+  detector = calibrated_detector(model, params, calibration, detector_cfg,
+                                 batch_size=config.score_batch_size)
   if incoming is None:
     return AuditResult(detector=detector, scan=_scan(model, params, calibration, detector_cfg,
                                                      config.score_batch_size, path, out))
+  held = _inputs(model, params, tokenizer, [_text(r) for r in holdout], cfg)
   arrays = _inputs(model, params, tokenizer, incoming, cfg)
-  scores = {"holdout": score(None, held), "incoming": score(None, arrays)}
+  scores = {"holdout": score(params, held), "incoming": score(params, arrays)}
   if not all(np.isfinite(v).all() for v in scores.values()):
     raise ValueError(f"{path} gives non-finite detector scores: its weights hold NaN or "
                      "inf, or the inputs exceed what it was built for.")
