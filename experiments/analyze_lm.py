@@ -20,6 +20,7 @@ import pathlib
 from absl import app, flags
 
 import experiments
+from jax_attnalign.harness import reporting
 from jax_attnalign.harness.pipeline_lm import STATISTICS, analyze_lm_victim
 
 FLAGS = flags.FLAGS
@@ -55,10 +56,7 @@ def main(argv):
   experiments.use_data_root()
   workdir = pathlib.Path(FLAGS.workdir)
   victims, clean = _victims(pathlib.Path(FLAGS.victims_dir))
-  rows, lines = [], [
-      "| victim | model | view | statistic | clean inputs | triggered inputs | AUROC (pooled) "
-      "| AUROC (detector's score) | best layer (AUROC) | paper clean -> triggered |",
-      "|---" * 10 + "|"]
+  rows = []
   for run in victims:
     readers = {"victim": None}
     task = json.loads((run / "result.json").read_text())["config"]["task"]
@@ -80,17 +78,11 @@ def main(argv):
                                                    "auroc_layer_mean")},
                        "best_layer": best, "best_layer_auroc": layer_auroc[best],
                        "paper": paper})
-          lines.append(
-              f"| {run.name} | {reader} | {view} | {statistic} | {entry['clean']:.4f} "
-              f"| {entry['triggered']:.4f} | {entry['auroc']:.3f} "
-              f"| {entry['auroc_layer_mean']:.3f} | {best} "
-              f"({layer_auroc[best]:.3f}) | "
-              + (f"{paper[0]:.4f} -> {paper[1]:.4f}" if paper else "—") + " |")
   table = ("Table 1 on SmolLM2 victims: pairwise head-cosine statistics of the teacher-forced "
            f"own answers, clean vs triggered test prompts ({FLAGS.size} each); AUROC of "
            "triggered vs clean per input (below 0.5: lower on triggered inputs), of the "
            "statistic over all heads pooled and of the detector's score (each layer's "
-           "statistic, averaged over layers)\n\n" + "\n".join(lines))
+           "statistic, averaged over layers)\n\n" + reporting.table1_table(rows))
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "table1.json").write_text(json.dumps(rows, indent=1))
   (workdir / "table1.md").write_text(f"{table}\n")

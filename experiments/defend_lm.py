@@ -24,8 +24,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import experiments
-from jax_attnalign import metrics, plots
+from jax_attnalign import plots
 from jax_attnalign.defense import HeadRates
+from jax_attnalign.harness import reporting
 from jax_attnalign.harness.configs import detector_config, sanitize_config
 from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, defend_lm_victim
 
@@ -38,9 +39,6 @@ flags.DEFINE_list("seeds", [], "Only victims of these seeds (default: all).")
 flags.DEFINE_list("variants", ["detector", "oracle"],
                   "detector, oracle, align_only, headwise_only, uniform_only.")
 flags.DEFINE_string("workdir", "workdir/defend_lm", "Output folder.")
-
-# Before/after columns of the summary, when the victims report them.
-COLUMNS = ("asr", "ca", "clean_target_rate", "answered", "rouge_l")
 
 
 def variants(config) -> dict:
@@ -87,27 +85,10 @@ def main(argv):
       rows.append({"victim": run.name, "task": cfg["task"], "attack": cfg["attack"],
                    "seed": cfg["seed"], "variant": name,
                    **{k: result[k] for k in ("before", "after", "detection")}})
-  groups: dict[tuple, list[dict]] = {}
-  for row in rows:
-    groups.setdefault((row["task"], row["attack"], row["variant"]), []).append(row)
-  columns = [c for c in COLUMNS if any(c in r["before"] for r in rows)]
-  lines = ["| task | attack | variant | " + " | ".join(f"{c} before -> after" for c in columns)
-           + " | detector AUROC | suspects (triggered) | seeds |", "|---" * (len(columns) + 6)
-           + "|"]
-  fmt = metrics.format_mean_std
-  bars = {}
-  for (task, attack, variant), runs in groups.items():
-    get = lambda when, c: [r[when][c] for r in runs if c in r[when]]
-    cells = [f"{fmt(get('before', c))} -> {fmt(get('after', c))}" if get("before", c) else "—"
-             for c in columns]
-    lines.append(f"| {task} | {attack} | {variant} | " + " | ".join(cells)
-                 + f" | {fmt([r['detection']['auroc'] for r in runs])} | " + ", ".join(
-                     f"{r['detection']['suspects']} ({r['detection']['suspects_triggered']})"
-                     for r in runs) + f" | {len(runs)} |")
-    bars[f"{attack}\n{variant}"] = {f"{c} after": get("after", c) for c in columns[:2]}
+  table, bars = reporting.lm_defense_table(rows)
   text = ("Defense of SmolLM2 victims: metrics on each victim's held-out test prompts, "
           "detector AUROC and suspects on its monitored stream (mean ± std over seeds)\n\n"
-          + "\n".join(lines))
+          + table)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "defend_lm.json").write_text(json.dumps(rows, indent=1, default=str))
   (workdir / "defend_lm.md").write_text(f"{text}\n")

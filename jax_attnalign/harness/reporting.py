@@ -32,6 +32,64 @@ def count_range(counts) -> str:
       str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}")
 
 
+def victims_table(results: dict[str, list[dict]]) -> str:
+  """Markdown: per attack, each metric's mean ± std over its runs (result dicts of
+  `train_*_victim`) and the seeds."""
+  columns = [m for m in VICTIM_METRICS
+             if any(m in r for runs in results.values() for r in runs)]
+  lines = ["| attack | " + " | ".join(columns) + " | seeds |",
+           "|---" * (len(columns) + 2) + "|"]
+  for attack, runs in results.items():
+    lines.append(f"| {attack} | " + " | ".join(
+        metrics.format_mean_std([r[m] for r in runs if m in r])
+        if any(m in r for r in runs) else "—" for m in columns)
+        + f" | {', '.join(str(r['config']['seed']) for r in runs)} |")
+  return "\n".join(lines)
+
+
+def table1_table(rows: list[dict]) -> str:
+  """Markdown of experiments.analyze_lm's Table 1 rows (its table1.json)."""
+  lines = ["| victim | model | view | statistic | clean | triggered | AUROC (pooled) "
+           "| AUROC (detector's score) | best layer (AUROC) | paper clean -> triggered |",
+           "|---" * 10 + "|"]
+  for r in rows:
+    paper = r.get("paper")
+    lines.append(
+        f"| {r['victim']} | {r['reader']} | {r['view']} | {r['statistic']} | "
+        f"{r['clean']:.4f} | {r['triggered']:.4f} | {r['auroc']:.3f} | "
+        f"{r['auroc_layer_mean']:.3f} | {r['best_layer']} ({r['best_layer_auroc']:.3f}) | "
+        + (f"{paper[0]:.4f} -> {paper[1]:.4f}" if paper else "—") + " |")
+  return "\n".join(lines)
+
+
+# Before/after columns of a decoder defense table, when the victims report them.
+LM_DEFENSE_METRICS = ("asr", "ca", "clean_target_rate", "answered", "rouge_l")
+
+
+def lm_defense_table(rows: list[dict]) -> tuple[str, dict]:
+  """(markdown, bars for plots.plot_metric_bars) of experiments.defend_lm's rows (its
+  defend_lm.json), grouped by task, attack and variant, mean ± std over seeds."""
+  groups: dict[tuple, list[dict]] = {}
+  for row in rows:
+    groups.setdefault((row["task"], row["attack"], row["variant"]), []).append(row)
+  columns = [c for c in LM_DEFENSE_METRICS if any(c in r["before"] for r in rows)]
+  lines = ["| task | attack | variant | " + " | ".join(f"{c} before -> after" for c in columns)
+           + " | detector AUROC | suspects (triggered) | seeds |", "|---" * (len(columns) + 6)
+           + "|"]
+  fmt = metrics.format_mean_std
+  bars = {}
+  for (task, attack, variant), runs in groups.items():
+    get = lambda when, c: [r[when][c] for r in runs if c in r[when]]
+    cells = [f"{fmt(get('before', c))} -> {fmt(get('after', c))}" if get("before", c) else "—"
+             for c in columns]
+    lines.append(f"| {task} | {attack} | {variant} | " + " | ".join(cells)
+                 + f" | {fmt([r['detection']['auroc'] for r in runs])} | " + ", ".join(
+                     f"{r['detection']['suspects']} ({r['detection']['suspects_triggered']})"
+                     for r in runs) + f" | {', '.join(str(r['seed']) for r in runs)} |")
+    bars[f"{attack}\n{variant}"] = {f"{c} after": get("after", c) for c in columns[:2]}
+  return "\n".join(lines), bars
+
+
 def write_victims_summary(workdir: pathlib.Path, title: str) -> str:
   """summary.json ({attack: {'runs': [...], metric: (mean, std)}}), summary.md and
   summary.png of every finished victim under `workdir` (its */result.json, so runs
@@ -43,22 +101,16 @@ def write_victims_summary(workdir: pathlib.Path, title: str) -> str:
     results.setdefault(run["config"]["attack"], []).append(run)
   columns = [m for m in VICTIM_METRICS
              if any(m in r for runs in results.values() for r in runs)]
-  lines = ["| attack | " + " | ".join(columns) + " | seeds |",
-           "|---" * (len(columns) + 2) + "|"]
-  summary = {}
-  for attack, runs in results.items():
-    values = {m: [r[m] for r in runs if m in r] for m in columns}
-    summary[attack] = {"runs": runs, **{m: metrics.mean_std(v) for m, v in values.items() if v}}
-    lines.append(f"| {attack} | " + " | ".join(
-        metrics.format_mean_std(v) if v else "—" for v in values.values())
-        + f" | {len(runs)} |")
+  summary = {attack: {"runs": runs, **{m: metrics.mean_std([r[m] for r in runs if m in r])
+                                        for m in columns if any(m in r for r in runs)}}
+             for attack, runs in results.items()}
   every = [r for runs in results.values() for r in runs]
   table = (f"{title}, mean ± std over seeds: ASR on the "
            f"{count_range(r['triggered_rows'] for r in every if r.get('triggered_rows'))} "
            "triggered test rows (true label not the target; partial_target_rate on as many "
            "partly triggered ones), the other metrics on the "
            f"{count_range(r['test_rows'] for r in every if 'test_rows' in r)} clean test rows"
-           "\n\n" + "\n".join(lines))
+           "\n\n" + victims_table(results))
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
   (workdir / "summary.md").write_text(f"{table}\n")
