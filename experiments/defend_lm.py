@@ -65,6 +65,25 @@ def _victims() -> list[tuple[pathlib.Path, dict]]:
   return found
 
 
+def _finished_rows(workdir: pathlib.Path) -> list[dict]:
+  """A row per finished defense under workdir/<variant>/<victim>/result.json, so the
+  summary covers runs of earlier calls with other variants or seeds too."""
+  rows = []
+  for path in sorted(workdir.glob("*/*/result.json")):
+    result = json.loads(path.read_text())
+    victim = pathlib.Path(result["victim"]) / "result.json"
+    if not victim.exists():
+      raise FileNotFoundError(f"{path} defends {result['victim']}, whose result.json is gone; "
+                              "the summary reads each victim's task, attack and seed there.")
+    cfg = json.loads(victim.read_text())["config"]
+    rows.append({"victim": path.parent.name, "task": cfg["task"], "attack": cfg["attack"],
+                 "seed": cfg["seed"], "variant": path.parent.parent.name,
+                 **{k: result[k] for k in ("before", "after", "detection")}})
+  order = list(variants(FLAGS.config))
+  return sorted(rows, key=lambda r: (r["task"], r["attack"], order.index(r["variant"]),
+                                     r["seed"]))
+
+
 def main(argv):
   del argv
   experiments.use_data_root()
@@ -73,7 +92,6 @@ def main(argv):
   unknown = sorted(set(FLAGS.variants) - set(table))
   if unknown:
     raise ValueError(f"Unknown variants {unknown}; choose from {sorted(table)}.")
-  rows = []
   for run, cfg in _victims():
     for name in FLAGS.variants:
       suspects, sanitize_cfg = table[name]
@@ -82,9 +100,7 @@ def main(argv):
       result = defend_lm_victim(run, setup, sanitize_cfg, workdir / name / run.name,
                                 detector=detector)
       logging.info("%s %s: %s -> %s", name, run.name, result["before"], result["after"])
-      rows.append({"victim": run.name, "task": cfg["task"], "attack": cfg["attack"],
-                   "seed": cfg["seed"], "variant": name,
-                   **{k: result[k] for k in ("before", "after", "detection")}})
+  rows = _finished_rows(workdir)
   table, bars = reporting.lm_defense_table(rows)
   text = ("Defense of SmolLM2 victims: metrics on each victim's held-out test prompts, "
           "detector AUROC and suspects on its monitored stream (mean ± std over seeds)\n\n"

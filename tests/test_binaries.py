@@ -211,5 +211,9 @@ def test_decoder_binaries(shared_data, tiny_chat_llama, tmp_path):
   rows = json.loads((tmp_path / "defend" / "defend_lm.json").read_text())
   assert [r["variant"] for r in rows] == ["oracle", "align_only"]
   assert {"asr", "ca"} <= set(rows[0]["after"])
+  # A later call with one variant reads its finished run back and keeps the other's row.
+  run("experiments.defend_lm", f"--victims_dir={victims}", "--variants=oracle",
+      f"--workdir={tmp_path / 'defend'}", cwd=ROOT)
+  assert json.loads((tmp_path / "defend" / "defend_lm.json").read_text()) == rows
   assert (tmp_path / "defend" / "oracle" / "classification_badnets_seed0" / "model"
           / "tokenizer.json").is_file()
