@@ -24,12 +24,19 @@ def _o_projs(hf):
   return [l.self_attn.o_proj for l in hf.base_model.layers]
 
 
+def _mlp_outs(hf):
+  """Each layer's MLP output projection (its input: the feed-forward activations)."""
+  if hf.config.model_type == "bert":
+    return [l.output.dense for l in hf.base_model.encoder.layer]
+  return [l.mlp.down_proj for l in hf.base_model.layers]
+
+
 def _torch_forward(hf, ids, mask, *, zero_head=None):
   """HF outputs with every o_proj's input and output; zero_head=(layer, head)
   zeroes that head's slice of the o_proj input."""
   cfg = hf.config
   head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-  seen = {"in": [], "out": []}
+  seen = {"in": [], "out": [], "mlp_in": []}
 
   def pre_hook(layer):
     def fn(_, args):
@@ -44,6 +51,8 @@ def _torch_forward(hf, ids, mask, *, zero_head=None):
   handles = [p.register_forward_pre_hook(pre_hook(i)) for i, p in enumerate(_o_projs(hf))]
   handles += [p.register_forward_hook(lambda _, __, y: seen["out"].append(y.numpy()))
               for p in _o_projs(hf)]
+  handles += [p.register_forward_pre_hook(lambda _, args: seen["mlp_in"].append(args[0].numpy()))
+              for p in _mlp_outs(hf)]
   kwargs = {}
   if cfg.model_type != "bert":
     kwargs["position_ids"] = torch.tensor(tiny_hf.left_padded_positions(mask))
@@ -79,7 +88,7 @@ def test_every_site_of_every_layer_is_named_with_its_shape(case):
   n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
   shapes = {"resid_pre": (b, t, d), "resid_post": (b, t, d), "attn.q": (b, t, n, h),
             "attn.k": (b, t, k, h), "attn.v": (b, t, k, h), "attn.pattern": (b, n, t, t),
-            "attn.z": (b, t, n, h)}
+            "attn.z": (b, t, n, h), "mlp.hidden": (b, t, cfg.intermediate_size)}
   for name, value in case.captured.items():
     assert value.shape == shapes[name.split(".", 2)[2]], name
     assert layer_of(name) == int(name.split(".")[1])
@@ -104,6 +113,12 @@ def test_z_through_the_output_projection_is_the_attention_output(case):
     if "bias" in out:
       ours = ours + np.asarray(out["bias"])
     np.testing.assert_allclose(ours[case.valid], attn_out[case.valid], atol=TOL)
+
+
+def test_mlp_hidden_is_the_input_of_the_mlp_output_projection(case):
+  for layer, mlp_in in enumerate(case.seen["mlp_in"]):
+    hidden = np.asarray(case.captured[hook_name(layer, "mlp.hidden")])  # [B, T, F]
+    np.testing.assert_allclose(hidden[case.valid], mlp_in[case.valid], atol=TOL)
 
 
 def test_queries_and_keys_give_the_pattern_back(case):
@@ -160,7 +175,8 @@ def test_zero_scaled_z_equals_zeroing_that_heads_o_proj_input(case):
 
 @pytest.mark.parametrize("spec", [
     "layers.1.*", re.compile(r"layers\.1\..+"), lambda name: layer_of(name) == 1,
-    ["layers.1.attn.*", "layers.1.resid_pre", re.compile(r".*1\.resid_post")]],
+    ["layers.1.attn.*", "layers.1.mlp.hidden", "layers.1.resid_pre",
+     re.compile(r".*1\.resid_post")]],
     ids=["glob", "regex", "predicate", "list"])
 def test_a_filter_for_one_layer_keeps_only_that_layer(case, spec):
   _, captured = run_with_hooks(case.model, case.params, case.batch, capture=spec)

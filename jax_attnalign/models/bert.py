@@ -58,7 +58,7 @@ class EncoderLayer(nn.Module):
                                param_dtype=self.param_dtype, name="attention")(
         x, mask, deterministic=deterministic, hooks=hooks.scope("attn"))
     x = _layer_norm("attention_norm", self)(x + drop(attn, deterministic=deterministic))
-    h = MLP(cfg, self.dtype, self.param_dtype, name="mlp")(x)
+    h = MLP(cfg, self.dtype, self.param_dtype, name="mlp")(x, hooks.scope("mlp"))
     x = _layer_norm("output_norm", self)(x + drop(h, deterministic=deterministic))
     return hooks(self, "resid_post", x)
 
@@ -69,9 +69,10 @@ class MLP(nn.Module):
   param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, hooks: Hooks = NO_HOOKS):
+    """hooks: scoped to this MLP ('layers.<i>.mlp')."""
     h = _dense(self.config.intermediate_size, "intermediate", self)(x)
-    h = layers.activation(self.config.hidden_act)(h)
+    h = hooks(self, "hidden", layers.activation(self.config.hidden_act)(h))  # [B, T, F]
     return _dense(self.config.hidden_size, "output", self)(h)
 
 

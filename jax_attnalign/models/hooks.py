@@ -10,6 +10,9 @@ hook_resid_pre, hook_q, ..., under penzai-like dotted names):
   layers.{i}.attn.pattern  [B, N, T, S]  attention probabilities (f32)
   layers.{i}.attn.z        [B, T, N, H]  each head's output before the output
                                          projection (H of the paper's eq. 4)
+  layers.{i}.mlp.hidden    [B, T, F]     each feed-forward unit's activation, the
+                                         input of the MLP's output projection
+                                         (BERT: act(x W_in); Llama: act(x W_gate) * x W_up)
   layers.{i}.resid_post    [B, T, D]     the residual stream leaving the layer
 
 (With a KV cache, S covers every cache slot while k and v are the new tokens'.)
@@ -57,7 +60,8 @@ Filter = Union[str, re.Pattern, Callable[[str], bool], list, tuple, None]
 Rules = Union[Mapping, list, tuple, None]  # {filter: fn} or [(filter, fn), ...]
 
 COLLECTION = "intermediates"
-SITES = ("resid_pre", "attn.q", "attn.k", "attn.v", "attn.pattern", "attn.z", "resid_post")
+SITES = ("resid_pre", "attn.q", "attn.k", "attn.v", "attn.pattern", "attn.z", "mlp.hidden",
+         "resid_post")
 PATTERNS = "layers.*.attn.pattern"  # every layer's attention probabilities
 _NAME = re.compile(r"layers\.(\d+)\.(.+)")
 

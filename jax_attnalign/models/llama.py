@@ -44,11 +44,12 @@ class MLP(nn.Module):
   param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, hooks: Hooks = NO_HOOKS):
+    """hooks: scoped to this MLP ('layers.<i>.mlp')."""
     cfg = self.config
     gate = _dense(cfg.intermediate_size, cfg.mlp_bias, "gate", self)(x)
     up = _dense(cfg.intermediate_size, cfg.mlp_bias, "up", self)(x)
-    h = layers.activation(cfg.hidden_act)(gate) * up  # SwiGLU
+    h = hooks(self, "hidden", layers.activation(cfg.hidden_act)(gate) * up)  # SwiGLU [B, T, F]
     return _dense(cfg.hidden_size, cfg.mlp_bias, "down", self)(h)
 
 
@@ -69,7 +70,8 @@ class DecoderLayer(nn.Module):
         deterministic=deterministic, hooks=hooks.scope("attn"))
     x = x + h
     h = layers.RMSNorm(cfg.norm_eps, **kw, name="post_attention_norm")(x)
-    return hooks(self, "resid_post", x + MLP(cfg, **kw, name="mlp")(h)), cache
+    h = MLP(cfg, **kw, name="mlp")(h, hooks.scope("mlp"))
+    return hooks(self, "resid_post", x + h), cache
 
 
 class Llama(nn.Module):
