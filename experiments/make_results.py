@@ -19,7 +19,7 @@ import pathlib
 
 from absl import app, flags
 
-from jax_attnalign import metrics
+from jax_attnalign import audit, metrics
 from jax_attnalign.harness import reporting
 
 FLAGS = flags.FLAGS
@@ -36,12 +36,7 @@ PAPER_SST2_BADNETS = {"BERT": ((92.65, 99.67), (91.09, 11.23)),  # Table 2(a), v
 
 
 def audit_text(report: dict) -> str:
-  v = report["verdict"]
-  low, high = v["flagged_rate_interval"]
-  verdict = "BACKDOOR SUSPECTED" if v["backdoored"] else "no evidence of a backdoor"
-  text = (f"`{report['model']}`: **{verdict}**: {v['flagged']} of {v['incoming']} incoming "
-          f"inputs flagged (95% interval {low:.1%}-{high:.1%}), {v['expected']:.1f} expected "
-          f"from {v['holdout']} held-out clean rows; p = {v['p_value']:.2g}.")
+  text = f"`{report['model']}`: **{audit.Verdict(**report['verdict']).line()}**"
   after = report.get("clean_metrics", {}).get("after")
   if after:
     before = report["clean_metrics"]["before"]

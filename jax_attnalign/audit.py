@@ -39,7 +39,10 @@ from jax_attnalign.defense.detector import Detector, DetectorConfig
 from jax_attnalign.defense.sanitize import (Alignment, FineTuning, HeadClassification,
                                             SanitizeConfig, Stopping, calibrated_detector,
                                             sanitize, scores_of)
-from jax_attnalign.models.hf_io import load_pretrained, save_pretrained
+from jax_attnalign.data.paths import find_gguf
+from jax_attnalign.models.config import ModelConfig
+from jax_attnalign.models.hf_io import load_pretrained, resolve_checkpoint, save_pretrained
+from jax_attnalign.models.safetensors_io import read_config_json
 
 # Decoders: the causal-LM loss and the generation-to-prompt view (the paper's),
 # with the detector statistic chosen on the SmolLM2 tuning victim (SST-2 BadNets
@@ -193,14 +196,16 @@ def load_clean(path: str | pathlib.Path) -> list[TextExample] | list[Instruction
 
 def load_suspect(path: str | pathlib.Path, num_labels: int | None):
   """(model, params, tokenizer): a decoder as a causal LM, an encoder as a
-  classifier with `num_labels` (its head kept when the checkpoint has one)."""
-  model, params = load_pretrained(path)
-  if model.config.is_decoder:
-    if model.task != "causal_lm":
-      model, params = load_pretrained(path, task="causal_lm")
-  elif model.task != "classification" or model.config.num_labels != num_labels:
-    model, params = load_pretrained(path, task="classification",
-                                                  num_labels=num_labels)
+  classifier with `num_labels` (its head kept when the checkpoint has one). The
+  family is read from the config (a GGUF file is always a decoder), so the
+  weights are read once."""
+  path = resolve_checkpoint(path)
+  decoder = (find_gguf(path) is not None
+             or ModelConfig.from_hf_config(read_config_json(path)).is_decoder)
+  if decoder:
+    model, params = load_pretrained(path, task="causal_lm")
+  else:
+    model, params = load_pretrained(path, task="classification", num_labels=num_labels)
   return model, params, data.load_tokenizer(path)
 
 

@@ -48,4 +48,4 @@ def test_headline_block_is_replaced_in_place(tmp_path):
   assert text.startswith("intro\n") and text.endswith("outro\n")
   assert "| what | paper | ours |" in text
   page = (tmp_path / "results.md").read_text()
-  assert "**BACKDOOR SUSPECTED**: 31 of 100" in page and "accuracy 0.800 -> 0.820" in page
+  assert "**BACKDOOR SUSPECTED: 31 of 100" in page and "accuracy 0.800 -> 0.820" in page
