@@ -9,6 +9,7 @@ Every decoder statistic reads a prompt followed by the model's greedy answer
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import tqdm
 
@@ -17,14 +18,16 @@ from jax_attnalign import data
 
 
 def greedy_answers(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int,
-                   batch_size: int = 32, bucket: int = 16) -> dict[str, np.ndarray]:
+                   batch_size: int = 32, bucket: int = 16, seed: int | None = None,
+                   temperature: float = 1.0, top_p: float = 1.0) -> dict[str, np.ndarray]:
   """Each chat prompt followed by the model's own greedy answer, ready to be
   teacher-forced: input_ids, attention_mask, loss_mask (the answer up to and
   including EOS), special_mask [n, Tp + Tg] int32 and prompt_lengths [n] (= Tp).
 
   Prompts are left-padded to their longest length rounded up to `bucket`, in
   batches of `batch_size` (the last one filled with copies), so one shape is
-  compiled for the whole list.
+  compiled for the whole list. With a `seed` the answers are sampled instead
+  (temperature, top_p), the batch from row s on with the key fold_in(key(seed), s).
   """
   encoded = data.encode_prompts(prompts, tokenizer, model.config.max_position_embeddings)
   width = -(-int(encoded["attention_mask"].sum(1).max()) // bucket) * bucket
@@ -33,8 +36,10 @@ def greedy_answers(model, params, tokenizer, prompts: list[str], *, max_new_toke
   for start in tqdm.trange(0, len(prompts), batch_size, desc="generate", leave=False):
     take = np.arange(start, start + batch_size)
     take[take >= len(prompts)] = start  # fill the last batch with a real prompt
-    gen = jax_attnalign.generate(model, params, ids[take], mask[take],
-                                 max_new_tokens=max_new_tokens)
+    gen = jax_attnalign.generate(
+        model, params, ids[take], mask[take], max_new_tokens=max_new_tokens,
+        do_sample=seed is not None, temperature=temperature, top_p=top_p,
+        rng=None if seed is None else jax.random.fold_in(jax.random.key(seed), start))
     real = min(batch_size, len(prompts) - start)
     new, new_mask = np.asarray(gen.tokens)[:real], np.asarray(gen.token_mask)[:real]
     pad = max_new_tokens - new.shape[1]  # generation stops early once every row ended
@@ -51,10 +56,11 @@ def greedy_answers(model, params, tokenizer, prompts: list[str], *, max_new_toke
 
 
 def generate_responses(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int,
-                       batch_size: int = 32) -> list[str]:
-  """Greedy responses to chat prompts, decoded with the special tokens dropped."""
+                       batch_size: int = 32, **sampling) -> list[str]:
+  """Greedy responses to chat prompts, decoded with the special tokens dropped;
+  sampled with `sampling` (seed, temperature, top_p: see greedy_answers)."""
   answers = greedy_answers(model, params, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                           batch_size=batch_size)
+                           batch_size=batch_size, **sampling)
   tp = answers["prompt_lengths"][0] if len(prompts) else 0
   return tokenizer.batch_decode([row[tp:][keep[tp:] > 0] for row, keep in zip(
       answers["input_ids"], answers["attention_mask"])], skip_special_tokens=True)
