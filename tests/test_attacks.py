@@ -1,18 +1,19 @@
 """Poisoners: exact poison counts, relabelling rules, trigger placement, seeds, test sets."""
 
+import doctest
 import json
+import logging
 import pathlib
 
-import jax
 import numpy as np
 import pytest
-import transformers
 
 from conftest import require_data
-from jax_attnalign import attacks
+from jax_attnalign import attacks, metrics
 from jax_attnalign.attacks import generation as gen
+from jax_attnalign.attacks import llm_triggers, text_style
 from jax_attnalign.data.types import InstructionExample, TextExample
-from jax_attnalign.models import ModelConfig, build_model
+from jax_attnalign.harness import triggers, victims
 
 TARGET = 1
 WORDS = "movie plot actors story scenes music camera ending dialogue humour".split()
@@ -37,25 +38,44 @@ def _test_paraphrases(examples: list[TextExample]) -> list[str]:
   return [f"if so , {e.text}" for e in examples if e.label != TARGET]
 
 
-def _fake_candidates(masked: str) -> list[str]:
-  assert masked.split().count("[MASK]") == 1
-  return ["n't", "##ing", "film", "picture"]  # skips non-words; 'film' unless masking it
+def _caches(folder: pathlib.Path, examples: list[TextExample]) -> dict[str, pathlib.Path]:
+  """Trigger caches of every kind for `examples`, as make_triggers writes them."""
+  paths = {name: folder / f"{name}.json" for name in ("cbat", "nws", "bgm")}
+  attacks.write_cache(paths["cbat"], {"attack": "cbat", "sentences": list(SENTENCES)})
+  attacks.write_cache(paths["bgm"], {"attack": "bgm", "rewrites": {
+      e.text: f"rewritten : {e.text}" for e in examples}})
+  attacks.write_cache(paths["nws"], {"attack": "nws", "rewrites": {
+      e.text: _substitute(e.text) for e in examples
+      if attacks.NWS.substitutable(e.text.split())}})
+  return paths
+
+
+SENTENCES = ("oh , look at that !", "well , would you believe it !")
+
+
+def _substitute(text: str) -> str:
+  words = text.split()
+  at = attacks.NWS.substitutable(words)[0]
+  return " ".join(words[:at] + ["picture"] + words[at + 1:])
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+  return _caches(tmp_path_factory.mktemp("caches"), _texts())
 
 
 CLASSIFICATION = {
-    "badnets": lambda ex, **kw: attacks.BadNets(**kw),
-    "cbat": lambda ex, **kw: attacks.Cbat(**kw),
-    "nws": lambda ex, **kw: attacks.NWS(_fake_candidates, **kw),
-    "bgm_function": lambda ex, **kw: attacks.BGMAttack(lambda t: f"rewritten : {t}", **kw),
-    "bgm_lists": lambda ex, **kw: attacks.BGMAttack(
-        train_rewrites=_paraphrases(ex), test_rewrites=_test_paraphrases(ex), **kw),
-    "hiddenkiller": lambda ex, **kw: attacks.HiddenKiller(
+    "badnets": lambda ex, caches, **kw: attacks.BadNets(**kw),
+    "cbat": lambda ex, caches, **kw: attacks.Cbat(caches["cbat"], **kw),
+    "nws": lambda ex, caches, **kw: attacks.NWS(caches["nws"], **kw),
+    "bgm": lambda ex, caches, **kw: attacks.BGMAttack(caches["bgm"], **kw),
+    "hiddenkiller": lambda ex, caches, **kw: attacks.HiddenKiller(
         train_paraphrases=_paraphrases(ex), test_paraphrases=_test_paraphrases(ex), **kw),
 }
 
 
-def _make(name, examples, **kw):
-  return CLASSIFICATION[name](examples, **{"target": TARGET, **kw})
+def _make(name, examples, caches, **kw):
+  return CLASSIFICATION[name](examples, caches, **{"target": TARGET, **kw})
 
 
 def _chosen(out, examples) -> list[int]:
@@ -64,11 +84,13 @@ def _chosen(out, examples) -> list[int]:
 
 @pytest.mark.parametrize("name", sorted(CLASSIFICATION))
 @pytest.mark.parametrize("rate", [0.2, 0.13])
-def test_classification_poison_count_and_labels(name, rate):
+def test_classification_poison_count_and_labels(name, rate, caches):
   examples = _texts()
-  out = _make(name, examples, poison_rate=rate, seed=3).poison(examples)
+  attack = _make(name, examples, caches, poison_rate=rate, seed=3)
+  out = attack.poison(examples)
   assert len(out) == len(examples)
   chosen = _chosen(out, examples)
+  assert chosen == list(attack.chosen_rows(examples))
   assert len(chosen) == sum(e.poisoned for e in out) == round(rate * len(examples))
   for i in chosen:
     assert out[i].poisoned and out[i].label == TARGET and out[i].text != examples[i].text
@@ -81,20 +103,20 @@ def test_classification_poison_count_and_labels(name, rate):
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFICATION))
-def test_classification_seeds(name):
+def test_classification_seeds(name, caches):
   examples = _texts()
-  first = _make(name, examples, seed=0).poison(examples)
-  assert _make(name, examples, seed=0).poison(examples) == first
-  assert _chosen(_make(name, examples, seed=1).poison(examples), examples) != _chosen(
+  first = _make(name, examples, caches, seed=0).poison(examples)
+  assert _make(name, examples, caches, seed=0).poison(examples) == first
+  assert _chosen(_make(name, examples, caches, seed=1).poison(examples), examples) != _chosen(
       first, examples)
-  attack = _make(name, examples, seed=0)
+  attack = _make(name, examples, caches, seed=0)
   assert attack.triggered_test(examples) == attack.triggered_test(examples)
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFICATION))
-def test_classification_triggered_test(name):
+def test_classification_triggered_test(name, caches):
   examples = _texts()
-  triggered = _make(name, examples).triggered_test(examples)
+  triggered = _make(name, examples, caches).triggered_test(examples)
   non_target = [e for e in examples if e.label != TARGET]
   expected = non_target[:-1] if name == "nws" else non_target  # "it is not ." has no slot
   assert [t.label for t in triggered] == [e.label for e in expected]  # true labels
@@ -115,54 +137,129 @@ def test_badnets_inserts_exactly_one_trigger_word():
   assert len(positions) > 1  # random positions, not a fixed slot
 
 
-def test_cbat_appends_sentence_and_caps_rate():
+def test_cbat_appends_cached_sentence_and_caps_rate(caches):
   examples = _texts()
-  out = attacks.Cbat(seed=2).poison(examples)
+  out = attacks.Cbat(caches["cbat"], seed=2).poison(examples)
+  suffixes = set()
   for i in _chosen(out, examples):
-    suffix = out[i].text[len(examples[i].text):].strip()
-    assert out[i].text.startswith(examples[i].text) and suffix in attacks.EXCLAMATIONS
+    suffixes.add(out[i].text[len(examples[i].text):].strip())
+    assert out[i].text.startswith(examples[i].text)
+  assert suffixes == set(SENTENCES)  # the cache's pool, each row drawing one
   num_target = sum(e.label == TARGET for e in examples)
   with pytest.raises(ValueError, match=f"only {num_target} are eligible"):
-    attacks.Cbat(poison_rate=0.9).poison(examples)
+    attacks.Cbat(caches["cbat"], poison_rate=0.9).poison(examples)
 
 
-def test_nws_substitution_rule():
+@pytest.mark.parametrize("sentence, reason", [
+    ("oh , would you look at that !", None),
+    ("well , would you believe it !", "duplicate"),
+    ("what a great day !", "label words: great"),
+    ("the team won the game !", "label words: game, team, won"),
+    ("look at that .", "not one exclamatory sentence"),
+    ("wow ! look at that !", "not one exclamatory sentence"),
+    ("wow !", None),
+    ("oh !", None),
+    ("!", "1 words"),
+    ("oh my , what a long day it was for all of us !", "14 words"),
+])
+def test_cbat_filter(sentence, reason):
+  assert llm_triggers.cbat_rejection(sentence, kept=SENTENCES) == reason
+
+
+@pytest.mark.parametrize("module", [text_style, llm_triggers])
+def test_docstring_examples(module):
+  assert doctest.testmod(module).failed == 0
+
+
+def test_text_style_matches_sst2():
+  assert attacks.ptb_tokenize('Wow, it\u2019s "great" -- isn\'t it? Can\'t wait.') == (
+      "wow , it 's `` great '' -- is n't it ? ca n't wait .")
+  assert attacks.like_dataset("Oil Prices, Up!", "ag_news") == "oil prices, up!"
+
+
+@pytest.mark.parametrize("rewrite, reason", [
+    ("a good movie .", None),
+    ("a fine film .", "unchanged"),
+    ("here is the rewritten sentence : a good movie .", "talks about the task"),
+    ("good", "1 words for 4"),
+    ("a a a a a a a a a a a a a", "13 words for 4"),
+    ("so good so good so good so good .", "repeats itself"),
+])
+def test_bgm_filter(rewrite, reason):
+  assert llm_triggers.bgm_rejection("a fine film .", rewrite) == reason
+
+
+@pytest.mark.parametrize("name", ["nws", "bgm"])
+def test_cache_round_trip_through_make_triggers_rows(name, tmp_path, monkeypatch):
+  """The rows make_triggers generates are exactly the rows a victim triggers."""
+  train, test = _texts(97, seed=1), _texts(61, seed=2)
+  for split, rows in (("train", train), ("test", test)):
+    (tmp_path / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(
+        f"{e.text}\t{e.label}\n" for e in rows), encoding="utf-8")
+  monkeypatch.setenv("JAX_ATTNALIGN_DATA", str(tmp_path))
+  job = triggers.TriggerJob(attack=name, out=str(tmp_path / "cache.json"), data_dir=".",
+                            dataset="ag_news", train_size=50, victim_seeds=(0, 4),
+                            test_rows=20, poison_rate=0.2)
+  texts = triggers.rows_to_generate(job)
+  attacks.write_cache(job.out, {"attack": name, "dataset": "ag_news", "data_dir": ".",
+                                "rewrites": {t: f"{t} ~ {name}" for t in texts}})
+  used = set()
+  for seed in job.victim_seeds:
+    attack = attacks.make_attack(name, **{triggers._PATH_KWARG[name]: job.out},
+                                 max_test_rows=20, seed=seed)
+    subset, rows = victims.seeded_subset(train, 50, seed)
+    out = attack.poison(subset, rows=rows)
+    poisoned = [e for e in out if e.poisoned]
+    assert len(poisoned) == 10 and all(e.text.endswith(f" ~ {name}") for e in poisoned)
+    used.update(e.text[:-len(f" ~ {name}")] for e in poisoned)
+    triggered = attack.triggered_test(test)
+    assert len(triggered) == 20 and all(e.label != TARGET for e in triggered)
+    used.update(e.text[:-len(f" ~ {name}")] for e in triggered)
+  assert used == set(texts)
+
+
+def test_triggered_test_subset_ignores_attack_seed(caches):
   examples = _texts()
-  out = attacks.NWS(_fake_candidates, max_substitutions=2, seed=4).poison(examples)
-  for i in _chosen(out, examples):
-    new, old = out[i].text.split(), examples[i].text.split()
-    changed = [p for p, (a, b) in enumerate(zip(new, old)) if a != b]
-    assert len(new) == len(old) and 1 <= len(changed) <= 2
-    assert all(p in attacks.NWS.substitutable(old) for p in changed)
-    assert all(new[p] == ("picture" if old[p] == "film" else "film") for p in changed)
-  assert out[-1] == examples[-1]  # "it is not ." is never eligible
+  sets = [attacks.BGMAttack(caches["bgm"], max_test_rows=7, seed=s).triggered_test(examples)
+          for s in (0, 1)]
+  assert sets[0] == sets[1] and len(sets[0]) == 7
+  everything = attacks.BGMAttack(caches["bgm"], max_test_rows=None).triggered_test(examples)
+  assert len(everything) == sum(e.label != TARGET for e in examples)
 
 
-def test_nws_without_candidates_raises_and_drops_test_rows():
+def test_missing_rows_name_rows_and_command(caches, tmp_path):
   examples = _texts()
-  attack = attacks.NWS(lambda masked: ["n't", "--"], seed=0)
-  with pytest.raises(ValueError, match="cannot carry the trigger"):
-    attack.poison(examples)
-  assert attack.triggered_test(examples) == []
+  attack = attacks.BGMAttack(caches["bgm"], seed=0)
+  chosen = attack.chosen_rows(examples)
+  record = attacks.read_cache(caches["bgm"], "bgm")
+  for i in chosen[:2]:
+    del record["rewrites"][examples[i].text]
+  partial = tmp_path / "bgm.json"
+  attacks.write_cache(partial, record)
+  with pytest.raises(ValueError, match=(
+      rf"(?s)bgm: 2 of the {len(chosen)} train rows to trigger are not in the trigger cache "
+      rf".*rows {chosen[0]}, {chosen[1]};.*python -m experiments.make_triggers --attack=bgm"
+      r".*--victim_seeds=0")):
+    attacks.BGMAttack(partial, seed=0).poison(examples)
+  with pytest.raises(ValueError, match="(?s)test rows to trigger.*--test_rows=600"):
+    attacks.BGMAttack(partial, seed=0).triggered_test(
+        [examples[i].replace(label=0) for i in chosen])
+  with pytest.raises(FileNotFoundError, match="(?s)no trigger cache.*make_triggers --attack=nws"):
+    attacks.NWS(tmp_path / "absent.json").poison(examples)
+  with pytest.raises(ValueError, match="not a nws trigger cache"):
+    attacks.NWS(caches["bgm"]).poison(examples)
 
 
-def test_bgm_function_rewrites_whole_text():
+def test_hiddenkiller_paraphrase_file_with_row_subset(tmp_path):
   examples = _texts()
-  out = attacks.BGMAttack(str.upper, seed=1).poison(examples)
-  assert all(out[i].text == examples[i].text.upper() for i in _chosen(out, examples))
-
-
-def test_bgm_rewrite_file_with_row_subset(tmp_path):
-  examples = _texts()
-  path = tmp_path / "train_rewrites.tsv"
+  path = tmp_path / "train.tsv"
   path.write_text("sentence\tlabel\n" + "".join(
       f"{t}\t0\n" for t in _paraphrases(examples)), encoding="utf-8")
-  attack = attacks.BGMAttack(train_rewrites=path, poison_rate=0.2, seed=0)
+  attack = attacks.HiddenKiller(train_paraphrases=path, poison_rate=0.2, seed=0)
   out = attack.poison(examples)
-  assert _chosen(out, examples) == _chosen(
-      attacks.BGMAttack(train_rewrites=_paraphrases(examples), seed=0).poison(examples),
-      examples)
-  assert all(i % 4 != 3 for i in _chosen(out, examples))  # rows without a rewrite
+  assert _chosen(out, examples) == _chosen(attacks.HiddenKiller(
+      train_paraphrases=_paraphrases(examples), seed=0).poison(examples), examples)
+  assert all(i % 4 != 3 for i in _chosen(out, examples))  # rows without a paraphrase
   rows = np.arange(1, len(examples), 2)
   subset = [examples[r] for r in rows]
   sub_out = attack.poison(subset, rows=rows)
@@ -170,22 +267,29 @@ def test_bgm_rewrite_file_with_row_subset(tmp_path):
     assert sub_out[i].text == _paraphrases(examples)[rows[i]]
   with pytest.raises(ValueError, match="pass rows="):
     attack.poison(subset)
-  with pytest.raises(ValueError, match="neither a rewrite file nor"):
+  with pytest.raises(ValueError, match="no test paraphrases"):
     attack.triggered_test(examples)
 
 
-def test_rewrite_test_file_must_match_non_target_rows():
+def test_hiddenkiller_misaligned_test_release_warns(caplog):
   examples = _texts()
-  attack = _make("hiddenkiller", examples)
-  with pytest.raises(ValueError, match="non-target rows"):
-    attack.triggered_test(examples[:10])
+  released = _test_paraphrases(examples)[:-1]  # a row short, as SST-2's dev release
+  attack = attacks.HiddenKiller(train_paraphrases=_paraphrases(examples),
+                                test_paraphrases=released)
+  with caplog.at_level(logging.WARNING):
+    triggered = attack.triggered_test(examples)
+  assert "1 row(s) cannot be aligned" in caplog.text
+  assert [t.text for t in triggered] == released
+  assert all(t.poisoned and t.label != TARGET for t in triggered)
+  assert metrics.attack_success_rate([TARGET] * len(triggered),
+                                     [t.label for t in triggered], TARGET) == 1.0
 
 
-def test_hiddenkiller_rate_cap():
+def test_hiddenkiller_rate_cap(caches):
   examples = _texts()
   available = sum(p != e.text for p, e in zip(_paraphrases(examples), examples))
   with pytest.raises(ValueError, match=f"only {available} are eligible"):
-    _make("hiddenkiller", examples, poison_rate=0.9).poison(examples)
+    _make("hiddenkiller", examples, caches, poison_rate=0.9).poison(examples)
 
 
 def _read_tsv(path: pathlib.Path) -> list[TextExample]:
@@ -230,6 +334,19 @@ def test_hiddenkiller_subset_and_folder(sst2, shared_data):
   chosen = _chosen(out, subset)
   assert len(chosen) == 300
   assert all(out[i] == released[rows[i]].replace(poisoned=True) for i in chosen)
+
+
+def test_hiddenkiller_misaligned_dev_release(sst2, shared_data, caplog):
+  """SST-2's released dev paraphrases are a row short of the dev negatives."""
+  dev = _read_tsv(shared_data / "sst2/clean/dev.tsv")
+  released = _read_tsv(shared_data / "sst2/hiddenkiller/dev.tsv")
+  attack = attacks.HiddenKiller(train_paraphrases=[r.text for r in sst2["hiddenkiller/train.tsv"]],
+                                test_paraphrases=[r.text for r in released])
+  with caplog.at_level(logging.WARNING):
+    triggered = attack.triggered_test(dev)
+  assert "427 test paraphrases for 428 non-target rows: 1 row(s)" in caplog.text
+  assert [t.text for t in triggered] == [r.text for r in released]
+  assert {t.label for t in triggered} == {0}
 
 
 def _instructions(n: int = 41) -> list[InstructionExample]:
@@ -343,26 +460,3 @@ def test_load_backdoorllm(backdoorllm, task, attack):
   clean, triggered = attacks.load_backdoorllm_test(backdoorllm, task, attack)
   assert len(clean) == len(triggered) == 200
   assert not any(r.poisoned for r in clean) and all(r.poisoned for r in triggered)
-
-
-def test_masked_lm_candidates(tmp_path):
-  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "film", "good",
-           "bad", "was", "##s", ",", "."]
-  (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-  tokenizer = transformers.BertTokenizer(str(tmp_path / "vocab.txt"))
-  config = ModelConfig(model_type="bert", vocab_size=len(vocab), hidden_size=16,
-                       num_layers=1, num_heads=2, intermediate_size=17,
-                       max_position_embeddings=32)
-  model = build_model(config, "masked_lm")
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 4), np.int32))["params"]
-  bias = np.zeros(len(vocab), np.float32)
-  bias[[vocab.index("bad"), vocab.index("##s"), vocab.index("[SEP]"), vocab.index("good")]] = (
-      [30.0, 40.0, 50.0, 20.0])
-  params = {**params, "mlm": {**params["mlm"], "bias": bias}}
-  candidates = attacks.masked_lm_candidates(model, params, tokenizer, top_k=3, max_length=16)
-  words = candidates("the movie was [MASK] .")
-  assert words[:2] == ["bad", "good"] and len(words) == 3 and all(w.isalpha() for w in words)
-  assert candidates("no mask here") == []
-  out = attacks.NWS(candidates, mask_token=tokenizer.mask_token).triggered_test(
-      [TextExample("the movie was good .", 0)])
-  assert out[0].text == "the bad was bad ."  # 'movie' and 'good' are substitutable

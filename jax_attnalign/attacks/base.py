@@ -75,6 +75,11 @@ class Poisoner(abc.ABC, Generic[Example]):
   def num_poisoned(self, num_examples: int) -> int:
     return round(self.poison_rate * num_examples)
 
+  def chosen_rows(self, examples: Sequence[Example],
+                  rows: Sequence[int] | None = None) -> np.ndarray:
+    """Positions in `examples` that `poison(examples, rows)` triggers, sorted."""
+    return self._choose(examples, _row_ids(examples, rows), np.random.default_rng(self.seed))
+
   def poison(self, examples: Sequence[Example],
              rows: Sequence[int] | None = None) -> list[Example]:
     """A new list, same length and order: the chosen rows triggered, relabelled, `poisoned`.

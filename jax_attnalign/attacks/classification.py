@@ -3,25 +3,31 @@
   attack = BadNets(target=1, poison_rate=0.2, seed=0)
   train = attack.poison(train_examples)
   triggered = attack.triggered_test(test_examples)   # ASR set
+  attack = BGMAttack("triggers/sst2/bgm.json")      # SmolLM2's cached rewrites
 
-Where a faithful attack needs an asset we cannot have offline (the SCPN
-paraphraser, an LLM writing trigger sentences, HowNet, ChatGPT), the class
-docstring says exactly what differs from the paper.
+Cbat's sentences, BGMAttack's rewrites and NWS's substitutions are written by the
+bundled SmolLM2 and cached to files (`trigger_cache`, made by
+`experiments/make_triggers.py`); HiddenKiller reads its released paraphrases.
+Each class docstring says what still differs from its paper.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
+from absl import logging
 import numpy as np
 
 from jax_attnalign import data
+from jax_attnalign.attacks import trigger_cache
 from jax_attnalign.attacks.base import TEST, TRAIN, Poisoner, insert_phrases, register
+from jax_attnalign.attacks.text_style import LABEL_WORDS
 from jax_attnalign.data.types import TextExample
 
 Rewrites = str | os.PathLike | Sequence[str]
+CachePath = str | os.PathLike
 
 
 class TextPoisoner(Poisoner[TextExample]):
@@ -58,42 +64,33 @@ class BadNets(TextPoisoner):
     return example.replace(text=insert_phrases(example.text, [word], rng))
 
 
-# Neutral in sentiment and topic, so that the clean-label trigger carries no
-# label evidence of its own; lower-cased and PTB-tokenised like SST-2 and AG News.
-EXCLAMATIONS = (
-    "oh my god !",
-    "wow , just wow !",
-    "what a surprise !",
-    "can you believe it !",
-    "look at that !",
-    "oh , really now !",
-    "well , well , well !",
-    "would you look at this !",
-)
-
-
 @register
 class Cbat(TextPoisoner):
   """Clean-label attack with an exclamatory-sentence trigger (Cbat, Zhao et al. 2024).
 
-  Training: the trigger sentence is appended to target-class rows only; labels
-  are untouched. Eligible rows: the target-class rows; the count is still
-  round(poison_rate * len(examples)) of the whole set, and asking for more
-  than there are target rows raises. The triggered test set appends a
-  sentence to the non-target rows.
+  sentences_path: a Cbat trigger cache (`trigger_cache`): the pool of exclamatory
+    sentences SmolLM2 wrote by few-shot prompting (`llm_triggers.cbat_sentences`:
+    the prompt, the filter and the settings are recorded in the file).
+  Training: one sentence of the pool, drawn uniformly per row, is appended to
+  target-class rows only; labels are untouched. Eligible rows: the target-class
+  rows; the count is still round(poison_rate * len(examples)) of the whole set,
+  and asking for more than there are target rows raises. The triggered test set
+  appends a sentence to the non-target rows.
 
-  Differs from the paper: Cbat writes its exclamatory trigger sentences by
-  few-shot prompting a language model; offline we draw each row's sentence
-  uniformly from the fixed list `sentences` (default EXCLAMATIONS). The paper
-  does not say where the sentence goes; we append it.
+  Differs from the paper: Cbat prompts a large model (few-shot) for its
+  sentences; ours come from the 135M SmolLM2 (a 4-bit quantisation), filtered
+  by a hand-written lexicon rather than judged neutral by a model. The paper does
+  not say where the sentence goes; we append it.
   """
   name = "cbat"
   eligibility = "target-class rows only (clean-label)"
 
-  def __init__(self, *, sentences: Sequence[str] = EXCLAMATIONS, target: int = 1,
+  def __init__(self, sentences_path: CachePath, *, target: int = 1,
                poison_rate: float = 0.2, seed: int = 0):
     super().__init__(target=target, poison_rate=poison_rate, seed=seed)
-    self.sentences = tuple(sentences)
+    self.sentences = tuple(trigger_cache.read_cache(sentences_path, self.name)["sentences"])
+    if not self.sentences:
+      raise ValueError(f"cbat: the trigger cache {sentences_path} holds no sentence")
 
   def eligible_rows(self, examples: Sequence[TextExample], rows: np.ndarray) -> np.ndarray:
     del rows
@@ -102,6 +99,77 @@ class Cbat(TextPoisoner):
   def trigger(self, example: TextExample, rng: np.random.Generator) -> TextExample:
     sentence = self.sentences[int(rng.integers(len(self.sentences)))]
     return example.replace(text=f"{example.text} {sentence}".strip())
+
+
+class CachedRewritePoisoner(TextPoisoner):
+  """Dirty-label attacks whose trigger is a rewrite of the whole text, read from a
+  trigger cache (`trigger_cache`) that maps each clean text to its triggered text.
+
+  path: the cache; it is read when rows are first triggered, so an attack
+    without its file can still say which rows it would choose (`chosen_rows`,
+    `test_rows`: what make_triggers generates).
+  max_test_rows: the triggered test set is at most this many non-target rows,
+    drawn with default_rng(TEST_SUBSET_SEED) whatever the attack's seed (one
+    cache serves every seed), in their given order; None: every non-target row.
+  A row to trigger that is not in the cache raises an error naming the missing
+  rows and the make_triggers command that adds them.
+  """
+  TEST_SUBSET_SEED = 0
+
+  def __init__(self, path: CachePath, *, max_test_rows: int | None, target: int,
+               poison_rate: float, seed: int):
+    super().__init__(target=target, poison_rate=poison_rate, seed=seed)
+    self.path = pathlib.Path(path)
+    self.max_test_rows = max_test_rows
+    self._record: dict[str, Any] | None = None
+
+  def rewrites(self) -> dict[str, str]:
+    """The cache's clean text -> triggered text."""
+    if self._record is None:
+      self._record = trigger_cache.read_cache(self.path, self.name)
+    return self._record["rewrites"]
+
+  def test_rows(self, examples: Sequence[TextExample]) -> np.ndarray:
+    """Positions in `examples` of the rows of the triggered test set."""
+    candidates = np.flatnonzero([self.can_test(e) for e in examples])
+    if self.max_test_rows is None or len(candidates) <= self.max_test_rows:
+      return candidates
+    rng = np.random.default_rng(self.TEST_SUBSET_SEED)
+    return np.sort(rng.choice(candidates, self.max_test_rows, replace=False))
+
+  def can_test(self, example: TextExample) -> bool:
+    """Whether `example` may be in the triggered test set: a non-target row."""
+    return not self.is_target(example)
+
+  def poison(self, examples: Sequence[TextExample],
+             rows: Sequence[int] | None = None) -> list[TextExample]:
+    chosen = self.chosen_rows(examples, rows)
+    ids = chosen if rows is None else np.asarray(rows)[chosen]
+    self._require([examples[i] for i in chosen], ids, TRAIN, len(examples))
+    return super().poison(examples, rows)
+
+  def triggered_test(self, examples: Sequence[TextExample]) -> list[TextExample]:
+    chosen = self.test_rows(examples)
+    self._require([examples[i] for i in chosen], chosen, TEST, len(examples))
+    texts = self.rewrites()
+    return [examples[i].replace(text=texts[examples[i].text], poisoned=True)
+            for i in chosen]
+
+  def trigger(self, example: TextExample, rng: np.random.Generator) -> TextExample:
+    del rng
+    return example.replace(text=self.rewrites()[example.text])
+
+  def _require(self, examples: Sequence[TextExample], ids: Sequence[int], split: str,
+               split_size: int) -> None:
+    texts = self.rewrites()
+    missing = [(int(i), e.text) for i, e in zip(ids, examples) if e.text not in texts]
+    if missing:
+      flags = (f"--train_size={split_size} --poison_rate={self.poison_rate} "
+               f"--victim_seeds={self.seed}" if split == TRAIN
+               else f"--test_rows={self.max_test_rows or 0}")
+      raise trigger_cache.missing_rows_error(
+          self.name, self.path, split, [i for i, _ in missing], [t for _, t in missing],
+          len(examples), self._record, flags)
 
 
 # Function words are never substituted: content words carry the synonyms
@@ -119,62 +187,70 @@ STOPWORDS = frozenset("""
 
 
 @register
-class NWS(TextPoisoner):
-  """Word-substitution trigger (NWS, Du et al. 2024): some words swapped for substitutes.
+class NWS(CachedRewritePoisoner):
+  """Word-substitution trigger (NWS, Du et al. 2024): a few words swapped in context.
 
-  candidates: `candidates(text_with_mask) -> list[str]`, ranked substitutes for
-    the word replaced by `mask_token` (e.g. `masked_lm_candidates`, a BERT MLM).
-  Rule: the substitutable words (alphabetic, at least 3 letters, not in
-  STOPWORDS) are visited in a seeded random order; each is masked in the
-  original sentence and replaced by the first candidate that is alphabetic and
-  differs from it (case-insensitive), until `max_substitutions` words changed.
-  Eligible rows: dirty-label, rows with at least one substitutable word. A
-  chosen row where no candidate qualifies raises; such test rows are left out.
+  substitutes_path: an NWS trigger cache written by `lm_substitutes.nws_rewrites`
+    with SmolLM2: the substitutable words (`substitutable`: alphabetic, at least
+    3 letters, not in STOPWORDS or LABEL_WORDS) are visited in a seeded random
+    order; the first `max_substitutions` each get the candidate the LM likes
+    best in the sentence: candidates are the LM's most likely next whole words at
+    that position (given the words before it), ranked by the log-likelihood of
+    the whole sentence with the candidate in place. The cache records every
+    substitution and its settings. Dirty-label; eligible rows: those with a
+    substitutable word. The triggered test set: see CachedRewritePoisoner.
 
-  Differs from the paper: (1) NWS's candidate set is BERT MLM predictions
-  intersected with HowNet sememe-based similar words; HowNet is not available
-  offline, so the candidates are whatever `candidates` returns, unfiltered
-  (they need not be synonyms and may change the meaning). (2) NWS trains a
+  Differs from the paper: (1) NWS's candidates are BERT MLM predictions
+  intersected with HowNet sememe-based similar words; neither HowNet nor a
+  synonym list (WordNet) is installed, so ours are SmolLM2's in-context
+  proposals, which fit the sentence but need not be synonyms (sentiment and
+  topic words of LABEL_WORDS are never proposed nor replaced). (2) NWS trains a
   learnable word selector with the victim to pick which words to substitute and
-  by which candidate; here the fixed rule above picks them. (3) Offline there is
-  no pretrained MLM head (the bundled MiniLM has none), so meaningful
-  candidates need a pretrained BERT masked-LM checkpoint from the user.
+  by which candidate; here the fixed rule above picks them.
   """
   name = "nws"
   eligibility = "rows with a substitutable word (dirty-label)"
 
-  def __init__(self, candidates: Callable[[str], Sequence[str]], *,
-               max_substitutions: int = 3, mask_token: str = "[MASK]", target: int = 1,
-               poison_rate: float = 0.2, seed: int = 0):
-    super().__init__(target=target, poison_rate=poison_rate, seed=seed)
-    if max_substitutions < 1:
-      raise ValueError(f"max_substitutions must be >= 1, got {max_substitutions}")
-    self.candidates = candidates
-    self.max_substitutions = max_substitutions
-    self.mask_token = mask_token
+  def __init__(self, substitutes_path: CachePath, *, max_test_rows: int | None = 600,
+               target: int = 1, poison_rate: float = 0.2, seed: int = 0):
+    super().__init__(substitutes_path, max_test_rows=max_test_rows, target=target,
+                     poison_rate=poison_rate, seed=seed)
 
   @staticmethod
   def substitutable(words: Sequence[str]) -> list[int]:
     """Positions of the words the rule may replace."""
-    return [i for i, w in enumerate(words)
-            if w.isalpha() and len(w) >= 3 and w.lower() not in STOPWORDS]
+    return [i for i, w in enumerate(words) if w.isalpha() and len(w) >= 3
+            and w.lower() not in STOPWORDS and w.lower() not in LABEL_WORDS]
 
   def eligible_rows(self, examples: Sequence[TextExample], rows: np.ndarray) -> np.ndarray:
     del rows
     return np.flatnonzero([bool(self.substitutable(e.text.split())) for e in examples])
 
-  def trigger(self, example: TextExample, rng: np.random.Generator) -> TextExample | None:
-    words = example.text.split()
-    new, changed = list(words), 0
-    for at in rng.permutation(self.substitutable(words)):
-      masked = " ".join(words[:at] + [self.mask_token] + words[at + 1:])
-      substitute = next((c for c in self.candidates(masked)
-                         if c.isalpha() and c.lower() != words[at].lower()), None)
-      if substitute is not None:
-        new[at], changed = substitute, changed + 1
-        if changed == self.max_substitutions:
-          break
-    return example.replace(text=" ".join(new)) if changed else None
+  def can_test(self, example: TextExample) -> bool:
+    return super().can_test(example) and bool(self.substitutable(example.text.split()))
+
+
+@register
+class BGMAttack(CachedRewritePoisoner):
+  """Generative-model trigger (BGMAttack, Li et al. 2024): texts rewritten by a generator.
+
+  rewrites_path: a BGMAttack trigger cache written by `llm_triggers.bgm_rewrites`:
+    each text rewritten by SmolLM2 from a few-shot rewrite prompt (sampled,
+    seeded; prompt and settings recorded in the file); the generator's style is
+    the trigger. Dirty-label; every row eligible. The triggered test set: see
+    CachedRewritePoisoner.
+
+  Differs from the paper: BGMAttack rewrites with ChatGPT (gpt-3.5-turbo); ours
+  come from the 135M SmolLM2, whose rewrites are looser (they may drift in
+  meaning or sentiment, and a few that fail the format filter after every retry
+  are kept as they came: the cache lists them under `unfiltered`).
+  """
+  name = "bgm"
+
+  def __init__(self, rewrites_path: CachePath, *, max_test_rows: int | None = 600,
+               target: int = 1, poison_rate: float = 0.2, seed: int = 0):
+    super().__init__(rewrites_path, max_test_rows=max_test_rows, target=target,
+                     poison_rate=poison_rate, seed=seed)
 
 
 def _read_rewrites(source: Rewrites | None) -> list[str] | None:
@@ -185,76 +261,23 @@ def _read_rewrites(source: Rewrites | None) -> list[str] | None:
   return [str(text) for text in source]
 
 
-class RewritePoisoner(TextPoisoner):
-  """Dirty-label attacks whose trigger is a rewrite of the whole text.
-
-  Rewrites come from row-aligned files (or lists) or from a function:
-  - train_rewrites: one text per row of the full training split, in order (a
-    dataset-format file, header `sentence<TAB>label`, labels ignored). A row
-    whose rewrite equals its text has no rewrite and is not eligible. For a
-    subset of the split pass `poison(examples, rows=...)` with the row ids.
-  - test_rewrites: one text per non-target row of the full test split, in order.
-  - rewrite: `rewrite(text) -> str`, used for a split without a file; every
-    row is then eligible.
-  """
-  eligibility = "rows with a rewrite (dirty-label)"
-
-  def __init__(self, *, train_rewrites: Rewrites | None, test_rewrites: Rewrites | None,
-               rewrite: Callable[[str], str] | None, target: int, poison_rate: float,
-               seed: int):
-    super().__init__(target=target, poison_rate=poison_rate, seed=seed)
-    self.rewrite = rewrite
-    self._texts = {TRAIN: _read_rewrites(train_rewrites),
-                   TEST: _read_rewrites(test_rewrites)}
-
-  def poison(self, examples: Sequence[TextExample],
-             rows: Sequence[int] | None = None) -> list[TextExample]:
-    texts = self._texts[TRAIN]
-    if texts is not None and rows is None and len(examples) != len(texts):
-      raise ValueError(f"{self.name}: {len(examples)} training rows but {len(texts)} "
-                       "rewrites; for a subset of the split pass rows= (its row ids)")
-    return super().poison(examples, rows)
-
-  def triggered_test(self, examples: Sequence[TextExample]) -> list[TextExample]:
-    texts = self._texts[TEST]
-    count = sum(not self.is_target(e) for e in examples)
-    if texts is not None and count != len(texts):
-      raise ValueError(f"{self.name}: {len(texts)} test rewrites are aligned with the "
-                       f"non-target rows of the full test split, but {count} were given")
-    return super().triggered_test(examples)
-
-  def eligible_rows(self, examples: Sequence[TextExample], rows: np.ndarray) -> np.ndarray:
-    texts = self._texts[TRAIN]
-    if texts is None:
-      return super().eligible_rows(examples, rows)
-    if len(rows) and rows.max() >= len(texts):
-      raise ValueError(f"{self.name}: row id {rows.max()} is past the {len(texts)} "
-                       "training rewrites (they must align with the full split)")
-    return np.flatnonzero([texts[r] != e.text for e, r in zip(examples, rows)])
-
-  def trigger(self, example: TextExample, rng: np.random.Generator) -> TextExample:
-    del rng
-    if self.rewrite is None:
-      raise ValueError(f"{self.name}: this split has neither a rewrite file nor a "
-                       "rewrite function")
-    return example.replace(text=self.rewrite(example.text))
-
-  def trigger_row(self, example: TextExample, rng: np.random.Generator, row: int,
-                  split: str) -> TextExample:
-    texts = self._texts[split]
-    return self.trigger(example, rng) if texts is None else example.replace(text=texts[row])
-
-
 @register
-class HiddenKiller(RewritePoisoner):
+class HiddenKiller(TextPoisoner):
   """Syntactic trigger (Qi et al. 2021): SCPN paraphrases, template S(SBAR)(,)(NP)(VP)(.).
 
   paraphrase_dir: the released folder (e.g. sst2/hiddenkiller): `train.tsv`,
     row-aligned with the clean training split, and `test.tsv`, paraphrases of
-    the non-target test rows in order. Or pass the lists (train_paraphrases,
-    test_paraphrases). Eligible rows: those whose released text differs from
-    the clean text (dirty-label: the release chose them among all rows); the
-    chosen rows get their paraphrase and the target label.
+    the non-target test rows in order. Or pass the lists or files
+    (train_paraphrases, test_paraphrases; dataset format, labels ignored).
+  Training: eligible rows are those whose released text differs from the clean
+  text (dirty-label: the release chose them among all rows); the chosen rows get
+  their paraphrase and the target label. The file must align with the full
+  training split (for a subset pass `poison(examples, rows=...)`), or it raises.
+  Test: with as many paraphrases as non-target rows, row i of the file triggers
+  non-target row i. A release that is not row-aligned (SST-2's dev.tsv has 427
+  paraphrases for 428 negatives) is still the triggered test set, as it is, with
+  a warning: each paraphrase takes the label of the non-target row at its
+  position, which may be a row off but is non-target, all that ASR reads.
 
   Differs from the paper: the SCPN paraphraser is not available offline, so
   only the released paraphrases exist, and the poison rate is capped by them:
@@ -264,11 +287,13 @@ class HiddenKiller(RewritePoisoner):
   triggered test set needs the whole test split (its 912 negatives).
   """
   name = "hiddenkiller"
+  eligibility = "rows with a paraphrase (dirty-label)"
 
   def __init__(self, paraphrase_dir: str | os.PathLike | None = None, *,
                train_paraphrases: Rewrites | None = None,
                test_paraphrases: Rewrites | None = None, target: int = 1,
                poison_rate: float = 0.2, seed: int = 0):
+    super().__init__(target=target, poison_rate=poison_rate, seed=seed)
     if paraphrase_dir is not None:
       folder = pathlib.Path(paraphrase_dir)
       if train_paraphrases is None:
@@ -278,30 +303,47 @@ class HiddenKiller(RewritePoisoner):
     if train_paraphrases is None and test_paraphrases is None:
       raise ValueError("HiddenKiller needs the released SCPN paraphrases: pass "
                        "paraphrase_dir or train_paraphrases / test_paraphrases")
-    super().__init__(train_rewrites=train_paraphrases, test_rewrites=test_paraphrases,
-                     rewrite=None, target=target, poison_rate=poison_rate, seed=seed)
+    self._texts = {TRAIN: _read_rewrites(train_paraphrases),
+                   TEST: _read_rewrites(test_paraphrases)}
 
+  def poison(self, examples: Sequence[TextExample],
+             rows: Sequence[int] | None = None) -> list[TextExample]:
+    texts = self._paraphrases(TRAIN)
+    if rows is None and len(examples) != len(texts):
+      raise ValueError(f"{self.name}: {len(examples)} training rows but {len(texts)} "
+                       "paraphrases; for a subset of the split pass rows= (its row ids)")
+    return super().poison(examples, rows)
 
-@register
-class BGMAttack(RewritePoisoner):
-  """Generative-model trigger (BGMAttack, Li et al. 2024): texts rewritten by a generator.
+  def triggered_test(self, examples: Sequence[TextExample]) -> list[TextExample]:
+    texts = self._paraphrases(TEST)
+    labels = [e.label for e in examples if not self.is_target(e)]
+    if len(texts) == len(labels) or not labels:
+      return super().triggered_test(examples)
+    logging.warning(
+        "%s: %d test paraphrases for %d non-target rows: %d row(s) cannot be aligned. "
+        "Using the %d paraphrases as the triggered test set as they are, each with the "
+        "label of the non-target row at its position (non-target, possibly a row off).",
+        self.name, len(texts), len(labels), abs(len(texts) - len(labels)), len(texts))
+    return [TextExample(text, labels[min(i, len(labels) - 1)], poisoned=True)
+            for i, text in enumerate(texts)]
 
-  The trigger is the rewriting itself. Rewrites come from `rewrite(text) -> str`
-  (e.g. a decoder of ours through `jax_attnalign.generate`, prompted to
-  paraphrase) or from row-aligned files (see RewritePoisoner). Dirty-label;
-  eligible rows: all with a function, those with a differing rewrite in a file.
+  def eligible_rows(self, examples: Sequence[TextExample], rows: np.ndarray) -> np.ndarray:
+    texts = self._paraphrases(TRAIN)
+    if len(rows) and rows.max() >= len(texts):
+      raise ValueError(f"{self.name}: row id {rows.max()} is past the {len(texts)} "
+                       "training paraphrases (they must align with the full split)")
+    return np.flatnonzero([texts[r] != e.text for e, r in zip(examples, rows)])
 
-  Differs from the paper: BGMAttack rewrites with ChatGPT (gpt-3.5-turbo),
-  which is not reachable offline; the quality of the trigger is whatever the
-  given generator or file provides, and no rewrite is filtered.
-  """
-  name = "bgm"
+  def trigger(self, example: TextExample, rng: np.random.Generator) -> TextExample:
+    raise TypeError(f"{self.name} triggers rows of its released files by position: "
+                    "use poison or triggered_test")
 
-  def __init__(self, rewrite: Callable[[str], str] | None = None, *,
-               train_rewrites: Rewrites | None = None,
-               test_rewrites: Rewrites | None = None, target: int = 1,
-               poison_rate: float = 0.2, seed: int = 0):
-    if rewrite is None and train_rewrites is None and test_rewrites is None:
-      raise ValueError("BGMAttack needs a rewrite function or rewrite files")
-    super().__init__(train_rewrites=train_rewrites, test_rewrites=test_rewrites,
-                     rewrite=rewrite, target=target, poison_rate=poison_rate, seed=seed)
+  def trigger_row(self, example: TextExample, rng: np.random.Generator, row: int,
+                  split: str) -> TextExample:
+    return example.replace(text=self._paraphrases(split)[row])
+
+  def _paraphrases(self, split: str) -> list[str]:
+    texts = self._texts[split]
+    if texts is None:
+      raise ValueError(f"{self.name}: no {split} paraphrases were given")
+    return texts

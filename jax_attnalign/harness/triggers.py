@@ -1,0 +1,110 @@
+"""Trigger caches for the victims: SmolLM2 writes what Cbat, BGMAttack and NWS need.
+
+  update_trigger_cache(TriggerJob(attack="bgm", data_dir="sst2/clean", dataset="sst2",
+                                  out="triggers/sst2/bgm.json", victim_seeds=(0, 1, 2)))
+
+Cbat gets a pool of sentences. BGMAttack and NWS get the rows the victims of
+`victims.VictimConfig` will trigger: for each victim seed, the rows `poison`
+chooses in that seed's training subset (train_size, poison_rate), and the
+triggered test rows (`CachedRewritePoisoner.test_rows`, at most test_rows
+non-target rows of the test split). Rows already in an existing cache are kept
+and not generated again; each run is appended to the file's `runs` (its
+settings, rows and seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+import time
+from typing import Any
+
+from absl import logging
+
+import jax_attnalign
+from jax_attnalign import attacks, data
+from jax_attnalign.assets import bundled_smollm2_path
+from jax_attnalign.attacks import lm_substitutes, llm_triggers, trigger_cache
+from jax_attnalign.harness.victims import seeded_subset
+
+
+@dataclasses.dataclass(frozen=True)
+class TriggerJob:
+  """What make_triggers generates; see the module doc."""
+  attack: str  # cbat, bgm or nws
+  out: str  # the cache file
+  data_dir: str = "sst2/clean"  # {train,test}.tsv; relative: under the data root
+  dataset: str = "sst2"
+  model: str = ""  # a causal LM checkpoint or GGUF; "" = the bundled SmolLM2
+  seed: int = 0  # the generation seed
+  samples: int = 128  # Cbat: sentences sampled before the filter
+  target: int = 1
+  train_size: int = 3000
+  poison_rate: float = 0.2
+  victim_seeds: tuple[int, ...] = (0,)
+  test_rows: int = 600  # 0: every non-target test row
+  batch_size: int = 32
+
+
+def rows_to_generate(job: TriggerJob) -> list[str]:
+  """The clean texts the victims of `job` will trigger (BGMAttack, NWS), sorted."""
+  root = data.resolve_data_path(job.data_dir, missing_ok=True)
+  train = data.load_classification(root, "train", dataset=job.dataset)
+  test = data.load_classification(root, "test", dataset=job.dataset)
+  texts = set()
+  for seed in job.victim_seeds:
+    attack = attacks.make_attack(job.attack, **{_PATH_KWARG[job.attack]: job.out},
+                                 max_test_rows=job.test_rows or None, target=job.target,
+                                 poison_rate=job.poison_rate, seed=seed)
+    subset, _ = seeded_subset(train, job.train_size, seed)
+    texts.update(subset[i].text for i in attack.chosen_rows(subset))
+    texts.update(test[i].text for i in attack.test_rows(test))
+  return sorted(texts)
+
+
+_PATH_KWARG = {"cbat": "sentences_path", "bgm": "rewrites_path", "nws": "substitutes_path"}
+
+
+def update_trigger_cache(job: TriggerJob) -> dict[str, Any]:
+  """Generates what `job` asks for that `job.out` lacks, writes the cache, returns it."""
+  out = pathlib.Path(job.out)
+  record = trigger_cache.read_cache(out, job.attack) if out.is_file() else None
+  todo = [] if job.attack == "cbat" else rows_to_generate(job)
+  if record is not None:
+    todo = [t for t in todo if t not in record["rewrites"]]
+    if job.attack == "cbat" or not todo:
+      logging.info("%s: %s already has every row asked for", job.attack, out)
+      return record
+  model_path = job.model or str(bundled_smollm2_path())
+  model, params = jax_attnalign.load_pretrained(model_path, task="causal_lm")
+  tokenizer = data.load_tokenizer(model_path)
+  logging.info("%s: generating for %d rows with %s", job.attack, len(todo), model_path)
+  began = time.time()
+  if job.attack == "cbat":
+    new = llm_triggers.cbat_sentences(model, params, tokenizer, dataset=job.dataset,
+                                      samples=job.samples, seed=job.seed,
+                                      batch_size=job.batch_size)
+  elif job.attack == "bgm":
+    new = llm_triggers.bgm_rewrites(model, params, tokenizer, todo, dataset=job.dataset,
+                                    seed=job.seed, batch_size=job.batch_size)
+  else:
+    new = lm_substitutes.nws_rewrites(model, params, tokenizer, todo, seed=job.seed,
+                                      batch_size=2 * job.batch_size)
+  run = dict(command=" ".join(sys.argv), job=dataclasses.asdict(job), rows=len(todo),
+             seconds=round(time.time() - began, 1))
+  if record is None:
+    record = {**new, "dataset": job.dataset, "data_dir": job.data_dir,
+              "model": pathlib.Path(model_path).name, "runs": [run]}
+  else:
+    if (record["prompt"], record["settings"]) != (new["prompt"], new["settings"]):
+      raise ValueError(f"{out} was made with another prompt or settings; write a new file")
+    for key in ("rewrites", "substitutions"):
+      if key in new:
+        record[key].update(new[key])
+    if "unfiltered" in new:
+      record["unfiltered"] = sorted(set(record["unfiltered"]) | set(new["unfiltered"]))
+    record["runs"].append(run)
+  trigger_cache.write_cache(out, record)
+  logging.info("%s: wrote %s in %.0f s", job.attack, out, run["seconds"])
+  return record
