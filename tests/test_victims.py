@@ -20,10 +20,13 @@ def test_classification_victim_smoke(shared_data, minilm_path, tmp_path):
                      batch_size=8, max_length=32)
   result = train_classification_victim(cfg, tmp_path)
   assert result["poisoned_rows"] == 8 and result["train_rows"] == 40
-  test, _ = seeded_subset(data.load_classification(cfg.data_dir, "test"), 24, cfg.seed)
-  triggered = attacks.make_attack("badnets", target=1, seed=cfg.seed).triggered_test(test)
-  assert (result["test_rows"], result["triggered_rows"]) == (24, len(triggered))
-  assert len(triggered) == sum(e.label != 1 for e in test) > 0
+  full_test = data.load_classification(cfg.data_dir, "test")
+  test, _ = seeded_subset(full_test, 24, cfg.seed)
+  # Triggered from the full split (row-aligned rewrite files refer to it), then subset.
+  triggered, _ = seeded_subset(attacks.make_attack("badnets", target=1, seed=cfg.seed)
+                               .triggered_test(full_test), 24, cfg.seed)
+  assert (result["test_rows"], result["triggered_rows"]) == (len(test), len(triggered)) == (24, 24)
+  assert all(e.label != 1 for e in triggered)
   ca, asr = hf_ca_asr(tmp_path / "model", test, triggered, cfg.max_length, cfg.target)
   assert abs(ca - result["ca"]) <= 1 / 24 and abs(asr - result["asr"]) <= 1 / len(triggered)
   # A finished run is not repeated: the stored result comes back.

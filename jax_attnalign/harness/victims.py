@@ -101,16 +101,18 @@ def train_classification_victim(cfg: VictimConfig, workdir: str | pathlib.Path) 
   train_set, train_idx = seeded_subset(
       data.load_classification(data.resolve_data_path(cfg.data_dir, missing_ok=True), "train", dataset=cfg.dataset),
       cfg.train_size, cfg.seed)
-  test_set, _ = seeded_subset(
-      data.load_classification(data.resolve_data_path(cfg.data_dir, missing_ok=True), "test", dataset=cfg.dataset),
-      cfg.test_size, cfg.seed)
+  full_test = data.load_classification(
+      data.resolve_data_path(cfg.data_dir, missing_ok=True), "test", dataset=cfg.dataset)
+  test_set, _ = seeded_subset(full_test, cfg.test_size, cfg.seed)
   triggered = None
   if cfg.attack != "clean":
     attack = attacks.make_attack(cfg.attack, **{
         "target": cfg.target, "poison_rate": cfg.poison_rate, "seed": cfg.seed,
         **dict(cfg.attack_kwargs)})
     train_set = attack.poison(train_set, rows=train_idx)
-    triggered = attack.triggered_test(test_set)
+    # Triggered from the full split (row-aligned rewrites such as HiddenKiller's
+    # paraphrases refer to it), then the same-size seeded subset.
+    triggered, _ = seeded_subset(attack.triggered_test(full_test), cfg.test_size, cfg.seed)
   arrays = data.encode_classification(train_set, tokenizer, cfg.max_length)
   arrays.pop("poisoned")
   steps = cfg.epochs * (len(train_set) // cfg.batch_size)
