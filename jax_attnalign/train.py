@@ -2,7 +2,9 @@
 
 Used to inject backdoors (victim training) and by the defense's fine-tuning.
 Losses: sequence classification (cross-entropy on the class logits) or causal
-LM (next-token cross-entropy restricted to `loss_mask`, e.g. the response).
+LM (next-token cross-entropy restricted to `loss_mask`, e.g. the response), or
+an objective of the caller's (`Objective`: the baselines' max-entropy and
+attention-normalised losses).
 
   state = TrainState.create(params, optimizer)
   state, history = fit(model, state, optimizer, arrays, loss="classification",
@@ -14,7 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable, Union
 
 import flax.struct
 import jax
@@ -31,6 +33,10 @@ from jax_attnalign.models import MODEL_INPUTS, apply_batch
 
 Array = jax.Array
 LOSSES = ("classification", "causal_lm")
+# A loss of the caller's: (model, params, batch, rng, deterministic) -> (loss,
+# metrics with 'loss'); hashable (a function, or a frozen dataclass of settings),
+# being a static argument of the jitted step.
+Objective = Callable[..., tuple[Array, dict]]
 # Traces of the jitted steps by name (the Python body runs once per trace): a
 # step whose optimizer is reused across rounds and seeds is traced once per shape.
 TRACES: collections.Counter = collections.Counter()
@@ -116,7 +122,10 @@ def row_accuracy(logits: Array, batch: dict[str, Array], loss: str) -> Array:
 _LOSS_FNS = {"classification": classification_loss, "causal_lm": causal_lm_loss}
 
 
-def loss_and_metrics(model, params, batch, rng, loss: str, deterministic: bool):
+def loss_and_metrics(model, params, batch, rng, loss: Union[str, Objective],
+                     deterministic: bool):
+  if callable(loss):
+    return loss(model, params, batch, rng, deterministic)
   positions = {"logit_positions": batch["loss_positions"]} if "loss_positions" in batch else {}
   out = apply_batch(model, params, batch, deterministic=deterministic,
                     rngs={"dropout": rng}, **positions)
@@ -125,8 +134,8 @@ def loss_and_metrics(model, params, batch, rng, loss: str, deterministic: bool):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=4)
-def train_step(model, optimizer: optax.GradientTransformation, loss: str, dropout: bool,
-               state: TrainState, batch: dict[str, Array], rng: Array):
+def train_step(model, optimizer: optax.GradientTransformation, loss: Union[str, Objective],
+               dropout: bool, state: TrainState, batch: dict[str, Array], rng: Array):
   """One jitted step -> (state, metrics); model, optimizer, loss and dropout are static.
 
   Data parallelism comes from the inputs' shardings: with the state replicated
@@ -188,7 +197,7 @@ def trim_padding(batch: dict[str, np.ndarray], bucket: int) -> dict[str, np.ndar
 
 @dataclasses.dataclass
 class FitConfig:
-  loss: str = "classification"
+  loss: Union[str, Objective] = "classification"  # one of LOSSES, or an Objective
   epochs: int = 1
   batch_size: int = 32
   seed: int = 0
@@ -228,8 +237,8 @@ def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
     state, meta = ckpt.restore(target=state)
     history = meta.get("history", [])
     logging.info("Resumed from %s at step %d of %d.", workdir, int(state.step), total)
-  if config.loss not in LOSSES:
-    raise ValueError(f"loss must be one of {LOSSES}, got {config.loss!r}.")
+  if not callable(config.loss) and config.loss not in LOSSES:
+    raise ValueError(f"loss must be one of {LOSSES} or an Objective, got {config.loss!r}.")
   done = int(state.step)
   rng = jax.random.key(config.seed)
   if config.parallelism == "pmap":
