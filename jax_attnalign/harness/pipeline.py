@@ -10,7 +10,8 @@ part on which CA and ASR are measured before and after sanitisation. The
 defender's clean data (fine-tuning and detector calibration) is drawn from the
 clean training split. Only clean data and the suspects are used: no trigger
 knowledge, no labels of the suspects (their importance labels are the model's
-own predictions by default).
+own predictions by default). The paper's baselines run on the same victims,
+defender data and held-out sets (`defend_with_baseline`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import time
 from typing import Any, Literal
 
 import numpy as np
@@ -26,6 +28,7 @@ from absl import logging
 import jax_attnalign
 from jax_attnalign import attacks, data, metrics, plots, train
 from jax_attnalign.analysis import resolve_view
+from jax_attnalign.baselines import BASELINES
 from jax_attnalign.defense.detector import DetectorConfig
 from jax_attnalign.defense.restarts import RestartConfig, sanitize_restarts
 from jax_attnalign.defense.sanitize import SanitizeConfig, calibrated_detector, scores_of
@@ -139,6 +142,18 @@ def choose_suspects(model, params, sets: dict, setup: DefenseSetup, config: Dete
   return unlabelled(chosen), unlabelled(watch), report, detector
 
 
+def _victim_and_data(setup: DefenseSetup) -> tuple:
+  """(model, params, tokenizer, sets of `defense_data`, CA/ASR before any defense)."""
+  model, params = jax_attnalign.load_pretrained(setup.victim, task="classification")
+  tokenizer = data.load_tokenizer(_tokenizer_path(setup))
+  sets = defense_data(setup, tokenizer)
+  return model, params, tokenizer, sets, evaluate(model, params, sets, setup.target)
+
+
+def _sizes(sets: dict) -> dict[str, int]:
+  return {name: len(arrays["input_ids"]) for name, arrays in sets.items()}
+
+
 def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig(),
                   workdir: str | pathlib.Path | None = None, *,
                   detector: DetectorConfig = DetectorConfig(),
@@ -146,7 +161,8 @@ def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig()
   """Detect suspects (with `detector`), sanitise (`config`, `restarts`), and
   measure; returns (and writes) the result dict:
   'before' and 'after' (CA on 'held_clean', ASR on 'held_triggered'), 'detection'
-  (on the 'stream'), the sanitisation 'report', and 'inputs', each set's size.
+  (on the 'stream'), the sanitisation 'report', 'inputs', each set's size, and
+  'wall_s', the seconds from the detector's calibration to the sanitised model.
 
   With `workdir` an existing result.json is returned as is, and an interrupted
   sanitisation resumes from its checkpoint there.
@@ -154,34 +170,66 @@ def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig()
   workdir = pathlib.Path(workdir) if workdir else None
   if workdir is not None and (workdir / "result.json").exists():
     return json.loads((workdir / "result.json").read_text())
-  model, params = jax_attnalign.load_pretrained(setup.victim, task="classification")
-  tokenizer = data.load_tokenizer(_tokenizer_path(setup))
-  sets = defense_data(setup, tokenizer)
-  before = evaluate(model, params, sets, setup.target)
+  model, params, tokenizer, sets, before = _victim_and_data(setup)
+  start = time.perf_counter()
   suspects, flagged, detection, calibrated = choose_suspects(model, params, sets, setup,
                                                              detector, config.score_batch_size)
   logging.info("before: %s; detection: %s", before, detection)
   result = {"setup": dataclasses.asdict(setup), "before": before, "detection": detection,
-            "inputs": {name: len(arrays["input_ids"]) for name, arrays in sets.items()}}
+            "inputs": _sizes(sets)}
   if detection["suspects"] == 0:
-    result.update(after=before, report={"stopped": "no_suspects", "rounds": []})
+    result.update(report={"stopped": "no_suspects", "rounds": []},
+                  wall_s=time.perf_counter() - start, after=before)
   else:
     params, report = sanitize_restarts(model, params, suspects, sets["clean_train"], flagged,
                                        sets["calibration"], config, restarts=restarts,
                                        detector=calibrated,
                                        workdir=workdir / "sanitize" if workdir else None)
-    result.update(after=evaluate(model, params, sets, setup.target), report=report)
+    result.update(report=report, wall_s=time.perf_counter() - start,
+                  after=evaluate(model, params, sets, setup.target))
   return store_defense_result(result, workdir, model, params, tokenizer)
 
 
+def defend_with_baseline(setup: DefenseSetup, baseline: str,
+                         workdir: str | pathlib.Path | None = None, config=None) -> dict:
+  """A baseline of `baselines.BASELINES` ('fine_pruning', 'meft', 'pure'; `config`
+  its config, default the baseline's) on the victim of `setup`, with the same
+  defender data and held-out sets as `defend_victim`: it fine-tunes on
+  'clean_train' and validates on 'calibration' (clean labelled rows; no suspects).
+
+  Returns (and writes, with the defended checkpoint) the result dict: 'baseline',
+  'config', 'before', 'after', the baseline's 'report', 'inputs' and 'wall_s'
+  (the baseline's seconds). With `workdir` an existing result.json is returned
+  as is, and an interrupted baseline resumes from its checkpoints there.
+  """
+  workdir = pathlib.Path(workdir) if workdir else None
+  if workdir is not None and (workdir / "result.json").exists():
+    return json.loads((workdir / "result.json").read_text())
+  if baseline not in BASELINES:
+    raise ValueError(f"baseline must be one of {sorted(BASELINES)}, got {baseline!r}.")
+  defend, config_cls = BASELINES[baseline]
+  config = config_cls() if config is None else config
+  model, params, tokenizer, sets, before = _victim_and_data(setup)
+  logging.info("before: %s; %s on %d clean training and %d validation rows.", before,
+               baseline, len(sets["clean_train"]["labels"]), len(sets["calibration"]["labels"]))
+  start = time.perf_counter()
+  params, report = defend(model, params, sets["clean_train"], sets["calibration"], config,
+                          workdir=workdir / baseline if workdir else None)
+  result = {"setup": dataclasses.asdict(setup), "baseline": baseline,
+            "config": dataclasses.asdict(config), "before": before, "report": report,
+            "inputs": _sizes(sets), "wall_s": time.perf_counter() - start,
+            "after": evaluate(model, params, sets, setup.target)}
+  return store_defense_result(result, workdir, model, params, tokenizer, save_model=True)
+
+
 def store_defense_result(result: dict, workdir: pathlib.Path | None, model, params,
-                         tokenizer) -> dict:
+                         tokenizer, *, save_model: bool | None = None) -> dict:
   """Logs the result's 'after', writes workdir/result.json and, when the defense
-  ran (a 'report' with rounds), the sanitised checkpoint with its tokenizer to
-  workdir/model. Returns `result`."""
+  changed the model (`save_model`; by default: a 'report' with rounds), the
+  defended checkpoint with its tokenizer to workdir/model. Returns `result`."""
   logging.info("after: %s", result["after"])
   if workdir is not None:
-    if result["report"]["rounds"]:
+    if result["report"]["rounds"] if save_model is None else save_model:
       jax_attnalign.save_pretrained(model, params, workdir / "model", tokenizer=tokenizer)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "result.json").write_text(json.dumps(result, indent=1, default=str))

@@ -1,0 +1,321 @@
+"""The baselines (Fine-Pruning, MEFT, PURE) against NumPy references of their rules, resume,
+the pruned checkpoint in transformers, and each one lowering a small backdoor's ASR."""
+
+import dataclasses
+import importlib
+import json
+
+import chex
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from conftest import SMALL_LENGTH
+from jax_attnalign import data, load_pretrained, save_pretrained, train
+from jax_attnalign.baselines import (CleanFineTuning, FinePruningConfig, MEFTConfig, PUREConfig,
+                                     fine_pruning, meft, pure)
+from jax_attnalign.baselines.meft import max_entropy_loss
+from jax_attnalign.baselines.pruning import prune_in_steps
+from jax_attnalign.baselines.pure import AttentionNormalizedLoss
+from jax_attnalign.harness.pipeline import DefenseSetup, defend_with_baseline, defense_data
+from jax_attnalign.models import PATTERNS, ModelConfig, attention_maps, build_model, run_with_hooks
+
+# The module: the package's `meft` is the function.
+meft_module = importlib.import_module("jax_attnalign.baselines.meft")
+CFG = ModelConfig(model_type="bert", vocab_size=41, hidden_size=24, num_layers=2,
+                  num_heads=4, intermediate_size=23, max_position_embeddings=16)
+ONE_EPOCH = CleanFineTuning(epochs=1, batch_size=8)
+
+
+def _data(n, seed):
+  rng = np.random.RandomState(seed)
+  ids = rng.randint(3, 41, (n, 12)).astype(np.int32)
+  ids[:, 0] = 1  # [CLS]
+  mask = np.ones_like(ids)
+  mask[::3, 9:] = 0
+  return {"input_ids": ids * mask, "attention_mask": mask,
+          "labels": rng.randint(0, 2, n).astype(np.int32)}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model = build_model(CFG, "classification")
+  params = model.init(jax.random.PRNGKey(0), np.ones((2, 12), np.int32))["params"]
+  return model, jax.device_get(params), _data(24, 1), _data(16, 2)
+
+
+@pytest.fixture(scope="module")
+def small(small_badnets):
+  """The small BadNets BERT (2 layers x 8 heads, 96 units) with 200 clean SST-2
+  validation rows and 32 clean training rows from outside its training rows."""
+  rows = data.load_classification(small_badnets["sst2"], "train")[-232:]
+  enc = data.encode_classification(rows, small_badnets["tokenizer"], SMALL_LENGTH)
+  split = lambda s: {k: v[s] for k, v in enc.items()}
+  return {**small_badnets, "val": split(slice(0, 200)), "train": split(slice(200, None))}
+
+
+def _predict(model, params, arrays) -> np.ndarray:
+  return train.predict_logits(model, params, arrays).argmax(-1)
+
+
+def _params_np(params):
+  return jax.tree_util.tree_map(lambda x: np.array(x, np.float64), params)
+
+
+def _numpy_prune_units(params, units):
+  """A copy of params with units [(layer, unit)] zeroed, in NumPy."""
+  out = _params_np(params)
+  for layer, unit in units:
+    mlp = out[f"layers_{layer}"]["mlp"]
+    mlp["intermediate"]["kernel"][:, unit] = 0.0
+    mlp["intermediate"]["bias"][unit] = 0.0
+    mlp["output"]["kernel"][unit] = 0.0
+  return out
+
+
+def _numpy_prune_heads(params, heads):
+  out = _params_np(params)
+  for layer, head in heads:
+    attn = out[f"layers_{layer}"]["attention"]
+    attn["out"]["kernel"][head] = 0.0
+    attn["value"]["kernel"][:, head] = 0.0
+    attn["value"]["bias"][head] = 0.0
+  return out
+
+
+def test_max_entropy_loss_is_log_classes_minus_entropy():
+  """Within 1e-6 of float64 NumPy, for 2 and 5 classes."""
+  rng = np.random.RandomState(0)
+  for classes in (2, 5):
+    logits = rng.normal(0, 3, (7, classes))
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    entropy = -np.sum(p * np.log(p), -1)
+    expected = np.mean(np.log(classes) - entropy)
+    assert abs(float(max_entropy_loss(logits.astype(np.float32))) - expected) < 1e-6
+
+
+def test_prune_in_steps_stops_where_the_rule_says():
+  """Accuracy known per pruned index: Fine-Pruning undoes the step that breaks the
+  floor (an accuracy exactly at the floor stays); PURE restores that step's heads
+  from its end until the floor holds, and stops there."""
+  cost = np.array([0.0, 0.01, 0.02, 0.03, 0.0, 0.1, 0.05, 0.0])
+  accuracy = lambda pruned: 0.9 - cost[pruned].sum()
+  groups = [[0, 1], [2, 3], [4, 5], [6, 7]]
+  pruned, trace = prune_in_steps(groups, accuracy, 0.84, 8, backtrack=False)
+  assert np.flatnonzero(pruned).tolist() == [0, 1, 2, 3]  # 0.84 exactly: kept
+  assert [t["pruned"] for t in trace] == [2, 4, 6]
+  pruned, trace = prune_in_steps(groups, accuracy, 0.84, 8, backtrack=True)
+  assert np.flatnonzero(pruned).tolist() == [0, 1, 2, 3, 4]
+  assert [t["pruned"] for t in trace] == [2, 4, 6, 5]
+  pruned, trace = prune_in_steps(groups, accuracy, 0.95, 8, backtrack=True)
+  assert not pruned.any() and [t["pruned"] for t in trace] == [2, 1]
+  pruned, _ = prune_in_steps(groups, accuracy, 0.0, 8, backtrack=True)
+  assert pruned.all()
+
+
+def _own_labels(small) -> dict:
+  """The validation rows labelled with the victim's own predictions: accuracy is then
+  agreement with the unpruned model (1.0 before pruning), so a limit between two
+  steps' accuracies (from the NumPy reference) makes the stop known in advance."""
+  val = small["val"]
+  return {**val, "labels": _predict(small["model"], small["params"], val)}
+
+
+def _first_change(accuracies: list[float]) -> float:
+  """A limit under 1 that the first accuracy below 1 breaks: (1 + it) / 2."""
+  below = [a for a in accuracies if a < 1.0]
+  assert below, "pruning should change some prediction"
+  return (1.0 + below[0]) / 2
+
+
+def test_fine_pruning_equals_a_numpy_brute_force(small):
+  """Units ranked by their mean activation over real tokens (captured, NumPy), last
+  layer first, 10 a step; each step's accuracy from NumPy-zeroed weights; the
+  pruning keeps the steps before the first one more than `max_drop` under the
+  unpruned accuracy, `max_drop` set between two steps' drops."""
+  model, params, val = small["model"], small["params"], _own_labels(small)
+  _, captured = run_with_hooks(model, params, val, capture="layers.*.mlp.hidden")
+  mask = val["attention_mask"][..., None].astype(np.float64)
+  mean = np.stack([(np.asarray(captured[f"layers.{l}.mlp.hidden"]) * mask).sum((0, 1))
+                   / mask.sum() for l in range(2)])  # [L, F]
+  order = sorted(((l, f) for l in range(2) for f in range(96)),
+                 key=lambda lf: (-lf[0], mean[lf], lf[1]))
+  prefixes = [order[:k] for k in range(10, 200, 10)]
+  accuracy = lambda units: float(np.mean(
+      _predict(model, _numpy_prune_units(params, units), val) == val["labels"]))
+  accuracies = [accuracy(units) for units in prefixes]
+  max_drop = 1.0 - _first_change(accuracies)
+  stop = next(i for i, a in enumerate(accuracies) if 1.0 - a > max_drop)
+  assert stop > 0, "the first step should keep every prediction"
+  config = FinePruningConfig(max_drop=max_drop, step_fraction=0.1, finetune=ONE_EPOCH)
+  _, report = fine_pruning(model, params, small["train"], val, config)
+  assert report["units_per_step"] == 10 and report["accuracy"] == 1.0
+  assert [t["accuracy"] for t in report["trace"]] == pytest.approx(accuracies[:stop + 1])
+  assert sorted((l, f) for l, units in enumerate(report["pruned_units"]) for f in units) \
+      == sorted(prefixes[stop - 1])
+
+
+def test_pure_equals_a_numpy_brute_force(small):
+  """Heads ranked by the variance of their captured [CLS] rows (NumPy, ddof 1), a
+  layer's highest kept, 4 a group; groups pruned while the NumPy-zeroed model's
+  accuracy holds c, the breaking group restored from its highest-variance head
+  until it holds again; the layer weights of the pruned model by PURE's formula."""
+  model, params, val = small["model"], small["params"], _own_labels(small)
+
+  def variances(p):
+    maps = np.asarray(attention_maps(run_with_hooks(model, p, val, capture=PATTERNS)[1]))
+    return np.var(maps[:, :, :, 0, :], axis=-1, ddof=1).mean(1)  # [L, N]
+
+  variance = variances(params)
+  order = [divmod(int(i), 8) for i in np.argsort(variance.ravel(), kind="stable")]
+  kept = {(l, int(variance[l].argmax())) for l in range(2)}
+  groups = [[h for h in order[s:s + 4] if h not in kept] for s in range(0, 16, 4)]
+  accuracy = lambda heads: float(np.mean(
+      _predict(model, _numpy_prune_heads(params, heads), val) == val["labels"]))
+  threshold = _first_change([accuracy(sum(groups[:j + 1], [])) for j in range(4)])
+  expected = []
+  for group in groups:
+    if accuracy(expected + group) >= threshold:
+      expected = expected + group
+      continue
+    while len(group) > 1:
+      group = group[:-1]
+      if accuracy(expected + group) >= threshold:
+        expected = expected + group
+        break
+    break
+  assert 0 < len(expected) < 14, "the threshold should bite partway"
+  config = PUREConfig(accuracy_threshold=threshold, prune_step=4, finetune=ONE_EPOCH)
+  _, report = pure(model, params, small["train"], val, config)
+  np.testing.assert_allclose(report["variance"], variance, rtol=1e-4, atol=1e-9)
+  assert report["threshold"] == threshold
+  assert sorted((l, h) for l, heads in enumerate(report["pruned_heads"]) for h in heads) \
+      == sorted(expected)
+  keep = np.ones((2, 8))
+  for l, h in expected:
+    keep[l, h] = 0
+  v = (variances(_numpy_prune_heads(params, expected)) * keep).sum(1) / keep.sum(1)
+  w = (1 / v) / np.sum(1 / v)
+  np.testing.assert_allclose(report["layer_weights"], (w - w.min()) / (w.max() - w.min()),
+                             atol=1e-5)
+
+
+def test_attention_normalized_loss_equals_numpy(tiny):
+  """Cross-entropy + 0.15 * sum_l,h w[l][h] sqrt(sum_b,s A[l,b,h,0,s]^2), from the
+  captured maps in float64."""
+  model, params, clean, _ = tiny
+  weights = ((0.5, 0.0, 1.0, 0.25), (1.0, 1.0, 0.0, 0.5))
+  loss = AttentionNormalizedLoss(weights, 0.15)
+  value, metrics = jax.jit(lambda p, b: loss(model, p, b, jax.random.key(0), True))(
+      params, clean)
+  out, captured = run_with_hooks(model, params, clean, capture=PATTERNS)
+  maps = np.asarray(attention_maps(captured), np.float64)  # [L, B, N, T, S]
+  norms = np.sqrt(np.sum(maps[:, :, :, 0, :] ** 2, axis=(1, 3)))  # [L, N]
+  logits = np.asarray(out.logits, np.float64)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  ce = -np.mean(logp[np.arange(len(logp)), clean["labels"]])
+  penalty = 0.15 * np.sum(np.asarray(weights) * norms)
+  np.testing.assert_allclose(float(metrics["attention_penalty"]), penalty, rtol=1e-5)
+  np.testing.assert_allclose(float(value), ce + penalty, rtol=1e-5)
+
+
+CONFIGS = {"fine_pruning": lambda epochs: FinePruningConfig(
+               finetune=dataclasses.replace(ONE_EPOCH, epochs=epochs)),
+           "meft": lambda epochs: MEFTConfig(stop_distance=1e-12, max_entropy_epochs=epochs,
+                                             finetune=dataclasses.replace(ONE_EPOCH,
+                                                                          epochs=epochs)),
+           "pure": lambda epochs: PUREConfig(threshold="relative", prune_step=3,
+                                             finetune=dataclasses.replace(ONE_EPOCH,
+                                                                          epochs=epochs))}
+DEFENSES = {"fine_pruning": fine_pruning, "meft": meft, "pure": pure}
+TRACES = {"fine_pruning": 1, "meft": 2, "pure": 1}  # one compiled step per loss
+
+
+@pytest.mark.parametrize("name", sorted(DEFENSES))
+def test_interrupted_baseline_resumes_to_the_same_parameters(tiny, tmp_path, monkeypatch, name):
+  """Killed after one fine-tune epoch (MEFT: after one max-entropy epoch), then run
+  to the end in the same workdir: the parameters of an uninterrupted run. Each
+  loss traces its train step once."""
+  model, params, clean, val = tiny
+  defend = DEFENSES[name]
+  jax.clear_caches()
+  train.TRACES.clear()
+  straight, report = defend(model, params, clean, val, CONFIGS[name](2))
+  assert train.TRACES["train_step"] == TRACES[name]
+  if name == "meft":
+    assert report["max_entropy_epochs"] == 2 and not report["reached"]
+
+    class Killed(Exception):
+      pass
+
+    def kill(*args, **kwargs):
+      raise Killed
+    with monkeypatch.context() as patch:
+      patch.setattr(meft_module, "finetune_on_clean", kill)
+      with pytest.raises(Killed):
+        defend(model, params, clean, val, CONFIGS[name](1), workdir=tmp_path)
+  else:
+    defend(model, params, clean, val, CONFIGS[name](1), workdir=tmp_path)
+  resumed, resumed_report = defend(model, params, clean, val, CONFIGS[name](2),
+                                   workdir=tmp_path)
+  chex.assert_trees_all_close(resumed, straight, atol=1e-6)
+  assert resumed_report["finetune_loss"] == pytest.approx(report["finetune_loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fine_pruning", "meft", "pure"])
+def test_baseline_lowers_badnets_asr_through_the_pipeline(small_badnets, minilm_path, tmp_path,
+                                                          name):
+  """defend_with_baseline on the small BadNets BERT with the defender's 300 clean
+  rows: ASR falls by more than 0.05 at CA within 0.05; the result and the
+  defended checkpoint are written, the pruned weights are zero in transformers,
+  which computes our logits; a second call reads the result back."""
+  victim = tmp_path / "victim"
+  save_pretrained(small_badnets["model"], small_badnets["params"], victim,
+                  tokenizer=small_badnets["tokenizer"])
+  setup = DefenseSetup(victim=str(victim), data_dir=str(small_badnets["sst2"]),
+                       max_length=SMALL_LENGTH, clean_size=300, eval_size=400)
+  tuning = CleanFineTuning(learning_rate=1e-3)
+  config = {"fine_pruning": FinePruningConfig(step_fraction=0.2, finetune=tuning),
+            "meft": MEFTConfig(finetune=tuning),
+            "pure": PUREConfig(threshold="relative", finetune=tuning)}[name]
+  result = defend_with_baseline(setup, name, tmp_path / "run", config)
+  before, after, report = result["before"], result["after"], result["report"]
+  print(f"{name}: CA {before['ca']:.3f} -> {after['ca']:.3f}, "
+        f"ASR {before['asr']:.3f} -> {after['asr']:.3f} in {result['wall_s']:.1f} s")
+  assert before["asr"] > 0.9
+  assert after["asr"] < before["asr"] - 0.05 and after["ca"] > before["ca"] - 0.05
+  assert result["inputs"]["clean_train"] == 300 and result["wall_s"] > 0
+  assert defend_with_baseline(setup, name, tmp_path / "run") == json.loads(
+      json.dumps(result, default=str))
+  # The exported checkpoint in transformers: pruned slices zero, our logits.
+  hf = transformers.AutoModelForSequenceClassification.from_pretrained(
+      tmp_path / "run" / "model").eval()
+  layers = hf.bert.encoder.layer
+  if name == "fine_pruning":
+    assert report["units_pruned"] > 0
+    for layer, units in enumerate(report["pruned_units"]):
+      assert not layers[layer].intermediate.dense.weight[units].any()
+      assert not layers[layer].output.dense.weight[:, units].any()
+  if name == "pure":
+    assert report["heads_pruned"] > 0
+    for layer, heads in enumerate(report["pruned_heads"]):
+      weight = layers[layer].attention.output.dense.weight.reshape(64, 8, 8)
+      assert not weight[:, heads].any()
+  if name == "meft":
+    val = defense_data(setup, data.load_tokenizer(victim))["calibration"]
+    probs = np.asarray(jax.nn.softmax(train.predict_logits(
+        small_badnets["model"], small_badnets["params"], val), -1), np.float64)
+    centroids = [probs[val["labels"] == c].mean(0) for c in (0, 1)]
+    assert report["stop_distance"][0] == pytest.approx(
+        np.linalg.norm(centroids[0] - centroids[1]), abs=1e-5)
+    assert report["reached"] and report["stop_distance"][-1] < 0.01
+  model, params = load_pretrained(tmp_path / "run" / "model", task="classification")
+  held = defense_data(setup, data.load_tokenizer(victim))["held_clean"]
+  rows = {k: held[k][:64] for k in ("input_ids", "attention_mask", "token_type_ids")}
+  with torch.no_grad():
+    theirs = hf(**{k: torch.tensor(v.astype(np.int64)) for k, v in rows.items()}).logits
+  np.testing.assert_allclose(train.predict_logits(model, params, rows), theirs.numpy(),
+                             atol=1e-4)
