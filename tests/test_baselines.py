@@ -1,5 +1,6 @@
 """The baselines (Fine-Pruning, MEFT, PURE) against NumPy references of their rules, resume,
-the pruned checkpoint in transformers, and each one lowering a small backdoor's ASR."""
+the pruned checkpoint in transformers, each one lowering a small backdoor's ASR, and
+their configs and columns in Table 2."""
 
 import dataclasses
 import importlib
@@ -7,6 +8,7 @@ import json
 
 import chex
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import torch
@@ -14,11 +16,13 @@ import transformers
 
 from conftest import SMALL_LENGTH
 from jax_attnalign import data, load_pretrained, save_pretrained, train
-from jax_attnalign.baselines import (CleanFineTuning, FinePruningConfig, MEFTConfig, PUREConfig,
-                                     fine_pruning, meft, pure)
+from jax_attnalign.baselines import (BASELINES, CleanFineTuning, FinePruningConfig, MEFTConfig,
+                                     PUREConfig, fine_pruning, meft, pure)
 from jax_attnalign.baselines.meft import max_entropy_loss
 from jax_attnalign.baselines.pruning import prune_in_steps
 from jax_attnalign.baselines.pure import AttentionNormalizedLoss
+from jax_attnalign.harness import reporting
+from jax_attnalign.harness.configs import baseline_config, default_config
 from jax_attnalign.harness.pipeline import DefenseSetup, defend_with_baseline, defense_data
 from jax_attnalign.models import PATTERNS, ModelConfig, attention_maps, build_model, run_with_hooks
 
@@ -319,3 +323,39 @@ def test_baseline_lowers_badnets_asr_through_the_pipeline(small_badnets, minilm_
     theirs = hf(**{k: torch.tensor(v.astype(np.int64)) for k, v in rows.items()}).logits
   np.testing.assert_allclose(train.predict_logits(model, params, rows), theirs.numpy(),
                              atol=1e-4)
+
+
+def test_baseline_configs_come_from_the_experiment_config():
+  config = default_config()
+  for name, (_, cls) in BASELINES.items():
+    assert baseline_config(config.baselines, name) == cls()
+  config.baselines.pure.threshold = "relative"
+  config.baselines.meft.finetune.epochs = 1
+  assert baseline_config(config.baselines, "pure") == PUREConfig(threshold="relative")
+  assert baseline_config(config.baselines, "meft").finetune == CleanFineTuning(epochs=1)
+  with pytest.raises(ValueError, match=r"Unknown keys \['c'\] in baselines.pure"):
+    baseline_config(ml_collections.ConfigDict({"pure": {"c": 0.85}}), "pure")
+  with pytest.raises(ValueError, match="PUREConfig.threshold must be one of"):
+    PUREConfig(threshold="percent")
+  variants = reporting.table2_variants(["pure", "oracle"], config)
+  assert variants["PURE"] == ({}, ("pure", PUREConfig(threshold="relative")))
+  assert variants["ours (oracle suspects)"][0] == {"suspects": "oracle"}
+  with pytest.raises(ValueError, match=r"Unknown Table 2 columns \['ft'\]"):
+    reporting.table2_variants(["ft"], config)
+
+
+def test_table2_bolds_the_lowest_asr_within_two_points_of_vanilla_ca():
+  """MEFT has the lowest ASR but lost 5 points of CA; PURE is the best of the rest.
+  Vanilla is each victim's before, counted once; the paper's BERT row follows."""
+  def row(victim, variant, ca, asr):
+    return {"victim": victim, "dataset": "sst2", "attack": "badnets", "variant": variant,
+            "before": {"ca": 0.90, "asr": 1.0}, "after": {"ca": ca, "asr": asr}}
+  rows = [row(v, c, ca, asr) for v in ("seed0", "seed1") for c, ca, asr in (
+      ("FP", 0.89, 0.30), ("MEFT", 0.85, 0.10), ("PURE", 0.885, 0.20))]
+  table = reporting.columns_table(rows, ["FP", "MEFT", "PURE"])
+  lines = table.splitlines()
+  assert lines[2] == ("| sst2 | badnets | 0.900 ± 0.000 | 1.000 ± 0.000 | 0.890 ± 0.000 | "
+                      "0.300 ± 0.000 | 0.850 ± 0.000 | 0.100 ± 0.000 | 0.885 ± 0.000 | "
+                      "**0.200 ± 0.000** | 2 |")
+  assert lines[3] == ("| sst2 | badnets (paper, BERT) | 0.9265 | 0.9967 | 0.9228 | 0.2636 | "
+                      "0.9148 | 0.1523 | 0.9064 | 0.1698 | 5 runs |")

@@ -1,7 +1,7 @@
 """Smoke tests of every experiment binary, as subprocesses, on a tiny configuration.
 
 A tiny random BERT (MiniLM's tokenizer) is backdoored on synthetic sentences by
-`experiments.attack`; analyze, defend, table2, ablation, sweep and the main job
+`experiments.attack`; analyze, defend, table2 (with the baselines), ablation, sweep and the main job
 (`experiments.demo`) then run on it with small settings and must write their files.
 """
 
@@ -92,7 +92,7 @@ def test_attack_writes_victims(tiny):
   assert (tiny["victims"] / "summary.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_analyze_defend_and_table2(tiny):
+def test_analyze_and_defend(tiny):
   common = [f"--victims_dir={tiny['victims']}", *TINY]
   out = run("experiments.analyze", *common[:1], "--inputs=8", "--views=cls_row_nospecial,full",
             f"--workdir={tiny['root'] / 'analyze'}", cwd=ROOT)
@@ -114,9 +114,26 @@ def test_analyze_defend_and_table2(tiny):
           (tiny["root"] / "defend" / "defend.md").read_text())
   transformers_dir = tiny["root"] / "defend" / "ours (oracle suspects)" / "badnets_seed0"
   assert (transformers_dir / "model" / "model.safetensors").is_file()
-  run("experiments.table2", f"--victims_dirs={tiny['victims']}", *TINY,
-      f"--workdir={tiny['root'] / 'table2'}", cwd=ROOT)
-  assert "ours (detector suspects)" in (tiny["root"] / "table2" / "table2.md").read_text()
+
+
+def test_table2_columns(tiny):
+  """Vanilla, the three baselines and both suspect sources, side by side with the
+  paper's BERT row; each column's defended checkpoint is written."""
+  workdir = tiny["root"] / "table2"
+  baselines = [f"--config.baselines.{b}.finetune.{k}={v}" for b in ("fine_pruning", "meft", "pure")
+               for k, v in (("epochs", 1), ("batch_size", 8))]
+  run("experiments.table2", f"--victims_dirs={tiny['victims']}", *TINY, *baselines,
+      "--config.baselines.meft.max_entropy_epochs=2", f"--workdir={workdir}", cwd=ROOT)
+  rows = json.loads((workdir / "table2.json").read_text())
+  columns = ["FP", "MEFT", "PURE", "ours (detector suspects)", "ours (oracle suspects)"]
+  assert [r["variant"] for r in rows] == columns and all(r["wall_s"] > 0 for r in rows)
+  assert len({json.dumps(r["before"]) for r in rows}) == 1  # one victim, one held-out set
+  table = (workdir / "table2.md").read_text()
+  assert "| dataset | attack | vanilla CA | vanilla ASR | FP CA | FP ASR | MEFT CA " in table
+  assert "| sst2 | badnets (paper, BERT) | 0.9265 | 0.9967 | 0.9228 | 0.2636 |" in table
+  assert "Bold: the lowest mean ASR among the columns whose mean CA is within 0.02" in table
+  for column in columns:
+    assert (workdir / column / "badnets_seed0" / "model" / "model.safetensors").is_file()
 
 
 def test_ablation_and_sweep(tiny):

@@ -3,8 +3,9 @@
 A config has the parts `setup` (`pipeline.DefenseSetup`: victim, data, how the
 suspects are chosen), `sanitize` (`defense.SanitizeConfig`, one nested dict per
 group: classify, align, finetune, stopping), `detector` (`defense.DetectorConfig`)
-and, for the classifiers' restarts, `restarts` (`defense.RestartConfig`), with the
-dataclasses' defaults, so a config file only states what it changes:
+and, for the classifiers, `restarts` (`defense.RestartConfig`) and `baselines`
+(one config per baseline of `baselines.BASELINES`), with the dataclasses'
+defaults, so a config file only states what it changes:
 
   def get_config():
     config = default_config()
@@ -18,6 +19,7 @@ import dataclasses
 
 import ml_collections
 
+from jax_attnalign.baselines import BASELINES
 from jax_attnalign.defense.detector import DetectorConfig
 from jax_attnalign.defense.restarts import RestartConfig
 from jax_attnalign.defense.sanitize import SanitizeConfig
@@ -34,7 +36,8 @@ def _to_plain(value):
 
 def default_config(setup=None, *, restarts: bool = True) -> ml_collections.ConfigDict:
   """{'setup': the setup dataclass's defaults (default: DefenseSetup, victim ''),
-  'sanitize', 'detector' and (with `restarts`) 'restarts': their dataclasses' defaults}."""
+  'sanitize', 'detector' and, with `restarts` (the classifiers' parts), 'restarts'
+  and 'baselines' ({name: config}): their dataclasses' defaults}."""
   setup = _to_plain(DefenseSetup(victim="") if setup is None else setup)
   if "attack_kwargs" in setup:
     setup["attack_kwargs"] = {}
@@ -42,6 +45,7 @@ def default_config(setup=None, *, restarts: bool = True) -> ml_collections.Confi
            "detector": _to_plain(DetectorConfig())}
   if restarts:
     parts["restarts"] = _to_plain(RestartConfig())
+    parts["baselines"] = {name: _to_plain(cls()) for name, (_, cls) in BASELINES.items()}
   return ml_collections.ConfigDict(parts)
 
 
@@ -77,6 +81,11 @@ def detector_config(config: ml_collections.ConfigDict) -> DetectorConfig:
 def restart_config(config: ml_collections.ConfigDict) -> RestartConfig:
   """The RestartConfig of `config.restarts`."""
   return _build(RestartConfig, config.to_dict(), "restarts")
+
+
+def baseline_config(config: ml_collections.ConfigDict, name: str):
+  """The config dataclass of baseline `name` from a config's `baselines` part."""
+  return _build(BASELINES[name][1], config[name].to_dict(), f"baselines.{name}")
 
 
 def defense_setup(config: ml_collections.ConfigDict, **overrides) -> DefenseSetup:

@@ -1,17 +1,21 @@
 """What the experiment binaries share: victims' attack settings and summaries,
-finding victims, running defense variants, writing results (JSON, markdown, plots)."""
+finding victims, running defense variants (ours and the baselines), writing results
+(JSON, markdown, plots), and Table 2's columns beside the paper's numbers."""
 
 from __future__ import annotations
 
 import json
 import pathlib
 
+import numpy as np
 import tqdm
 from absl import logging
 
 from jax_attnalign import data, metrics, plots
-from jax_attnalign.harness.configs import defense_setup, detector_config, restart_config
-from jax_attnalign.harness.pipeline import defend_victim
+from jax_attnalign.defense.sanitize import SanitizeConfig
+from jax_attnalign.harness.configs import (baseline_config, defense_setup, detector_config,
+                                           restart_config, sanitize_config)
+from jax_attnalign.harness.pipeline import defend_victim, defend_with_baseline
 
 # Columns of a victims summary, in order, when the runs report them.
 VICTIM_METRICS = ("ca", "asr", "clean_target_rate", "partial_target_rate", "answered",
@@ -146,28 +150,34 @@ def victim_setup(config, run_dir: pathlib.Path, victim_cfg: dict, **overrides):
 
 
 def run_variants(victims, variants: dict, config, workdir: pathlib.Path) -> list[dict]:
-  """defend_victim for every victim x variant; variants: {name: (setup overrides,
-  SanitizeConfig)}; config: the experiment config (its setup, detector and
-  restarts). Finished runs are read back, not repeated."""
+  """Every victim x variant; variants: {name: (setup overrides, spec)}, spec a
+  SanitizeConfig (our method, `defend_victim`) or (baseline name, its config)
+  (`defend_with_baseline`); config: the experiment config (its setup, detector
+  and restarts). Finished runs are read back, not repeated."""
   rows = []
   detector, restarts = detector_config(config.detector), restart_config(config.restarts)
   jobs = [(v, name, spec) for v in victims for name, spec in variants.items()]
-  for (run, run_dir, victim_cfg), name, (overrides, sanitize_cfg) in tqdm.tqdm(
-      jobs, desc="defend"):
+  for (run, run_dir, victim_cfg), name, (overrides, spec) in tqdm.tqdm(jobs, desc="defend"):
     setup = victim_setup(config.setup, run_dir, victim_cfg, **overrides)
-    result = defend_victim(setup, sanitize_cfg, workdir / name / run, detector=detector,
-                           restarts=restarts)
+    if isinstance(spec, SanitizeConfig):
+      result = defend_victim(setup, spec, workdir / name / run, detector=detector,
+                             restarts=restarts)
+    else:
+      result = defend_with_baseline(setup, spec[0], workdir / name / run, spec[1])
     logging.info("%s %s: %s -> %s", name, run, result["before"], result["after"])
     rows.append({"victim": run, "attack": victim_cfg["attack"],
                  "dataset": victim_cfg["dataset"], "variant": name,
                  "seed": victim_cfg["seed"], "inputs": result.get("inputs", {}),
-                 **{k: result[k] for k in ("before", "after", "detection")}})
+                 **{k: result[k] for k in ("before", "after", "detection", "wall_s")
+                    if k in result}})
   return rows
 
 
-def write_summary(rows: list[dict], workdir: pathlib.Path, name: str, title: str) -> str:
+def write_summary(rows: list[dict], workdir: pathlib.Path, name: str, title: str, *,
+                  columns: list[str] | None = None) -> str:
   """Groups rows by (dataset, attack, variant); writes {name}.json, .md and .png
-  (CA and ASR before/after, mean ± std over seeds). Returns the markdown table
+  (CA and ASR before/after, mean ± std over seeds). With `columns` (variant
+  names, in order) the markdown leads with `columns_table`. Returns the markdown
   under a line naming the sets measured."""
   groups: dict[tuple, list[dict]] = {}
   for row in rows:
@@ -178,12 +188,14 @@ def write_summary(rows: list[dict], workdir: pathlib.Path, name: str, title: str
   bars = {}
   for (dataset, attack, variant), runs in groups.items():
     get = lambda when, m: [r[when][m] for r in runs]
+    detected = [r["detection"] for r in runs if "detection" in r]
     lines.append(
         f"| {dataset} | {attack} | {variant} | {fmt(get('before', 'ca'))} | "
         f"{fmt(get('before', 'asr'))} | {fmt(get('after', 'ca'))} | "
-        f"{fmt(get('after', 'asr'))} | {fmt([r['detection']['auroc'] for r in runs])} | "
-        + ", ".join(f"{r['detection']['suspects']} ({r['detection']['suspects_triggered']})"
-                    for r in runs) + f" | {len(runs)} |")
+        f"{fmt(get('after', 'asr'))} | "
+        + (f"{fmt([d['auroc'] for d in detected])} | " + ", ".join(
+            f"{d['suspects']} ({d['suspects_triggered']})" for d in detected)
+           if detected else "— | —") + f" | {len(runs)} |")
     bars[f"{attack}\n{variant}"] = {"CA after": get("after", "ca"),
                                     "ASR after": get("after", "asr"),
                                     "ASR before": get("before", "asr")}
@@ -191,7 +203,8 @@ def write_summary(rows: list[dict], workdir: pathlib.Path, name: str, title: str
   table = (f"{title}, mean ± std over seeds: CA on each victim's {size('held_clean')} "
            f"held-out clean test inputs, ASR on its {size('held_triggered')} held-out "
            f"triggered ones; detector AUROC and suspects on its monitored stream of "
-           f"{size('stream')} test inputs\n\n" + "\n".join(lines))
+           f"{size('stream')} test inputs\n\n"
+           + (f"{columns_table(rows, columns)}\n\n" if columns else "") + "\n".join(lines))
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / f"{name}.json").write_text(json.dumps(rows, indent=1, default=str))
   (workdir / f"{name}.md").write_text(f"{table}\n")
@@ -201,8 +214,90 @@ def write_summary(rows: list[dict], workdir: pathlib.Path, name: str, title: str
 
 
 def defend_and_report(victims, variants: dict, config, workdir: str | pathlib.Path,
-                      name: str, title: str) -> None:
-  """What every defense binary does: `run_variants`, then `write_summary` and print it."""
+                      name: str, title: str, *, columns: bool = False) -> None:
+  """What every defense binary does: `run_variants`, then `write_summary` (with
+  `columns`: the variants side by side, `columns_table`) and print it."""
   workdir = pathlib.Path(workdir)
   rows = run_variants(victims, variants, config, workdir)
-  print(write_summary(rows, workdir, name, title))
+  print(write_summary(rows, workdir, name, title, columns=list(variants) if columns else None))
+
+
+# Table 2's defense columns: flag value -> (variant name, baseline or None for ours).
+TABLE2_COLUMNS = {"fp": ("FP", "fine_pruning"), "meft": ("MEFT", "meft"),
+                  "pure": ("PURE", "pure"), "detector": ("ours (detector suspects)", None),
+                  "oracle": ("ours (oracle suspects)", None)}
+# The paper's Table 2(a), BERT rows (arXiv 2511.13789; mean of 5 runs), as fractions:
+# (CA, ASR) per column; its one column for our method is the detector's.
+_PAPER_COLUMNS = ("vanilla", "FP", "MEFT", "PURE", "ours (detector suspects)")
+_PAPER_BERT = {
+    ("sst2", "badnets"): (92.65, 99.67, 92.28, 26.36, 91.48, 15.23, 90.64, 16.98, 91.09, 11.23),
+    ("sst2", "hiddenkiller"): (89.33, 94.16, 89.17, 36.45, 89.21, 38.05, 88.39, 35.26, 90.03,
+                               15.66),
+    ("sst2", "cbat"): (90.85, 95.42, 89.93, 39.23, 91.06, 36.12, 89.76, 28.23, 91.45, 20.36),
+    ("sst2", "nws"): (90.45, 90.23, 87.19, 25.33, 89.31, 19.67, 88.30, 20.15, 90.54, 15.48),
+    ("sst2", "bgm"): (88.21, 91.27, 86.17, 37.15, 84.31, 22.75, 81.27, 29.46, 85.58, 21.73),
+    ("ag_news", "badnets"): (92.19, 99.12, 90.01, 21.15, 90.75, 16.36, 90.38, 18.21, 90.77,
+                             9.87),
+    ("ag_news", "hiddenkiller"): (88.36, 95.01, 87.97, 29.03, 91.03, 12.46, 88.49, 33.65,
+                                  89.93, 11.35),
+    ("ag_news", "cbat"): (92.68, 94.23, 90.98, 33.98, 91.84, 18.35, 91.97, 27.23, 92.35,
+                          20.84),
+    ("ag_news", "nws"): (85.67, 92.78, 83.75, 25.67, 85.33, 15.54, 84.76, 18.73, 85.43, 14.33),
+    ("ag_news", "bgm"): (90.37, 97.15, 90.01, 23.70, 88.32, 15.88, 88.45, 28.14, 87.29, 19.37)}
+PAPER_TABLE2_BERT = {key: {column: (values[2 * i] / 100, values[2 * i + 1] / 100)
+                           for i, column in enumerate(_PAPER_COLUMNS)}
+                     for key, values in _PAPER_BERT.items()}
+CA_TOLERANCE = 0.02  # a column competes for bold when its CA is within this of vanilla's
+
+
+def table2_variants(columns: list[str], config) -> dict:
+  """run_variants' variants for Table 2's `columns` (keys of TABLE2_COLUMNS), from
+  the experiment config's sanitize and baselines parts."""
+  unknown = sorted(set(columns) - set(TABLE2_COLUMNS))
+  if unknown:
+    raise ValueError(f"Unknown Table 2 columns {unknown}; columns: {list(TABLE2_COLUMNS)}.")
+  variants = {}
+  for column in columns:
+    name, baseline = TABLE2_COLUMNS[column]
+    variants[name] = (({"suspects": column}, sanitize_config(config.sanitize))
+                      if baseline is None else
+                      ({}, (baseline, baseline_config(config.baselines, baseline))))
+  return variants
+
+
+def columns_table(rows: list[dict], columns: list[str]) -> str:
+  """Markdown of Table 2: per dataset and attack, CA and ASR (mean ± std over
+  seeds) of vanilla (the victims before any defense) and of each column, and
+  beneath, the paper's BERT numbers where it gives them. Bold: the lowest mean
+  ASR among the columns whose mean CA is within CA_TOLERANCE of vanilla's."""
+  fmt = metrics.format_mean_std
+  groups: dict[tuple, dict[str, list[dict]]] = {}
+  for row in rows:
+    groups.setdefault((row["dataset"], row["attack"]), {}).setdefault(
+        row["variant"], []).append(row)
+  lines = ["| dataset | attack | " + " | ".join(f"{c} CA | {c} ASR"
+                                                for c in ["vanilla", *columns])
+           + " | seeds |", "|---" * (2 * len(columns) + 5) + "|"]
+  for (dataset, attack), by_column in groups.items():
+    vanilla = list({r["victim"]: r["before"] for runs in by_column.values()
+                    for r in runs}.values())  # one per victim
+    after = {c: [r["after"] for r in by_column[c]] for c in columns if c in by_column}
+    mean = lambda results, m: float(np.mean([x[m] for x in results]))
+    fair = {c: mean(results, "asr") for c, results in after.items()
+            if mean(results, "ca") >= mean(vanilla, "ca") - CA_TOLERANCE}
+    cells = [fmt([x["ca"] for x in vanilla]), fmt([x["asr"] for x in vanilla])]
+    for c in columns:
+      bold = "**" if c in fair and fair[c] == min(fair.values()) else ""
+      cells += ([fmt([x["ca"] for x in after[c]]),
+                 f"{bold}{fmt([x['asr'] for x in after[c]])}{bold}"] if c in after
+                else ["—", "—"])
+    lines.append(f"| {dataset} | {attack} | " + " | ".join(cells) + f" | {len(vanilla)} |")
+    paper = PAPER_TABLE2_BERT.get((dataset, attack))
+    if paper:
+      lines.append(f"| {dataset} | {attack} (paper, BERT) | " + " | ".join(
+          f"{paper[c][0]:.4f} | {paper[c][1]:.4f}" if c in paper else "— | —"
+          for c in ["vanilla", *columns]) + " | 5 runs |")
+  note = (f"Bold: the lowest mean ASR among the columns whose mean CA is within "
+          f"{CA_TOLERANCE:.2f} of vanilla's. Paper rows: Table 2(a), BERT-base (ours: "
+          "MiniLM or smaller); its one column for our method sits under the detector's.")
+  return "\n".join(lines) + "\n\n" + note
