@@ -1,8 +1,9 @@
-"""The docstring examples run, and every public name of the three namespaces has one.
+"""The docstring examples run, and every public name of the four namespaces has one.
 
-The public names are those in `__all__` of jax_attnalign, jax_attnalign.analysis
-and jax_attnalign.defense; their examples live in the modules that define them
-(`doctest.testmod` skips re-exports), so those modules are the ones run here.
+The public names are those in `__all__` of jax_attnalign, jax_attnalign.analysis,
+jax_attnalign.defense and jax_attnalign.baselines; their examples live in the
+modules that define them (`doctest.testmod` skips re-exports), so those modules
+are the ones run here.
 """
 
 import doctest
@@ -10,7 +11,8 @@ import importlib
 
 import pytest
 
-NAMESPACES = ("jax_attnalign", "jax_attnalign.analysis", "jax_attnalign.defense")
+NAMESPACES = ("jax_attnalign", "jax_attnalign.analysis", "jax_attnalign.defense",
+              "jax_attnalign.baselines")
 MODULES = (
     "jax_attnalign",
     "jax_attnalign.assets",
@@ -27,6 +29,12 @@ MODULES = (
     "jax_attnalign.analysis.similarity",
     "jax_attnalign.analysis.streaming",
     "jax_attnalign.analysis.views",
+    "jax_attnalign.baselines",
+    "jax_attnalign.baselines.fine_pruning",
+    "jax_attnalign.baselines.finetune",
+    "jax_attnalign.baselines.meft",
+    "jax_attnalign.baselines.pruning",
+    "jax_attnalign.baselines.pure",
     "jax_attnalign.defense",
     "jax_attnalign.defense.alignment",
     "jax_attnalign.defense.detector",
