@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jax_attnalign import validation
+from jax_attnalign.errors import InputError
 from jax_attnalign.models import Hooks, apply_batch, scale_heads
 
 Array = jax.Array
@@ -114,14 +116,19 @@ def head_importance(model, params, batches, *, use_predictions: bool = False,
   if isinstance(batches, dict):
     batches = [batches]
   total, count = 0.0, 0
-  for batch in batches:
+  for i, batch in enumerate(batches):
+    validation.batch_inputs(model.config, batch, where=f"head_importance: batch {i}")
     per_example = jnp.abs(head_gate_gradients(model, params, batch,
                                               use_predictions=use_predictions))
     real = jnp.any(batch["attention_mask"] > 0, axis=-1)
     total = total + jnp.sum(jnp.where(real[:, None, None], per_example, 0.0), axis=0)
     count += int(jnp.sum(real))
   if count == 0:
-    raise ValueError("head_importance got no examples.")
+    raise InputError("head_importance: batches hold no example (no row with a 1 in "
+                     "attention_mask); pass at least one encoded input.")
+  validation.finite_values("head_importance: the mean |gate gradient| of layers", total,
+                           fix="check the inputs' token ids and labels and the model's "
+                               "weights (NaN weights spread to every head)")
   return normalize_importance(total / count, normalization)
 
 

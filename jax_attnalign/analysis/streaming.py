@@ -17,6 +17,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jax_attnalign import validation
 from jax_attnalign.analysis.similarity import head_similarity
 from jax_attnalign.analysis.views import View, resolve_view
 from jax_attnalign.models.hooks import Hooks, collect, hook_name
@@ -48,6 +49,8 @@ def streaming_head_similarity(model, params, input_ids: Array, attention_mask: A
     >>> cos.shape  # [B, L, N, N]
     (2, 2, 4, 4)
   """
+  validation.model_inputs(model.config, input_ids, attention_mask,
+                          model_kwargs.get("token_type_ids"), where="streaming_head_similarity")
   view = resolve_view(view)
   selected = view.layer_indices(model.config.num_layers)
   layer_view = dataclasses.replace(view, layers="all")

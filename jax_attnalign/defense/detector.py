@@ -5,6 +5,9 @@ over the viewed layers and computed layer by layer inside the forward pass
 (`streaming_head_similarity`). Calibration on clean inputs sets the threshold
 at the (1 - fpr) quantile of their scores, so about `fpr` of clean inputs are
 flagged. The calibration is saved and loaded as JSON (never pickled).
+
+A score that is not finite (NaN from a broken input or weights) is flagged, and
+logged as such: `NaN > threshold` is false, and must not let an input through.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from jax_attnalign.analysis.similarity import pair_statistics
 from jax_attnalign.analysis.streaming import streaming_head_similarity
 from jax_attnalign.analysis.views import resolve_view
+from jax_attnalign import validation
 from jax_attnalign.defense import checks
+from jax_attnalign.errors import CheckpointError
 
 Statistic = Literal["mean", "percentile", "frac_above"]
 STATISTICS = ("mean", "percentile", "frac_above")
@@ -44,9 +50,9 @@ def input_scores(model, params, batch: dict, view: str, statistic: Statistic = "
     >>> scores.shape, bool(((-1 <= scores) & (scores <= 1)).all())  # [B], cosines
     ((2,), True)
   """
-  if statistic not in STATISTICS:
-    raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}.")
+  checks.choice("input_scores: statistic", statistic, STATISTICS)
   resolve_view(view)
+  validation.batch_inputs(model.config, batch, where="input_scores")
   return np.asarray(jax.device_get(batch_scores(
       model, params, batch["input_ids"], batch["attention_mask"], view, statistic,
       special_mask=special_mask, prompt_lengths=prompt_lengths)))
@@ -99,8 +105,27 @@ class Detector:
   clean_mean: float
   clean_std: float
 
+  def __post_init__(self):
+    checks.view("Detector.view", self.view)
+    checks.choice("Detector.statistic", self.statistic, STATISTICS)
+    checks.in_range("Detector.fpr", self.fpr, 0.0, 1.0, open_=True)
+    for name in ("threshold", "clean_mean", "clean_std"):
+      checks.finite(f"Detector.{name}", getattr(self, name))
+    checks.at_least("Detector.clean_count", self.clean_count, 2)
+
   def flag(self, scores: np.ndarray) -> np.ndarray:
-    return np.asarray(scores) > self.threshold
+    """True above the threshold, and for every score that is not finite (logged).
+
+    >>> Detector("cls_row", "mean", 0.05, 0.9, 256, 0.7, 0.1).flag([0.5, np.nan]).tolist()
+    [False, True]
+    """
+    scores = np.asarray(scores, np.float64)
+    broken = ~np.isfinite(scores)
+    if broken.any():
+      logging.warning("Detector: %d of %d scores are not finite (inputs %s); they are "
+                      "flagged. Check those inputs' token ids and the model's weights.",
+                      int(broken.sum()), scores.size, np.flatnonzero(broken)[:8].tolist())
+    return broken | (scores > self.threshold)
 
   def save(self, path: str | pathlib.Path) -> None:
     pathlib.Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=1))
@@ -108,13 +133,10 @@ class Detector:
   @classmethod
   def load(cls, path: str | pathlib.Path) -> "Detector":
     try:
-      fields = json.loads(pathlib.Path(path).read_text())
-      detector = cls(**fields)
-    except (json.JSONDecodeError, TypeError) as e:
-      raise ValueError(f"{path} is not a detector calibration saved by Detector.save "
-                       f"({e}). Recalibrate with calibrate_detector.") from e
-    resolve_view(detector.view)
-    return detector
+      return cls(**json.loads(pathlib.Path(path).read_text()))
+    except (UnicodeDecodeError, ValueError, TypeError) as e:  # JSONDecodeError: a ValueError
+      raise CheckpointError(f"{path} is not a detector calibration saved by Detector.save "
+                            f"({e}). Recalibrate with calibrate_detector.") from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,11 +176,14 @@ def calibrate_detector(clean_scores: np.ndarray, *, view: str, statistic: Statis
   >>> detector.threshold, detector.flag([0.5, 0.99]).tolist()
   (0.95, [False, True])
   """
-  if not 0.0 < fpr < 1.0:
-    raise ValueError(f"fpr must lie in (0, 1), got {fpr}.")
-  clean_scores = np.asarray(clean_scores, np.float64)
+  checks.in_range("calibrate_detector: fpr", fpr, 0.0, 1.0, open_=True)
+  clean_scores = np.asarray(clean_scores, np.float64).reshape(-1)
   if clean_scores.size < 2:
-    raise ValueError("Calibration needs at least 2 clean inputs' scores.")
+    raise ValueError("calibrate_detector: clean_scores needs at least 2 clean inputs' "
+                     f"scores, got {clean_scores.size}.")
+  validation.finite_values("calibrate_detector: clean_scores", clean_scores,
+                           fix="a NaN threshold would flag nothing; drop or re-encode "
+                               "those clean inputs, and check the model's weights")
   return Detector(view=view, statistic=statistic, fpr=fpr,
                   threshold=float(np.quantile(clean_scores, 1.0 - fpr, method="higher")),
                   clean_count=int(clean_scores.size), clean_mean=float(clean_scores.mean()),

@@ -41,7 +41,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from jax_attnalign import parallel, train
+from jax_attnalign import parallel, train, validation
 from jax_attnalign.analysis import (HeadClass, class_counts, classify_heads,
                                     head_gate_gradients, head_similarity,
                                     max_other_similarity, normalize_importance,
@@ -51,14 +51,16 @@ from jax_attnalign.checkpoint import Checkpointer
 from jax_attnalign.defense import checks
 from jax_attnalign.defense.alignment import (TRAINABLE, alignment_optimizer, alignment_rates,
                                              alignment_step)
-from jax_attnalign.defense.detector import (Detector, DetectorConfig, batch_scores,
-                                            calibrate_detector)
+from jax_attnalign.defense.detector import Detector, DetectorConfig
 from jax_attnalign.defense.headwise import HeadRates, headwise_init, headwise_optimizer
+# scores_of, calibrated_detector, flagged_inputs and per_input stay importable from here.
+from jax_attnalign.errors import InputError
+from jax_attnalign.defense.scoring import (calibrated_detector, flagged_inputs,  # noqa: F401
+                                           model_fields, per_input, scores_of, view_kwargs)
 from jax_attnalign.models import (MODEL_INPUTS, PATTERNS, apply_batch, attention_maps,
                                   run_with_hooks)
 
 STAGES = ("align", "finetune")
-_VIEW_INPUTS = ("special_mask", "prompt_lengths")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,42 +201,23 @@ class SanitizeConfig:
     checks.at_least("SanitizeConfig.seed", self.seed, 0)
 
 
-def per_input(fn: Callable, arrays: dict[str, np.ndarray], batch_size: int,
-              mesh: jax.sharding.Mesh):
-  """fn(batch) -> per-row array (or a pytree of them), over `arrays` in chunks
-  sharded on the mesh.
-
-  Each chunk is padded to a multiple of the devices with copies of its first
-  row, whose results are dropped; rows come back in order: [n, ...].
-  """
-  devices = mesh.shape[parallel.DATA]
-  size = -(-batch_size // devices) * devices
-  n = len(arrays["input_ids"])
-  out = []
-  for start in range(0, n, size):
-    chunk, real = parallel.pad_to_multiple(
-        {k: v[start:start + size] for k, v in arrays.items()}, devices)
-    out.append(jax.tree_util.tree_map(lambda x, real=real: np.asarray(x)[:real],
-                                      jax.device_get(fn(parallel.shard_batch(chunk, mesh)))))
-  return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *out)
-
-
-def _view_kwargs(batch: dict) -> dict:
-  return {k: batch.get(k) for k in _VIEW_INPUTS}
-
-
 @functools.partial(jax.jit, static_argnames=("model", "view", "scope"))
 def _suspect_cosine(model, params, batch, view: str, scope: str):
   """Per-input head cosine of the view: [B, L', N, N] (layer) or [B, L'N, L'N] (model)."""
   extra = {k: batch[k] for k in MODEL_INPUTS[2:] if k in batch}
   if scope == "layer":
     return streaming_head_similarity(model, params, batch["input_ids"],
-                                     batch["attention_mask"], view, **_view_kwargs(batch),
+                                     batch["attention_mask"], view, **view_kwargs(batch),
                                      **extra)
   _, captured = run_with_hooks(model, params, batch, capture=PATTERNS)
   return head_similarity(attention_maps(captured), view, attention_mask=batch["attention_mask"],
                          is_decoder=model.config.is_decoder, scope="model",
-                         **_view_kwargs(batch))
+                         **view_kwargs(batch))
+
+
+_NONFINITE_FIX = ("the round stops before it changes any weight; check those inputs' "
+                  "token ids and the model's weights (a NaN weight spreads to every "
+                  "input), and pass given labels only within the classes")
 
 
 def classify(model, params, suspects: dict[str, np.ndarray], config: SanitizeConfig,
@@ -244,7 +227,10 @@ def classify(model, params, suspects: dict[str, np.ndarray], config: SanitizeCon
   view = resolve_view(heads.view)
   layers = list(view.layer_indices(cfg.num_layers))
   cos = per_input(lambda b: _suspect_cosine(model, params, b, heads.view, heads.scope),
-                  suspects, config.score_batch_size, mesh).mean(axis=0)
+                  suspects, config.score_batch_size, mesh)
+  cos = validation.finite_values(
+      f"classify: the head similarity (view {heads.view!r}) of suspect inputs", cos,
+      fix=_NONFINITE_FIX).mean(axis=0)
   sim_viewed = np.asarray(max_other_similarity(jnp.asarray(cos))).reshape(len(layers), -1)
   use_predictions = heads.importance_labels == "predictions"
   if not use_predictions and "labels" not in suspects and "loss_mask" not in suspects:
@@ -252,7 +238,9 @@ def classify(model, params, suspects: dict[str, np.ndarray], config: SanitizeCon
                      "suspect inputs; use importance_labels='predictions' without labels.")
   grads = per_input(lambda b: head_gate_gradients(model, params, b,
                                                   use_predictions=use_predictions),
-                    _model_fields(suspects), config.score_batch_size, mesh)
+                    model_fields(suspects), config.score_batch_size, mesh)
+  validation.finite_values("classify: the head importance (eq. 4 gate gradients) of "
+                           "suspect inputs", grads, fix=_NONFINITE_FIX)
   importance = np.asarray(normalize_importance(jnp.asarray(np.abs(grads).mean(axis=0)),
                                                heads.normalization))
   safety = np.asarray(safety_scores(sim_viewed, importance[layers], heads.alpha,
@@ -270,11 +258,6 @@ def classify(model, params, suspects: dict[str, np.ndarray], config: SanitizeCon
 def _round_name(round_index: int, config: SanitizeConfig) -> str:
   """How the progress bars name a round: 'sanitize round 2/3' (counted from 1)."""
   return f"sanitize round {round_index + 1}/{config.stopping.max_rounds}"
-
-
-def _model_fields(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  keep = MODEL_INPUTS + ("labels", "loss_mask") + _VIEW_INPUTS
-  return {k: v for k, v in arrays.items() if k in keep}
 
 
 @functools.partial(jax.jit, static_argnames=("model", "optimizer", "view"))
@@ -298,7 +281,7 @@ def align(model, params, suspects: dict[str, np.ndarray], labels: np.ndarray,
   optimizer = alignment_optimizer(params, trainable=config.align.trainable)
   opt_state = headwise_init(optimizer, params, labels, model.config,
                             alignment_rates(config.align.learning_rate, config.align.trainable))
-  suspects = _model_fields(suspects)
+  suspects = model_fields(suspects)
   n = len(suspects["input_ids"])
   devices = mesh.shape[parallel.DATA]
   size = max(devices, min(config.align.batch_size, n) // devices * devices)
@@ -326,7 +309,7 @@ def task_accuracy(model, params, clean: dict[str, np.ndarray], config: SanitizeC
                    mesh: jax.sharding.Mesh) -> float:
   """The task's accuracy on the clean rows (mean over rows), data-parallel."""
   return float(per_input(lambda b: _row_accuracy(model, params, b, config.finetune.loss),
-                         _model_fields(clean), config.score_batch_size, mesh).mean())
+                         model_fields(clean), config.score_batch_size, mesh).mean())
 
 
 def finetune(model, params, clean: dict[str, np.ndarray], labels: np.ndarray,
@@ -341,65 +324,10 @@ def finetune(model, params, clean: dict[str, np.ndarray], labels: np.ndarray,
                             batch_size=tuning.batch_size, seed=config.seed + round_index,
                             length_bucket=tuning.length_bucket)
   state, history = train.fit(
-      model, state, optimizer, _model_fields(clean), fit_cfg,
+      model, state, optimizer, model_fields(clean), fit_cfg,
       workdir=str(workdir / f"finetune_round{round_index}") if workdir else None, mesh=mesh,
       desc=f"{_round_name(round_index, config)}: head-wise fine-tune")
   return state.params, [h["loss"] for h in history]
-
-
-def scores_of(model, params, arrays: dict[str, np.ndarray], view: str,
-              statistic: str | tuple[str, ...], *, batch_size: int = 32,
-              mesh: jax.sharding.Mesh | None = None, per_layer: bool = False):
-  """Every input's detector score (`input_scores`), data-parallel: [n] (per_layer:
-  [n, L']); a tuple of statistics gives {statistic: scores} from one pass.
-
-  Example, 16 random inputs to a tiny random BERT:
-    >>> from jax_attnalign import ModelConfig, build_model
-    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
-    >>> ids = np.random.default_rng(0).integers(3, 64, (16, 6)); ids[:, 0] = 1  # [CLS] first
-    >>> params = model.init(jax.random.key(0), ids[:2])["params"]
-    >>> inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    >>> scores = scores_of(model, params, inputs, "cls_row", ("mean", "frac_above"), batch_size=8)
-    >>> sorted((name, s.shape) for name, s in scores.items())  # both from one forward pass
-    [('frac_above', (16,)), ('mean', (16,))]
-  """
-  mesh = mesh or parallel.data_mesh()
-  return per_input(lambda b: batch_scores(model, params, b["input_ids"], b["attention_mask"],
-                                          view, statistic, per_layer=per_layer,
-                                          **_view_kwargs(b)),
-                   _model_fields(arrays), batch_size, mesh)
-
-
-def calibrated_detector(model, params, clean: dict[str, np.ndarray], config: DetectorConfig,
-                        *, batch_size: int = 32, mesh: jax.sharding.Mesh | None = None
-                        ) -> Detector:
-  """The detector of `config` calibrated on every row of `clean` (their scores)."""
-  return calibrate_detector(scores_of(model, params, clean, config.view, config.statistic,
-                                      batch_size=batch_size, mesh=mesh),
-                            view=config.view, statistic=config.statistic, fpr=config.fpr)
-
-
-def flagged_inputs(model, params, arrays: dict[str, np.ndarray], detector: Detector, *,
-                   batch_size: int = 32, mesh: jax.sharding.Mesh | None = None
-                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-  """The inputs the detector flags (the suspects of the label-free mode) and all scores.
-
-  Example, a detector calibrated to flag about 20% of 16 random inputs:
-    >>> from jax_attnalign import ModelConfig, build_model
-    >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
-    >>> ids = np.random.default_rng(0).integers(3, 64, (16, 6)); ids[:, 0] = 1  # [CLS] first
-    >>> params = model.init(jax.random.key(0), ids[:2])["params"]
-    >>> inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    >>> detector = calibrate_detector(scores_of(model, params, inputs, "cls_row", "mean"),
-    ...                               view="cls_row", fpr=0.2)
-    >>> suspects, scores = flagged_inputs(model, params, inputs, detector)
-    >>> suspects["input_ids"].shape, int(detector.flag(scores).sum())
-    ((3, 6), 3)
-  """
-  scores = scores_of(model, params, arrays, detector.view, detector.statistic,
-                     batch_size=batch_size, mesh=mesh)
-  keep = detector.flag(scores)
-  return {k: v[keep] for k, v in arrays.items()}, scores
 
 
 _EMPTY_SAFE_SET = "no safe head: eq. 6's safe mean is undefined; parameters unchanged"
@@ -448,9 +376,11 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
     ('max_rounds', 8)
   """
   mesh = mesh or parallel.data_mesh()
-  if len(suspect_inputs.get("input_ids", ())) == 0:
-    raise ValueError("sanitize needs at least one suspect input (none were given or "
-                     "flagged); lower the detector's threshold or pass oracle suspects.")
+  if isinstance(suspect_inputs, dict) and len(suspect_inputs.get("input_ids", ())) == 0:
+    raise InputError("sanitize: suspect_inputs is empty (none were given or flagged); "
+                     "lower the detector's threshold or pass oracle suspects.")
+  validation.batch_inputs(model.config, suspect_inputs, where="sanitize: suspect_inputs")
+  validation.batch_inputs(model.config, clean_data, where="sanitize: clean_data")
   workdir = pathlib.Path(workdir) if workdir else None
   if isinstance(detector, DetectorConfig):
     detector = calibrated_detector(
@@ -494,7 +424,8 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
                                                   config, mesh, k, workdir)
       scores = scores_of(model, params, suspect_inputs, detector.view, detector.statistic,
                          batch_size=config.score_batch_size, mesh=mesh)
-      entry.update(suspect_score_mean=float(scores.mean()),
+      entry.update(suspect_score_mean=float(np.nanmean(scores)) if np.isfinite(scores).any()
+                   else float("nan"), nonfinite_scores=int((~np.isfinite(scores)).sum()),
                    flagged_fraction=float(detector.flag(scores).mean()))
     report["stopped"] = _stop_reason(entry, config.stopping)
     report["rounds"].append(entry)
