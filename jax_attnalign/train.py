@@ -26,7 +26,7 @@ import optax
 import tqdm
 from absl import logging
 
-from jax_attnalign import parallel
+from jax_attnalign import parallel, validation
 from jax_attnalign.checkpoint import Checkpointer
 from jax_attnalign.data.batching import iterate_batches
 from jax_attnalign.models import MODEL_INPUTS, apply_batch
@@ -291,6 +291,7 @@ def predict_logits(model, params, arrays: dict[str, np.ndarray], batch_size: int
                    mesh: jax.sharding.Mesh | None = None,
                    length_bucket: int = 0) -> np.ndarray:
   """Class logits [n, C] for an encoded set, data-parallel, in order."""
+  validation.batch_inputs(model.config, arrays, where="predict_logits")
   mesh = mesh or parallel.data_mesh()
   params = parallel.replicate(params, mesh)
   size = mesh.shape[parallel.DATA]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from jax_attnalign import validation
 from jax_attnalign.models.bert import Bert
 from jax_attnalign.models.hooks import (PATTERNS, SITES, Hooks, attention_maps, collect,
                                         hook_name, layer_of, name_filter, scale_heads)
@@ -18,7 +19,9 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 def apply_batch(model, params, batch: dict, **kwargs):
   """`model.apply` on a batch dict: input_ids, attention_mask and, when present,
   token_type_ids; other fields (labels, loss_mask, ...) stay out. kwargs go on
-  to the model (hooks, mutable, rngs, ...)."""
+  to the model (hooks, mutable, rngs, ...). The inputs are checked first
+  (`validation.batch_inputs`: their values only outside `jax.jit`)."""
+  validation.batch_inputs(model.config, batch, where="apply_batch")
   extra = {k: batch[k] for k in MODEL_INPUTS[2:] if k in batch}
   return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
                      **extra, **kwargs)

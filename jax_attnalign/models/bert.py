@@ -117,7 +117,10 @@ class Bert(nn.Module):
                output_hidden_states: bool = False, deterministic: bool = True,
                hooks: Hooks = NO_HOOKS) -> ModelOutput:
     """input_ids, attention_mask, token_type_ids: [B, T] int. hooks: what to
-    capture, edit or summarise among the named intermediates (models.hooks)."""
+    capture, edit or summarise among the named intermediates (models.hooks).
+    Ids outside the tables give NaN outputs (see `layers.past_the_end`); the
+    entry points (`apply_batch`, ...) refuse them before the call."""
+    cfg = self.config
     b, t = input_ids.shape
     if attention_mask is None:
       attention_mask = jnp.ones((b, t), jnp.int32)
@@ -127,6 +130,8 @@ class Bert(nn.Module):
       position_ids = jnp.broadcast_to(jnp.arange(t), (b, t))
     slots = jnp.arange(t)
     mask = layers.attention_mask(attention_mask.astype(bool), slots, slots, causal=False)
+    input_ids, token_type_ids = (layers.past_the_end(input_ids, cfg.vocab_size),
+                                 layers.past_the_end(token_type_ids, cfg.type_vocab_size))
     x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
     hidden = [x]
     for i, layer in enumerate(self.layers):

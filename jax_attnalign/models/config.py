@@ -12,12 +12,19 @@ import dataclasses
 import json
 from typing import Any, Mapping
 
+from jax_attnalign import validation
+
 ENCODER_TYPES = ("bert",)
 DECODER_TYPES = ("llama", "mistral")
 MODEL_TYPES = ENCODER_TYPES + DECODER_TYPES
 TASKS = ("base", "classification", "masked_lm", "causal_lm")
 ROPE_TYPES = ("default", "linear", "llama3")
 
+_NONE_MEANS = {"num_kv_heads": "as many as num_heads", "head_dim": "hidden_size // num_heads",
+               "sliding_window": "no window"}
+
+_REQUIRED_HF = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size")
 # Keys that `from_hf_config` turns into fields; everything else goes to hf_extra.
 _CONSUMED = {
     "model_type", "vocab_size", "hidden_size", "num_hidden_layers",
@@ -94,7 +101,7 @@ class ModelConfig:
   tie_word_embeddings: bool = False
   attention_bias: bool = False
   mlp_bias: bool = False
-  sliding_window: int | None = None
+  sliding_window: int | None = None  # >= 1 (Mistral); None: no window (0 is refused)
   # Token ids and labels.
   pad_token_id: int | None = None
   bos_token_id: int | None = None
@@ -109,6 +116,19 @@ class ModelConfig:
       raise ValueError(
           f"Unknown model_type {self.model_type!r}: jax_attnalign supports "
           f"{', '.join(MODEL_TYPES)}.")
+    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                 "max_position_embeddings", "type_vocab_size", "num_labels"):
+      validation.at_least(f"ModelConfig.{name}", getattr(self, name), 1)
+    for name in ("num_kv_heads", "head_dim", "sliding_window"):
+      if getattr(self, name) is not None:  # sliding_window=0 would hide the past, not the future
+        validation.at_least(f"ModelConfig.{name} (None: {_NONE_MEANS[name]})",
+                            getattr(self, name), 1)
+    for name in ("hidden_dropout", "attention_dropout"):
+      validation.in_range(f"ModelConfig.{name}", getattr(self, name), 0.0, 1.0)
+    for name in ("norm_eps", "rope_theta"):
+      validation.finite(f"ModelConfig.{name}", getattr(self, name))
+      if getattr(self, name) <= 0:
+        raise ValueError(f"ModelConfig.{name} must be > 0, got {getattr(self, name)!r}.")
     if self.num_kv_heads is None:
       object.__setattr__(self, "num_kv_heads", self.num_heads)
     if self.head_dim is None:
@@ -167,6 +187,10 @@ class ModelConfig:
       raise ValueError(
           f"position_embedding_type={hf['position_embedding_type']!r} is not "
           "supported; only 'absolute' BERT position embeddings are.")
+    missing = [k for k in _REQUIRED_HF if k not in hf]
+    if missing:
+      raise ValueError(f"config.json lacks {', '.join(missing)}, which every "
+                       f"{model_type} config.json has.")
     decoder = model_type in DECODER_TYPES
     rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
     rope_type = rope.pop("rope_type", rope.pop("type", "default"))

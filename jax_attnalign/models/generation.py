@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_attnalign import validation
 from jax_attnalign.models.hooks import PATTERNS, Hooks, attention_maps, collect
 from jax_attnalign.models.llama import Llama, init_cache, positions_from_mask
 
@@ -85,7 +86,8 @@ def generate(model: Llama, params, input_ids: Array, attention_mask: Array | Non
              return_attention: bool = False) -> GenerationOutput:
   """Generates up to `max_new_tokens` per row for left-padded prompts [B, Tp].
 
-  Greedy unless `do_sample` (then `rng` is required). Stops early once every row
+  Greedy unless `do_sample` (then `rng` is required; `temperature=0` is greedy
+  too, as in transformers' limit). Stops early once every row
   has produced an EOS token (default: the config's). With `return_attention`, the
   generation-to-prompt attention blocks [L, B, N, Tg, Tp] come back too.
 
@@ -105,10 +107,18 @@ def generate(model: Llama, params, input_ids: Array, attention_mask: Array | Non
     raise ValueError(
         f"generate needs a decoder with a causal_lm head, got model_type="
         f"{cfg.model_type!r} task={model.task!r}.")
+  validation.at_least("generate: max_new_tokens", max_new_tokens, 1)
+  validation.finite("generate: temperature", temperature)
+  if temperature < 0:
+    raise ValueError(f"generate: temperature must be >= 0 (0 is greedy), got {temperature}.")
+  validation.at_least("generate: top_k", top_k, 0)
+  validation.in_range("generate: top_p", top_p, 0.0, 1.0)
+  if top_p == 0.0:
+    raise ValueError("generate: top_p must lie in (0, 1] (1 keeps every token), got 0.")
+  do_sample = do_sample and temperature > 0
   if do_sample and rng is None:
     raise ValueError("do_sample=True needs a PRNG key: pass rng=jax.random.key(seed).")
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+  validation.model_inputs(cfg, input_ids, attention_mask, where="generate")
   input_ids = jnp.asarray(input_ids)
   b, prompt_len = input_ids.shape
   if attention_mask is None:

@@ -34,6 +34,19 @@ def activation(name: str) -> Callable[[Array], Array]:
   return ACTIVATIONS[name]
 
 
+def past_the_end(ids: Array, size: int) -> Array:
+  """ids with negative entries moved past the end of a table of `size` rows.
+
+  A negative index would silently wrap to another token's row; past the end,
+  the embedding lookup reads NaN (jnp.take's fill), which the detector flags
+  and `validation.checked` reports as out-of-bounds indexing.
+
+  >>> past_the_end(jnp.array([0, 3, -1]), 4).tolist()
+  [0, 3, 4]
+  """
+  return jnp.where(ids < 0, size, ids)
+
+
 def attention_mask(key_valid: Array, q_slots: Array, k_slots: Array, *,
                    causal: bool, sliding_window: int | None = None) -> Array:
   """Boolean mask [B, 1, T, S]: may query slot t attend to key slot s.

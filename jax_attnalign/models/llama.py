@@ -129,7 +129,7 @@ class Llama(nn.Module):
       key_valid, k_slots = cache_mask.astype(bool), jnp.arange(cache_mask.shape[1])
     mask = layers.attention_mask(key_valid, q_slots, k_slots, causal=True,
                                  sliding_window=cfg.sliding_window)
-    x = self.embed_tokens(input_ids)
+    x = self.embed_tokens(layers.past_the_end(input_ids, cfg.vocab_size))
     hidden, new_cache = [x], []
     for i, layer in enumerate(self.layers):
       x, layer_cache = layer(x, mask, position_ids, None if cache is None else cache[i],
