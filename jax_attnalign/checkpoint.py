@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jax_attnalign.errors import CheckpointError
+
 
 class _NoOrbaxInfo(logging.Filter):
   """Drops orbax's INFO bookkeeping (thirty-odd lines per save and restore, logged
@@ -35,7 +37,8 @@ class Checkpointer:
     self.directory = pathlib.Path(directory).absolute()
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             cleanup_tmp_directories=True))
 
   def save(self, step: int, state: Any, metadata: dict | None = None,
            force: bool = False) -> bool:
@@ -62,20 +65,38 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def restore(self, step: int | None = None, target: Any = None) -> tuple[Any, dict]:
-    """Restores (state, metadata) at `step` (default: the latest).
+    """Restores (state, metadata) at `step` (default: the latest intact one: a
+    corrupt latest step is logged and the step before it restored).
 
     `target` is a pytree of arrays or `jax.ShapeDtypeStruct`s with the state's
     structure (optax states, dataclasses): the result comes back in its types,
     dtypes and shardings. Without it, orbax returns nested dicts and lists
     (optax NamedTuples become lists, empty states None).
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
+    if step is not None:
+      return self._restore(step, target)
+    steps = self.steps()
+    if not steps:
       raise FileNotFoundError(f"No checkpoint to restore in {self.directory}.")
+    for candidate in reversed(steps[1:]):
+      try:
+        return self._restore(candidate, target)
+      except CheckpointError as e:
+        logging.getLogger("absl").warning("%s Resuming from the step before it.", e)
+    return self._restore(steps[0], target)
+
+  def _restore(self, step: int, target: Any) -> tuple[Any, dict]:
     abstract = None if target is None else jax.tree_util.tree_map(
         ocp.utils.to_shape_dtype_struct, target)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()))
+    except FileNotFoundError:
+      raise
+    except Exception as e:  # orbax and tensorstore raise many kinds; all mean a bad step
+      raise CheckpointError(
+          f"The checkpoint step {step} in {self.directory / str(step)} is corrupt or does "
+          f"not fit the state ({type(e).__name__}: {str(e)[:200]}).") from e
     return restored.state, dict(restored.metadata or {})
 
   def wait_until_finished(self) -> None:

@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from jax_attnalign.errors import CheckpointError
+from jax_attnalign.models import safetensors_io
+
 ARCHITECTURES = ("llama", "mistral")
 _MAGIC = b"GGUF"
 
@@ -66,8 +69,9 @@ _TOKEN_IDS = {"bos_token_id": "tokenizer.ggml.bos_token_id",
 class _Tensor:
   """One tensor of the file with its HF shape; dequantised to float32 when read."""
 
-  def __init__(self, tensor, row_groups: int | None):
+  def __init__(self, tensor, row_groups: int | None, path: pathlib.Path):
     self._tensor = tensor
+    self._path = path
     self._row_groups = row_groups  # heads of llama.cpp's q/k row permutation
     self.shape = tuple(int(d) for d in reversed(tensor.shape))  # ggml: innermost first
     self.dtype = np.dtype(np.float32)
@@ -75,9 +79,13 @@ class _Tensor:
   def __array__(self, dtype=None, copy=None):
     from gguf import quants  # pylint: disable=g-import-not-at-top
 
-    x = quants.dequantize(self._tensor.data, self._tensor.tensor_type).reshape(self.shape)
-    if self._row_groups:
-      x = _unpermute_rows(x, self._row_groups)
+    try:
+      x = quants.dequantize(self._tensor.data, self._tensor.tensor_type).reshape(self.shape)
+      if self._row_groups:
+        x = _unpermute_rows(x, self._row_groups)
+    except ValueError as e:  # a shape in the tensor table that its data does not fill
+      raise CheckpointError(f"{self._path}: tensor {self._tensor.name} does not fit its "
+                            f"shape {self.shape} ({e}); the file is corrupt.") from e
     return x if dtype is None else x.astype(dtype)
 
 
@@ -91,14 +99,16 @@ def _unpermute_rows(x: np.ndarray, heads: int) -> np.ndarray:
 def _open(path: pathlib.Path):
   import gguf  # pylint: disable=g-import-not-at-top
 
+  safetensors_io.regular_size(path)  # a FIFO would block the read below
   with open(path, "rb") as f:
     magic = f.read(4)
   if magic != _MAGIC:
-    raise ValueError(f"{path} is not a GGUF file: it starts with {magic!r}, not {_MAGIC!r}.")
+    raise CheckpointError(f"{path} is not a GGUF file: it starts with {magic!r}, not "
+                          f"{_MAGIC!r}.")
   try:
     return gguf.GGUFReader(path, "r")
   except Exception as e:  # the reader's own errors name neither the file nor the cause
-    raise ValueError(
+    raise CheckpointError(
         f"{path} ({os.path.getsize(path)} bytes) cannot be read as GGUF: the file is "
         f"truncated or corrupt ({type(e).__name__}: {e}). Download or convert it "
         "again.") from e
@@ -126,7 +136,7 @@ def _check_types(path: pathlib.Path, reader) -> None:
   if bad:
     listed = "; ".join(f"{k}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}"
                        for k, v in sorted(bad.items()))
-    raise ValueError(
+    raise CheckpointError(
         f"{path} holds tensors that the gguf package cannot dequantise to floats "
         f"({listed}). Convert the model to a type it reads (F32, F16, BF16, Q8_0, "
         "Q4_0/1, Q5_0/1, Q*_K, ...) with llama.cpp's llama-quantize.")
@@ -135,7 +145,7 @@ def _check_types(path: pathlib.Path, reader) -> None:
 def _hf_config(path: pathlib.Path, reader, arch: str, tied: bool) -> dict[str, Any]:
   missing = [f"{arch}.{k}" for k in _REQUIRED if f"{arch}.{k}" not in reader.fields]
   if missing:
-    raise ValueError(f"{path}: the GGUF metadata lacks {', '.join(missing)}; the file is "
+    raise CheckpointError(f"{path}: the GGUF metadata lacks {', '.join(missing)}; the file is "
                      "incomplete or was not written by llama.cpp's converter.")
   hf: dict[str, Any] = {"model_type": arch,
                         "architectures": [arch.capitalize() + "ForCausalLM"],
@@ -151,12 +161,12 @@ def _hf_config(path: pathlib.Path, reader, arch: str, tied: bool) -> dict[str, A
   rotary = _field(reader, f"{arch}.rope.dimension_count")
   hf["head_dim"] = head_dim or rotary or hf["hidden_size"] // hf["num_attention_heads"]
   if rotary is not None and rotary != hf["head_dim"]:
-    raise ValueError(f"{path}: rotary embeddings over {rotary} of {hf['head_dim']} head "
+    raise CheckpointError(f"{path}: rotary embeddings over {rotary} of {hf['head_dim']} head "
                      "dimensions (partial rotary) are not supported.")
   scaling = _field(reader, f"{arch}.rope.scaling.type")
   if scaling not in (None, "none"):
     if scaling != "linear":
-      raise ValueError(f"{path}: rope scaling {scaling!r} is not supported (only linear).")
+      raise CheckpointError(f"{path}: rope scaling {scaling!r} is not supported (only linear).")
     hf["rope_scaling"] = {"rope_type": "linear",
                           "factor": _field(reader, f"{arch}.rope.scaling.factor")}
   for hf_key, key in _TOKEN_IDS.items():
@@ -175,9 +185,20 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, _Tenso
   """
   path = pathlib.Path(path)
   reader = _open(path)
+  try:
+    return _read(path, reader)
+  except CheckpointError:
+    raise
+  except Exception as e:  # metadata of the wrong type or size deep in the gguf package
+    raise CheckpointError(f"{path}: malformed GGUF metadata or tensor table "
+                          f"({type(e).__name__}: {str(e)[:200]}). Download or convert the "
+                          "file again.") from e
+
+
+def _read(path: pathlib.Path, reader) -> tuple[dict[str, Any], dict[str, _Tensor]]:
   arch = _field(reader, "general.architecture")
   if arch not in ARCHITECTURES:
-    raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; "
+    raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported; "
                      f"jax_attnalign reads {', '.join(ARCHITECTURES)} GGUF files.")
   _check_types(path, reader)
   names = {t.name for t in reader.tensors}
@@ -194,8 +215,8 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, _Tenso
       unknown.append(tensor.name)
       continue
     hf = _MODULES[key].replace("{i}", layer[1] if layer else "")
-    state[f"{hf}.{leaf}"] = _Tensor(tensor, permuted.get(key))
+    state[f"{hf}.{leaf}"] = _Tensor(tensor, permuted.get(key), path)
   if unknown:
-    raise ValueError(f"{path}: tensors with no counterpart in a {arch} model: "
+    raise CheckpointError(f"{path}: tensors with no counterpart in a {arch} model: "
                      f"{', '.join(unknown)} (e.g. llama-3 rope_freqs are not supported).")
   return hf_config, state

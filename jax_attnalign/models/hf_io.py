@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_attnalign.data.paths import find_gguf
+from jax_attnalign.errors import CheckpointError
 from jax_attnalign.models import gguf_io, safetensors_io
 from jax_attnalign.models.config import ModelConfig
 
@@ -202,7 +203,7 @@ def hf_to_params(state: Mapping[str, np.ndarray], config: ModelConfig, task: str
 
   found = {path: lookup(hf) for path, (hf, _) in names.items()}
   present_heads = {p[0] for p, name in found.items() if name and names[p][1].head}
-  new, missing, misshaped = [], [], []
+  new, missing, misshaped, not_float = [], [], [], []
   for path, struct in flat.items():
     hf, rule = names[path]
     if found[path] is None:
@@ -214,6 +215,8 @@ def hf_to_params(state: Mapping[str, np.ndarray], config: ModelConfig, task: str
     shape, want = state[found[path]].shape, _hf_shape(struct.shape, path[-1], rule.n_in)
     if tuple(shape) != want:
       misshaped.append(f"{found[path]}: found {tuple(shape)}, expected {want}")
+    if not jnp.issubdtype(state[found[path]].dtype, jnp.floating):
+      not_float.append(f"{found[path]} ({state[found[path]].dtype})")
 
   consumed = {name for name in found.values() if name}
   heads = [_pattern(r.hf.replace("{base}", prefix))
@@ -233,7 +236,7 @@ def hf_to_params(state: Mapping[str, np.ndarray], config: ModelConfig, task: str
       dropped.append(name)
     else:
       unexpected.append(name)
-  if missing or misshaped or unexpected:
+  if missing or misshaped or unexpected or not_float:
     parts = [f"The checkpoint does not fit a {config.model_type} model with task {task!r}."]
     if missing:
       parts.append("Missing tensors: " + ", ".join(missing) + ".")
@@ -242,6 +245,9 @@ def hf_to_params(state: Mapping[str, np.ndarray], config: ModelConfig, task: str
                    "(sizes, heads, head_dim, num_labels) match the weights?")
     if unexpected:
       parts.append("Unexpected tensors: " + ", ".join(unexpected) + ".")
+    if not_float:
+      parts.append("Integer or boolean tensors where weights are floats: "
+                   + ", ".join(not_float) + ".")
     raise ValueError("\n".join(parts))
   if dropped:
     logging.warning("Dropping tensors of heads that task %r does not use: %s", task,
@@ -314,22 +320,26 @@ def load_pretrained(path: str | os.PathLike, *, task: str | None = None,
   # Lazy: jax_attnalign.models may come to re-export this module.
   from jax_attnalign.models import build_model  # pylint: disable=g-import-not-at-top
   path = resolve_checkpoint(path)
+  _check_not_interrupted(pathlib.Path(path))
   gguf_file = find_gguf(path)
   if gguf_file is not None:
     hf_config, state = gguf_io.read_gguf(gguf_file)
   else:
     hf_config = safetensors_io.read_config_json(path)
     state = safetensors_io.read_checkpoint_dir(path, allow_pickle=allow_pickle)
-  config = ModelConfig.from_hf_config(hf_config)
-  task = task or infer_task(hf_config)
-  _check_task(config, task)
+  source = gguf_file or os.path.join(path, "config.json")
+  config, task = read_architecture(hf_config, source, task)
   if num_labels is not None and num_labels != config.num_labels:
     config = config.replace(num_labels=num_labels, id2label=())
   param_dtype = dtype if param_dtype is None else param_dtype
   model = build_model(config, task, dtype=dtype, param_dtype=param_dtype)
   init = _init_fn(model, seed)
-  params, new = hf_to_params(state, config, task, jax.eval_shape(init))
+  try:
+    params, new = hf_to_params(state, config, task, jax.eval_shape(init))
+  except ValueError as e:
+    raise CheckpointError(f"{path}: {e}") from e
   del state  # closes the memory maps
+  _report_nonfinite(params, path)
   if new:
     logging.warning("Newly initialised (not in the checkpoint at %s): %s. Train them "
                     "before use.", path, ", ".join(new))
@@ -338,6 +348,42 @@ def load_pretrained(path: str | os.PathLike, *, task: str | None = None,
     fresh = jax.jit(lambda: {p: traverse_util.flatten_dict(init())[p] for p in paths})()
     params = traverse_util.unflatten_dict({**traverse_util.flatten_dict(params), **fresh})
   return model, params
+
+
+def read_architecture(hf_config: Mapping[str, Any], source, task: str | None = None
+                      ) -> tuple[ModelConfig, str]:
+  """(ModelConfig, task) of a HF config dict read from `source` (config.json or a
+  GGUF file); every malformed field raises CheckpointError naming `source`."""
+  try:
+    config = ModelConfig.from_hf_config(hf_config)
+    task = task or infer_task(hf_config)
+  except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
+    raise CheckpointError(f"{source}: {e} Fix the file, or convert the checkpoint "
+                          "again.") from e
+  _check_task(config, task)
+  return config, task
+
+
+def _report_nonfinite(params: Params, path) -> None:
+  """Logs the parameters holding NaN or infinity: every output of the model will."""
+  flat = traverse_util.flatten_dict(flax.core.unfreeze(params))
+  broken = ["/".join(p) for p, x in flat.items() if not bool(jnp.all(jnp.isfinite(x)))]
+  if broken:
+    logging.warning("%s holds non-finite weights (NaN or infinity) in %s: the model's "
+                    "outputs and the detector's scores will be NaN (and flagged). The "
+                    "checkpoint is corrupt or hostile.", path, ", ".join(broken))
+
+
+def _check_not_interrupted(path: pathlib.Path) -> None:
+  """A missing checkpoint whose previous version a killed `save_pretrained` left
+  beside it: says where it is rather than only that the folder is missing."""
+  if path.exists():
+    return
+  previous = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
+  if previous:
+    raise FileNotFoundError(
+        f"{path} does not exist, but a save into it was interrupted while swapping "
+        f"folders: the previous checkpoint is {previous[-1]}. Rename it to {path}.")
 
 
 def expected_params(model) -> Params:
@@ -424,6 +470,8 @@ def save_pretrained(model, params: Params, out_dir: str | os.PathLike, *,
   tensors = params_to_hf(params, config, task)
   hf_config["dtype"] = str(np.dtype(next(iter(tensors.values())).dtype))
   out_dir.parent.mkdir(parents=True, exist_ok=True)
+  for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed save
+    shutil.rmtree(stale, ignore_errors=True)
   staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
   try:
     safetensors_io.write_checkpoint_dir(staging, tensors, max_shard_bytes)

@@ -16,12 +16,15 @@ import json
 import math
 import os
 import pickle
+import stat
 import struct
 import uuid
 from typing import Mapping
 
 import ml_dtypes
 import numpy as np
+
+from jax_attnalign.errors import CheckpointError
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -48,34 +51,83 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads a `.safetensors` file into read-only numpy arrays backed by a memory map."""
-  size = os.path.getsize(path)
+  """Reads a `.safetensors` file into read-only numpy arrays backed by a memory map.
+
+  Raises CheckpointError naming the file (and the tensor) for a truncated file,
+  a header that is not the JSON object of the format, or inconsistent offsets.
+  """
+  size = regular_size(path)
   with open(path, "rb") as f:
     raw = f.read(8)
     if len(raw) < 8:
-      raise ValueError(f"{path} is not a safetensors file (shorter than 8 bytes).")
+      raise CheckpointError(f"{path} is not a safetensors file (shorter than 8 bytes).")
     (n,) = struct.unpack("<Q", raw)
     if n > min(_MAX_HEADER, size - 8):
-      raise ValueError(f"{path} is not a safetensors file (header length {n}).")
-    header = json.loads(f.read(n))
+      raise CheckpointError(f"{path} is not a safetensors file (header length {n} of a "
+                            f"{size}-byte file); it is truncated or of another format.")
+    header = _json_object(f.read(n), f"{path} (safetensors header)")
   header.pop("__metadata__", None)
   if size == 8 + n:  # no data bytes (no or only empty tensors): nothing to map
     buffer = np.zeros(0, np.uint8)
   else:
     # A plain ndarray view (not np.memmap) that keeps the map open while used.
     buffer = np.asarray(np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n))
-  tensors = {}
-  for name, info in header.items():
-    if info["dtype"] not in _DTYPES:
-      raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}.")
-    dtype = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
-    start, end = info["data_offsets"]
-    shape = tuple(info["shape"])
-    if not 0 <= start <= end <= buffer.size or end - start != math.prod(shape) * dtype.itemsize:
-      raise ValueError(f"{path}: tensor {name!r} has inconsistent offsets "
-                       f"{info['data_offsets']} for shape {shape} {info['dtype']}.")
-    tensors[name] = buffer[start:end].view(dtype).reshape(shape)
-  return tensors
+  return {name: _tensor(path, name, info, buffer) for name, info in header.items()}
+
+
+def _tensor(path, name: str, info, buffer: np.ndarray) -> np.ndarray:
+  """One header entry {dtype, shape, data_offsets} as a view of the data buffer."""
+  where = f"{path}: tensor {name!r}"
+  if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+    raise CheckpointError(f"{where} must be described by dtype, shape and data_offsets, "
+                          f"got {str(info)[:80]}; the header is corrupt.")
+  if info["dtype"] not in _DTYPES:
+    raise CheckpointError(f"{where} has unsupported dtype {str(info['dtype'])[:20]!r}; "
+                          f"supported: {sorted(_DTYPES)}.")
+  shape, offsets = info["shape"], info["data_offsets"]
+  if not (_ints(shape) and _ints(offsets) and len(offsets) == 2):
+    raise CheckpointError(f"{where} has shape {str(shape)[:40]} and data_offsets "
+                          f"{str(offsets)[:40]}; both must be lists of integers >= 0.")
+  dtype = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
+  start, end = offsets
+  if not start <= end <= buffer.size or end - start != math.prod(shape) * dtype.itemsize:
+    raise CheckpointError(f"{where} has inconsistent offsets {offsets} for shape "
+                          f"{tuple(shape)} {info['dtype']} (data: {buffer.size} bytes).")
+  return buffer[start:end].view(dtype).reshape(shape)
+
+
+def _ints(values) -> bool:
+  return isinstance(values, list) and all(
+      isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+
+
+def regular_size(path) -> int:
+  """The size of a regular file (a FIFO or device is refused before it blocks a read)."""
+  mode = os.stat(path)
+  if not stat.S_ISREG(mode.st_mode):
+    raise CheckpointError(f"{path} is not a regular file; pass a checkpoint file.")
+  return mode.st_size
+
+
+def _json_object(data: bytes, where: str) -> dict:
+  """`data` parsed as a JSON object; CheckpointError naming `where` otherwise."""
+  try:
+    value = json.loads(data.decode("utf-8"))
+  except (UnicodeDecodeError, ValueError, RecursionError) as e:
+    raise CheckpointError(f"{where} is not valid JSON ({type(e).__name__}: "
+                          f"{str(e)[:120]}); the file is corrupt or truncated.") from e
+  if not isinstance(value, dict):
+    raise CheckpointError(f"{where} must hold a JSON object, found "
+                          f"{type(value).__name__}.")
+  return value
+
+
+def read_json_file(path: str | os.PathLike) -> dict:
+  """A checkpoint's JSON file (config.json, an index) as a dict, or CheckpointError."""
+  if regular_size(path) > _MAX_HEADER:
+    raise CheckpointError(f"{path} is larger than {_MAX_HEADER} bytes; not a config.")
+  with open(path, "rb") as f:
+    return _json_object(f.read(), str(path))
 
 
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
@@ -120,8 +172,7 @@ def read_config_json(path: str | os.PathLike) -> dict:
     raise FileNotFoundError(
         f"No config.json in {path}; a HF checkpoint directory needs one. Found: "
         f"{_listing(path)}.")
-  with open(config) as f:
-    return json.load(f)
+  return read_json_file(config)
 
 
 def _torch_to_numpy(tensor) -> np.ndarray:
@@ -197,11 +248,20 @@ def read_checkpoint_dir(path: str | os.PathLike,
 
 
 def _read_sharded(path: str, index_name: str, reader) -> dict[str, np.ndarray]:
-  with open(os.path.join(path, index_name)) as f:
-    weight_map = json.load(f)["weight_map"]
+  index_path = os.path.join(path, index_name)
+  weight_map = read_json_file(index_path).get("weight_map")
+  if not isinstance(weight_map, dict) or not all(
+      isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+    raise CheckpointError(f"{index_path} needs a 'weight_map' object of tensor name -> "
+                          "shard file name; the index is corrupt.")
+  folder = os.path.realpath(path)
   tensors = {}
   for shard in sorted(set(weight_map.values())):
-    shard_path = os.path.join(path, shard)
+    shard_path = os.path.realpath(os.path.join(path, shard))
+    if os.path.dirname(shard_path) != folder:
+      raise CheckpointError(f"{index_path} lists the shard {shard!r}, which is outside "
+                            f"the checkpoint folder {path}; shards must be files of the "
+                            "folder itself. The index is corrupt or hostile.")
     if not os.path.isfile(shard_path):
       raise FileNotFoundError(f"{index_name} lists the shard {shard}, which is not in "
                               f"{path}. Found: {_listing(path)}.")
@@ -209,8 +269,8 @@ def _read_sharded(path: str, index_name: str, reader) -> dict[str, np.ndarray]:
                     if weight_map.get(k) == shard})
   absent = sorted(set(weight_map) - set(tensors))
   if absent:
-    raise ValueError(f"Tensors listed in {index_name} but absent from their shards: "
-                     f"{absent}.")
+    raise CheckpointError(f"{index_path}: tensors listed but absent from their shards: "
+                          f"{absent[:10]}.")
   return tensors
 
 
