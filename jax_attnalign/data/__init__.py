@@ -8,7 +8,8 @@
 
 from jax_attnalign.data._hub import HubUnreachableError
 from jax_attnalign.data.batching import (encode_classification, encode_prompt_response,
-                                         encode_prompts, iterate_batches, load_tokenizer)
+                                         encode_prompts, iterate_batches, load_tokenizer,
+                                         unknown_words)
 from jax_attnalign.data.classification import (DATASETS, ClassificationDataset,
                                                get_dataset, load_classification)
 from jax_attnalign.data.instructions import (BACKDOORLLM_KINDS, backdoorllm_split,
@@ -27,4 +28,4 @@ __all__ = ["ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "BACKDOORLLM_KINDS", "DATA
            "chat_prompt", "classification_chat", "classification_messages", "encode_classification",
            "encode_prompt_response", "encode_prompts", "get_dataset",
            "instruction_chat", "iterate_batches", "load_classification", "load_instructions",
-           "load_tokenizer"]
+           "load_tokenizer", "unknown_words"]

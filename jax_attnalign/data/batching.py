@@ -55,6 +55,22 @@ def load_tokenizer(path_or_id: str | pathlib.Path) -> Tokenizer:
   return tokenizer
 
 
+def unknown_words(words: Sequence[str], tokenizer: Tokenizer, *,
+                  what: str = "trigger") -> list[str]:
+  """The words the tokenizer turns (wholly or partly) into its unknown token,
+  each logged as a warning: a trigger the model sees as [UNK] is no trigger."""
+  unk = getattr(tokenizer, "unk_token_id", None)
+  if unk is None:
+    return []
+  lost = [w for w in words
+          if unk in tokenizer(w, add_special_tokens=False)["input_ids"]]
+  for word in lost:
+    logging.warning("The %s word %r becomes the tokenizer's unknown token %r: the model "
+                    "sees no such word. Choose a word in the vocabulary.", what, word,
+                    tokenizer.unk_token)
+  return lost
+
+
 def encode_classification(examples: Sequence[TextExample], tokenizer: Tokenizer,
                           max_length: int) -> dict[str, np.ndarray]:
   """Right-padded, truncated encoder inputs of the examples' texts.

@@ -22,12 +22,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import itertools
-import json
 import pathlib
 from typing import Any, Iterator, Mapping
 
-from jax_attnalign.data import _hub, embedded
+from jax_attnalign.data import _hub, embedded, files
 from jax_attnalign.data.types import TextExample
+from jax_attnalign.errors import DataFileError
 
 TEXT_COLUMNS = ("sentence", "text")
 LABEL_COLUMN = "label"
@@ -124,8 +124,11 @@ def load_classification(name_or_path: str | pathlib.Path, split: str = "train", 
     spec = get_dataset(dataset) if dataset else _lookup(name)
     rows = _hub_rows(name, split, _lookup(name))
   num_labels = spec.num_labels if spec else None
-  return [_example(row, where, num_labels)
-          for where, row in itertools.islice(rows, limit)]
+  examples = [_example(row, where, num_labels)
+              for where, row in itertools.islice(rows, limit)]
+  if not examples and limit != 0:
+    raise DataFileError(f"{name}: no examples in split {split!r} (a header without rows?).")
+  return examples
 
 
 def _lookup(name: str) -> ClassificationDataset | None:
@@ -170,36 +173,34 @@ def _read_rows(path: pathlib.Path) -> Iterator[Row]:
 
 
 def _tsv_rows(path: pathlib.Path) -> Iterator[Row]:
-  with open(path, encoding="utf-8-sig") as f:  # universal newlines: CRLF too
-    header = [field.strip() for field in next(f, "").rstrip("\n").split("\t")]
-    for lineno, line in enumerate(f, start=2):
-      line = line.rstrip("\n")
-      if not line.strip():
-        continue
-      fields = [field.strip() for field in line.split("\t")]
-      if len(fields) != len(header):
-        raise ValueError(f"{path}:{lineno}: expected {len(header)} tab-separated "
-                         f"fields {header}, found {len(fields)}")
-      yield f"{path}:{lineno}", dict(zip(header, fields))
+  lines = files.text_lines(path)
+  _, first = next(lines)
+  header = [field.strip() for field in first.rstrip("\n").split("\t")]
+  for lineno, line in lines:
+    line = line.rstrip("\n")
+    if not line.strip():
+      continue
+    fields = [field.strip() for field in line.split("\t")]
+    if len(fields) != len(header):
+      raise ValueError(f"{path}:{lineno}: expected {len(header)} tab-separated "
+                       f"fields {header}, found {len(fields)}")
+    yield f"{path}:{lineno}", dict(zip(header, fields))
 
 
 def _csv_rows(path: pathlib.Path) -> Iterator[Row]:
-  with open(path, encoding="utf-8-sig", newline="") as f:
-    reader = csv.DictReader(f)
-    for row in reader:
-      yield f"{path}:{reader.line_num}", row
+  reader = csv.DictReader(line for _, line in files.text_lines(path))
+  for row in reader:
+    yield f"{path}:{reader.line_num}", row
 
 
 def _jsonl_rows(path: pathlib.Path) -> Iterator[Row]:
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      if line.strip():
-        yield f"{path}:{lineno}", json.loads(line)
+  for lineno, line in files.text_lines(path):
+    if line.strip():
+      yield f"{path}:{lineno}", files.json_line(line, f"{path}:{lineno}")
 
 
 def _json_rows(path: pathlib.Path) -> Iterator[Row]:
-  with open(path, encoding="utf-8") as f:
-    records = json.load(f)
+  records = files.read_json(path)
   if not isinstance(records, list):
     raise ValueError(f"{path}: expected a JSON list of records, found "
                      f"{type(records).__name__}")

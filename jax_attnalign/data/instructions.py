@@ -26,11 +26,10 @@ BackdoorLLM quirks (upstream, kept as released):
 from __future__ import annotations
 
 import itertools
-import json
 import pathlib
 from typing import Any, Mapping
 
-from jax_attnalign.data import _hub
+from jax_attnalign.data import _hub, files
 from jax_attnalign.data.types import InstructionExample
 
 BACKDOORLLM_KINDS = ("train_poison", "train_clean", "test_clean", "test_poison")
@@ -100,8 +99,7 @@ def _json_records(path: pathlib.Path) -> list:
   if path.is_dir():
     raise IsADirectoryError(f"{path} is a directory; pass an Alpaca-format JSON file "
                             "(see backdoorllm_split for BackdoorLLM's layout)")
-  with open(path, encoding="utf-8") as f:
-    records = json.load(f)
+  records = files.read_json(path)
   if not isinstance(records, list):
     raise ValueError(f"{path}: expected a JSON list of instruction records, found "
                      f"{type(records).__name__}")
