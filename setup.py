@@ -38,8 +38,9 @@ setuptools.setup(
         # torch is for parity tests only and is installed on its own, pinned to
         # the CPU wheel (see README): an unpinned torch pulls a multi-GB CUDA build.
         # nbformat/nbclient/ipykernel execute the Colab notebook in a test;
-        # accelerate lets transformers load GGUF files (the SmolLM2 parity tests).
+        # accelerate lets transformers load GGUF files (the SmolLM2 parity tests);
+        # hypothesis fuzzes the checkpoint readers.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "nbformat", "nbclient", "ipykernel",
-                 "accelerate"],
+                 "accelerate", "hypothesis>=6"],
     },
 )

@@ -41,6 +41,10 @@ MODULES = (
     "jax_attnalign.defense.headwise",
     "jax_attnalign.defense.restarts",
     "jax_attnalign.defense.sanitize",
+    "jax_attnalign.defense.scoring",
+    "jax_attnalign.errors",
+    "jax_attnalign.models.layers",
+    "jax_attnalign.validation",
 )
 # One worker runs them all: the tiny models' compiled ops are shared between modules.
 pytestmark = pytest.mark.xdist_group("doctests")
