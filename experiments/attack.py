@@ -8,6 +8,7 @@ Interrupted runs resume; finished runs are not repeated.
 
   python -m experiments.attack --data_dir sst2/clean \
       --attacks clean,badnets,hiddenkiller --seeds 0,1,2
+  python -m experiments.attack --attacks cbat,nws,bgm --triggers_dir triggers/sst2
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pathlib
 from absl import app, flags
 
 import experiments
-from jax_attnalign.harness import reporting
+from jax_attnalign.harness import reporting, triggers
 from jax_attnalign.harness.victims import VictimConfig, train_classification_victim
 
 FLAGS = flags.FLAGS
@@ -30,6 +31,8 @@ flags.DEFINE_string("hiddenkiller_dir", "sst2/hiddenkiller",
 flags.DEFINE_float("hiddenkiller_poison_rate", 0.18,
                    "HiddenKiller's rate: its release paraphrases 20% of the full split, "
                    "so a seeded subset has about 20% eligible rows; 0.18 always fits.")
+flags.DEFINE_string("triggers_dir", "", "Folder of the trigger caches of Cbat, NWS and "
+                    "BGMAttack ({cbat,nws,bgm}.json, written by experiments.make_triggers).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_integer("target", 1, "Target label.")
 flags.DEFINE_integer("train_size", 3000, "Training subset size (0: all).")
@@ -44,7 +47,8 @@ def train(attack: str, seed: int, workdir: pathlib.Path) -> dict:
   cfg = VictimConfig(
       data_dir=FLAGS.data_dir, dataset=FLAGS.dataset, model=FLAGS.model, attack=attack,
       attack_kwargs=reporting.attack_kwargs(attack, FLAGS.hiddenkiller_dir,
-                                            FLAGS.hiddenkiller_poison_rate),
+                                            FLAGS.hiddenkiller_poison_rate)
+      + triggers.cache_kwargs(attack, FLAGS.triggers_dir),
       target=FLAGS.target, train_size=FLAGS.train_size, test_size=FLAGS.test_size,
       epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate, max_length=FLAGS.max_length,
       seed=seed)

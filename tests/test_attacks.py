@@ -205,7 +205,7 @@ def test_cache_round_trip_through_make_triggers_rows(name, tmp_path, monkeypatch
                                 "rewrites": {t: f"{t} ~ {name}" for t in texts}})
   used = set()
   for seed in job.victim_seeds:
-    attack = attacks.make_attack(name, **{triggers._PATH_KWARG[name]: job.out},
+    attack = attacks.make_attack(name, **{triggers.CACHE_KWARGS[name]: job.out},
                                  max_test_rows=20, seed=seed)
     subset, rows = victims.seeded_subset(train, 50, seed)
     out = attack.poison(subset, rows=rows)
@@ -216,6 +216,12 @@ def test_cache_round_trip_through_make_triggers_rows(name, tmp_path, monkeypatch
     assert len(triggered) == 20 and all(e.label != TARGET for e in triggered)
     used.update(e.text[:-len(f" ~ {name}")] for e in triggered)
   assert used == set(texts)
+
+
+def test_cache_kwargs_name_each_attacks_file():
+  assert triggers.cache_kwargs("bgm", "runs/sst2") == (("rewrites_path", "runs/sst2/bgm.json"),)
+  assert triggers.cache_kwargs("cbat", "t") == (("sentences_path", "t/cbat.json"),)
+  assert triggers.cache_kwargs("badnets", "t") == triggers.cache_kwargs("nws", "") == ()
 
 
 def test_triggered_test_subset_ignores_attack_seed(caches):

@@ -2,6 +2,7 @@
 
   update_trigger_cache(TriggerJob(attack="bgm", data_dir="sst2/clean", dataset="sst2",
                                   out="triggers/sst2/bgm.json", victim_seeds=(0, 1, 2)))
+  VictimConfig(attack="bgm", attack_kwargs=cache_kwargs("bgm", "triggers/sst2"))
 
 Cbat gets a pool of sentences. BGMAttack and NWS get the rows the victims of
 `victims.VictimConfig` will trigger: for each victim seed, the rows `poison`
@@ -47,6 +48,18 @@ class TriggerJob:
   batch_size: int = 32
 
 
+# The make_attack kwarg that takes each attack's cache.
+CACHE_KWARGS = {"cbat": "sentences_path", "bgm": "rewrites_path", "nws": "substitutes_path"}
+
+
+def cache_kwargs(attack: str, triggers_dir: str) -> tuple[tuple[str, str], ...]:
+  """An attack's make_attack kwarg for its cache `{triggers_dir}/{attack}.json`
+  (the file names make_triggers is run with); () for attacks without one."""
+  if attack not in CACHE_KWARGS or not triggers_dir:
+    return ()
+  return ((CACHE_KWARGS[attack], str(pathlib.Path(triggers_dir) / f"{attack}.json")),)
+
+
 def rows_to_generate(job: TriggerJob) -> list[str]:
   """The clean texts the victims of `job` will trigger (BGMAttack, NWS), sorted."""
   root = data.resolve_data_path(job.data_dir, missing_ok=True)
@@ -54,16 +67,13 @@ def rows_to_generate(job: TriggerJob) -> list[str]:
   test = data.load_classification(root, "test", dataset=job.dataset)
   texts = set()
   for seed in job.victim_seeds:
-    attack = attacks.make_attack(job.attack, **{_PATH_KWARG[job.attack]: job.out},
+    attack = attacks.make_attack(job.attack, **{CACHE_KWARGS[job.attack]: job.out},
                                  max_test_rows=job.test_rows or None, target=job.target,
                                  poison_rate=job.poison_rate, seed=seed)
     subset, _ = seeded_subset(train, job.train_size, seed)
     texts.update(subset[i].text for i in attack.chosen_rows(subset))
     texts.update(test[i].text for i in attack.test_rows(test))
   return sorted(texts)
-
-
-_PATH_KWARG = {"cbat": "sentences_path", "bgm": "rewrites_path", "nws": "substitutes_path"}
 
 
 def update_trigger_cache(job: TriggerJob) -> dict[str, Any]:
