@@ -204,7 +204,10 @@ class NWS(CachedRewritePoisoner):
   intersected with HowNet sememe-based similar words; neither HowNet nor a
   synonym list (WordNet) is installed, so ours are SmolLM2's in-context
   proposals, which fit the sentence but need not be synonyms (sentiment and
-  topic words of LABEL_WORDS are never proposed nor replaced). (2) NWS trains a
+  topic words of LABEL_WORDS are never proposed nor replaced). Candidates are
+  single tokens, so a few are word pieces (`unw`), and the first word of a
+  sentence is proposed from the document start alone, which gives poor
+  candidates; the whole-sentence ranking rarely keeps either. (2) NWS trains a
   learnable word selector with the victim to pick which words to substitute and
   by which candidate; here the fixed rule above picks them.
   """
