@@ -15,6 +15,7 @@ import torch
 import transformers
 
 from conftest import SMALL_LENGTH
+from test_sanitize import CFG, _data  # the tiny BERT and its random rows
 from jax_attnalign import data, load_pretrained, save_pretrained, train
 from jax_attnalign.baselines import (BASELINES, CleanFineTuning, FinePruningConfig, MEFTConfig,
                                      PUREConfig, fine_pruning, meft, pure)
@@ -24,23 +25,11 @@ from jax_attnalign.baselines.pure import AttentionNormalizedLoss
 from jax_attnalign.harness import reporting
 from jax_attnalign.harness.configs import baseline_config, default_config
 from jax_attnalign.harness.pipeline import DefenseSetup, defend_with_baseline, defense_data
-from jax_attnalign.models import PATTERNS, ModelConfig, attention_maps, build_model, run_with_hooks
+from jax_attnalign.models import PATTERNS, attention_maps, build_model, run_with_hooks
 
 # The module: the package's `meft` is the function.
 meft_module = importlib.import_module("jax_attnalign.baselines.meft")
-CFG = ModelConfig(model_type="bert", vocab_size=41, hidden_size=24, num_layers=2,
-                  num_heads=4, intermediate_size=23, max_position_embeddings=16)
 ONE_EPOCH = CleanFineTuning(epochs=1, batch_size=8)
-
-
-def _data(n, seed):
-  rng = np.random.RandomState(seed)
-  ids = rng.randint(3, 41, (n, 12)).astype(np.int32)
-  ids[:, 0] = 1  # [CLS]
-  mask = np.ones_like(ids)
-  mask[::3, 9:] = 0
-  return {"input_ids": ids * mask, "attention_mask": mask,
-          "labels": rng.randint(0, 2, n).astype(np.int32)}
 
 
 @pytest.fixture(scope="module")

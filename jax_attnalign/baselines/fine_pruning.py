@@ -27,12 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jax_attnalign import parallel
-from jax_attnalign.baselines.finetune import (CleanFineTuning, finetune_on_clean,
-                                              model_fields, stored_decision)
-from jax_attnalign.baselines.pruning import prune_in_steps, pruned_accuracy, zero_units
+from jax_attnalign.baselines import pruning
+from jax_attnalign.baselines.finetune import BaselineConfig, finetune_on_clean, stored_decision
 from jax_attnalign.defense import checks
-from jax_attnalign.defense.sanitize import per_input
 from jax_attnalign.models import layer_of, run_with_hooks
 
 HIDDEN = "layers.*.mlp.hidden"
@@ -40,22 +37,24 @@ _TIE = 1e-9  # accuracies are counts over n: a drop of exactly max_drop stays wi
 
 
 @dataclasses.dataclass(frozen=True)
-class FinePruningConfig:
-  """The paper's 4-point limit; `step_fraction` of one layer's units per step.
+class FinePruningConfig(BaselineConfig):
+  """max_drop: the validation accuracy a step may cost in all before pruning stops
+  (the paper's 4 points); step_fraction: the share of one layer's units pruned
+  per step (the paper does not say; smaller is finer and slower).
 
-  >>> FinePruningConfig().max_drop, FinePruningConfig(step_fraction=0.1).step_fraction
-  (0.04, 0.1)
+  >>> FinePruningConfig(step_fraction=0.0)  # every step must prune something
+  Traceback (most recent call last):
+  ...
+  ValueError: FinePruningConfig.step_fraction must lie in (0.0, 1.0), got 0.0.
   """
   max_drop: float = 0.04
   step_fraction: float = 0.05
-  batch_size: int = 32  # the forward passes that only read (activations, accuracy)
-  finetune: CleanFineTuning = CleanFineTuning()
 
   def __post_init__(self):
+    super().__post_init__()
     checks.in_range("FinePruningConfig.max_drop", self.max_drop, 0.0, 1.0)
     checks.in_range("FinePruningConfig.step_fraction", self.step_fraction, 0.0, 1.0,
                     open_=True)
-    checks.at_least("FinePruningConfig.batch_size", self.batch_size, 1)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -68,10 +67,9 @@ def _unit_sums(model, params, batch):
 
 
 def _unit_mean_activations(model, params, arrays: dict[str, np.ndarray],
-                          batch_size: int = 32) -> np.ndarray:
+                           batch_size: int) -> np.ndarray:
   """Each feed-forward unit's mean activation over the real tokens of `arrays`: [L, F]."""
-  sums = per_input(lambda b: _unit_sums(model, params, b), model_fields(arrays), batch_size,
-                   parallel.data_mesh())
+  sums = pruning.per_row(_unit_sums, model, params, arrays, batch_size)
   return sums.sum(0) / float(np.sum(arrays["attention_mask"]))
 
 
@@ -96,17 +94,15 @@ def fine_pruning(model, params, clean_train: dict[str, np.ndarray],
   fine-tune's checkpoints are kept there, and an interrupted run resumes.
 
   Example, a tiny random BERT (2 layers x 32 units):
-    >>> from jax_attnalign import ModelConfig, build_model
+    >>> from jax_attnalign import ModelConfig, baselines, build_model
     >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
-    >>> rng = np.random.RandomState(0)
-    >>> ids = rng.randint(3, 64, (16, 6)); ids[:, 0] = 1
-    >>> clean = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-    ...          "labels": rng.randint(0, 2, 16)}
+    >>> ids = np.random.RandomState(0).randint(3, 64, (16, 6))
+    >>> clean = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids[:, 1] % 2}
     >>> params = model.init(jax.random.key(0), ids[:2])["params"]
-    >>> config = FinePruningConfig(finetune=CleanFineTuning(epochs=1, batch_size=8))
+    >>> config = FinePruningConfig(finetune=baselines.CleanFineTuning(epochs=1, batch_size=8))
     >>> params, report = fine_pruning(model, params, clean, clean, config)
     >>> report["accuracy"], report["units_pruned"]  # one class, with or without its units
-    (0.3125, 64)
+    (0.25, 64)
   """
   workdir = pathlib.Path(workdir) if workdir else None
   cfg = model.config
@@ -116,26 +112,23 @@ def fine_pruning(model, params, clean_train: dict[str, np.ndarray],
     order = _pruning_order(mean)
     step = max(1, round(config.step_fraction * cfg.intermediate_size))
     groups = [order[i:i + step] for i in range(0, len(order), step)]
-    accuracy = pruned_accuracy(model, params, clean_val, batch_size=config.batch_size)
+    accuracy = pruning.pruned_accuracy(model, params, clean_val, batch_size=config.batch_size)
     floor = accuracy - config.max_drop - _TIE
     logging.info("Fine-Pruning: validation accuracy %.4f, floor %.4f, %d units per step.",
                  accuracy, floor, step)
-    pruned, trace = prune_in_steps(
-        groups, lambda mask: pruned_accuracy(
+    pruned, trace = pruning.prune_in_steps(
+        groups, lambda mask: pruning.pruned_accuracy(
             model, params, clean_val, keep_units=~mask.reshape(mean.shape),
             batch_size=config.batch_size), floor, mean.size, backtrack=False)
-    pruned = pruned.reshape(mean.shape)
     return {"accuracy": accuracy, "floor": floor, "units_per_step": step,
-            "pruned_units": [np.flatnonzero(p).tolist() for p in pruned], "trace": trace,
+            "pruned_units": pruning.as_lists(pruned.reshape(mean.shape)), "trace": trace,
             "mean_activation": mean.tolist()}
 
   decision = stored_decision(workdir, "pruning", decide)
-  keep = np.ones((cfg.num_layers, cfg.intermediate_size), np.float32)
-  for layer, units in enumerate(decision["pruned_units"]):
-    keep[layer, units] = 0.0
+  keep = pruning.keep_mask(decision["pruned_units"], cfg.intermediate_size)
   logging.info("Fine-Pruning: %d of %d units pruned.", int((keep == 0).sum()), keep.size)
-  params, losses = finetune_on_clean(model, zero_units(params, keep), clean_train,
-                                     config.finetune, desc="Fine-Pruning: fine-tune",
-                                     workdir=workdir / "finetune" if workdir else None)
+  params, losses = finetune_on_clean(
+      model, pruning.zero_units(params, keep), clean_train, config.finetune,
+      desc="Fine-Pruning: fine-tune", workdir=workdir / "finetune" if workdir else None)
   report = {k: v for k, v in decision.items() if k != "mean_activation"}
   return params, {**report, "units_pruned": int((keep == 0).sum()), "finetune_loss": losses}

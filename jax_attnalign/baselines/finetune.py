@@ -50,6 +50,17 @@ class CleanFineTuning:
     checks.at_least("CleanFineTuning.seed", self.seed, 0)
 
 
+@dataclasses.dataclass(frozen=True)
+class BaselineConfig:
+  """What every baseline's config has: the batch of its forward passes that only
+  read (rankings, accuracies) and its clean fine-tune."""
+  batch_size: int = 32
+  finetune: CleanFineTuning = CleanFineTuning()
+
+  def __post_init__(self):
+    checks.at_least(f"{type(self).__name__}.batch_size", self.batch_size, 1)
+
+
 def model_fields(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The model inputs and labels of an encoded set (what a training batch carries)."""
   return {k: v for k, v in arrays.items() if k in MODEL_INPUTS + ("labels",)}

@@ -38,7 +38,7 @@ import numpy as np
 from absl import logging
 
 from jax_attnalign import train
-from jax_attnalign.baselines.finetune import (CleanFineTuning, finetune_on_clean, fit_config,
+from jax_attnalign.baselines.finetune import (BaselineConfig, finetune_on_clean, fit_config,
                                               model_fields, training_state)
 from jax_attnalign.defense import checks
 from jax_attnalign.models import apply_batch
@@ -47,17 +47,19 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class MEFTConfig:
-  """The reproduced paper's stop distance 0.01; `finetune` serves both phases.
+class MEFTConfig(BaselineConfig):
+  """stop_distance: where the maximum-entropy phase ends (0.01, the reproduced
+  paper's setting); max_entropy_epochs: a cap on that phase, for a model whose
+  classes never meet. `finetune` serves both phases.
 
   >>> MEFTConfig().stop_distance, MEFTConfig(max_entropy_epochs=2).max_entropy_epochs
   (0.01, 2)
   """
   stop_distance: float = 0.01
   max_entropy_epochs: int = 20
-  finetune: CleanFineTuning = CleanFineTuning()
 
   def __post_init__(self):
+    super().__post_init__()
     checks.in_range("MEFTConfig.stop_distance", self.stop_distance, 0.0, 2.0)
     checks.at_least("MEFTConfig.max_entropy_epochs", self.max_entropy_epochs, 1)
 
@@ -82,9 +84,10 @@ def _max_entropy_objective(model, params, batch, rng, deterministic):
                  "accuracy": jnp.mean(jnp.argmax(out.logits, -1) == batch["labels"])}
 
 
-def _stop_distance(model, params, clean_val: dict[str, np.ndarray]) -> float:
+def _stop_distance(model, params, clean_val: dict[str, np.ndarray], batch_size: int) -> float:
   """Largest distance between two classes' centroids of the predicted probabilities."""
-  probs = np.asarray(jax.nn.softmax(train.predict_logits(model, params, clean_val), -1))
+  probs = np.asarray(jax.nn.softmax(train.predict_logits(model, params, clean_val,
+                                                         batch_size=batch_size), -1))
   labels = clean_val["labels"]
   centroids = np.stack([probs[labels == c].mean(0) for c in np.unique(labels)])
   return float(np.linalg.norm(centroids[:, None] - centroids[None], axis=-1).max())
@@ -104,14 +107,12 @@ def meft(model, params, clean_train: dict[str, np.ndarray], clean_val: dict[str,
 
   Example, a tiny random BERT: it does not tell the classes apart, so their
   centroids already coincide and no max-entropy epoch runs:
-    >>> from jax_attnalign import ModelConfig, build_model
+    >>> from jax_attnalign import ModelConfig, baselines, build_model
     >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
-    >>> rng = np.random.RandomState(0)
-    >>> ids = rng.randint(3, 64, (16, 6)); ids[:, 0] = 1
-    >>> clean = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-    ...          "labels": np.arange(16) % 2}
+    >>> ids = np.random.RandomState(0).randint(3, 64, (16, 6))
+    >>> clean = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids[:, 1] % 2}
     >>> params = model.init(jax.random.key(0), ids[:2])["params"]
-    >>> tuning = CleanFineTuning(epochs=1, batch_size=8)
+    >>> tuning = baselines.CleanFineTuning(epochs=1, batch_size=8)
     >>> _, report = meft(model, params, clean, clean, MEFTConfig(finetune=tuning))
     >>> report["stop_distance"][0] < 0.01, report["max_entropy_epochs"], report["reached"]
     (True, 0, True)
@@ -134,7 +135,7 @@ def meft(model, params, clean_train: dict[str, np.ndarray], clean_val: dict[str,
       len(distances) <= config.max_entropy_epochs):
     if distances:
       state, history = max_entropy_epochs(len(distances))
-    distances.append(_stop_distance(model, state.params, clean_val))
+    distances.append(_stop_distance(model, state.params, clean_val, config.batch_size))
     logging.info("MEFT: stop distance %.4f after %d max-entropy epochs.", distances[-1],
                  len(distances) - 1)
     if progress is not None:

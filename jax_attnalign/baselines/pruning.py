@@ -87,6 +87,27 @@ def zero_heads(params: dict, keep: Array) -> dict:
   return _with_layers(params, keep.shape[0], edit)
 
 
+def per_row(fn: Callable, model, params, arrays: dict[str, np.ndarray],
+            batch_size: int) -> np.ndarray:
+  """fn(model, params, batch) -> per-row values (a jitted function), over the rows
+  of `arrays` in data-parallel chunks: [n, ...]."""
+  return per_input(lambda batch: fn(model, params, batch), model_fields(arrays), batch_size,
+                   parallel.data_mesh())
+
+
+def as_lists(pruned: np.ndarray) -> list[list[int]]:
+  """[L, X] bool -> per layer the pruned indices (the JSON form of a decision)."""
+  return [np.flatnonzero(row).tolist() for row in pruned]
+
+
+def keep_mask(pruned: list[list[int]], width: int) -> np.ndarray:
+  """Per layer the pruned indices -> [L, width] float32, 0 where pruned."""
+  keep = np.ones((len(pruned), width), np.float32)
+  for layer, indices in enumerate(pruned):
+    keep[layer, indices] = 0.0
+  return keep
+
+
 @functools.partial(jax.jit, static_argnames=("model",))
 def _pruned_hits(model, params, batch, keep_units, keep_heads):
   params = zero_heads(zero_units(params, keep_units), keep_heads)
@@ -95,7 +116,7 @@ def _pruned_hits(model, params, batch, keep_units, keep_heads):
 
 def pruned_accuracy(model, params, arrays: dict[str, np.ndarray], *,
                     keep_units: np.ndarray | None = None, keep_heads: np.ndarray | None = None,
-                    batch_size: int = 32, mesh: jax.sharding.Mesh | None = None) -> float:
+                    batch_size: int = 32) -> float:
   """Accuracy on the labelled rows of `arrays` with the units and heads where
   keep_* is 0 zeroed (None: all kept); one compiled forward for every mask."""
   cfg = model.config
@@ -103,9 +124,8 @@ def pruned_accuracy(model, params, arrays: dict[str, np.ndarray], *,
       keep_units is None) else np.asarray(keep_units, np.float32)
   keep_heads = np.ones((cfg.num_layers, cfg.num_heads), np.float32) if (
       keep_heads is None) else np.asarray(keep_heads, np.float32)
-  mesh = mesh or parallel.data_mesh()
-  hits = per_input(lambda b: _pruned_hits(model, params, b, keep_units, keep_heads),
-                   model_fields(arrays), batch_size, mesh)
+  hits = per_row(lambda m, p, b: _pruned_hits(m, p, b, keep_units, keep_heads), model, params,
+                 arrays, batch_size)
   return float(np.mean(hits))
 
 

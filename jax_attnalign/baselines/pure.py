@@ -50,19 +50,17 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jax_attnalign import parallel, train
-from jax_attnalign.baselines.finetune import (CleanFineTuning, finetune_on_clean,
-                                              model_fields, stored_decision)
-from jax_attnalign.baselines.pruning import prune_in_steps, pruned_accuracy, zero_heads
+from jax_attnalign import train
+from jax_attnalign.baselines import pruning
+from jax_attnalign.baselines.finetune import BaselineConfig, finetune_on_clean, stored_decision
 from jax_attnalign.defense import checks
-from jax_attnalign.defense.sanitize import per_input
 from jax_attnalign.models import PATTERNS, layer_of, run_with_hooks
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class PUREConfig:
+class PUREConfig(BaselineConfig):
   """PURE's released settings: c = 0.85 (absolute), groups of 10 heads, penalty 0.15.
 
   >>> PUREConfig().accuracy_threshold, PUREConfig(threshold="relative").threshold
@@ -72,15 +70,13 @@ class PUREConfig:
   threshold: Literal["absolute", "relative"] = "absolute"
   prune_step: int = 10
   penalty: float = 0.15
-  batch_size: int = 32  # the forward passes that only read (variances, accuracy)
-  finetune: CleanFineTuning = CleanFineTuning()
 
   def __post_init__(self):
+    super().__post_init__()
     checks.in_range("PUREConfig.accuracy_threshold", self.accuracy_threshold, 0.0, 1.0)
     checks.choice("PUREConfig.threshold", self.threshold, ("absolute", "relative"))
     checks.at_least("PUREConfig.prune_step", self.prune_step, 1)
     checks.rate("PUREConfig.penalty", self.penalty)
-    checks.at_least("PUREConfig.batch_size", self.batch_size, 1)
 
 
 def _cls_row_square_sums(pattern: Array, name: str) -> Array:
@@ -124,8 +120,7 @@ def _cls_row_variances(model, params, batch):
 def _head_variances(model, params, arrays: dict[str, np.ndarray], batch_size: int
                     ) -> np.ndarray:
   """Each head's [CLS]-row variance, averaged over the rows of `arrays`: [L, N]."""
-  return per_input(lambda b: _cls_row_variances(model, params, b), model_fields(arrays),
-                   batch_size, parallel.data_mesh()).mean(0)
+  return pruning.per_row(_cls_row_variances, model, params, arrays, batch_size).mean(0)
 
 
 def _layer_weights(variance: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -160,15 +155,13 @@ def pure(model, params, clean_train: dict[str, np.ndarray], clean_val: dict[str,
   fine-tune's checkpoints are kept there, and an interrupted run resumes.
 
   Example, a tiny random BERT (2 layers x 4 heads) and c relative:
-    >>> from jax_attnalign import ModelConfig, build_model
+    >>> from jax_attnalign import ModelConfig, baselines, build_model
     >>> model = build_model(ModelConfig.preset("tiny-bert"), "classification")
-    >>> rng = np.random.RandomState(0)
-    >>> ids = rng.randint(3, 64, (16, 6)); ids[:, 0] = 1
-    >>> clean = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-    ...          "labels": rng.randint(0, 2, 16)}
+    >>> ids = np.random.RandomState(0).randint(3, 64, (16, 6))
+    >>> clean = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids[:, 1] % 2}
     >>> params = model.init(jax.random.key(0), ids[:2])["params"]
     >>> config = PUREConfig(threshold="relative", prune_step=2,
-    ...                     finetune=CleanFineTuning(epochs=1, batch_size=8))
+    ...                     finetune=baselines.CleanFineTuning(epochs=1, batch_size=8))
     >>> params, report = pure(model, params, clean, clean, config)
     >>> [len(heads) < 4 for heads in report["pruned_heads"]]  # one head per layer stays
     [True, True]
@@ -179,32 +172,30 @@ def pure(model, params, clean_train: dict[str, np.ndarray], clean_val: dict[str,
 
   def decide() -> dict:
     variance = _head_variances(model, params, clean_val, config.batch_size)
-    accuracy = pruned_accuracy(model, params, clean_val, batch_size=config.batch_size)
+    accuracy = pruning.pruned_accuracy(model, params, clean_val, batch_size=config.batch_size)
     threshold = config.accuracy_threshold * (accuracy if config.threshold == "relative"
                                              else 1.0)
     logging.info("PURE: validation accuracy %.4f, threshold %.4f.", accuracy, threshold)
-    pruned, trace = prune_in_steps(
+    pruned, trace = pruning.prune_in_steps(
         _pruning_groups(variance, config.prune_step),
-        lambda mask: pruned_accuracy(model, params, clean_val,
+        lambda mask: pruning.pruned_accuracy(model, params, clean_val,
                                      keep_heads=~mask.reshape(shape),
                                      batch_size=config.batch_size),
         threshold, variance.size, backtrack=True)
     keep = (~pruned.reshape(shape)).astype(np.float32)
-    pruned_variance = _head_variances(model, zero_heads(params, keep), clean_val,
+    pruned_variance = _head_variances(model, pruning.zero_heads(params, keep), clean_val,
                                       config.batch_size)
     return {"accuracy": accuracy, "threshold": threshold, "variance": variance.tolist(),
-            "pruned_heads": [np.flatnonzero(p).tolist() for p in pruned.reshape(shape)],
-            "trace": trace, "layer_weights": _layer_weights(pruned_variance, keep).tolist()}
+            "pruned_heads": pruning.as_lists(pruned.reshape(shape)), "trace": trace,
+            "layer_weights": _layer_weights(pruned_variance, keep).tolist()}
 
   decision = stored_decision(workdir, "pruning", decide)
-  keep = np.ones(shape, np.float32)
-  for layer, heads in enumerate(decision["pruned_heads"]):
-    keep[layer, heads] = 0.0
+  keep = pruning.keep_mask(decision["pruned_heads"], cfg.num_heads)
   logging.info("PURE: %d of %d heads pruned.", int((keep == 0).sum()), keep.size)
   weights = np.asarray(decision["layer_weights"])[:, None] * keep
   objective = AttentionNormalizedLoss(tuple(map(tuple, weights.tolist())), config.penalty)
-  params, losses = finetune_on_clean(model, zero_heads(params, keep), clean_train,
-                                     config.finetune, loss=objective, frozen_heads=keep == 0,
-                                     desc="PURE: attention-normalised fine-tune",
-                                     workdir=workdir / "finetune" if workdir else None)
+  params, losses = finetune_on_clean(
+      model, pruning.zero_heads(params, keep), clean_train, config.finetune, loss=objective,
+      frozen_heads=keep == 0, desc="PURE: attention-normalised fine-tune",
+      workdir=workdir / "finetune" if workdir else None)
   return params, {**decision, "heads_pruned": int((keep == 0).sum()), "finetune_loss": losses}
