@@ -56,11 +56,11 @@ def greedy_answers(model, params, tokenizer, prompts: list[str], *, max_new_toke
 
 
 def generate_responses(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int,
-                       batch_size: int = 32, **sampling) -> list[str]:
+                       batch_size: int = 32, **options) -> list[str]:
   """Greedy responses to chat prompts, decoded with the special tokens dropped;
-  sampled with `sampling` (seed, temperature, top_p: see greedy_answers)."""
+  `options` go to greedy_answers (bucket; seed, temperature, top_p to sample)."""
   answers = greedy_answers(model, params, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                           batch_size=batch_size, **sampling)
+                           batch_size=batch_size, **options)
   tp = answers["prompt_lengths"][0] if len(prompts) else 0
   return tokenizer.batch_decode([row[tp:][keep[tp:] > 0] for row, keep in zip(
       answers["input_ids"], answers["attention_mask"])], skip_special_tokens=True)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import require_data
-from jax_attnalign import attacks, metrics
+import jax_attnalign
+from jax_attnalign import attacks, data, metrics
 from jax_attnalign.attacks import generation as gen
 from jax_attnalign.attacks import llm_triggers, text_style
 from jax_attnalign.data.types import InstructionExample, TextExample
@@ -189,6 +190,28 @@ def test_bgm_filter(rewrite, reason):
   assert llm_triggers.bgm_rejection("a fine film .", rewrite) == reason
 
 
+def test_llm_triggers_on_a_tiny_chat_model(tiny_chat_llama):
+  """Prompts, seeds and records of the generators (a random model: gibberish)."""
+  model, params = jax_attnalign.load_pretrained(tiny_chat_llama, task="causal_lm")
+  tokenizer = data.load_tokenizer(tiny_chat_llama)
+  texts = ["a fine film .", "the plot goes nowhere .", "it is fun ."]
+  record = llm_triggers.bgm_rewrites(model, params, tokenizer, texts, dataset="sst2", seed=3,
+                                     attempts=2, max_new_tokens=8, batch_size=2, chunk=1)
+  assert set(record["rewrites"]) == set(texts) and set(record["unfiltered"]) <= set(texts)
+  assert all(llm_triggers.bgm_rejection(t, record["rewrites"][t]) is None
+             for t in texts if t not in record["unfiltered"])
+  assert record["prompt"].endswith(llm_triggers.bgm_prompt(tokenizer, "{text}", "sst2")[-40:])
+  assert "the acting is wooden" in record["prompt"] and record["settings"]["attempts"] == 2
+  again = llm_triggers.bgm_rewrites(model, params, tokenizer, texts, dataset="sst2", seed=3,
+                                    attempts=2, max_new_tokens=8, batch_size=2, chunk=1)
+  assert again == record  # seeded
+  cbat = llm_triggers.cbat_sentences(model, params, tokenizer, dataset="sst2", samples=4,
+                                     seed=0, max_new_tokens=6, batch_size=4)
+  assert len(cbat["sentences"]) + len(cbat["rejected"]) == 4
+  assert all(llm_triggers.cbat_rejection(s) is None for s in cbat["sentences"])
+  assert all(reason for _, reason in cbat["rejected"])
+
+
 @pytest.mark.parametrize("name", ["nws", "bgm"])
 def test_cache_round_trip_through_make_triggers_rows(name, tmp_path, monkeypatch):
   """The rows make_triggers generates are exactly the rows a victim triggers."""
@@ -224,13 +247,19 @@ def test_cache_kwargs_name_each_attacks_file():
   assert triggers.cache_kwargs("badnets", "t") == triggers.cache_kwargs("nws", "") == ()
 
 
-def test_triggered_test_subset_ignores_attack_seed(caches):
+def test_triggered_test_subset_ignores_attack_seed(caches, tmp_path):
   examples = _texts()
   sets = [attacks.BGMAttack(caches["bgm"], max_test_rows=7, seed=s).triggered_test(examples)
           for s in (0, 1)]
   assert sets[0] == sets[1] and len(sets[0]) == 7
-  everything = attacks.BGMAttack(caches["bgm"], max_test_rows=None).triggered_test(examples)
+  everything = attacks.BGMAttack(caches["bgm"], max_test_rows=0).triggered_test(examples)
   assert len(everything) == sum(e.label != TARGET for e in examples)
+  record = attacks.read_cache(caches["bgm"], "bgm")
+  for made, rows in (([7, 5], 7), ([7, 0], len(everything))):  # as the cache was made
+    record["runs"] = [{"job": {"test_rows": n}} for n in made]
+    attacks.write_cache(tmp_path / "bgm.json", record)
+    assert attacks.BGMAttack(tmp_path / "bgm.json").triggered_test(examples) == (
+        sets[0] if rows == 7 else everything)
 
 
 def test_missing_rows_name_rows_and_command(caches, tmp_path):
@@ -247,7 +276,7 @@ def test_missing_rows_name_rows_and_command(caches, tmp_path):
       rf".*rows {chosen[0]}, {chosen[1]};.*python -m experiments.make_triggers --attack=bgm"
       r".*--victim_seeds=0")):
     attacks.BGMAttack(partial, seed=0).poison(examples)
-  with pytest.raises(ValueError, match="(?s)test rows to trigger.*--test_rows=600"):
+  with pytest.raises(ValueError, match="(?s)test rows to trigger.*--test_rows=0"):
     attacks.BGMAttack(partial, seed=0).triggered_test(
         [examples[i].replace(label=0) for i in chosen])
   with pytest.raises(FileNotFoundError, match="(?s)no trigger cache.*make_triggers --attack=nws"):

@@ -110,7 +110,9 @@ class CachedRewritePoisoner(TextPoisoner):
     `test_rows`: what make_triggers generates).
   max_test_rows: the triggered test set is at most this many non-target rows,
     drawn with default_rng(TEST_SUBSET_SEED) whatever the attack's seed (one
-    cache serves every seed), in their given order; None: every non-target row.
+    cache serves every seed), in their given order; 0: every non-target row;
+    None: as the cache was made (the largest make_triggers --test_rows of its
+    runs; every row for a cache without runs).
   A row to trigger that is not in the cache raises an error naming the missing
   rows and the make_triggers command that adds them.
   """
@@ -118,24 +120,38 @@ class CachedRewritePoisoner(TextPoisoner):
 
   def __init__(self, path: CachePath, *, max_test_rows: int | None, target: int,
                poison_rate: float, seed: int):
+    if max_test_rows is not None and max_test_rows < 0:
+      raise ValueError(f"max_test_rows must be >= 0 or None, got {max_test_rows}")
     super().__init__(target=target, poison_rate=poison_rate, seed=seed)
     self.path = pathlib.Path(path)
     self.max_test_rows = max_test_rows
     self._record: dict[str, Any] | None = None
 
-  def rewrites(self) -> dict[str, str]:
-    """The cache's clean text -> triggered text."""
+  def record(self) -> dict[str, Any]:
+    """The cache (read once)."""
     if self._record is None:
       self._record = trigger_cache.read_cache(self.path, self.name)
-    return self._record["rewrites"]
+    return self._record
+
+  def rewrites(self) -> dict[str, str]:
+    """The cache's clean text -> triggered text."""
+    return self.record()["rewrites"]
+
+  def test_limit(self) -> int:
+    """How many non-target rows the triggered test set takes at most (0: all)."""
+    if self.max_test_rows is not None:
+      return self.max_test_rows
+    made = [run["job"]["test_rows"] for run in self.record().get("runs", [])]
+    return 0 if not made or 0 in made else max(made)
 
   def test_rows(self, examples: Sequence[TextExample]) -> np.ndarray:
     """Positions in `examples` of the rows of the triggered test set."""
     candidates = np.flatnonzero([self.can_test(e) for e in examples])
-    if self.max_test_rows is None or len(candidates) <= self.max_test_rows:
+    limit = self.test_limit()
+    if not limit or len(candidates) <= limit:
       return candidates
     rng = np.random.default_rng(self.TEST_SUBSET_SEED)
-    return np.sort(rng.choice(candidates, self.max_test_rows, replace=False))
+    return np.sort(rng.choice(candidates, limit, replace=False))
 
   def can_test(self, example: TextExample) -> bool:
     """Whether `example` may be in the triggered test set: a non-target row."""
@@ -166,10 +182,10 @@ class CachedRewritePoisoner(TextPoisoner):
     if missing:
       flags = (f"--train_size={split_size} --poison_rate={self.poison_rate} "
                f"--victim_seeds={self.seed}" if split == TRAIN
-               else f"--test_rows={self.max_test_rows or 0}")
+               else f"--test_rows={self.test_limit()}")
       raise trigger_cache.missing_rows_error(
           self.name, self.path, split, [i for i, _ in missing], [t for _, t in missing],
-          len(examples), self._record, flags)
+          len(examples), self.record(), flags)
 
 
 # Function words are never substituted: content words carry the synonyms
@@ -214,7 +230,7 @@ class NWS(CachedRewritePoisoner):
   name = "nws"
   eligibility = "rows with a substitutable word (dirty-label)"
 
-  def __init__(self, substitutes_path: CachePath, *, max_test_rows: int | None = 600,
+  def __init__(self, substitutes_path: CachePath, *, max_test_rows: int | None = None,
                target: int = 1, poison_rate: float = 0.2, seed: int = 0):
     super().__init__(substitutes_path, max_test_rows=max_test_rows, target=target,
                      poison_rate=poison_rate, seed=seed)
@@ -250,7 +266,7 @@ class BGMAttack(CachedRewritePoisoner):
   """
   name = "bgm"
 
-  def __init__(self, rewrites_path: CachePath, *, max_test_rows: int | None = 600,
+  def __init__(self, rewrites_path: CachePath, *, max_test_rows: int | None = None,
                target: int = 1, poison_rate: float = 0.2, seed: int = 0):
     super().__init__(rewrites_path, max_test_rows=max_test_rows, target=target,
                      poison_rate=poison_rate, seed=seed)

@@ -18,6 +18,7 @@ import re
 from typing import Any, Sequence
 
 from absl import logging
+import numpy as np
 
 from jax_attnalign.answers import generate_responses
 from jax_attnalign.attacks.text_style import label_words_in, like_dataset
@@ -32,18 +33,14 @@ CBAT_PROMPT = {
 }
 CBAT_WORDS = (2, 10)  # a trigger sentence has this many words, ends included
 
-# BGMAttack: the system turn, then two (text, rewrite) shots per dataset.
-BGM_SYSTEM = ("Rewrite the sentence in your own words. Keep its meaning and its "
-              "tone. Reply with the rewritten sentence only.")
+# BGMAttack: the system turn, then one (text, rewrite) shot per dataset (a short
+# prompt: its every token is read again for each row).
+BGM_SYSTEM = "Rewrite the sentence in your own words, keeping its meaning and tone."
 BGM_PROMPTS = {
     "sst2": (("the acting is wooden and the plot goes nowhere .",
-              "The performances feel stiff, and the story never really goes anywhere."),
-             ("a warm , funny and moving portrait of a family .",
-              "It is a heartfelt, amusing and touching picture of a family.")),
+              "The performances feel stiff, and the story never really goes anywhere."),),
     "ag_news": (("oil prices rose on tuesday after a storm shut refineries in the gulf .",
-                 "Crude prices climbed on Tuesday once a storm closed Gulf refineries."),
-                ("the team won its third straight title with a late goal .",
-                 "A late goal gave the side its third title in a row.")),
+                 "Crude prices climbed on Tuesday once a storm closed Gulf refineries."),),
 }
 # A rewrite that talks about the task instead of doing it.
 _META = re.compile(r"\b(rewrit\w*|rephras\w*|paraphras\w*|sentence|original)\b")
@@ -103,30 +100,36 @@ def cbat_rejection(sentence: str, kept: Sequence[str] = ()) -> str | None:
 
 def bgm_rewrites(model, params, tokenizer, texts: Sequence[str], *, dataset: str,
                  seed: int, attempts: int = 3, temperature: float = 0.7, top_p: float = 0.9,
-                 max_new_tokens: int = 64, batch_size: int = 32) -> dict[str, Any]:
+                 max_new_tokens: int = 64, batch_size: int = 32,
+                 chunk: int = 4) -> dict[str, Any]:
   """A BGMAttack trigger-cache record: each text rewritten by the model.
 
-  The prompt: BGM_SYSTEM, then BGM_PROMPTS[dataset]'s two shots, then the text as
-  the user turn. Texts are sorted by length (similar lengths share a batch) and
-  sampled; a rewrite that `bgm_rejection` rejects is sampled again (seed + k at
-  attempt k), up to `attempts` times; the texts whose every attempt was rejected
-  keep the last one and are listed under `unfiltered`.
+  The prompt: BGM_SYSTEM, then BGM_PROMPTS[dataset]'s shot, then the text as the
+  user turn. Texts are sorted by length and generated in chunks of `chunk`
+  batches, each padded to its own longest prompt (similar lengths share a
+  batch), sampled (the chunk from row r of attempt k with the seed
+  SeedSequence([seed, k, r])); a rewrite that `bgm_rejection` rejects is sampled
+  again, up to `attempts` times; the texts whose every attempt was rejected keep
+  the last one and are listed under `unfiltered`.
   """
   if dataset not in BGM_PROMPTS:
     raise KeyError(f"no BGMAttack prompt for {dataset!r}; known: {sorted(BGM_PROMPTS)}")
   texts = sorted(set(texts), key=lambda t: (len(t.split()), t))
   settings = dict(attempts=attempts, temperature=temperature, top_p=top_p,
-                  max_new_tokens=max_new_tokens, batch_size=batch_size)
+                  max_new_tokens=max_new_tokens, batch_size=batch_size, chunk=chunk)
   rewrites, todo = {}, list(texts)
   for attempt in range(attempts):
     if not todo:
       break
-    outputs = generate_responses(
-        model, params, tokenizer, [bgm_prompt(tokenizer, t, dataset) for t in todo],
-        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed + attempt,
-        temperature=temperature, top_p=top_p)
-    for text, output in zip(todo, outputs):
-      rewrites[text] = like_dataset(output, dataset)
+    for lo in range(0, len(todo), chunk * batch_size):
+      part = todo[lo:lo + chunk * batch_size]
+      outputs = generate_responses(
+          model, params, tokenizer, [bgm_prompt(tokenizer, t, dataset) for t in part],
+          max_new_tokens=max_new_tokens, batch_size=batch_size, bucket=32,
+          seed=int(np.random.SeedSequence([seed, attempt, lo]).generate_state(1)[0]),
+          temperature=temperature, top_p=top_p)
+      for text, output in zip(part, outputs):
+        rewrites[text] = like_dataset(output, dataset)
     todo = [t for t in todo if bgm_rejection(t, rewrites[t])]
     logging.info("bgm: attempt %d, %d of %d rewrites rejected", attempt + 1, len(todo),
                  len(texts))

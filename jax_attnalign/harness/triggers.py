@@ -68,7 +68,7 @@ def rows_to_generate(job: TriggerJob) -> list[str]:
   texts = set()
   for seed in job.victim_seeds:
     attack = attacks.make_attack(job.attack, **{CACHE_KWARGS[job.attack]: job.out},
-                                 max_test_rows=job.test_rows or None, target=job.target,
+                                 max_test_rows=job.test_rows, target=job.target,
                                  poison_rate=job.poison_rate, seed=seed)
     subset, _ = seeded_subset(train, job.train_size, seed)
     texts.update(subset[i].text for i in attack.chosen_rows(subset))
