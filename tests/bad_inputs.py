@@ -26,6 +26,7 @@ from jax_attnalign.data import load_classification, load_instructions
 from jax_attnalign.defense import (Alignment, Detector, DetectorConfig, FineTuning,
                                    HeadClassification, HeadRates, SanitizeConfig, Stopping,
                                    calibrate_detector, input_scores, sanitize, scores_of)
+from jax_attnalign.defense.headwise import learning_rates
 from jax_attnalign.errors import CheckpointError, DataFileError, InputError, NonFiniteError
 from jax_attnalign.models import apply_batch, run_with_hooks
 from jax_attnalign.models import gguf_io, hf_io, safetensors_io
@@ -287,6 +288,12 @@ CASES = [
     Case("detector fpr 1", lambda e: DetectorConfig(fpr=1.0), ValueError, "fpr"),
     Case("safety_scores: alpha 2", lambda e: safety_scores(np.zeros((2, 4)), np.zeros((2, 4)),
                                                            alpha=2.0), ValueError, "alpha"),
+    Case("head classes outside HeadClass", lambda e: learning_rates(
+        e.bert_params, np.full((2, 4), 5), e.bert.config, HeadRates()),
+         InputError, "learning_rates: labels"),
+    Case("head classes of another shape", lambda e: learning_rates(
+        e.bert_params, np.zeros((4, 2), np.int32), e.bert.config, HeadRates()),
+         ValueError, "labels must be [L, N]"),
     Case("classify_heads: tau 0.7", lambda e: classify_heads(np.zeros((2, 4)), tau=0.7),
          ValueError, "tau"),
     # Checkpoints.

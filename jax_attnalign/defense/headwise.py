@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jax_attnalign import validation
+from jax_attnalign.analysis import HeadClass
 from jax_attnalign.defense import checks
 from jax_attnalign.models.config import ModelConfig
 
@@ -91,6 +93,8 @@ def learning_rates(params, labels: np.ndarray, config: ModelConfig,
   if labels.shape != (config.num_layers, config.num_heads):
     raise ValueError(f"labels must be [L, N] = {(config.num_layers, config.num_heads)}, "
                      f"got {labels.shape}.")
+  validation.within("learning_rates: labels", labels, 0, len(HeadClass),
+                    "labels are HeadClass values (0 suspicious, 1 intermediate, 2 safe)")
   rate = np.vectorize(rates.of, otypes=[np.float32])
   groups = config.num_heads // config.num_kv_heads
   kv_rates = rate(labels).reshape(config.num_layers, config.num_kv_heads, groups).min(-1)
