@@ -23,7 +23,7 @@ from jax_attnalign import train
 from jax_attnalign.analysis import HeadClass
 from jax_attnalign.defense import checks
 from jax_attnalign.defense.headwise import HeadRates, headwise_init, headwise_optimizer
-from jax_attnalign.models import MODEL_INPUTS
+from jax_attnalign.defense.scoring import model_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +59,6 @@ class BaselineConfig:
 
   def __post_init__(self):
     checks.at_least(f"{type(self).__name__}.batch_size", self.batch_size, 1)
-
-
-def model_fields(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """The model inputs and labels of an encoded set (what a training batch carries)."""
-  return {k: v for k, v in arrays.items() if k in MODEL_INPUTS + ("labels",)}
 
 
 def training_state(model, params, tuning: CleanFineTuning,

@@ -39,8 +39,9 @@ from absl import logging
 
 from jax_attnalign import train
 from jax_attnalign.baselines.finetune import (BaselineConfig, finetune_on_clean, fit_config,
-                                              model_fields, training_state)
+                                              training_state)
 from jax_attnalign.defense import checks
+from jax_attnalign.defense.scoring import model_fields
 from jax_attnalign.models import apply_batch
 
 Array = jax.Array

@@ -22,8 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_attnalign import parallel
-from jax_attnalign.baselines.finetune import model_fields
-from jax_attnalign.defense.sanitize import per_input
+from jax_attnalign.defense.scoring import model_fields, per_input
 from jax_attnalign.models import apply_batch
 
 Array = jax.Array
