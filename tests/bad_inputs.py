@@ -28,7 +28,7 @@ from jax_attnalign.defense import (Alignment, Detector, DetectorConfig, FineTuni
                                    calibrate_detector, input_scores, sanitize, scores_of)
 from jax_attnalign.defense.headwise import learning_rates
 from jax_attnalign.errors import CheckpointError, DataFileError, InputError, NonFiniteError
-from jax_attnalign.models import apply_batch, run_with_hooks
+from jax_attnalign.models import apply_batch, run_with_hooks, scale_heads
 from jax_attnalign.models import gguf_io, hf_io, safetensors_io
 from jax_attnalign.train import predict_logits
 
@@ -174,6 +174,12 @@ CASES = [
     Case("run_with_hooks: id out of range", lambda e: run_with_hooks(
         e.bert, e.bert_params, e.batch(input_ids=e.ids(99, 2, 0)), capture="*"),
          InputError, OUT),
+    Case("scale_heads: gates for fewer layers", lambda e: run_with_hooks(
+        e.bert, e.bert_params, e.batch(), edit=scale_heads(
+            jnp.ones((1, e.bert.config.num_heads)))), InputError, "[num_layers, num_heads]"),
+    Case("scale_heads: gates for other heads", lambda e: run_with_hooks(
+        e.bert, e.bert_params, e.batch(), edit=scale_heads(
+            jnp.ones((e.bert.config.num_layers, 3)))), InputError, "scale_heads: gates"),
     Case("predict_logits: id out of range", lambda e: predict_logits(
         e.bert, e.bert_params, e.batch(input_ids=e.ids(64, 2, 0))),
          InputError, "predict_logits: " + OUT),

@@ -55,6 +55,8 @@ from typing import Any, Callable, Union
 import jax
 import jax.numpy as jnp
 
+from jax_attnalign.errors import InputError
+
 Array = jax.Array
 Filter = Union[str, re.Pattern, Callable[[str], bool], list, tuple, None]
 Rules = Union[Mapping, list, tuple, None]  # {filter: fn} or [(filter, fn), ...]
@@ -173,8 +175,17 @@ def scale_heads(gates: Array) -> dict:
     Array([0., 1., 0., 1.], dtype=float32)
   """
   gates = jnp.asarray(gates)
-  return {"layers.*.attn.z":
-          lambda z, name: z * gates[..., layer_of(name), :, None].astype(z.dtype)}
+
+  def scale(z, name):
+    layer = layer_of(name)
+    # Shapes are static, so this holds under jit too: out-of-range indexing would clip.
+    if gates.ndim < 2 or gates.shape[-1] != z.shape[-2] or layer >= gates.shape[-2]:
+      raise InputError(
+          f"scale_heads: gates of shape {gates.shape} do not cover {name} (layer {layer}, "
+          f"{z.shape[-2]} heads); pass gates of shape [num_layers, num_heads].")
+    return z * gates[..., layer, :, None].astype(z.dtype)
+
+  return {"layers.*.attn.z": scale}
 
 
 def collect(variables: Mapping) -> dict[str, Any]:
