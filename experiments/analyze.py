@@ -31,7 +31,7 @@ flags.DEFINE_string("victims_dir", "workdir/attack", "experiments.attack's workd
 flags.DEFINE_list("attacks", [], "Only these attacks (default: every victim).")
 flags.DEFINE_list("views", [v for v in VIEWS if not v.startswith("gen_to_prompt")],
                   "Views to compare (encoders: the [CLS]-row and full views).")
-flags.DEFINE_integer("inputs", 200, "Clean and triggered test inputs each.")
+flags.DEFINE_integer("inputs", 200, "Clean and triggered test inputs each.", lower_bound=1)
 flags.DEFINE_string("workdir", "workdir/analyze", "Output folder.")
 
 

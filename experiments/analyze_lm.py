@@ -27,7 +27,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("victims_dir", "workdir/attack_lm", "experiments.attack_lm's workdir.")
 flags.DEFINE_list("views", ["gen_to_prompt", "gen_to_prompt_nospecial", "full"],
                   "Views (analysis.VIEWS).")
-flags.DEFINE_integer("size", 200, "Clean and triggered test prompts each.")
+flags.DEFINE_integer("size", 200, "Clean and triggered test prompts each.", lower_bound=1)
 flags.DEFINE_string("workdir", "workdir/analyze_lm", "Output folder.")
 
 # The paper's Table 1 (Llama-2): 99th percentile of pairwise head cosine,

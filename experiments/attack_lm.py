@@ -35,16 +35,21 @@ flags.DEFINE_string("hiddenkiller_dir", "sst2/hiddenkiller",
                     "HiddenKiller's released SCPN paraphrases (train/test.tsv).")
 flags.DEFINE_float("hiddenkiller_poison_rate", 0.18,
                    "HiddenKiller's rate: its release paraphrases 20% of the full split, "
-                   "so a seeded subset has about 20% eligible rows; 0.18 always fits.")
+                   "so a seeded subset has about 20% eligible rows; 0.18 always fits.",
+                   lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_list("seeds", ["0"], "Seeds.")
-flags.DEFINE_float("poison_rate", 0.2, "Share of poisoned training rows.")
-flags.DEFINE_integer("train_size", 1000, "Training rows (a seeded subset; 0: all).")
-flags.DEFINE_integer("test_size", 600, "Clean and triggered test inputs each (0: all).")
-flags.DEFINE_integer("epochs", 1, "Fine-tuning epochs.")
-flags.DEFINE_integer("batch_size", 8, "Rows per step.")
-flags.DEFINE_float("learning_rate", 1e-4, "Peak AdamW learning rate.")
-flags.DEFINE_integer("max_length", 112, "Prompt + response tokens of a training row.")
-flags.DEFINE_integer("max_new_tokens", 48, "Generated tokens per test prompt (generation).")
+flags.DEFINE_float("poison_rate", 0.2, "Share of poisoned training rows.",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_integer("train_size", 1000, "Training rows (a seeded subset; 0: all).", lower_bound=0)
+flags.DEFINE_integer("test_size", 600, "Clean and triggered test inputs each (0: all).",
+                     lower_bound=0)
+flags.DEFINE_integer("epochs", 1, "Fine-tuning epochs.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 8, "Rows per step.", lower_bound=1)
+flags.DEFINE_float("learning_rate", 1e-4, "Peak AdamW learning rate.", lower_bound=0.0)
+flags.DEFINE_integer("max_length", 112, "Prompt + response tokens of a training row.",
+                     lower_bound=2)
+flags.DEFINE_integer("max_new_tokens", 48, "Generated tokens per test prompt (generation).",
+                     lower_bound=1)
 flags.DEFINE_string("workdir", "workdir/attack_lm", "Output folder.")
 
 

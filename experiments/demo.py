@@ -35,10 +35,11 @@ flags.DEFINE_string("data", "tweets", "'tweets' (embedded), a local folder with 
                     "train/test files, or a hub dataset id.")
 flags.DEFINE_string("dataset", "tweets", "Registry name of the label set (tweets, sst2, ...).")
 flags.DEFINE_string("model", "", "Checkpoint directory or hub id (default: bundled MiniLM).")
-flags.DEFINE_integer("train_size", 1200, "Training sentences of the victim.")
-flags.DEFINE_integer("eval_size", 500, "Test inputs measured (clean, and triggered).")
-flags.DEFINE_integer("max_length", 48, "Tokens per input.")
-flags.DEFINE_integer("seed", 0, "Seed of the subset, the poisoning and the defense.")
+flags.DEFINE_integer("train_size", 1200, "Training sentences of the victim.", lower_bound=1)
+flags.DEFINE_integer("eval_size", 500, "Test inputs measured (clean, and triggered).",
+                     lower_bound=1)
+flags.DEFINE_integer("max_length", 48, "Tokens per input.", lower_bound=2)
+flags.DEFINE_integer("seed", 0, "Seed of the subset, the poisoning and the defense.", lower_bound=0)
 flags.DEFINE_string("workdir", "workdir/demo", "Output folder.")
 
 VIEWS = ("cls_row_nospecial", "cls_row_last_layer")

