@@ -25,14 +25,18 @@ flags.DEFINE_string("out", None, "The cache file (JSON).")
 flags.DEFINE_string("data_dir", "sst2/clean", "Folder with train/test.tsv.")
 flags.DEFINE_string("dataset", "sst2", "sst2 or ag_news (prompts, text style, labels).")
 flags.DEFINE_string("model", "", "Causal LM checkpoint or GGUF (default: bundled SmolLM2).")
-flags.DEFINE_integer("seed", 0, "Generation seed.")
-flags.DEFINE_integer("samples", 128, "Cbat: sentences sampled before the filter.")
-flags.DEFINE_integer("target", 1, "The victims' target label.")
-flags.DEFINE_integer("train_size", 3000, "The victims' training subset size (0: all).")
-flags.DEFINE_float("poison_rate", 0.2, "The victims' poison rate.")
+flags.DEFINE_integer("seed", 0, "Generation seed.", lower_bound=0)
+flags.DEFINE_integer("samples", 128, "Cbat: sentences sampled before the filter.",
+                     lower_bound=1)
+flags.DEFINE_integer("target", 1, "The victims' target label.", lower_bound=0)
+flags.DEFINE_integer("train_size", 3000, "The victims' training subset size (0: all).",
+                     lower_bound=0)
+flags.DEFINE_float("poison_rate", 0.2, "The victims' poison rate.", lower_bound=0.0,
+                   upper_bound=1.0)
 flags.DEFINE_list("victim_seeds", ["0"], "The victims' seeds (their subsets and rows).")
-flags.DEFINE_integer("test_rows", 600, "Non-target test rows to trigger (0: all).")
-flags.DEFINE_integer("batch_size", 32, "Prompts per generation batch.")
+flags.DEFINE_integer("test_rows", 600, "Non-target test rows to trigger (0: all).",
+                     lower_bound=0)
+flags.DEFINE_integer("batch_size", 32, "Prompts per generation batch.", lower_bound=1)
 flags.mark_flags_as_required(["attack", "out"])
 
 
