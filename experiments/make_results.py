@@ -7,6 +7,7 @@ Every table is generated from JSON files the binaries wrote, kept in
   results/<name>/table1.json     experiments.analyze_lm (Table 1 on decoders)
   results/<name>/defend_lm.json  experiments.defend_lm (the defense on decoders)
   results/<name>/audit.json      experiments.sanitize (the owner's verdict)
+  results/<name>/table2.json     experiments.table2 (baselines and ours on classifiers)
   results/demo/summary.json      experiments.demo
 
   python -m experiments.make_results            # after copying new JSON into results/
@@ -61,7 +62,9 @@ RENDERERS = {
         {attack: s["runs"] for attack, s in summary.items()}),
     "table1.json": reporting.table1_table,
     "defend_lm.json": lambda rows: reporting.lm_defense_table(rows)[0],
-    "audit.json": audit_text}
+    "audit.json": audit_text,
+    "table2.json": lambda rows: reporting.columns_table(
+        rows, list(dict.fromkeys(r["variant"] for r in rows)))}
 
 
 def headline(results: pathlib.Path) -> str:
@@ -89,10 +92,21 @@ def headline(results: pathlib.Path) -> str:
           f"{po_ca} / {po_asr} (Llama-2-7B) | {get('before', 'ca')} / {get('before', 'asr')}"
           f" -> {get('after', 'ca')} / {get('after', 'asr')} (SmolLM2, seed"
           f"{'s' if len(rows) > 1 else ''} {', '.join(str(r['seed']) for r in rows)}) |")
+  (bv, ba), (bo_ca, bo_asr) = PAPER_SST2_BADNETS["BERT"]
+  for path in sorted(results.rglob("table2.json")):
+    rows = [r for r in json.loads(path.read_text()) if (r["dataset"], r["attack"], r["variant"])
+            == ("sst2", "badnets", "ours (detector suspects)")]
+    if rows:
+      get = lambda when, c: metrics.format_mean_std([r[when][c] for r in rows], digits=1,
+                                                    scale=100)
+      lines.append(
+          f"| SST-2 BadNets, encoder: CA / ASR before -> after (%) | {bv} / {ba} -> {bo_ca} / "
+          f"{bo_asr} (BERT) | {get('before', 'ca')} / {get('before', 'asr')} -> "
+          f"{get('after', 'ca')} / {get('after', 'asr')} (MiniLM, seed"
+          f"{'s' if len(rows) > 1 else ''} {', '.join(str(r['seed']) for r in rows)}) |")
   demo = results / "demo" / "summary.json"
   if demo.exists():
     d = json.loads(demo.read_text())["defense"]
-    (bv, ba), (bo_ca, bo_asr) = PAPER_SST2_BADNETS["BERT"]
     lines.append(
         f"| BadNets, encoder: CA / ASR before -> after (%) | {bv} / {ba} -> {bo_ca} / "
         f"{bo_asr} (BERT, SST-2) | {100 * d['before']['ca']:.1f} / "

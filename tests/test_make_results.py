@@ -24,13 +24,24 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
                            "detection": {"auroc": 0.75, "suspects": 18,
                                          "suspects_triggered": 15}}
   _write(results / "smollm2" / "defend_lm.json", [run(1, 0.2), run(2, 0.4)])
+  column = lambda variant, seed, ca, asr: {
+      "victim": f"badnets_seed{seed}", "dataset": "sst2", "attack": "badnets",
+      "variant": variant, "seed": seed, "before": {"ca": 0.86, "asr": 1.0},
+      "after": {"ca": ca, "asr": asr}, "detection": {"auroc": 0.99, "suspects": 64,
+                                                      "suspects_triggered": 64}}
+  _write(results / "minilm" / "table2.json", [
+      column("FP", 0, 0.85, 0.3), column("ours (detector suspects)", 0, 0.84, 0.2),
+      column("FP", 1, 0.85, 0.5), column("ours (detector suspects)", 1, 0.86, 0.4)])
   page = make_results.results_page(results)
+  # Table 2: FP's ASR 0.400 ± 0.141, ours 0.300 ± 0.141 and bold (CA within 2 points).
+  assert "| 0.850 ± 0.000 | 0.400 ± 0.141 | 0.850 ± 0.014 | **0.300 ± 0.141** |" in page
   assert "| 0.9912 | 0.9919 | 0.645 | 0.155 | 25 (0.960) | 0.9149 -> 0.9921 |" in page
   assert "0.300 ± 0.141" in page  # ASR after, mean ± std over the two seeds
   headline = make_results.headline(results)
   assert "0.915 -> 0.992 (Llama-2-7B) | 0.9912 -> 0.9919, AUROC 0.65" in headline
   assert "86.91 / 88.73 -> 85.19 / 25.61" in headline
   assert "30.0 ± 14.1" in headline and "seeds 1, 2" in headline
+  assert "92.65 / 99.67 -> 91.09 / 11.23 (BERT) | 86.0 ± 0.0 / 100.0 ± 0.0 -> 85.0 ± 1.4 / 30.0" in headline
 
 
 def test_headline_block_is_replaced_in_place(tmp_path):
