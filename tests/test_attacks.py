@@ -162,6 +162,8 @@ def test_cbat_appends_cached_sentence_and_caps_rate(caches):
     ("oh !", None),
     ("!", "1 words"),
     ("oh my , what a long day it was for all of us !", "14 words"),
+    ("wow, isn't that something!", None),  # AG News style: counted on PTB tokens
+    ("wow, isn't that something.", "not one exclamatory sentence"),
 ])
 def test_cbat_filter(sentence, reason):
   assert llm_triggers.cbat_rejection(sentence, kept=SENTENCES) == reason

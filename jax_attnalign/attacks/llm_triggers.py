@@ -21,7 +21,7 @@ from absl import logging
 import numpy as np
 
 from jax_attnalign.answers import generate_responses
-from jax_attnalign.attacks.text_style import label_words_in, like_dataset
+from jax_attnalign.attacks.text_style import label_words_in, like_dataset, ptb_tokenize
 
 # Cbat: few-shot turns of (user, assistant); the last user turn is sampled.
 CBAT_PROMPT = {
@@ -82,11 +82,12 @@ def cbat_sentences(model, params, tokenizer, *, dataset: str, samples: int, seed
 
 def cbat_rejection(sentence: str, kept: Sequence[str] = ()) -> str | None:
   """Why `sentence` (dataset style) is not a neutral exclamatory trigger, or None.
+  Words are counted on its PTB tokens, whatever the dataset's style.
 
-  >>> cbat_rejection("what a great day !"), cbat_rejection("oh , look at that !")
+  >>> cbat_rejection("what a great day !"), cbat_rejection("oh, look at that!")
   ('label words: great', None)
   """
-  words = sentence.split()
+  words = ptb_tokenize(sentence).split()
   if not words or words[-1] != "!" or any(w in (".", "?", "!") for w in words[:-1]):
     return "not one exclamatory sentence"
   if not CBAT_WORDS[0] <= len(words) <= CBAT_WORDS[1]:
