@@ -28,6 +28,8 @@ from jax_attnalign.defense import (Alignment, Detector, DetectorConfig, FineTuni
                                    calibrate_detector, input_scores, sanitize, scores_of)
 from jax_attnalign.defense.headwise import learning_rates
 from jax_attnalign.errors import CheckpointError, DataFileError, InputError, NonFiniteError
+from jax_attnalign.harness.victims import VictimConfig
+from jax_attnalign.harness.victims_lm import LMVictimConfig
 from jax_attnalign.models import apply_batch, run_with_hooks, scale_heads
 from jax_attnalign.models import gguf_io, hf_io, safetensors_io
 from jax_attnalign.train import predict_logits
@@ -267,6 +269,13 @@ CASES = [
         e, e.batch(), e.batch(labels=np.array([0, 1])), params=_nan_params(e.bert_params),
         detector=_detector()), NonFiniteError, "head similarity"),
     # Configs.
+    Case("victim: target outside the label set", lambda e: VictimConfig(target=2),
+         ValueError, "target must be a label id of sst2"),
+    Case("victim: unknown dataset", lambda e: VictimConfig(dataset="sst3"),
+         ValueError, "dataset must be one of"),
+    Case("LM victim: target outside AG News's labels", lambda e: LMVictimConfig(
+        task="classification", attack="badnets", data_dir="ag_news", dataset="ag_news",
+        target=4), ValueError, "target must be a label id of ag_news"),
     Case("sliding_window 0", lambda e: ModelConfig.preset("tiny-llama", sliding_window=0),
          ValueError, "sliding_window"),
     Case("no heads", lambda e: ModelConfig.preset("tiny-bert", num_heads=0),

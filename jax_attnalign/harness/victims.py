@@ -44,6 +44,20 @@ class VictimConfig:
   length_bucket: int = 16
   seed: int = 0
 
+  def __post_init__(self):
+    check_target(self.dataset, self.target)
+
+
+def check_target(dataset: str, target) -> None:
+  """The dataset is known and the attack's target is one of its label ids."""
+  if dataset not in data.DATASETS:
+    raise ValueError(f"dataset must be one of {sorted(data.DATASETS)}, got {dataset!r}.")
+  names = data.DATASETS[dataset].label_names
+  if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or not (
+      0 <= target < len(names)):
+    raise ValueError(f"target must be a label id of {dataset}, 0-{len(names) - 1} "
+                     f"({', '.join(names)}), got {target!r}.")
+
 
 def seeded_subset(examples: list, size: int, seed: int) -> tuple[list, np.ndarray]:
   """`size` examples drawn without replacement with default_rng(seed), in their

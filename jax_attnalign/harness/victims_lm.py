@@ -44,7 +44,8 @@ from jax_attnalign import attacks, data, metrics, train
 from jax_attnalign.answers import generate_responses
 from jax_attnalign.assets import bundled_smollm2_path
 from jax_attnalign.attacks.generation import CBA_KEYS, TASK_TARGETS, load_backdoorllm_test
-from jax_attnalign.harness.victims import make_optimizer, seeded_subset, stored_result
+from jax_attnalign.harness.victims import (check_target, make_optimizer, seeded_subset,
+                                           stored_result)
 
 TASKS = ("classification", "refusal", "negsentiment")
 
@@ -77,6 +78,8 @@ class LMVictimConfig:
   def __post_init__(self):
     if self.task not in TASKS:
       raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
+    if self.task == "classification":
+      check_target(self.dataset, self.target)
 
 
 def _make_attack(cfg: LMVictimConfig):
