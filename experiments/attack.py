@@ -30,16 +30,17 @@ flags.DEFINE_string("hiddenkiller_dir", "sst2/hiddenkiller",
                     "HiddenKiller's released SCPN paraphrases (train/test.tsv).")
 flags.DEFINE_float("hiddenkiller_poison_rate", 0.18,
                    "HiddenKiller's rate: its release paraphrases 20% of the full split, "
-                   "so a seeded subset has about 20% eligible rows; 0.18 always fits.")
+                   "so a seeded subset has about 20% eligible rows; 0.18 always fits.",
+                   lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_string("triggers_dir", "", "Folder of the trigger caches of Cbat, NWS and "
                     "BGMAttack ({cbat,nws,bgm}.json, written by experiments.make_triggers).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-flags.DEFINE_integer("target", 1, "Target label.")
-flags.DEFINE_integer("train_size", 3000, "Training subset size (0: all).")
-flags.DEFINE_integer("test_size", 0, "Test subset size (0: all).")
-flags.DEFINE_integer("epochs", 2, "Fine-tuning epochs.")
-flags.DEFINE_integer("max_length", 64, "Tokens per sentence (longer ones are cut).")
-flags.DEFINE_float("learning_rate", 5e-5, "Peak AdamW learning rate.")
+flags.DEFINE_integer("target", 1, "Target label.", lower_bound=0)
+flags.DEFINE_integer("train_size", 3000, "Training subset size (0: all).", lower_bound=0)
+flags.DEFINE_integer("test_size", 0, "Test subset size (0: all).", lower_bound=0)
+flags.DEFINE_integer("epochs", 2, "Fine-tuning epochs.", lower_bound=1)
+flags.DEFINE_integer("max_length", 64, "Tokens per sentence (longer ones are cut).", lower_bound=2)
+flags.DEFINE_float("learning_rate", 5e-5, "Peak AdamW learning rate.", lower_bound=0.0)
 flags.DEFINE_string("workdir", "workdir/attack", "Output folder.")
 
 
