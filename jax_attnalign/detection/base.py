@@ -1,0 +1,155 @@
+"""Input detectors under one interface: fitted on the defender's clean data,
+calibrated at a target false-positive rate, flagging incoming inputs.
+
+  victim = Victim(model, params, tokenizer)
+  detector = make_detector("strip").fit(victim, clean_fit)
+  calibration = calibrate(detector, victim, clean_calibration, fpr=0.05)
+  flags = calibration.flag(detector.score(victim, incoming))
+
+A detector scores each input of a deployed classifier, higher = more likely
+triggered. `fit` sees only what the defender holds (clean labelled training
+rows; each detector's docstring says which parts it uses and what else it
+needs, such as a language model); it never sees triggered inputs. `calibrate`
+scores further clean rows and sets the threshold at their (1 - fpr) quantile,
+the paper detector's rule (`defense.detector.calibrate_detector`). A score that
+is not finite is flagged.
+
+Saving: the calibration (detector name, settings, threshold) is JSON; a
+detector's fitted arrays (DAN's class means, a profile's covariance) go to an
+.npz beside it, read back with `allow_pickle=False`. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Protocol, Sequence
+
+import jax
+import numpy as np
+
+from jax_attnalign import data, train, validation
+from jax_attnalign.data.types import TextExample
+from jax_attnalign.defense.detector import calibrate_detector
+from jax_attnalign.errors import CheckpointError
+
+
+@dataclasses.dataclass
+class Victim:
+  """The deployed classifier as detectors see it: the model, its weights, its
+  tokenizer and how inputs are encoded (`data.encode_classification`)."""
+  model: Any
+  params: Any
+  tokenizer: Any
+  max_length: int = 64
+  batch_size: int = 32
+
+  def encode(self, examples: Sequence[TextExample]) -> dict[str, np.ndarray]:
+    return data.encode_classification(list(examples), self.tokenizer, self.max_length)
+
+  def probabilities(self, examples: Sequence[TextExample]) -> np.ndarray:
+    """Class probabilities [n, C] of the examples' texts."""
+    logits = train.predict_logits(self.model, self.params, self.encode(examples),
+                                  batch_size=self.batch_size, length_bucket=16)
+    return np.asarray(jax.nn.softmax(np.asarray(logits, np.float32), axis=-1))
+
+
+class InputDetector(Protocol):
+  """What every detector of `DETECTORS` implements."""
+  name: str
+
+  def fit(self, victim: Victim, clean: Sequence[TextExample]) -> "InputDetector":
+    """Fits on clean labelled rows (the defender's); returns self."""
+
+  def score(self, victim: Victim, examples: Sequence[TextExample]) -> np.ndarray:
+    """One score per example [n], higher = more likely triggered."""
+
+  def settings(self) -> dict:
+    """The JSON-able settings that rebuild it with `make_detector(name, **settings)`."""
+
+  def state(self) -> dict[str, np.ndarray]:
+    """Its fitted arrays ({} when `fit` learns nothing)."""
+
+  def load_state(self, state: dict[str, np.ndarray]) -> None:
+    """Restores what `state` returned."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+  """A detector's threshold at a target false-positive rate on clean inputs.
+
+  >>> calibration = Calibration("strip", {}, fpr=0.05, threshold=0.9, clean_count=200,
+  ...                           clean_mean=0.5, clean_std=0.2)
+  >>> calibration.flag([0.5, 0.95, float("nan")]).tolist()  # not finite: flagged
+  [False, True, True]
+  """
+  detector: str
+  settings: dict
+  fpr: float
+  threshold: float
+  clean_count: int
+  clean_mean: float
+  clean_std: float
+
+  def __post_init__(self):
+    validation.in_range("Calibration.fpr", self.fpr, 0.0, 1.0, open_=True)
+    for name in ("threshold", "clean_mean", "clean_std"):
+      validation.finite(f"Calibration.{name}", getattr(self, name))
+
+  def flag(self, scores) -> np.ndarray:
+    scores = np.asarray(scores, np.float64)
+    return ~np.isfinite(scores) | (scores > self.threshold)
+
+  def save(self, path: str | pathlib.Path, detector: InputDetector | None = None) -> None:
+    """JSON at `path`; the detector's fitted arrays, if any, at path + '.npz'."""
+    path = pathlib.Path(path)
+    path.write_text(json.dumps(dataclasses.asdict(self), indent=1))
+    if detector is not None and (state := detector.state()):
+      with open(f"{path}.npz", "wb") as f:
+        np.savez(f, **state)
+
+  @classmethod
+  def load(cls, path: str | pathlib.Path) -> tuple["Calibration", InputDetector]:
+    """(calibration, its detector rebuilt with its fitted arrays)."""
+    path = pathlib.Path(path)
+    try:
+      calibration = cls(**json.loads(path.read_text()))
+      detector = make_detector(calibration.detector, **calibration.settings)
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+      raise CheckpointError(f"{path} is not a calibration saved by Calibration.save ({e}). "
+                            "Recalibrate with detection.calibrate.") from e
+    state_path = pathlib.Path(f"{path}.npz")
+    if state_path.exists():
+      try:
+        with np.load(state_path, allow_pickle=False) as f:
+          detector.load_state({k: f[k] for k in f.files})
+      except (ValueError, OSError, KeyError) as e:
+        raise CheckpointError(f"{state_path} holds no fitted state of {calibration.detector} "
+                              f"({e}). Refit and recalibrate the detector.") from e
+    return calibration, detector
+
+
+def calibrate(detector: InputDetector, victim: Victim, clean: Sequence[TextExample],
+              fpr: float = 0.05) -> Calibration:
+  """The threshold flagging about `fpr` of clean inputs: the (1 - fpr) quantile
+  of the fitted detector's scores on `clean` (rows it was not fitted on)."""
+  scores = detector.score(victim, clean)
+  rule = calibrate_detector(scores, view="cls_row", fpr=fpr)  # the paper detector's rule
+  return Calibration(detector.name, detector.settings(), fpr, rule.threshold,
+                     rule.clean_count, rule.clean_mean, rule.clean_std)
+
+
+DETECTORS: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+  """Class decorator adding a detector class to DETECTORS under its `name`."""
+  DETECTORS[cls.name] = cls
+  return cls
+
+
+def make_detector(name: str, **settings) -> InputDetector:
+  """A fresh detector of DETECTORS by name, with `settings` as its constructor's keywords."""
+  validation.choice("make_detector: name", name, tuple(sorted(DETECTORS)))
+  return DETECTORS[name](**settings)
