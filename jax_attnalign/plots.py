@@ -152,3 +152,22 @@ def plot_score_histogram(scores: dict[str, np.ndarray], threshold: float, path: 
   ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
   fig.tight_layout()
   return _save(fig, path)
+
+
+def plot_roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: PathLike, *,
+                    title: str = "", fpr_target: float | None = None) -> pathlib.Path:
+  """ROC curves, one per name: {name: (false-positive rates, true-positive rates,
+  AUROC)}; the chance diagonal and the target false-positive rate marked."""
+  fig = Figure(figsize=(5.6, 4.2))
+  ax = fig.add_subplot()
+  for name, (fpr, tpr, auroc) in curves.items():
+    ax.plot(fpr, tpr, label=f"{name} ({auroc:.3f})")
+  ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+  if fpr_target is not None:
+    ax.axvline(fpr_target, color="black", linestyle="--", linewidth=1,
+               label=f"target FPR {fpr_target:g}")
+  ax.set_xlabel("false-positive rate (clean inputs flagged)")
+  ax.set_ylabel("true-positive rate (triggered inputs flagged)")
+  ax.set_title(title)
+  _legend_outside(ax)
+  return _save(fig, path)

@@ -1,0 +1,90 @@
+r"""Detection benchmark: every input detector on every victim (issue 21's table).
+
+For each backdoored victim under --victims_dirs (`experiments.attack` workdirs)
+and each detector of --detectors (`jax_attnalign.detection.DETECTORS`, default
+settings), fits the detector on clean training rows, calibrates it at --fpr on
+other clean rows, and scores fresh clean and triggered test inputs
+(`jax_attnalign.harness.detection`). Writes per-run result.json, calibration and
+scores under <workdir>/<victim>/<detector>/, then detect.json, detect.md (AUROC,
+TPR at the calibrated threshold, measured FPR; mean ± std over seeds) and one
+ROC plot per dataset and attack (all seeds' scores pooled). Finished runs are
+read back.
+
+  python -m experiments.detect --victims_dirs runs/enc_sst2 --detectors paper,strip,dan \
+      --workdir runs/detect
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import tqdm
+from absl import app, flags
+
+import experiments
+import jax_attnalign
+from jax_attnalign import data, plots
+from jax_attnalign.detection import DETECTORS, Victim
+from jax_attnalign.harness import reporting
+from jax_attnalign.harness.detection import (DetectionSetup, detection_sets, detection_table,
+                                             evaluate_detector, roc_points)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("victims_dirs", ["workdir/attack"], "experiments.attack workdirs.")
+flags.DEFINE_list("attacks", [], "Only these attacks (default: every victim found).")
+flags.DEFINE_list("detectors", sorted(DETECTORS), "Detectors, of jax_attnalign.detection.")
+flags.DEFINE_integer("fit_size", 300, "Clean training rows each detector is fitted on.",
+                     lower_bound=2)
+flags.DEFINE_integer("calibration_size", 200, "Clean training rows setting the threshold.",
+                     lower_bound=2)
+flags.DEFINE_integer("test_size", 400, "Fresh clean and triggered test inputs each.",
+                     lower_bound=2)
+flags.DEFINE_float("fpr", 0.05, "Target false-positive rate of the calibration.",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_string("workdir", "workdir/detect", "Output folder.")
+
+
+def write_summary(rows: list[dict], workdir: pathlib.Path) -> str:
+  table = (f"Detection on each victim's {reporting.count_range(r['sizes']['clean'] for r in rows)}"
+           f" fresh clean and {reporting.count_range(r['sizes']['triggered'] for r in rows)} "
+           f"triggered test inputs; threshold calibrated at FPR {FLAGS.fpr:g} on clean "
+           "training rows; mean ± std over seeds\n\n" + detection_table(rows))
+  (workdir / "detect.json").write_text(json.dumps(rows, indent=1))
+  (workdir / "detect.md").write_text(table + "\n")
+  for dataset, attack in sorted({(r["dataset"], r["attack"]) for r in rows}):
+    curves = {}
+    for name in FLAGS.detectors:
+      runs = [r for r in rows if (r["dataset"], r["attack"], r["detector"]) ==
+              (dataset, attack, name)]
+      scores = [np.load(workdir / r["victim"] / name / "scores.npz") for r in runs]
+      curves[name] = (*roc_points(np.concatenate([s["clean"] for s in scores]),
+                                  np.concatenate([s["triggered"] for s in scores])),
+                      float(np.mean([r["auroc"] for r in runs])))
+    plots.plot_roc_curves(curves, workdir / f"roc_{dataset}_{attack}.png",
+                          title=f"{attack} ({dataset})", fpr_target=FLAGS.fpr)
+  return table
+
+
+def main(argv):
+  del argv
+  experiments.use_data_root()
+  workdir = pathlib.Path(FLAGS.workdir)
+  setup = DetectionSetup(FLAGS.fit_size, FLAGS.calibration_size, FLAGS.test_size, FLAGS.fpr)
+  victims = [v for d in FLAGS.victims_dirs for v in reporting.find_victims(d, FLAGS.attacks)]
+  rows = []
+  for run, run_dir, cfg in tqdm.tqdm(victims, desc="victims"):
+    model, params = jax_attnalign.load_pretrained(run_dir / "model", task="classification")
+    victim = Victim(model, params, data.load_tokenizer(run_dir / "model"),
+                    max_length=cfg["max_length"])
+    sets = detection_sets(cfg, setup)
+    for name in FLAGS.detectors:
+      result = evaluate_detector(name, {}, victim, sets, setup.fpr, workdir / run / name)
+      rows.append({"victim": run, "dataset": cfg["dataset"], "attack": cfg["attack"],
+                   "seed": cfg["seed"], **result})
+  print(write_summary(rows, workdir))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,126 @@
+"""The detection benchmark: every input detector on every victim, on the same sets.
+
+  sets = detection_sets(victim_cfg, DetectionSetup())
+  row = evaluate_detector("strip", {}, victim, sets, fpr=0.05, workdir="runs/detect/...")
+
+Per victim (an `experiments.attack` run), seeded and disjoint:
+  fit          clean labelled training rows the detector is fitted on
+  calibration  further clean training rows setting its threshold at `fpr`
+  clean        fresh clean test inputs (the measured false-positive rate)
+  triggered    the attack's triggered versions of other test rows (non-target
+               labels only, as for ASR)
+Reported per detector: AUROC (clean vs triggered scores), the true-positive rate
+at the calibrated threshold, the false-positive rate measured on the fresh clean
+inputs, and the wall time of fit + calibration + scoring. The scores are kept
+(scores.npz) for the ROC plots; a finished (victim, detector) run is read back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import numpy as np
+from absl import logging
+
+from jax_attnalign import attacks, data, metrics, validation
+from jax_attnalign.detection import Calibration, Victim, calibrate, make_detector
+from jax_attnalign.harness.victims import seeded_subset
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionSetup:
+  """How many rows each set of `detection_sets` holds, and the target false-positive rate."""
+  fit_size: int = 300
+  calibration_size: int = 200
+  test_size: int = 400  # fresh clean and triggered inputs each
+  fpr: float = 0.05
+
+  def __post_init__(self):
+    for name in ("fit_size", "calibration_size", "test_size"):
+      validation.at_least(f"DetectionSetup.{name}", getattr(self, name), 2)
+    validation.in_range("DetectionSetup.fpr", self.fpr, 0.0, 1.0, open_=True)
+
+
+def detection_sets(victim_cfg: dict, setup: DetectionSetup) -> dict[str, list]:
+  """{'fit', 'calibration', 'clean', 'triggered'} examples for a victim of
+  `experiments.attack` (its result.json config: data, attack, target, seed)."""
+  folder = data.resolve_data_path(victim_cfg["data_dir"], missing_ok=True)
+  seed = victim_cfg["seed"]
+  train_rows = data.load_classification(folder, "train", dataset=victim_cfg["dataset"])
+  test_rows = data.load_classification(folder, "test", dataset=victim_cfg["dataset"])
+  defender, _ = seeded_subset(train_rows, setup.fit_size + setup.calibration_size, seed + 2)
+  order = np.random.default_rng((seed, 5)).permutation(len(defender))
+  defender = [defender[i] for i in order]
+  order = np.random.default_rng((seed, 6)).permutation(len(test_rows))
+  half = len(order) // 2  # clean inputs from one half, triggered ones from the other
+  attack = attacks.make_attack(victim_cfg["attack"], target=victim_cfg["target"], seed=seed,
+                               **dict(victim_cfg["attack_kwargs"]))
+  triggered = attack.triggered_test([test_rows[i] for i in np.sort(order[half:])])
+  return {"fit": defender[:setup.fit_size], "calibration": defender[setup.fit_size:],
+          "clean": seeded_subset([test_rows[i] for i in np.sort(order[:half])],
+                                 setup.test_size, seed)[0],
+          "triggered": seeded_subset(triggered, setup.test_size, seed)[0]}
+
+
+def evaluate_detector(name: str, settings: dict, victim: Victim, sets: dict[str, list],
+                      fpr: float, workdir: str | pathlib.Path) -> dict:
+  """Fits, calibrates and scores one detector on `sets`; writes result.json,
+  calibration.json (+ .npz state) and scores.npz to `workdir`, returns the result."""
+  workdir = pathlib.Path(workdir)
+  if (workdir / "result.json").exists():
+    return json.loads((workdir / "result.json").read_text())
+  start = time.time()
+  detector = make_detector(name, **settings).fit(victim, sets["fit"])
+  calibration = calibrate(detector, victim, sets["calibration"], fpr)
+  clean, triggered = (np.asarray(detector.score(victim, sets[k]), np.float64)
+                      for k in ("clean", "triggered"))
+  wall = time.time() - start
+  ranked = np.nan_to_num(np.r_[clean, triggered], nan=1e300, posinf=1e300, neginf=-1e300)
+  result = {  # a score that is not finite ranks as the most suspicious, as it is flagged
+      "detector": name, "settings": detector.settings(), "fpr_target": fpr,
+      "auroc": metrics.detection_auroc(ranked,
+                                       np.r_[np.zeros(len(clean)), np.ones(len(triggered))]),
+      "tpr": float(calibration.flag(triggered).mean()),
+      "fpr": float(calibration.flag(clean).mean()),
+      "threshold": calibration.threshold, "wall_s": wall,
+      "sizes": {k: len(v) for k, v in sets.items()}}
+  workdir.mkdir(parents=True, exist_ok=True)
+  calibration.save(workdir / "calibration.json", detector)
+  np.savez(workdir / "scores.npz", clean=clean, triggered=triggered)
+  (workdir / "result.json").write_text(json.dumps(result, indent=1))
+  logging.info("%s: AUROC %.3f, TPR %.3f at measured FPR %.3f (%.0f s)", name,
+               result["auroc"], result["tpr"], result["fpr"], wall)
+  return result
+
+
+def roc_points(clean: np.ndarray, triggered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(false-positive rates, true-positive rates) of every threshold, from (0, 0) to (1, 1).
+
+  >>> fpr, tpr = roc_points(np.array([0.1, 0.4]), np.array([0.3, 0.5]))
+  >>> fpr.tolist(), tpr.tolist()
+  ([0.0, 0.0, 0.5, 0.5, 1.0], [0.0, 0.5, 0.5, 1.0, 1.0])
+  """
+  thresholds = np.unique(np.r_[clean, triggered])[::-1]
+  fpr = np.r_[0.0, [(clean >= t).mean() for t in thresholds]]
+  tpr = np.r_[0.0, [(triggered >= t).mean() for t in thresholds]]
+  return fpr, tpr
+
+
+def detection_table(rows: list[dict]) -> str:
+  """Markdown: per (dataset, attack) and detector, AUROC, TPR at the calibrated
+  threshold and the measured FPR, mean ± std over victims (seeds)."""
+  groups: dict[tuple, list[dict]] = {}
+  for row in rows:
+    groups.setdefault((row["dataset"], row["attack"], row["detector"]), []).append(row)
+  fmt = metrics.format_mean_std
+  lines = ["| dataset | attack | detector | AUROC | TPR | FPR (fresh clean) | seeds |",
+           "|---" * 7 + "|"]
+  for (dataset, attack, detector), runs in groups.items():
+    get = lambda k: [r[k] for r in runs]
+    lines.append(f"| {dataset} | {attack} | {detector} | {fmt(get('auroc'))} | "
+                 f"{fmt(get('tpr'))} | {fmt(get('fpr'))} | "
+                 f"{', '.join(str(s) for s in sorted(get('seed')))} |")
+  return "\n".join(lines)

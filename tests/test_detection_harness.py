@@ -1,0 +1,91 @@
+"""The detection benchmark's harness: its sets, ROC points and per-detector run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jax_attnalign import metrics
+from jax_attnalign.data.types import TextExample
+from jax_attnalign.detection import DETECTORS, Calibration
+from jax_attnalign.harness.detection import (DetectionSetup, detection_sets, detection_table,
+                                             evaluate_detector, roc_points)
+
+
+def test_roc_area_is_the_auroc_with_ties():
+  rng = np.random.default_rng(0)
+  clean = rng.integers(0, 6, 50).astype(float)  # many ties, within and across groups
+  triggered = rng.integers(2, 9, 40).astype(float)
+  fpr, tpr = roc_points(clean, triggered)
+  area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+  brute = np.mean([(t > c) + 0.5 * (t == c) for t in triggered for c in clean])
+  assert area == pytest.approx(brute, abs=1e-12)
+  assert area == pytest.approx(metrics.detection_auroc(
+      np.r_[clean, triggered], np.r_[np.zeros(50), np.ones(40)]), abs=1e-12)
+
+
+def _write_split(path, n, name):
+  rows = ["sentence\tlabel"] + [f"{name}{i} was {'good' if i % 2 else 'bad'}\t{i % 2}"
+                                for i in range(n)]
+  path.write_text("\n".join(rows) + "\n")
+
+
+def test_detection_sets_are_disjoint_and_sized(tmp_path):
+  _write_split(tmp_path / "train.tsv", 120, "train")
+  _write_split(tmp_path / "test.tsv", 100, "test")
+  cfg = {"data_dir": str(tmp_path), "dataset": "sst2", "attack": "badnets", "target": 1,
+         "attack_kwargs": [], "seed": 3}
+  sets = detection_sets(cfg, DetectionSetup(fit_size=40, calibration_size=30, test_size=20))
+  assert [len(sets[k]) for k in ("fit", "calibration", "clean", "triggered")] == [40, 30, 20, 20]
+  assert not {e.text for e in sets["fit"]} & {e.text for e in sets["calibration"]}
+  rows = lambda k: {w for e in sets[k] for w in e.text.split() if w.startswith("test")}
+  assert all(e.poisoned and e.label != 1 for e in sets["triggered"])
+  assert len(rows("clean")) == 20 and not rows("clean") & rows("triggered")  # other rows
+  assert not any(e.poisoned for k in ("fit", "calibration", "clean") for e in sets[k])
+  assert detection_sets(cfg, DetectionSetup(40, 30, 20)) == sets  # seeded
+
+
+class _Length:
+  """A stand-in detector for the harness: score = the number of words."""
+  name = "length"
+  fits = 0
+
+  def fit(self, victim, clean):
+    del victim, clean
+    _Length.fits += 1
+    return self
+
+  def score(self, victim, examples):
+    del victim
+    return np.array([len(e.text.split()) for e in examples], float)
+
+  def settings(self):
+    return {}
+
+  def state(self):
+    return {}
+
+  def load_state(self, state):
+    del state
+
+
+def test_evaluate_detector_measures_and_resumes(tmp_path, monkeypatch):
+  monkeypatch.setitem(DETECTORS, "length", _Length)
+  words = lambda n, label=0, poisoned=False: TextExample(" ".join(["w"] * n), label, poisoned)
+  sets = {"fit": [words(3)] * 4, "calibration": [words(n) for n in range(1, 21)],
+          "clean": [words(n) for n in (5, 10, 19, 20, 21)],
+          "triggered": [words(n, poisoned=True) for n in (2, 20, 25, 30)]}
+  result = evaluate_detector("length", {}, None, sets, 0.1, tmp_path / "run")
+  threshold = np.quantile(np.arange(1, 21), 0.9, method="higher")  # 19: flags 20 and up
+  assert result["threshold"] == threshold
+  assert result["fpr"] == 2 / 5 and result["tpr"] == 3 / 4
+  assert result["auroc"] == pytest.approx(np.mean([(t > c) + 0.5 * (t == c) for t in
+                                                   (2, 20, 25, 30) for c in (5, 10, 19, 20, 21)]))
+  calibration, _ = Calibration.load(tmp_path / "run" / "calibration.json")
+  assert calibration.threshold == threshold and calibration.detector == "length"
+  assert evaluate_detector("length", {}, None, sets, 0.1, tmp_path / "run") == result
+  assert _Length.fits == 1  # read back, not refitted
+  table = detection_table([{**result, "dataset": "sst2", "attack": "badnets", "seed": 0},
+                           {**result, "dataset": "sst2", "attack": "badnets", "seed": 1}])
+  assert "| sst2 | badnets | length | " in table and "| 0, 1 |" in table
+  assert json.loads((tmp_path / "run" / "result.json").read_text()) == result
