@@ -8,6 +8,7 @@ Every table is generated from JSON files the binaries wrote, kept in
   results/<name>/defend_lm.json  experiments.defend_lm (the defense on decoders)
   results/<name>/audit.json      experiments.sanitize (the owner's verdict)
   results/<name>/table2.json     experiments.table2 (baselines and ours on classifiers)
+  results/<name>/detect.json     experiments.detect (every input detector on every victim)
   results/demo/summary.json      experiments.demo
 
   python -m experiments.make_results            # after copying new JSON into results/
@@ -22,6 +23,7 @@ from absl import app, flags
 
 from jax_attnalign import audit, metrics
 from jax_attnalign.harness import reporting
+from jax_attnalign.harness.detection import detection_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results", "results", "Folder of the binaries' JSON.")
@@ -68,7 +70,8 @@ RENDERERS = {
     "defend_lm.json": lambda rows: reporting.lm_defense_table(rows)[0],
     "audit.json": audit_text,
     "table2.json": lambda rows: reporting.columns_table(
-        rows, list(dict.fromkeys(r["variant"] for r in rows)))}
+        rows, list(dict.fromkeys(r["variant"] for r in rows))),
+    "detect.json": detection_table}
 
 
 def _defense_row(rows: list[dict], what: str, paper_model: str, our_model: str) -> str:

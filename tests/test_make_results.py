@@ -32,7 +32,12 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   _write(results / "minilm" / "table2.json", [
       column("FP", 0, 0.85, 0.3), column("ours (detector suspects)", 0, 0.84, 0.2),
       column("FP", 1, 0.85, 0.5), column("ours (detector suspects)", 1, 0.86, 0.4)])
+  detected = lambda detector, seed, auroc: {
+      "victim": f"hiddenkiller_seed{seed}", "dataset": "sst2", "attack": "hiddenkiller",
+      "seed": seed, "detector": detector, "auroc": auroc, "tpr": 0.1, "fpr": 0.05}
+  _write(results / "minilm" / "detect.json", [detected("dan", 0, 0.6), detected("dan", 1, 0.8)])
   page = make_results.results_page(results)
+  assert "| sst2 | hiddenkiller | dan | 0.700 ± 0.141 | 0.100 ± 0.000 | 0.050 ± 0.000 | 0, 1 |" in page
   # Table 2: FP's ASR 0.400 ± 0.141, ours 0.300 ± 0.141 and bold (CA within 2 points).
   assert "| 0.850 ± 0.000 | 0.400 ± 0.141 | 0.850 ± 0.014 | **0.300 ± 0.141** |" in page
   assert "| 0.9912 | 0.9919 | 0.645 | 0.155 | 25 (0.960) | 0.9149 -> 0.9921 |" in page
