@@ -1,8 +1,8 @@
 """Smoke tests of every experiment binary, as subprocesses, on a tiny configuration.
 
 A tiny random BERT (MiniLM's tokenizer) is backdoored on synthetic sentences by
-`experiments.attack`; analyze, defend, table2 (with the baselines), ablation, sweep and the main job
-(`experiments.demo`) then run on it with small settings and must write their files.
+`experiments.attack`; analyze, defend, table2 (with the baselines), detect, ablation, sweep
+and the main job (`experiments.demo`) then run on it with small settings and must write their files.
 """
 
 import json
@@ -149,6 +149,24 @@ def test_ablation_and_sweep(tiny):
   rows = json.loads((tiny["root"] / "sweep" / "sweep.json").read_text())
   assert [r["variant"] for r in rows] == ["alpha=0.5", "tau=0.4", "lr=1e-05/0.0001"]
   assert (tiny["root"] / "sweep" / "sweep.png").is_file()
+
+
+def test_detect_benchmark(tiny):
+  """Every detector asked for is fitted, calibrated and measured on the victim; the
+  table, the JSON and the ROC plot are written, and a rerun reads the runs back."""
+  workdir = tiny["root"] / "detect"
+  args = [f"--victims_dirs={tiny['victims']}", "--detectors=paper,dan,strip",
+          "--fit_size=24", "--calibration_size=40", "--test_size=40", f"--workdir={workdir}"]
+  out = run("experiments.detect", *args, cwd=ROOT)
+  rows = json.loads((workdir / "detect.json").read_text())
+  assert [r["detector"] for r in rows] == ["paper", "dan", "strip"]
+  assert all(0 <= r["auroc"] <= 1 and r["sizes"]["clean"] == 40 for r in rows)
+  assert "| sst2 | badnets | dan |" in out and (workdir / "roc_sst2_badnets.png").is_file()
+  stored = json.loads((workdir / "badnets_seed0" / "dan" / "result.json").read_text())
+  assert rows[1] == {**stored, "victim": "badnets_seed0", "dataset": "sst2",
+                     "attack": "badnets", "seed": 0}
+  run("experiments.detect", *args, cwd=ROOT)
+  assert json.loads((workdir / "detect.json").read_text()) == rows
 
 
 def test_demo_main_job(tiny):

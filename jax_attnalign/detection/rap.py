@@ -2,7 +2,7 @@
 Backdoor Attacks on NLP Models"): a trained rare word that shakes clean inputs'
 predictions but not triggered ones'.
 
-  detector = make_detector("rap", word="cf", protected=1).fit(victim, clean)
+  detector = make_detector("rap", word="tq", protected=1).fit(victim, clean)
   scores = detector.score(victim, incoming)  # higher = more likely triggered
 
 The rule: the rare `word` (one token of the victim's tokenizer) is put before
@@ -31,10 +31,12 @@ steps; at lr 1e-2 these hardly moved the row of our MiniLM SST-2 BadNets victim
 RAP takes a split word's first sub-token; we require a word of one token.
 OpenBackdoor trains on every clean dev row; we train on the protected class's
 rows, as the paper does, and of those only the ones predicted as protected
-(the others could not be scored). The default word "cf" is also one of the
-BadNets triggers ("cf", "mn", "bb"): against that attack the RAP word is the
-trigger itself (AUROC 0.84 on the victim above, against 0.999 with "tq");
-choose another rare word there.
+(the others could not be scored). RAP's word "cf" is one of the BadNets
+triggers ("cf", "mn", "bb"): against that attack the RAP word would be the
+trigger itself (AUROC 0.84 on the victim above), so our default is "tq",
+another rare one-token word. Both choices (Adam, "tq") were made on the seed-0
+victims, which are therefore tuning victims for RAP; its held-out numbers are
+the other seeds'.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class RAP:
   """Minus the protected-class probability drop caused by a trained word (module docstring)."""
   name = "rap"
 
-  def __init__(self, word: str = "cf", protected: int = 1, lower: float = 0.1,
+  def __init__(self, word: str = "tq", protected: int = 1, lower: float = 0.1,
                upper: float = 0.3, scale: float = 1.0, learning_rate: float = 1e-2,
                epochs: int = 5, batch_size: int = 32, seed: int = 0):
     if not isinstance(word, str) or not word.strip() or len(word.split()) != 1:
