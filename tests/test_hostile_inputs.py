@@ -34,7 +34,8 @@ def _flat(params) -> dict:
 
 
 def test_a_nan_score_is_flagged_and_logged(caplog):
-  detector = Detector("cls_row", "mean", 0.05, 0.9, 256, 0.7, 0.1)
+  detector = Detector(view="cls_row", statistic="mean", fpr=0.05, threshold=0.9,
+                      clean_count=256, clean_mean=0.7, clean_std=0.1)
   with caplog.at_level(logging.WARNING):
     flags = detector.flag(np.array([0.5, np.nan, np.inf, 0.95]))
   assert flags.tolist() == [False, True, True, True]

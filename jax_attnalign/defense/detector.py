@@ -83,8 +83,42 @@ def batch_scores(model, params, input_ids, attention_mask, view: str,
 
 
 @dataclasses.dataclass(frozen=True)
-class Detector:
-  """A calibrated threshold on an input score; `flag(scores)` is True above it.
+class Threshold:
+  """A threshold calibrated on clean scores, and their summary; `flag(scores)` is
+  True above it, and for every score that is not finite (logged as such).
+
+  >>> Threshold(fpr=0.05, threshold=0.9, clean_count=256, clean_mean=0.7,
+  ...           clean_std=0.1).flag([0.5, 0.95, np.nan]).tolist()
+  [False, True, True]
+  """
+  fpr: float
+  threshold: float
+  clean_count: int
+  clean_mean: float
+  clean_std: float
+
+  def __post_init__(self):
+    owner = type(self).__name__
+    checks.in_range(f"{owner}.fpr", self.fpr, 0.0, 1.0, open_=True)
+    for name in ("threshold", "clean_mean", "clean_std"):
+      checks.finite(f"{owner}.{name}", getattr(self, name))
+    checks.at_least(f"{owner}.clean_count", self.clean_count, 2)
+
+  def flag(self, scores) -> np.ndarray:
+    scores = np.asarray(scores, np.float64)
+    broken = ~np.isfinite(scores)
+    if broken.any():
+      logging.warning("%s: %d of %d scores are not finite (inputs %s); they are flagged. "
+                      "Check those inputs' token ids and the model's weights.",
+                      type(self).__name__, int(broken.sum()), scores.size,
+                      np.flatnonzero(broken)[:8].tolist())
+    return broken | (scores > self.threshold)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Detector(Threshold):
+  """The paper's detector: a calibrated threshold on an input score of a view and
+  statistic (`input_scores`).
 
   Example (`calibrate_detector` makes one from clean scores):
     >>> detector = Detector(view="cls_row", statistic="mean", fpr=0.05, threshold=0.9,
@@ -99,33 +133,11 @@ class Detector:
   """
   view: str
   statistic: str
-  fpr: float
-  threshold: float
-  clean_count: int
-  clean_mean: float
-  clean_std: float
 
   def __post_init__(self):
     checks.view("Detector.view", self.view)
     checks.choice("Detector.statistic", self.statistic, STATISTICS)
-    checks.in_range("Detector.fpr", self.fpr, 0.0, 1.0, open_=True)
-    for name in ("threshold", "clean_mean", "clean_std"):
-      checks.finite(f"Detector.{name}", getattr(self, name))
-    checks.at_least("Detector.clean_count", self.clean_count, 2)
-
-  def flag(self, scores: np.ndarray) -> np.ndarray:
-    """True above the threshold, and for every score that is not finite (logged).
-
-    >>> Detector("cls_row", "mean", 0.05, 0.9, 256, 0.7, 0.1).flag([0.5, np.nan]).tolist()
-    [False, True]
-    """
-    scores = np.asarray(scores, np.float64)
-    broken = ~np.isfinite(scores)
-    if broken.any():
-      logging.warning("Detector: %d of %d scores are not finite (inputs %s); they are "
-                      "flagged. Check those inputs' token ids and the model's weights.",
-                      int(broken.sum()), scores.size, np.flatnonzero(broken)[:8].tolist())
-    return broken | (scores > self.threshold)
+    super().__post_init__()
 
   def save(self, path: str | pathlib.Path) -> None:
     pathlib.Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=1))
@@ -176,15 +188,26 @@ def calibrate_detector(clean_scores: np.ndarray, *, view: str, statistic: Statis
   >>> detector.threshold, detector.flag([0.5, 0.99]).tolist()
   (0.95, [False, True])
   """
-  checks.in_range("calibrate_detector: fpr", fpr, 0.0, 1.0, open_=True)
+  return Detector(view=view, statistic=statistic,
+                  **clean_threshold(clean_scores, fpr, where="calibrate_detector"))
+
+
+def clean_threshold(clean_scores, fpr: float, *, where: str) -> dict:
+  """The fields of `Threshold` flagging about `fpr` of clean inputs: threshold = the
+  (1 - fpr) quantile ('higher') of the clean scores [n]; `where` names the caller
+  in errors.
+
+  >>> clean_threshold(np.arange(101) / 100, 0.05, where="example")["threshold"]
+  0.95
+  """
+  checks.in_range(f"{where}: fpr", fpr, 0.0, 1.0, open_=True)
   clean_scores = np.asarray(clean_scores, np.float64).reshape(-1)
   if clean_scores.size < 2:
-    raise ValueError("calibrate_detector: clean_scores needs at least 2 clean inputs' "
+    raise ValueError(f"{where}: clean_scores needs at least 2 clean inputs' "
                      f"scores, got {clean_scores.size}.")
-  validation.finite_values("calibrate_detector: clean_scores", clean_scores,
+  validation.finite_values(f"{where}: clean_scores", clean_scores,
                            fix="a NaN threshold would flag nothing; drop or re-encode "
                                "those clean inputs, and check the model's weights")
-  return Detector(view=view, statistic=statistic, fpr=fpr,
-                  threshold=float(np.quantile(clean_scores, 1.0 - fpr, method="higher")),
-                  clean_count=int(clean_scores.size), clean_mean=float(clean_scores.mean()),
-                  clean_std=float(clean_scores.std()))
+  return {"fpr": fpr, "threshold": float(np.quantile(clean_scores, 1.0 - fpr, method="higher")),
+          "clean_count": int(clean_scores.size), "clean_mean": float(clean_scores.mean()),
+          "clean_std": float(clean_scores.std())}

@@ -31,7 +31,7 @@ import numpy as np
 
 from jax_attnalign import data, train, validation
 from jax_attnalign.data.types import TextExample
-from jax_attnalign.defense.detector import calibrate_detector
+from jax_attnalign.defense.detector import Threshold, clean_threshold
 from jax_attnalign.errors import CheckpointError
 
 
@@ -75,31 +75,17 @@ class InputDetector(Protocol):
     """Restores what `state` returned."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Calibration:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Calibration(Threshold):
   """A detector's threshold at a target false-positive rate on clean inputs.
 
-  >>> calibration = Calibration("strip", {}, fpr=0.05, threshold=0.9, clean_count=200,
-  ...                           clean_mean=0.5, clean_std=0.2)
+  >>> calibration = Calibration(detector="strip", settings={}, fpr=0.05, threshold=0.9,
+  ...                           clean_count=200, clean_mean=0.5, clean_std=0.2)
   >>> calibration.flag([0.5, 0.95, float("nan")]).tolist()  # not finite: flagged
   [False, True, True]
   """
   detector: str
   settings: dict
-  fpr: float
-  threshold: float
-  clean_count: int
-  clean_mean: float
-  clean_std: float
-
-  def __post_init__(self):
-    validation.in_range("Calibration.fpr", self.fpr, 0.0, 1.0, open_=True)
-    for name in ("threshold", "clean_mean", "clean_std"):
-      validation.finite(f"Calibration.{name}", getattr(self, name))
-
-  def flag(self, scores) -> np.ndarray:
-    scores = np.asarray(scores, np.float64)
-    return ~np.isfinite(scores) | (scores > self.threshold)
 
   def save(self, path: str | pathlib.Path, detector: InputDetector | None = None) -> None:
     """JSON at `path`; the detector's fitted arrays, if any, at path + '.npz'."""
@@ -134,10 +120,8 @@ def calibrate(detector: InputDetector, victim: Victim, clean: Sequence[TextExamp
               fpr: float = 0.05) -> Calibration:
   """The threshold flagging about `fpr` of clean inputs: the (1 - fpr) quantile
   of the fitted detector's scores on `clean` (rows it was not fitted on)."""
-  scores = detector.score(victim, clean)
-  rule = calibrate_detector(scores, view="cls_row", fpr=fpr)  # the paper detector's rule
-  return Calibration(detector.name, detector.settings(), fpr, rule.threshold,
-                     rule.clean_count, rule.clean_mean, rule.clean_std)
+  return Calibration(detector=detector.name, settings=detector.settings(),
+                     **clean_threshold(detector.score(victim, clean), fpr, where="calibrate"))
 
 
 DETECTORS: dict[str, type] = {}
