@@ -30,7 +30,7 @@ def _write_split(path, n, name):
   path.write_text("\n".join(rows) + "\n")
 
 
-def test_detection_sets_are_disjoint_and_sized(tmp_path):
+def test_detection_sets_are_sized_and_fitted_on_other_rows(tmp_path):
   _write_split(tmp_path / "train.tsv", 120, "train")
   _write_split(tmp_path / "test.tsv", 100, "test")
   cfg = {"data_dir": str(tmp_path), "dataset": "sst2", "attack": "badnets", "target": 1,
@@ -38,9 +38,8 @@ def test_detection_sets_are_disjoint_and_sized(tmp_path):
   sets = detection_sets(cfg, DetectionSetup(fit_size=40, calibration_size=30, test_size=20))
   assert [len(sets[k]) for k in ("fit", "calibration", "clean", "triggered")] == [40, 30, 20, 20]
   assert not {e.text for e in sets["fit"]} & {e.text for e in sets["calibration"]}
-  rows = lambda k: {w for e in sets[k] for w in e.text.split() if w.startswith("test")}
+  assert all(e.text.startswith("train") for k in ("fit", "calibration") for e in sets[k])
   assert all(e.poisoned and e.label != 1 for e in sets["triggered"])
-  assert len(rows("clean")) == 20 and not rows("clean") & rows("triggered")  # other rows
   assert not any(e.poisoned for k in ("fit", "calibration", "clean") for e in sets[k])
   assert detection_sets(cfg, DetectionSetup(40, 30, 20)) == sets  # seeded
 

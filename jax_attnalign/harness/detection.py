@@ -3,12 +3,13 @@
   sets = detection_sets(victim_cfg, DetectionSetup())
   row = evaluate_detector("strip", {}, victim, sets, fpr=0.05, workdir="runs/detect/...")
 
-Per victim (an `experiments.attack` run), seeded and disjoint:
+Per victim (an `experiments.attack` run), seeded:
   fit          clean labelled training rows the detector is fitted on
-  calibration  further clean training rows setting its threshold at `fpr`
+  calibration  other clean training rows setting its threshold at `fpr`
   clean        fresh clean test inputs (the measured false-positive rate)
-  triggered    the attack's triggered versions of other test rows (non-target
-               labels only, as for ASR)
+  triggered    the attack's triggered test inputs (non-target rows, as for ASR);
+               a sentence may also be among the clean ones, as in the defense's
+               monitored stream
 Reported per detector: AUROC (clean vs triggered scores), the true-positive rate
 at the calibrated threshold, the false-positive rate measured on the fresh clean
 inputs, and the wall time of fit + calibration + scoring. The scores are kept
@@ -54,15 +55,13 @@ def detection_sets(victim_cfg: dict, setup: DetectionSetup) -> dict[str, list]:
   defender, _ = seeded_subset(train_rows, setup.fit_size + setup.calibration_size, seed + 2)
   order = np.random.default_rng((seed, 5)).permutation(len(defender))
   defender = [defender[i] for i in order]
-  order = np.random.default_rng((seed, 6)).permutation(len(test_rows))
-  half = len(order) // 2  # clean inputs from one half, triggered ones from the other
   attack = attacks.make_attack(victim_cfg["attack"], target=victim_cfg["target"], seed=seed,
                                **dict(victim_cfg["attack_kwargs"]))
-  triggered = attack.triggered_test([test_rows[i] for i in np.sort(order[half:])])
+  # From the whole split: row-aligned rewrites (HiddenKiller's) refer to it.
+  triggered = attack.triggered_test(test_rows)
   return {"fit": defender[:setup.fit_size], "calibration": defender[setup.fit_size:],
-          "clean": seeded_subset([test_rows[i] for i in np.sort(order[:half])],
-                                 setup.test_size, seed)[0],
-          "triggered": seeded_subset(triggered, setup.test_size, seed)[0]}
+          "clean": seeded_subset(test_rows, setup.test_size, seed)[0],
+          "triggered": seeded_subset(triggered, setup.test_size, seed + 1)[0]}
 
 
 def evaluate_detector(name: str, settings: dict, victim: Victim, sets: dict[str, list],
