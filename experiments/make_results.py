@@ -85,6 +85,26 @@ def _defense_row(rows: list[dict], what: str, paper_model: str, our_model: str) 
           f"{get('after', 'ca')} / {get('after', 'asr')} ({our_model}, {seeds}) |")
 
 
+def _detection_rows(rows: list[dict]) -> list[str]:
+  """Headline rows of a detection benchmark: per dataset and attack, the paper's
+  score and the detector with the highest mean AUROC."""
+  out = []
+  for dataset, attack in dict.fromkeys((r["dataset"], r["attack"]) for r in rows):
+    auroc = {}
+    for r in rows:
+      if (r["dataset"], r["attack"]) == (dataset, attack):
+        auroc.setdefault(r["detector"], []).append(r["auroc"])
+    best = max(auroc, key=lambda name: sum(auroc[name]) / len(auroc[name]))
+    seeds = sorted({r["seed"] for r in rows if (r["dataset"], r["attack"]) == (dataset, attack)})
+    fmt = lambda name: f"{name} {metrics.format_mean_std(auroc[name])}"
+    out.append(f"| Detection AUROC, {dataset} {attack}: the paper's score; the best of "
+               f"{len(auroc)} detectors | — | " + (f"{fmt('paper')}; " if "paper" in auroc
+                                                  else "") +
+               f"{fmt(best)} (MiniLM, seed{'s' if len(seeds) > 1 else ''} "
+               f"{', '.join(map(str, seeds))}) |")
+  return out
+
+
 def headline(results: pathlib.Path) -> str:
   """Ours beside the paper: Table 1 (decoder, gen-to-prompt 99th percentile) and
   the defense's CA / ASR before and after, from whatever JSON is present."""
@@ -108,6 +128,8 @@ def headline(results: pathlib.Path) -> str:
       rows = [r for r in json.loads(path.read_text()) if chosen(r)]
       if rows:
         lines.append(_defense_row(rows, f"SST-2 BadNets, {kind}", paper_model, our_model))
+  for path in sorted(results.rglob("detect.json")):
+    lines += _detection_rows(json.loads(path.read_text()))
   demo = results / "demo" / "summary.json"
   if demo.exists():
     d = json.loads(demo.read_text())["defense"]

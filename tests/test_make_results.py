@@ -35,7 +35,8 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   detected = lambda detector, seed, auroc: {
       "victim": f"hiddenkiller_seed{seed}", "dataset": "sst2", "attack": "hiddenkiller",
       "seed": seed, "detector": detector, "auroc": auroc, "tpr": 0.1, "fpr": 0.05}
-  _write(results / "minilm" / "detect.json", [detected("dan", 0, 0.6), detected("dan", 1, 0.8)])
+  _write(results / "minilm" / "detect.json", [detected("dan", 0, 0.6), detected("dan", 1, 0.8),
+                                               detected("paper", 0, 0.5), detected("paper", 1, 0.7)])
   page = make_results.results_page(results)
   assert "| sst2 | hiddenkiller | dan | 0.700 ± 0.141 | 0.100 ± 0.000 | 0.050 ± 0.000 | 0, 1 |" in page
   # Table 2: FP's ASR 0.400 ± 0.141, ours 0.300 ± 0.141 and bold (CA within 2 points).
@@ -43,6 +44,8 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   assert "| 0.9912 | 0.9919 | 0.645 | 0.155 | 25 (0.960) | 0.9149 -> 0.9921 |" in page
   assert "0.300 ± 0.141" in page  # ASR after, mean ± std over the two seeds
   headline = make_results.headline(results)
+  assert ("| Detection AUROC, sst2 hiddenkiller: the paper's score; the best of 2 detectors | — "
+          "| paper 0.600 ± 0.141; dan 0.700 ± 0.141 (MiniLM, seeds 0, 1) |") in headline
   assert "0.915 -> 0.992 (Llama-2-7B) | 0.9912 -> 0.9919, AUROC 0.65" in headline
   assert "86.91 / 88.73 -> 85.19 / 25.61" in headline
   assert "30.0 ± 14.1" in headline and "seeds 1, 2" in headline
