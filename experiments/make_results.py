@@ -98,9 +98,9 @@ def _detection_rows(rows: list[dict]) -> list[str]:
     seeds = sorted({r["seed"] for r in rows if (r["dataset"], r["attack"]) == (dataset, attack)})
     fmt = lambda name: f"{name} {metrics.format_mean_std(auroc[name])}"
     out.append(f"| Detection AUROC, {dataset} {attack}: the paper's score; the best of "
-               f"{len(auroc)} detectors | — | " + (f"{fmt('paper')}; " if "paper" in auroc
-                                                  else "") +
-               f"{fmt(best)} (MiniLM, seed{'s' if len(seeds) > 1 else ''} "
+               f"{len(auroc)} detectors | — | "
+               + (f"{fmt('paper')}; " if "paper" in auroc and best != "paper" else "")
+               + f"{fmt(best)}{' (the best)' if best == 'paper' else ''} (MiniLM, seed{'s' if len(seeds) > 1 else ''} "
                f"{', '.join(map(str, seeds))}) |")
   return out
 
