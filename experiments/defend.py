@@ -2,6 +2,7 @@ r"""Defends backdoored victims: detector-chosen (or oracle) suspects, sanitise, 
 
   python -m experiments.defend --victims_dir runs/attack --workdir runs/defend \
       --config experiments/configs/defend.py --config.setup.suspects oracle
+  python -m experiments.defend ... --config.setup.detector dan   # DAN picks the suspects
 
 Writes per-run result.json (+ the sanitised checkpoint) and defend.json/.md/.png.
 Interrupted runs resume; finished runs are read back.
@@ -28,7 +29,10 @@ def main(argv):
   del argv
   experiments.use_data_root()
   config = FLAGS.config
-  variant = f"ours ({config.setup.suspects} suspects)"
+  suspects = config.setup.suspects
+  if suspects == "detector" and config.setup.detector != "paper":
+    suspects = f"{config.setup.detector} detector"  # another detector of detection
+  variant = f"ours ({suspects} suspects)"
   reporting.defend_and_report(reporting.find_victims(FLAGS.victims_dir, FLAGS.attacks),
                               {variant: ({}, sanitize_config(config.sanitize))},
                               config, FLAGS.workdir, "defend",

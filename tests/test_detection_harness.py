@@ -88,3 +88,39 @@ def test_evaluate_detector_measures_and_resumes(tmp_path, monkeypatch):
                            {**result, "dataset": "sst2", "attack": "badnets", "seed": 1}])
   assert "| sst2 | badnets | length | " in table and "| 0, 1 |" in table
   assert json.loads((tmp_path / "run" / "result.json").read_text()) == result
+
+
+def test_another_detector_picks_the_defense_suspects(tmp_path, minilm_path):
+  """With DefenseSetup.detector='dan' the suspects are the stream inputs DAN flags
+  (fitted on the defender's clean rows, calibrated on its calibration rows),
+  highest score first; the paper's detector still comes back for the stopping rule."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax_attnalign import data  # pylint: disable=g-import-not-at-top
+  from jax_attnalign.defense import DetectorConfig  # pylint: disable=g-import-not-at-top
+  from jax_attnalign.detection import Victim, calibrate, make_detector  # pylint: disable=g-import-not-at-top
+  from jax_attnalign.harness import pipeline  # pylint: disable=g-import-not-at-top
+  from jax_attnalign.models import ModelConfig, build_model  # pylint: disable=g-import-not-at-top
+  _write_split(tmp_path / "train.tsv", 120, "train")
+  _write_split(tmp_path / "test.tsv", 100, "test")
+  tokenizer = data.load_tokenizer(minilm_path)
+  model = build_model(ModelConfig.preset("tiny-bert", vocab_size=len(tokenizer),
+                                         max_position_embeddings=16), "classification")
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 4), np.int32))["params"]
+  setup = pipeline.DefenseSetup(victim="", data_dir=str(tmp_path), detector="dan",
+                                stream_clean=30, stream_triggered=20, max_suspects=5,
+                                clean_size=40, calibration_size=30, max_length=16)
+  sets = pipeline.defense_data(setup, tokenizer)
+  suspects, flagged, report, paper = pipeline.choose_suspects(
+      model, params, tokenizer, sets, setup, DetectorConfig(fpr=0.2), 16)
+  rows = pipeline.defense_examples(setup)
+  victim = Victim(model, params, tokenizer, 16, 16)
+  dan = make_detector("dan").fit(victim, rows["clean_train"])
+  calibration = calibrate(dan, victim, rows["calibration"], 0.2)
+  scores = dan.score(victim, rows["stream"])
+  hits = np.flatnonzero(calibration.flag(scores))
+  chosen = hits[np.argsort(-scores[hits])][:5]
+  assert report["detector"] == "dan" and report["flagged"] == len(hits) > 0
+  assert report["threshold"] == calibration.threshold
+  np.testing.assert_array_equal(suspects["input_ids"], sets["stream"]["input_ids"][chosen])
+  np.testing.assert_array_equal(flagged["input_ids"], sets["stream"]["input_ids"][hits])
+  assert paper.view == DetectorConfig().view and "labels" not in suspects

@@ -26,12 +26,13 @@ import numpy as np
 from absl import logging
 
 import jax_attnalign
-from jax_attnalign import attacks, data, metrics, plots, train
+from jax_attnalign import attacks, data, metrics, plots, train, validation
 from jax_attnalign.analysis import resolve_view
 from jax_attnalign.baselines import BASELINES
 from jax_attnalign.defense.detector import DetectorConfig
 from jax_attnalign.defense.restarts import RestartConfig, sanitize_restarts
 from jax_attnalign.defense.sanitize import SanitizeConfig, calibrated_detector, scores_of
+from jax_attnalign.detection import DETECTORS, Calibration, Victim, calibrate, make_detector
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,10 @@ class DefenseSetup:
   attack_kwargs: tuple[tuple[str, Any], ...] = ()
   target: int = 1
   suspects: Literal["detector", "oracle"] = "detector"
+  # Which input detector (of jax_attnalign.detection, default settings) flags the
+  # stream for 'detector' suspects, fitted on the defender's clean rows; the paper's
+  # (the DetectorConfig) also sets the rounds' stopping threshold either way.
+  detector: str = "paper"
   stream_clean: int = 200  # clean test inputs in the monitored stream
   stream_triggered: int = 100  # triggered test inputs in the monitored stream
   max_suspects: int = 64  # the highest-scoring flagged inputs (oracle: the first ones)
@@ -53,6 +58,9 @@ class DefenseSetup:
   eval_size: int = 0  # held-out clean and triggered inputs measured (0: all the rest)
   max_length: int = 64
   seed: int = 0
+
+  def __post_init__(self):
+    validation.choice("DefenseSetup.detector", self.detector, tuple(sorted(DETECTORS)))
 
 
 def _tokenizer_path(setup: DefenseSetup) -> str:
@@ -71,29 +79,32 @@ def _split(examples: list, first: int, seed: int) -> tuple[list, list]:
   return ([examples[i] for i in order[:first]], [examples[i] for i in order[first:]])
 
 
-def defense_data(setup: DefenseSetup, tokenizer) -> dict[str, dict[str, np.ndarray]]:
-  """Encoded 'stream' (with 'poisoned' marking triggered rows), 'held_clean',
-  'held_triggered', 'clean_train' and 'calibration' sets."""
-  enc = lambda rows: data.encode_classification(rows, tokenizer, setup.max_length)
-  test = data.load_classification(data.resolve_data_path(setup.data_dir, missing_ok=True), "test", dataset=setup.dataset)
+def defense_examples(setup: DefenseSetup) -> dict[str, list]:
+  """The examples of `defense_data`'s sets, before encoding (seeded)."""
+  folder = data.resolve_data_path(setup.data_dir, missing_ok=True)
+  test = data.load_classification(folder, "test", dataset=setup.dataset)
   attack = attacks.make_attack(setup.attack, **{
       "target": setup.target, "seed": setup.seed, **dict(setup.attack_kwargs)})
   triggered = attack.triggered_test(test)
   stream_clean, held_clean = _split(test, setup.stream_clean, setup.seed)
   stream_trig, held_trig = _split(triggered, setup.stream_triggered, setup.seed + 1)
-  train_rows = data.load_classification(data.resolve_data_path(setup.data_dir, missing_ok=True), "train", dataset=setup.dataset)
+  train_rows = data.load_classification(folder, "train", dataset=setup.dataset)
   needed = setup.clean_size + setup.calibration_size
   if needed > len(train_rows):
     raise ValueError(f"clean_size + calibration_size = {needed} exceeds the "
                      f"{len(train_rows)} clean training rows of {setup.data_dir}.")
   defender, _ = _split(train_rows, needed, setup.seed + 2)
   held = slice(None, setup.eval_size or None)
-  out = {"stream": enc(stream_clean + stream_trig), "held_clean": enc(held_clean[held]),
-         "held_triggered": enc(held_trig[held]), "clean_train": enc(defender[:setup.clean_size]),
-         "calibration": enc(defender[setup.clean_size:])}
-  out["stream"]["poisoned"] = np.r_[np.zeros(len(stream_clean), bool),
-                                    np.ones(len(stream_trig), bool)]
-  return out
+  return {"stream": stream_clean + stream_trig, "held_clean": held_clean[held],
+          "held_triggered": held_trig[held], "clean_train": defender[:setup.clean_size],
+          "calibration": defender[setup.clean_size:]}
+
+
+def defense_data(setup: DefenseSetup, tokenizer) -> dict[str, dict[str, np.ndarray]]:
+  """Encoded 'stream' (with 'poisoned' marking triggered rows), 'held_clean',
+  'held_triggered', 'clean_train' and 'calibration' sets (`defense_examples`)."""
+  return {name: data.encode_classification(rows, tokenizer, setup.max_length)
+          for name, rows in defense_examples(setup).items()}
 
 
 def evaluate(model, params, sets: dict, target: int) -> dict[str, float]:
@@ -107,26 +118,45 @@ def evaluate(model, params, sets: dict, target: int) -> dict[str, float]:
                                              sets["held_triggered"]["labels"], target)}
 
 
-def choose_suspects(model, params, sets: dict, setup: DefenseSetup, config: DetectorConfig,
-                    batch_size: int) -> tuple[dict, dict, dict, Any]:
+def _detection_scores(model, params, tokenizer, setup: DefenseSetup, fpr: float,
+                      batch_size: int) -> tuple[np.ndarray, Calibration]:
+  """The stream's scores under `setup.detector` (of `detection.DETECTORS`), fitted
+  on the defender's clean fine-tuning rows and calibrated at `fpr` on its
+  calibration rows, and that calibration."""
+  rows = defense_examples(setup)
+  victim = Victim(model, params, tokenizer, setup.max_length, batch_size)
+  method = make_detector(setup.detector).fit(victim, rows["clean_train"])
+  calibration = calibrate(method, victim, rows["calibration"], fpr)
+  return np.asarray(method.score(victim, rows["stream"]), np.float64), calibration
+
+
+def choose_suspects(model, params, tokenizer, sets: dict, setup: DefenseSetup,
+                    config: DetectorConfig, batch_size: int) -> tuple[dict, dict, dict, Any]:
   """(suspects, flagged, detection report, detector). The detector of `config` is
-  calibrated on the calibration set. suspects: its flagged stream inputs (highest
-  scores first, at most `max_suspects`), or the stream's triggered inputs
-  ('oracle'); flagged: every flagged stream input (the suspects when none is
-  flagged); no labels in either."""
+  calibrated on the calibration set; it sets the rounds' stopping threshold. The
+  stream is flagged by it, or by `setup.detector` when that is another detector of
+  `jax_attnalign.detection`. suspects: the flagged stream inputs (highest scores
+  first, at most `max_suspects`), or the stream's triggered inputs ('oracle');
+  flagged: every flagged stream input (the suspects when none is flagged); no
+  labels in either."""
   logging.info("Detector: calibrating on %d clean inputs, scoring the %d stream inputs.",
                len(sets["calibration"]["input_ids"]), len(sets["stream"]["input_ids"]))
   detector = calibrated_detector(model, params, sets["calibration"], config,
                                  batch_size=batch_size)
   stream = sets["stream"]
-  scores = scores_of(model, params, stream, config.view, config.statistic,
-                     batch_size=batch_size)
-  flagged = detector.flag(scores)
+  if setup.detector == "paper":
+    scores = scores_of(model, params, stream, config.view, config.statistic,
+                       batch_size=batch_size)
+    threshold = detector
+  else:
+    scores, threshold = _detection_scores(model, params, tokenizer, setup, config.fpr,
+                                          batch_size)
+  flagged = threshold.flag(scores)
   truth = stream["poisoned"]
-  report = {"auroc": metrics.detection_auroc(scores, truth),
+  report = {"detector": setup.detector, "auroc": metrics.detection_auroc(scores, truth),
             "flagged": int(flagged.sum()), "true_positive_rate": float(flagged[truth].mean()),
             "false_positive_rate": float(flagged[~truth].mean()),
-            "threshold": detector.threshold}
+            "threshold": threshold.threshold}
   if setup.suspects == "oracle":
     chosen = np.flatnonzero(truth)[:setup.max_suspects]
   elif setup.suspects == "detector":
@@ -172,8 +202,8 @@ def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig()
     return json.loads((workdir / "result.json").read_text())
   model, params, tokenizer, sets, before = _victim_and_data(setup)
   start = time.perf_counter()
-  suspects, flagged, detection, calibrated = choose_suspects(model, params, sets, setup,
-                                                             detector, config.score_batch_size)
+  suspects, flagged, detection, calibrated = choose_suspects(
+      model, params, tokenizer, sets, setup, detector, config.score_batch_size)
   logging.info("before: %s; detection: %s", before, detection)
   result = {"setup": dataclasses.asdict(setup), "before": before, "detection": detection,
             "inputs": _sizes(sets)}
