@@ -9,6 +9,7 @@ Every table is generated from JSON files the binaries wrote, kept in
   results/<name>/audit.json      experiments.sanitize (the owner's verdict)
   results/<name>/table2.json     experiments.table2 (baselines and ours on classifiers)
   results/<name>/detect.json     experiments.detect (every input detector on every victim)
+  results/<name>/defend.json     experiments.defend (ours, one column per suspect source)
   results/demo/summary.json      experiments.demo
 
   python -m experiments.make_results            # after copying new JSON into results/
@@ -63,14 +64,19 @@ def demo_text(summary: dict) -> str:
           f"({len(d['report']['rounds'])} round(s)).")
 
 
+def _columns(rows: list[dict]) -> str:
+  """Vanilla and each variant of the rows side by side, in their order."""
+  return reporting.columns_table(rows, list(dict.fromkeys(r["variant"] for r in rows)))
+
+
 RENDERERS = {
     "summary.json": lambda summary: reporting.victims_table(
         {attack: s["runs"] for attack, s in summary.items()}),
     "table1.json": reporting.table1_table,
     "defend_lm.json": lambda rows: reporting.lm_defense_table(rows)[0],
     "audit.json": audit_text,
-    "table2.json": lambda rows: reporting.columns_table(
-        rows, list(dict.fromkeys(r["variant"] for r in rows))),
+    "table2.json": _columns,
+    "defend.json": _columns,
     "detect.json": detection_table}
 
 

@@ -37,7 +37,12 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
       "seed": seed, "detector": detector, "auroc": auroc, "tpr": 0.1, "fpr": 0.05}
   _write(results / "minilm" / "detect.json", [detected("dan", 0, 0.6), detected("dan", 1, 0.8),
                                                detected("paper", 0, 0.5), detected("paper", 1, 0.7)])
+  _write(results / "minilm_suspects" / "defend.json", [
+      column("ours (dan detector suspects)", 0, 0.87, 0.37),
+      column("ours (oracle suspects)", 0, 0.85, 0.46)])
   page = make_results.results_page(results)
+  assert ("| sst2 | badnets | 0.860 | 1.000 | 0.870 | **0.370** | 0.850 | 0.460 | 1 |"
+          in page)  # defend.json: one column per suspect source
   assert "| sst2 | hiddenkiller | dan | 0.700 ± 0.141 | 0.100 ± 0.000 | 0.050 ± 0.000 | 0, 1 |" in page
   # Table 2: FP's ASR 0.400 ± 0.141, ours 0.300 ± 0.141 and bold (CA within 2 points).
   assert "| 0.850 ± 0.000 | 0.400 ± 0.141 | 0.850 ± 0.014 | **0.300 ± 0.141** |" in page
