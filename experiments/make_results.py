@@ -103,8 +103,9 @@ def _detection_rows(rows: list[dict]) -> list[str]:
     best = max(auroc, key=lambda name: sum(auroc[name]) / len(auroc[name]))
     seeds = sorted({r["seed"] for r in rows if (r["dataset"], r["attack"]) == (dataset, attack)})
     fmt = lambda name: f"{name} {metrics.format_mean_std(auroc[name])}"
-    out.append(f"| Detection AUROC, {dataset} {attack}: the paper's score; the best of "
-               f"{len(auroc)} detectors | — | "
+    what = (f"the paper's score; the best of {len(auroc)} detectors" if len(auroc) > 1
+            else f"{best} alone")
+    out.append(f"| Detection AUROC, {dataset} {attack}: {what} | — | "
                + (f"{fmt('paper')}; " if "paper" in auroc and best != "paper" else "")
                + f"{fmt(best)}{' (the best)' if best == 'paper' else ''} (MiniLM, seed{'s' if len(seeds) > 1 else ''} "
                f"{', '.join(map(str, seeds))}) |")
