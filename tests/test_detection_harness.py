@@ -109,10 +109,10 @@ def test_another_detector_picks_the_defense_suspects(tmp_path, minilm_path):
   setup = pipeline.DefenseSetup(victim="", data_dir=str(tmp_path), detector="dan",
                                 stream_clean=30, stream_triggered=20, max_suspects=5,
                                 clean_size=40, calibration_size=30, max_length=16)
+  rows = pipeline.defense_examples(setup)
   sets = pipeline.defense_data(setup, tokenizer)
   suspects, flagged, report, paper = pipeline.choose_suspects(
-      model, params, tokenizer, sets, setup, DetectorConfig(fpr=0.2), 16)
-  rows = pipeline.defense_examples(setup)
+      model, params, tokenizer, rows, sets, setup, DetectorConfig(fpr=0.2), 16)
   victim = Victim(model, params, tokenizer, 16, 16)
   dan = make_detector("dan").fit(victim, rows["clean_train"])
   calibration = calibrate(dan, victim, rows["calibration"], 0.2)

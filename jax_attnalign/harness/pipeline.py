@@ -100,11 +100,14 @@ def defense_examples(setup: DefenseSetup) -> dict[str, list]:
           "calibration": defender[setup.clean_size:]}
 
 
-def defense_data(setup: DefenseSetup, tokenizer) -> dict[str, dict[str, np.ndarray]]:
+def defense_data(setup: DefenseSetup, tokenizer,
+                 rows: dict[str, list] | None = None) -> dict[str, dict[str, np.ndarray]]:
   """Encoded 'stream' (with 'poisoned' marking triggered rows), 'held_clean',
-  'held_triggered', 'clean_train' and 'calibration' sets (`defense_examples`)."""
-  return {name: data.encode_classification(rows, tokenizer, setup.max_length)
-          for name, rows in defense_examples(setup).items()}
+  'held_triggered', 'clean_train' and 'calibration' sets: `rows`, by default
+  `defense_examples(setup)`."""
+  rows = defense_examples(setup) if rows is None else rows
+  return {name: data.encode_classification(examples, tokenizer, setup.max_length)
+          for name, examples in rows.items()}
 
 
 def evaluate(model, params, sets: dict, target: int) -> dict[str, float]:
@@ -118,21 +121,22 @@ def evaluate(model, params, sets: dict, target: int) -> dict[str, float]:
                                              sets["held_triggered"]["labels"], target)}
 
 
-def _detection_scores(model, params, tokenizer, setup: DefenseSetup, fpr: float,
-                      batch_size: int) -> tuple[np.ndarray, Calibration]:
+def _detection_scores(model, params, tokenizer, rows: dict[str, list], setup: DefenseSetup,
+                      fpr: float, batch_size: int) -> tuple[np.ndarray, Calibration]:
   """The stream's scores under `setup.detector` (of `detection.DETECTORS`), fitted
   on the defender's clean fine-tuning rows and calibrated at `fpr` on its
-  calibration rows, and that calibration."""
-  rows = defense_examples(setup)
+  calibration rows (`rows`: `defense_examples`), and that calibration."""
   victim = Victim(model, params, tokenizer, setup.max_length, batch_size)
   method = make_detector(setup.detector).fit(victim, rows["clean_train"])
   calibration = calibrate(method, victim, rows["calibration"], fpr)
   return np.asarray(method.score(victim, rows["stream"]), np.float64), calibration
 
 
-def choose_suspects(model, params, tokenizer, sets: dict, setup: DefenseSetup,
-                    config: DetectorConfig, batch_size: int) -> tuple[dict, dict, dict, Any]:
-  """(suspects, flagged, detection report, detector). The detector of `config` is
+def choose_suspects(model, params, tokenizer, rows: dict[str, list], sets: dict,
+                    setup: DefenseSetup, config: DetectorConfig,
+                    batch_size: int) -> tuple[dict, dict, dict, Any]:
+  """(suspects, flagged, detection report, detector); `rows` and `sets`: the
+  examples of `defense_examples` and their encoding. The detector of `config` is
   calibrated on the calibration set; it sets the rounds' stopping threshold. The
   stream is flagged by it, or by `setup.detector` when that is another detector of
   `jax_attnalign.detection`. suspects: the flagged stream inputs (highest scores
@@ -149,7 +153,7 @@ def choose_suspects(model, params, tokenizer, sets: dict, setup: DefenseSetup,
                        batch_size=batch_size)
     threshold = detector
   else:
-    scores, threshold = _detection_scores(model, params, tokenizer, setup, config.fpr,
+    scores, threshold = _detection_scores(model, params, tokenizer, rows, setup, config.fpr,
                                           batch_size)
   flagged = threshold.flag(scores)
   truth = stream["poisoned"]
@@ -173,11 +177,13 @@ def choose_suspects(model, params, tokenizer, sets: dict, setup: DefenseSetup,
 
 
 def _victim_and_data(setup: DefenseSetup) -> tuple:
-  """(model, params, tokenizer, sets of `defense_data`, CA/ASR before any defense)."""
+  """(model, params, tokenizer, examples of `defense_examples`, their encoded sets,
+  CA/ASR before any defense)."""
   model, params = jax_attnalign.load_pretrained(setup.victim, task="classification")
   tokenizer = data.load_tokenizer(_tokenizer_path(setup))
-  sets = defense_data(setup, tokenizer)
-  return model, params, tokenizer, sets, evaluate(model, params, sets, setup.target)
+  rows = defense_examples(setup)
+  sets = defense_data(setup, tokenizer, rows)
+  return model, params, tokenizer, rows, sets, evaluate(model, params, sets, setup.target)
 
 
 def _sizes(sets: dict) -> dict[str, int]:
@@ -200,10 +206,10 @@ def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig()
   workdir = pathlib.Path(workdir) if workdir else None
   if workdir is not None and (workdir / "result.json").exists():
     return json.loads((workdir / "result.json").read_text())
-  model, params, tokenizer, sets, before = _victim_and_data(setup)
+  model, params, tokenizer, rows, sets, before = _victim_and_data(setup)
   start = time.perf_counter()
   suspects, flagged, detection, calibrated = choose_suspects(
-      model, params, tokenizer, sets, setup, detector, config.score_batch_size)
+      model, params, tokenizer, rows, sets, setup, detector, config.score_batch_size)
   logging.info("before: %s; detection: %s", before, detection)
   result = {"setup": dataclasses.asdict(setup), "before": before, "detection": detection,
             "inputs": _sizes(sets)}
@@ -239,7 +245,7 @@ def defend_with_baseline(setup: DefenseSetup, baseline: str,
     raise ValueError(f"baseline must be one of {sorted(BASELINES)}, got {baseline!r}.")
   defend, config_cls = BASELINES[baseline]
   config = config_cls() if config is None else config
-  model, params, tokenizer, sets, before = _victim_and_data(setup)
+  model, params, tokenizer, _, sets, before = _victim_and_data(setup)
   logging.info("before: %s; %s on %d clean training and %d validation rows.", before,
                baseline, len(sets["clean_train"]["labels"]), len(sets["calibration"]["labels"]))
   start = time.perf_counter()
