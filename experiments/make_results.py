@@ -80,12 +80,18 @@ RENDERERS = {
     "detect.json": detection_table}
 
 
+def _seeds(seeds) -> str:
+  """'seed 0' or 'seeds 1, 2'."""
+  seeds = list(seeds)
+  return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
 def _defense_row(rows: list[dict], what: str, paper_model: str, our_model: str) -> str:
   """A headline row: the paper's CA / ASR before -> after beside ours (mean ± std, %)."""
   (pv, pa), (po_ca, po_asr) = PAPER_SST2_BADNETS[paper_model]
   get = lambda when, c: metrics.format_mean_std([r[when][c] for r in rows], digits=1,
                                                 scale=100)
-  seeds = f"seed{'s' if len(rows) > 1 else ''} {', '.join(str(r['seed']) for r in rows)}"
+  seeds = _seeds(r["seed"] for r in rows)
   return (f"| {what}: CA / ASR before -> after (%) | {pv} / {pa} -> {po_ca} / {po_asr} "
           f"({paper_model}) | {get('before', 'ca')} / {get('before', 'asr')} -> "
           f"{get('after', 'ca')} / {get('after', 'asr')} ({our_model}, {seeds}) |")
@@ -94,21 +100,21 @@ def _defense_row(rows: list[dict], what: str, paper_model: str, our_model: str) 
 def _detection_rows(rows: list[dict]) -> list[str]:
   """Headline rows of a detection benchmark: per dataset and attack, the paper's
   score and the detector with the highest mean AUROC."""
+  groups: dict[tuple, dict[str, list[dict]]] = {}
+  for r in rows:
+    groups.setdefault((r["dataset"], r["attack"]), {}).setdefault(r["detector"], []).append(r)
   out = []
-  for dataset, attack in dict.fromkeys((r["dataset"], r["attack"]) for r in rows):
-    auroc = {}
-    for r in rows:
-      if (r["dataset"], r["attack"]) == (dataset, attack):
-        auroc.setdefault(r["detector"], []).append(r["auroc"])
+  for (dataset, attack), by_detector in groups.items():
+    auroc = {name: [r["auroc"] for r in runs] for name, runs in by_detector.items()}
     best = max(auroc, key=lambda name: sum(auroc[name]) / len(auroc[name]))
-    seeds = sorted({r["seed"] for r in rows if (r["dataset"], r["attack"]) == (dataset, attack)})
+    seeds = sorted({r["seed"] for runs in by_detector.values() for r in runs})
     fmt = lambda name: f"{name} {metrics.format_mean_std(auroc[name])}"
     what = (f"the paper's score; the best of {len(auroc)} detectors" if len(auroc) > 1
             else f"{best} alone")
-    out.append(f"| Detection AUROC, {dataset} {attack}: {what} | — | "
-               + (f"{fmt('paper')}; " if "paper" in auroc and best != "paper" else "")
-               + f"{fmt(best)}{' (the best)' if best == 'paper' else ''} (MiniLM, seed{'s' if len(seeds) > 1 else ''} "
-               f"{', '.join(map(str, seeds))}) |")
+    ours = (f"{fmt(best)} (the best)" if best == "paper"
+            else (f"{fmt('paper')}; " if "paper" in auroc else "") + fmt(best))
+    out.append(f"| Detection AUROC, {dataset} {attack}: {what} | — | {ours} "
+               f"(MiniLM, {_seeds(seeds)}) |")
   return out
 
 
