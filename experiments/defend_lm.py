@@ -7,6 +7,8 @@ variant in --variants:
   align_only    alignment only (oracle suspects)
   headwise_only head-wise fine-tuning only (oracle suspects)
   uniform_only  uniform fine-tuning only: every head at the safe rate (oracle)
+  cleangen      CleanGen decoding against the victim's pretrained checkpoint (the
+                paper's baseline; its settings alpha 20, k 4: baselines.CleanGenConfig)
 the held-out ASR and CA (classification) or clean utility (generation) before and
 after. Writes per-run result.json and the sanitised checkpoint (with tokenizer),
 and defend_lm.json/.md/.png (mean ± std over seeds). Interrupted runs resume.
@@ -25,8 +27,10 @@ from ml_collections import config_flags
 
 import experiments
 from jax_attnalign import plots
+from jax_attnalign.baselines import CleanGenConfig
 from jax_attnalign.defense import HeadRates
 from jax_attnalign.harness import reporting
+from jax_attnalign.harness.baselines_lm import defend_lm_with_cleangen
 from jax_attnalign.harness.configs import detector_config, sanitize_config
 from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, defend_lm_victim
 
@@ -37,7 +41,9 @@ flags.DEFINE_string("victims_dir", "workdir/attack_lm", "experiments.attack_lm's
 flags.DEFINE_list("attacks", [], "Only these attacks (default: every backdoored victim).")
 flags.DEFINE_list("seeds", [], "Only victims of these seeds (default: all).")
 flags.DEFINE_list("variants", ["detector", "oracle"],
-                  "detector, oracle, align_only, headwise_only, uniform_only.")
+                  "detector, oracle, align_only, headwise_only, uniform_only, cleangen.")
+
+BASELINE_VARIANTS = ("cleangen",)
 flags.DEFINE_string("workdir", "workdir/defend_lm", "Output folder.")
 
 
@@ -79,7 +85,7 @@ def _finished_rows(workdir: pathlib.Path) -> list[dict]:
     rows.append({"victim": path.parent.name, "task": cfg["task"], "attack": cfg["attack"],
                  "seed": cfg["seed"], "variant": path.parent.parent.name,
                  **{k: result[k] for k in ("before", "after", "detection")}})
-  order = list(variants(FLAGS.config))
+  order = [*variants(FLAGS.config), *BASELINE_VARIANTS]
   return sorted(rows, key=lambda r: (r["task"], r["attack"], order.index(r["variant"]),
                                      r["seed"]))
 
@@ -89,16 +95,19 @@ def main(argv):
   experiments.use_data_root()
   config, workdir = FLAGS.config, pathlib.Path(FLAGS.workdir)
   table, detector = variants(config), detector_config(config.detector)
-  unknown = sorted(set(FLAGS.variants) - set(table))
+  unknown = sorted(set(FLAGS.variants) - set(table) - set(BASELINE_VARIANTS))
   if unknown:
-    raise ValueError(f"Unknown variants {unknown}; choose from {sorted(table)}.")
+    raise ValueError(f"Unknown variants {unknown}; choose from "
+                     f"{sorted([*table, *BASELINE_VARIANTS])}.")
   for run, cfg in _victims():
     for name in FLAGS.variants:
-      suspects, sanitize_cfg = table[name]
-      setup = LMDefenseSetup(**{**config.setup.to_dict(), "suspects": suspects,
-                                "seed": cfg["seed"]})
-      result = defend_lm_victim(run, setup, sanitize_cfg, workdir / name / run.name,
-                                detector=detector)
+      setup = LMDefenseSetup(**{**config.setup.to_dict(), "seed": cfg["seed"]})
+      if name == "cleangen":
+        result = defend_lm_with_cleangen(run, setup, CleanGenConfig(), workdir / name / run.name)
+      else:
+        suspects, sanitize_cfg = table[name]
+        result = defend_lm_victim(run, dataclasses.replace(setup, suspects=suspects),
+                                  sanitize_cfg, workdir / name / run.name, detector=detector)
       logging.info("%s %s: %s -> %s", name, run.name, result["before"], result["after"])
   rows = _finished_rows(workdir)
   table, bars = reporting.lm_defense_table(rows)

@@ -1,20 +1,23 @@
 """The decoder harness: Table 1 statistics against a NumPy brute force, and a tiny
-Llama victim through train -> analyze -> defend -> export."""
+Llama victim through train -> analyze -> defend -> export, and CleanGen beside it."""
 
 import dataclasses
 import json
+import math
 
 import jax
 import numpy as np
 import transformers
 
 from jax_attnalign import attention_maps, metrics
+from jax_attnalign.baselines import CleanGenConfig
 from jax_attnalign.defense import DetectorConfig
 from jax_attnalign.defense.sanitize import (Alignment, FineTuning, HeadClassification,
                                             SanitizeConfig, Stopping, scores_of)
 from jax_attnalign.models import PATTERNS, ModelConfig, build_model, run_with_hooks
 from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, analyze_lm_victim, answer_inputs,
                                        defend_lm_victim, load_lm_victim, view_statistics)
+from jax_attnalign.harness.baselines_lm import defend_lm_with_cleangen
 from jax_attnalign.harness.victims_lm import LMVictimConfig, train_lm_victim, victim_data
 
 CFG = ModelConfig(model_type="llama", vocab_size=41, hidden_size=24, num_layers=3, num_heads=4,
@@ -128,3 +131,13 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
       assert transformers.AutoTokenizer.from_pretrained(out / "model").chat_template
     assert defend_lm_victim(victim, setup, config, out, detector=detector) == json.loads(
         (out / "result.json").read_text())
+  # CleanGen on the same held-out prompts: 'before' is ours' before; with alpha
+  # infinite no token is replaced and 'after' is plain greedy decoding again.
+  never = defend_lm_with_cleangen(victim, setup, CleanGenConfig(alpha=math.inf),
+                                  tmp_path / "cleangen_inf")
+  assert never["before"] == never["after"] == result["before"]
+  assert never["report"]["replacement_rate"] == 0.0
+  always = defend_lm_with_cleangen(victim, setup, CleanGenConfig(alpha=1e-9),
+                                   tmp_path / "cleangen_all")
+  assert always["report"]["replacement_rate"] == 1.0
+  assert not (tmp_path / "cleangen_all" / "model").exists()

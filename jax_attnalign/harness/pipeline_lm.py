@@ -156,6 +156,19 @@ class LMDefenseSetup:
   seed: int = 0
 
 
+def stream_and_held(cfg: LMVictimConfig, setup: LMDefenseSetup) -> dict[str, tuple]:
+  """{'clean', 'triggered'}: (stream examples, held-out examples), the victim's test
+  examples of each kind split (seeded) into the monitored stream and the held-out part."""
+  sets = victim_data(cfg)
+  parts = {}
+  for name, first, offset in (("clean", setup.stream_clean, 0),
+                              ("triggered", setup.stream_triggered, 1)):
+    order = np.random.default_rng(setup.seed + offset).permutation(len(sets[name]))
+    parts[name] = ([sets[name][i] for i in order[:first]],
+                   [sets[name][i] for i in order[first:]][:setup.eval_size or None])
+  return parts
+
+
 def lm_defense_data(model, params, tokenizer, cfg: LMVictimConfig,
                     setup: LMDefenseSetup) -> dict:
   """{'stream': answer inputs of the stream with 'poisoned', 'held': {'clean',
@@ -171,13 +184,7 @@ def lm_defense_data(model, params, tokenizer, cfg: LMVictimConfig,
     raise ValueError(f"clean_size + calibration_size = {need} exceeds the {len(free)} clean "
                      "training rows the victim did not train on.")
   defender = [pool[i] for i in free[:need]]
-  sets = victim_data(cfg)
-  parts = {}
-  for name, first, offset in (("clean", setup.stream_clean, 0),
-                              ("triggered", setup.stream_triggered, 1)):
-    order = np.random.default_rng(setup.seed + offset).permutation(len(sets[name]))
-    parts[name] = ([sets[name][i] for i in order[:first]],
-                   [sets[name][i] for i in order[first:]][:setup.eval_size or None])
+  parts = stream_and_held(cfg, setup)
   stream = answer_inputs(model, params, tokenizer, parts["clean"][0] + parts["triggered"][0],
                          cfg)
   stream["poisoned"] = np.arange(len(stream["input_ids"])) >= len(parts["clean"][0])

@@ -86,10 +86,13 @@ def lm_defense_table(rows: list[dict]) -> tuple[str, dict]:
     get = lambda when, c: [r[when][c] for r in runs if c in r[when]]
     cells = [f"{fmt(get('before', c))} -> {fmt(get('after', c))}" if get("before", c) else "—"
              for c in columns]
+    # A baseline picks no suspects: its runs have no detection.
+    found = [r["detection"] for r in runs if r["detection"]]
+    detected = fmt([d["auroc"] for d in found]) if found else "—"
+    suspects = ", ".join(f"{d['suspects']} ({d['suspects_triggered']})" for d in found)
     lines.append(f"| {task} | {attack} | {variant} | " + " | ".join(cells)
-                 + f" | {fmt([r['detection']['auroc'] for r in runs])} | " + ", ".join(
-                     f"{r['detection']['suspects']} ({r['detection']['suspects_triggered']})"
-                     for r in runs) + f" | {', '.join(str(r['seed']) for r in runs)} |")
+                 + f" | {detected} | {suspects or '—'} | "
+                 + f"{', '.join(str(r['seed']) for r in runs)} |")
     bars[f"{attack}\n{variant}"] = {f"{c} after": get("after", c) for c in columns[:2]}
   return "\n".join(lines), bars
 

@@ -34,7 +34,7 @@ import itertools
 import json
 import pathlib
 import re
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import numpy as np
@@ -143,12 +143,15 @@ def answer_labels(answers: list[str], label_names: tuple[str, ...]) -> np.ndarra
 
 
 def evaluate_lm_victim(model, params, tokenizer, sets: dict[str, list],
-                       cfg: LMVictimConfig) -> dict:
+                       cfg: LMVictimConfig, decode: Callable | None = None) -> dict:
   """The task's metrics on sets['clean'] and sets['triggered'] (see the module
-  docstring), plus a few example responses."""
-  respond = lambda examples, tokens: generate_responses(
-      model, params, tokenizer, [p for p, _ in chat_pairs(examples, cfg, tokenizer)],
-      max_new_tokens=tokens)
+  docstring), plus a few example responses. `decode(prompts, max_new_tokens)`
+  answers the chat prompts (default: greedy decoding with `params`; a decoding-time
+  defense such as CleanGen passes its own)."""
+  decode = decode or (lambda prompts, tokens: generate_responses(
+      model, params, tokenizer, prompts, max_new_tokens=tokens))
+  respond = lambda examples, tokens: decode(
+      [p for p, _ in chat_pairs(examples, cfg, tokenizer)], tokens)
   if cfg.task == "classification":
     names = data.get_dataset(cfg.dataset).label_names
     clean = respond(sets["clean"], 4)
