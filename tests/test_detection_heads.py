@@ -173,7 +173,11 @@ def test_dan_equals_a_numpy_recomputation(tiny):
       layer_scores[name].append(np.min(d, 0))
   held_scores, scores = (np.stack(layer_scores[k], -1) for k in ("held", "incoming"))
   expected = ((scores - held_scores.mean(0)) / held_scores.std(0)).max(-1)
-  np.testing.assert_allclose(detector.score(tiny, incoming), expected, rtol=1e-4, atol=1e-4)
+  # The features are float32 from two compiled paths; the inverse of the shrunk 48-row
+  # covariance (condition number ~50) amplifies their rounding, so scores of order 1 agree
+  # to ~2e-4. The rule's alternatives (one class's distance instead of the nearest,
+  # in-sample standardisation, shrinkage 0.2, mean over layers) move them by 0.47-2.5.
+  np.testing.assert_allclose(detector.score(tiny, incoming), expected, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("name", NAMES)
