@@ -9,6 +9,14 @@ variant in --variants:
   uniform_only  uniform fine-tuning only: every head at the safe rate (oracle)
   cleangen      CleanGen decoding against the victim's pretrained checkpoint (the
                 paper's baseline; its settings alpha 20, k 4: baselines.CleanGenConfig)
+  graceful      GraCeFul: the victim's training rows filtered on the pretrained
+                checkpoint's gradients (the authors' settings), then the victim's
+                recipe from that checkpoint on the kept rows
+  muscle_lora   MuScleLoRA from the pretrained checkpoint on the victim's training
+                rows, aligned to the defender's clean rows: the paper's scalings
+                [1..9] and mu_max 0.1 (baselines.MuScleLoRAConfig), trained with
+                the victim's own schedule (epochs, batch, learning rate, seed)
+The baselines' settings are the config's `baselines` part (harness.baselines_lm).
 the held-out ASR and CA (classification) or clean utility (generation) before and
 after. Writes per-run result.json and the sanitised checkpoint (with tokenizer),
 and defend_lm.json/.md/.png (mean ± std over seeds). Interrupted runs resume.
@@ -27,11 +35,11 @@ from ml_collections import config_flags
 
 import experiments
 from jax_attnalign import plots
-from jax_attnalign.baselines import CleanGenConfig
 from jax_attnalign.defense import HeadRates
 from jax_attnalign.harness import reporting
-from jax_attnalign.harness.baselines_lm import defend_lm_with_cleangen
-from jax_attnalign.harness.configs import detector_config, sanitize_config
+from jax_attnalign.harness.baselines_lm import (LM_BASELINES, VICTIM_SCHEDULE,
+                                                defend_lm_with_baseline)
+from jax_attnalign.harness.configs import baseline_config, detector_config, sanitize_config
 from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, defend_lm_victim
 
 FLAGS = flags.FLAGS
@@ -41,9 +49,10 @@ flags.DEFINE_string("victims_dir", "workdir/attack_lm", "experiments.attack_lm's
 flags.DEFINE_list("attacks", [], "Only these attacks (default: every backdoored victim).")
 flags.DEFINE_list("seeds", [], "Only victims of these seeds (default: all).")
 flags.DEFINE_list("variants", ["detector", "oracle"],
-                  "detector, oracle, align_only, headwise_only, uniform_only, cleangen.")
+                  "detector, oracle, align_only, headwise_only, uniform_only, cleangen, "
+                  "graceful, muscle_lora.")
 
-BASELINE_VARIANTS = ("cleangen",)
+BASELINE_VARIANTS = tuple(LM_BASELINES)
 flags.DEFINE_string("workdir", "workdir/defend_lm", "Output folder.")
 
 
@@ -102,8 +111,11 @@ def main(argv):
   for run, cfg in _victims():
     for name in FLAGS.variants:
       setup = LMDefenseSetup(**{**config.setup.to_dict(), "seed": cfg["seed"]})
-      if name == "cleangen":
-        result = defend_lm_with_cleangen(run, setup, CleanGenConfig(), workdir / name / run.name)
+      if name in BASELINE_VARIANTS:
+        baseline = baseline_config(config.baselines, name, LM_BASELINES)
+        if name == "muscle_lora":
+          baseline = dataclasses.replace(baseline, **{k: cfg[k] for k in VICTIM_SCHEDULE})
+        result = defend_lm_with_baseline(name, run, setup, baseline, workdir / name / run.name)
       else:
         suspects, sanitize_cfg = table[name]
         result = defend_lm_victim(run, dataclasses.replace(setup, suspects=suspects),

@@ -238,16 +238,21 @@ def test_decoder_binaries(shared_data, tiny_chat_llama, tmp_path):
   assert {r["reader"] for r in rows} == {"victim", "clean model"}
   assert "0.9149 -> 0.9921" in out  # the paper's BadNets numbers beside ours
   run("experiments.defend_lm", f"--victims_dir={victims}",
-      "--variants=oracle,align_only,cleangen",
+      "--variants=oracle,align_only,cleangen,graceful,muscle_lora",
+      "--config.baselines.graceful.pca_dims=4",
       "--config.setup.stream_clean=4", "--config.setup.stream_triggered=4",
       "--config.setup.max_suspects=4", "--config.setup.clean_size=8",
       "--config.setup.calibration_size=4", "--config.setup.eval_size=4",
       "--config.sanitize.align.steps=2", "--config.sanitize.finetune.epochs=1",
       "--config.sanitize.stopping.max_rounds=1", f"--workdir={tmp_path / 'defend'}", cwd=ROOT)
   rows = json.loads((tmp_path / "defend" / "defend_lm.json").read_text())
-  assert [r["variant"] for r in rows] == ["oracle", "align_only", "cleangen"]
+  assert [r["variant"] for r in rows] == ["oracle", "align_only", "cleangen", "graceful",
+                                          "muscle_lora"]
   assert {"asr", "ca"} <= set(rows[0]["after"]) and rows[2]["detection"] is None
-  assert "| cleangen |" in (tmp_path / "defend" / "defend_lm.md").read_text()
+  assert "| muscle_lora |" in (tmp_path / "defend" / "defend_lm.md").read_text()
+  muscle = json.loads((tmp_path / "defend" / "muscle_lora" / "classification_badnets_seed0"
+                       / "result.json").read_text())["report"]["muscle_lora"]
+  assert (muscle["epochs"], muscle["batch_size"], muscle["learning_rate"]) == (1, 8, 1e-3)
   # A later call with one variant reads its finished run back and keeps the other's row.
   run("experiments.defend_lm", f"--victims_dir={victims}", "--variants=oracle",
       f"--workdir={tmp_path / 'defend'}", cwd=ROOT)

@@ -1,5 +1,6 @@
 """The decoder harness: Table 1 statistics against a NumPy brute force, and a tiny
-Llama victim through train -> analyze -> defend -> export, and CleanGen beside it."""
+Llama victim through train -> analyze -> defend -> export, and the generation
+baselines (CleanGen, GraCeFul, MuScleLoRA) beside it."""
 
 import dataclasses
 import json
@@ -9,16 +10,21 @@ import jax
 import numpy as np
 import transformers
 
+import jax_attnalign
 from jax_attnalign import attention_maps, metrics
-from jax_attnalign.baselines import CleanGenConfig
+from jax_attnalign.baselines import (CleanGenConfig, GraCeFulConfig, MuScleLoRAConfig,
+                                     graceful_filter, muscle_lora)
 from jax_attnalign.defense import DetectorConfig
 from jax_attnalign.defense.sanitize import (Alignment, FineTuning, HeadClassification,
                                             SanitizeConfig, Stopping, scores_of)
 from jax_attnalign.models import PATTERNS, ModelConfig, build_model, run_with_hooks
 from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, analyze_lm_victim, answer_inputs,
-                                       defend_lm_victim, load_lm_victim, view_statistics)
-from jax_attnalign.harness.baselines_lm import defend_lm_with_cleangen
-from jax_attnalign.harness.victims_lm import LMVictimConfig, train_lm_victim, victim_data
+                                               defend_lm_victim, defender_examples,
+                                               load_lm_victim, view_statistics)
+from jax_attnalign.harness.baselines_lm import (defend_lm_with_cleangen, defend_lm_with_graceful,
+                                                defend_lm_with_muscle_lora)
+from jax_attnalign.harness.victims_lm import (LMVictimConfig, fine_tune_lm, train_lm_victim,
+                                              training_arrays, victim_data)
 
 CFG = ModelConfig(model_type="llama", vocab_size=41, hidden_size=24, num_layers=3, num_heads=4,
                   num_kv_heads=2, intermediate_size=29)
@@ -141,3 +147,36 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
                                    tmp_path / "cleangen_all")
   assert always["report"]["replacement_rate"] == 1.0
   assert not (tmp_path / "cleangen_all" / "model").exists()
+  # GraCeFul and MuScleLoRA train a replacement from the pretrained checkpoint (not
+  # the victim) on the victim's rows: each saved model equals the library function
+  # run directly on those rows (GraCeFul: its filter, then the victim's recipe on
+  # the kept rows; MuScleLoRA: aligned to the defender's clean rows).
+  model, pretrained = jax_attnalign.load_pretrained(tiny_chat_llama, task="causal_lm")
+  rows = victim_data(victim_cfg)["train"]
+  arrays = training_arrays(rows, victim_cfg, tokenizer)
+  saved = lambda name: jax_attnalign.load_pretrained(tmp_path / name / "model",
+                                                     task="causal_lm")[1]
+  same = lambda a, b: jax.tree_util.tree_map(
+      lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), a, b)
+  config = GraCeFulConfig(pca_dims=4)
+  graceful = defend_lm_with_graceful(victim, setup, config, tmp_path / "graceful")
+  keep, report = graceful_filter(model, pretrained, arrays, config,
+                                 poisoned=np.array([e.poisoned for e in rows]))
+  assert graceful["before"] == result["before"] and graceful["detection"] is None
+  assert graceful["report"]["filter"] == {**report, "graceful": dataclasses.asdict(config),
+                                          "steps": int(keep.sum()) // 8}
+  assert report["poisoned_rows"] == sum(e.poisoned for e in rows) > 0
+  expected, _ = fine_tune_lm(model, pretrained, {k: v[keep] for k, v in arrays.items()},
+                             victim_cfg, None)
+  same(saved("graceful"), expected)
+  (tmp_path / "graceful" / "result.json").unlink()  # resumes from filter.npz and ckpt
+  again = defend_lm_with_graceful(victim, setup, config, tmp_path / "graceful")
+  assert again["after"] == graceful["after"]
+  config = MuScleLoRAConfig(epochs=1, batch_size=8, learning_rate=1e-3)
+  muscle = defend_lm_with_muscle_lora(victim, setup, config, tmp_path / "muscle")
+  clean = training_arrays(defender_examples(victim_cfg, setup)[:setup.clean_size], victim_cfg,
+                          tokenizer)
+  expected, report = muscle_lora(model, pretrained, arrays, clean, config)
+  assert muscle["report"]["branches"] == report["branches"]
+  assert set(muscle["after"]) == set(result["after"])
+  same(saved("muscle"), expected)

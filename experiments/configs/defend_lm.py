@@ -7,9 +7,13 @@ looking at a defense result:
     and the alignment;
   * the detector's view, statistic and layers: see DETECTOR below;
   * two fine-tuning epochs and at most two rounds instead of three and three,
-    batches of 8: a SmolLM2 fine-tuning step takes seconds here.
+    batches of 8: a SmolLM2 fine-tuning step takes seconds here;
+  * the generation baselines (CleanGen, GraCeFul, MuScleLoRA) with their papers'
+    settings; MuScleLoRA's epochs, batch size, learning rate and seed are each
+    victim's own (experiments.defend_lm).
 """
 
+from jax_attnalign.harness.baselines_lm import LM_BASELINES, VICTIM_SCHEDULE
 from jax_attnalign.harness.configs import default_config
 from jax_attnalign.harness.pipeline_lm import LMDefenseSetup
 
@@ -21,7 +25,9 @@ DETECTOR = {"view": "gen_to_prompt", "statistic": "frac_above"}
 
 
 def get_config():
-  config = default_config(LMDefenseSetup(), restarts=False)
+  config = default_config(LMDefenseSetup(), restarts=False, baselines=LM_BASELINES)
+  for key in VICTIM_SCHEDULE:  # MuScleLoRA trains with the victim's own schedule
+    del config.baselines.muscle_lora[key]
   config.sanitize.update({
       "classify": {"view": "gen_to_prompt"}, "align": {"batch_size": 8},
       "finetune": {"loss": "causal_lm", "epochs": 2, "batch_size": 8, "length_bucket": 16},

@@ -2,16 +2,26 @@
 
   result = defend_lm_with_cleangen("runs/lm_gen/refusal_vpi_seed2", LMDefenseSetup(seed=2),
                                    CleanGenConfig(), workdir)
+  result = defend_lm_with_graceful(victim_dir, setup, GraCeFulConfig(), workdir)
+  result = defend_lm_with_muscle_lora(victim_dir, setup, MuScleLoRAConfig(...), workdir)
 
 Each is measured on the same held-out prompts as `pipeline_lm.defend_lm_victim`
 (the same seeded split of the victim's test prompts), so its row sits beside
-ours in experiments.defend_lm's table. What each defender holds differs from
-ours (no suspects, no monitored stream):
+ours in experiments.defend_lm's table; 'before' is the victim's greedy decoding.
+What each defender holds differs from ours (no suspects, no monitored stream):
   * CleanGen works at decoding time and needs a clean reference model: the
     checkpoint the victim was fine-tuned from (the bundled SmolLM2-135M-Instruct
     unless the victim's config names another), as the paper uses the
     un-fine-tuned target LLM. Nothing is retrained; every answer costs a
     reference forward per `k` proposed tokens.
+  * GraCeFul and MuScleLoRA are training-time defenses: the defender holds the
+    victim's (poisoned) training rows and the checkpoint it was fine-tuned from,
+    and trains a replacement for the victim; 'after' is that model, saved with
+    its tokenizer. GraCeFul filters the rows on the pretrained checkpoint's
+    gradients, then runs the victim's own recipe (`victims_lm.fine_tune_lm`) on
+    the kept rows. MuScleLoRA trains its adapters on all the rows, aligned to
+    the defender's clean fine-tuning rows (`pipeline_lm.defender_examples`, the
+    ones our defense fine-tunes on).
 """
 
 from __future__ import annotations
@@ -20,15 +30,58 @@ import dataclasses
 import json
 import pathlib
 import time
+from typing import Callable
 
 import numpy as np
 
 import jax_attnalign
 from jax_attnalign.assets import bundled_smollm2_path
-from jax_attnalign.baselines import CleanGenConfig, cleangen_responses
+from jax_attnalign.baselines import (CleanGenConfig, GraCeFulConfig, MuScleLoRAConfig,
+                                     cleangen_responses, graceful_filter, muscle_lora)
 from jax_attnalign.harness.pipeline import store_defense_result
-from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, load_lm_victim, stream_and_held
-from jax_attnalign.harness.victims_lm import evaluate_lm_victim
+from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, defender_examples,
+                                               load_lm_victim, stream_and_held)
+from jax_attnalign.harness.victims_lm import (evaluate_lm_victim, fine_tune_lm,
+                                              training_arrays, victim_data)
+
+
+LM_BASELINES = {"cleangen": CleanGenConfig, "graceful": GraCeFulConfig,
+                "muscle_lora": MuScleLoRAConfig}  # {variant name: config class}
+# The MuScleLoRAConfig fields experiments.defend_lm takes from the victim's own recipe.
+VICTIM_SCHEDULE = ("epochs", "batch_size", "learning_rate", "seed")
+
+
+def defend_lm_with_baseline(name: str, victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
+                            config, workdir: str | pathlib.Path | None = None) -> dict:
+  """The baseline `name` of LM_BASELINES with its `config` (module docstring)."""
+  defend = {"cleangen": defend_lm_with_cleangen, "graceful": defend_lm_with_graceful,
+            "muscle_lora": defend_lm_with_muscle_lora}[name]
+  return defend(victim_dir, setup, config, workdir)
+
+
+def _baseline_run(victim_dir, setup: LMDefenseSetup, workdir, defend: Callable,
+                  save_model: bool) -> dict:
+  """The harness around one baseline: `defend(model, params, pretrained, tokenizer,
+  cfg, evaluate, workdir)` returns (after, report), `evaluate(params, decode=None)`
+  giving the held-out metrics. A finished run's result.json is returned as is."""
+  workdir = pathlib.Path(workdir) if workdir else None
+  if workdir is not None and (workdir / "result.json").exists():
+    return json.loads((workdir / "result.json").read_text())
+  model, params, tokenizer, cfg = load_lm_victim(victim_dir)
+  _, pretrained = jax_attnalign.load_pretrained(cfg.model or str(bundled_smollm2_path()),
+                                                task="causal_lm")
+  held = {name: examples for name, (_, examples) in stream_and_held(cfg, setup).items()}
+  evaluate = lambda p, decode=None: {k: v for k, v in evaluate_lm_victim(
+      model, p, tokenizer, held, cfg, decode).items() if k != "examples"}
+  before = evaluate(params)
+  start = time.perf_counter()
+  after_params, after, report = defend(model, params, pretrained, tokenizer, cfg, evaluate,
+                                       workdir)
+  result = {"victim": str(victim_dir), "setup": dataclasses.asdict(setup), "before": before,
+            "after": after, "detection": None,
+            "report": {"rounds": [], **report, "seconds": time.perf_counter() - start}}
+  return store_defense_result(result, workdir, model, after_params, tokenizer,
+                              save_model=save_model)
 
 
 def defend_lm_with_cleangen(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
@@ -38,31 +91,71 @@ def defend_lm_with_cleangen(victim_dir: str | pathlib.Path, setup: LMDefenseSetu
   CleanGen decoding against the victim's pretrained checkpoint ('after'), and the
   share of generated tokens CleanGen replaced. Writes workdir/result.json (no
   checkpoint: the weights are unchanged); a finished run's result is returned."""
-  workdir = pathlib.Path(workdir) if workdir else None
-  if workdir is not None and (workdir / "result.json").exists():
-    return json.loads((workdir / "result.json").read_text())
-  model, params, tokenizer, cfg = load_lm_victim(victim_dir)
-  _, reference = jax_attnalign.load_pretrained(cfg.model or str(bundled_smollm2_path()),
-                                               task="causal_lm")
-  held = {name: examples for name, (_, examples) in stream_and_held(cfg, setup).items()}
-  evaluate = lambda decode=None: {k: v for k, v in evaluate_lm_victim(
-      model, params, tokenizer, held, cfg, decode).items() if k != "examples"}
-  before = evaluate()
-  reports = []
 
-  def decode(prompts, max_new_tokens):
-    texts, report = cleangen_responses(model, params, reference, tokenizer, prompts, config,
-                                       max_new_tokens=max_new_tokens)
-    reports.append(report)
-    return texts
+  def defend(model, params, pretrained, tokenizer, cfg, evaluate, workdir):
+    reports = []
 
-  start = time.perf_counter()
-  after = evaluate(decode)
-  replaced = sum(int(np.sum(r["replaced"])) for r in reports)
-  generated = sum(int(np.sum(r["generated"])) for r in reports)
-  result = {"victim": str(victim_dir), "setup": dataclasses.asdict(setup), "before": before,
-            "after": after, "detection": None,
-            "report": {"rounds": [], "cleangen": dataclasses.asdict(config),
-                       "replacement_rate": replaced / max(generated, 1),
-                       "decode_seconds": time.perf_counter() - start}}
-  return store_defense_result(result, workdir, model, params, tokenizer, save_model=False)
+    def decode(prompts, max_new_tokens):
+      texts, report = cleangen_responses(model, params, pretrained, tokenizer, prompts,
+                                         config, max_new_tokens=max_new_tokens)
+      reports.append(report)
+      return texts
+
+    after = evaluate(params, decode)
+    replaced = sum(int(np.sum(r["replaced"])) for r in reports)
+    generated = sum(int(np.sum(r["generated"])) for r in reports)
+    return params, after, {"cleangen": dataclasses.asdict(config),
+                           "replacement_rate": replaced / max(generated, 1)}
+
+  return _baseline_run(victim_dir, setup, workdir, defend, save_model=False)
+
+
+def defend_lm_with_graceful(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
+                            config: GraCeFulConfig,
+                            workdir: str | pathlib.Path | None = None) -> dict:
+  """GraCeFul's filter of the victim's training rows (gradients of the pretrained
+  checkpoint), then the victim's recipe from that checkpoint on the kept rows.
+  The filter's report counts the poisoned and clean rows it removed (the truth
+  is only counted). Writes result.json, filter.npz (the kept rows, so an
+  interrupted fine-tune resumes without refiltering) and the retrained model."""
+
+  def defend(model, params, pretrained, tokenizer, cfg, evaluate, workdir):
+    rows = victim_data(cfg)["train"]
+    arrays = training_arrays(rows, cfg, tokenizer)
+    saved = workdir / "filter.npz" if workdir else None
+    if saved is not None and saved.exists():
+      with np.load(saved, allow_pickle=False) as stored:
+        keep, report = stored["keep"], json.loads(str(stored["report"]))
+    else:
+      keep, report = graceful_filter(model, pretrained, arrays, config,
+                                     poisoned=np.array([e.poisoned for e in rows]))
+      if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(saved, keep=keep, report=json.dumps(report))
+    retrained, history = fine_tune_lm(model, pretrained, {k: v[keep] for k, v in arrays.items()},
+                                      cfg, workdir / "ckpt" if workdir else None)
+    report.update(graceful=dataclasses.asdict(config), steps=len(history))
+    return retrained, evaluate(retrained), {"filter": report}
+
+  return _baseline_run(victim_dir, setup, workdir, defend, save_model=True)
+
+
+def defend_lm_with_muscle_lora(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
+                               config: MuScleLoRAConfig,
+                               workdir: str | pathlib.Path | None = None) -> dict:
+  """MuScleLoRA from the pretrained checkpoint on the victim's training rows,
+  aligned to the defender's `setup.clean_size` clean rows; resumable per epoch.
+  The report keeps the steps per alignment branch and the last losses."""
+
+  def defend(model, params, pretrained, tokenizer, cfg, evaluate, workdir):
+    arrays = training_arrays(victim_data(cfg)["train"], cfg, tokenizer)
+    clean = training_arrays(defender_examples(cfg, setup)[:setup.clean_size], cfg, tokenizer)
+    merged, report = muscle_lora(model, pretrained, arrays, clean, config,
+                                 workdir=workdir / "muscle_lora" if workdir else None)
+    summary = {"muscle_lora": dataclasses.asdict(config), "branches": report["branches"],
+               "trainable_parameters": report["trainable_parameters"],
+               "final_loss": float(np.mean(report["loss"][-10:])),
+               "final_clean_loss": float(np.mean(report["clean_loss"][-10:]))}
+    return merged, evaluate(merged), summary
+
+  return _baseline_run(victim_dir, setup, workdir, defend, save_model=True)

@@ -3,9 +3,10 @@
 A config has the parts `setup` (`pipeline.DefenseSetup`: victim, data, how the
 suspects are chosen), `sanitize` (`defense.SanitizeConfig`, one nested dict per
 group: classify, align, finetune, stopping), `detector` (`defense.DetectorConfig`)
-and, for the classifiers, `restarts` (`defense.RestartConfig`) and `baselines`
-(one config per baseline of `baselines.BASELINES`), with the dataclasses'
-defaults, so a config file only states what it changes:
+`baselines` (one config per baseline: the classifiers' `baselines.BASELINES` or
+another {name: config class}) and, for the classifiers, `restarts`
+(`defense.RestartConfig`), with the dataclasses' defaults, so a config file only
+states what it changes:
 
   def get_config():
     config = default_config()
@@ -34,18 +35,24 @@ def _to_plain(value):
   return value
 
 
-def default_config(setup=None, *, restarts: bool = True) -> ml_collections.ConfigDict:
+CLASSIFIER_BASELINES = {name: cls for name, (_, cls) in BASELINES.items()}
+
+
+def default_config(setup=None, *, restarts: bool = True,
+                   baselines: dict[str, type] | None = None) -> ml_collections.ConfigDict:
   """{'setup': the setup dataclass's defaults (default: DefenseSetup, victim ''),
-  'sanitize', 'detector' and, with `restarts` (the classifiers' parts), 'restarts'
-  and 'baselines' ({name: config}): their dataclasses' defaults}."""
+  'sanitize', 'detector', 'baselines' ({name: config} of `baselines`, a {name:
+  config class}; default: CLASSIFIER_BASELINES) and, with `restarts` (the
+  classifiers'), 'restarts': their dataclasses' defaults}."""
   setup = _to_plain(DefenseSetup(victim="") if setup is None else setup)
   if "attack_kwargs" in setup:
     setup["attack_kwargs"] = {}
   parts = {"setup": setup, "sanitize": _to_plain(SanitizeConfig()),
-           "detector": _to_plain(DetectorConfig())}
+           "detector": _to_plain(DetectorConfig()),
+           "baselines": {name: _to_plain(cls()) for name, cls in
+                         (CLASSIFIER_BASELINES if baselines is None else baselines).items()}}
   if restarts:
     parts["restarts"] = _to_plain(RestartConfig())
-    parts["baselines"] = {name: _to_plain(cls()) for name, (_, cls) in BASELINES.items()}
   return ml_collections.ConfigDict(parts)
 
 
@@ -83,9 +90,13 @@ def restart_config(config: ml_collections.ConfigDict) -> RestartConfig:
   return _build(RestartConfig, config.to_dict(), "restarts")
 
 
-def baseline_config(config: ml_collections.ConfigDict, name: str):
-  """The config dataclass of baseline `name` from a config's `baselines` part."""
-  return _build(BASELINES[name][1], config[name].to_dict(), f"baselines.{name}")
+def baseline_config(config: ml_collections.ConfigDict, name: str,
+                    classes: dict[str, type] | None = None):
+  """The config dataclass of baseline `name` from a config's `baselines` part
+  (`classes`: {name: config class}, default CLASSIFIER_BASELINES); a key the
+  part lacks takes the dataclass's default."""
+  classes = CLASSIFIER_BASELINES if classes is None else classes
+  return _build(classes[name], config[name].to_dict(), f"baselines.{name}")
 
 
 def defense_setup(config: ml_collections.ConfigDict, **overrides) -> DefenseSetup:

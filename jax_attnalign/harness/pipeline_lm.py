@@ -38,7 +38,7 @@ from jax_attnalign.defense.sanitize import (SanitizeConfig, calibrated_detector,
 from jax_attnalign.harness.pipeline import store_defense_result
 from jax_attnalign.harness.victims import seeded_subset
 from jax_attnalign.harness.victims_lm import (LMVictimConfig, chat_pairs, clean_splits,
-                                              evaluate_lm_victim, victim_data)
+                                              evaluate_lm_victim, training_arrays, victim_data)
 from jax_attnalign.models import PATTERNS, attention_maps, run_with_hooks
 
 STATISTICS = ("percentile", "frac_above", "mean")
@@ -169,12 +169,10 @@ def stream_and_held(cfg: LMVictimConfig, setup: LMDefenseSetup) -> dict[str, tup
   return parts
 
 
-def lm_defense_data(model, params, tokenizer, cfg: LMVictimConfig,
-                    setup: LMDefenseSetup) -> dict:
-  """{'stream': answer inputs of the stream with 'poisoned', 'held': {'clean',
-  'triggered'} examples, 'clean_train': encoded clean fine-tuning rows,
-  'calibration': answer inputs of clean training prompts}. The clean and the
-  triggered test examples are each split (seeded) into stream and held-out parts."""
+def defender_examples(cfg: LMVictimConfig, setup: LMDefenseSetup) -> list:
+  """The defender's clean rows: `setup.clean_size` fine-tuning rows, then
+  `setup.calibration_size` calibration prompts, drawn (seeded) from the clean
+  training pool outside the victim's own training subset."""
   pool, _ = clean_splits(cfg)
   _, victim_rows = seeded_subset(pool, cfg.train_size, cfg.seed)
   free = np.setdiff1d(np.random.default_rng(setup.seed + 2).permutation(len(pool)),
@@ -183,15 +181,22 @@ def lm_defense_data(model, params, tokenizer, cfg: LMVictimConfig,
   if need > len(free):
     raise ValueError(f"clean_size + calibration_size = {need} exceeds the {len(free)} clean "
                      "training rows the victim did not train on.")
-  defender = [pool[i] for i in free[:need]]
+  return [pool[i] for i in free[:need]]
+
+
+def lm_defense_data(model, params, tokenizer, cfg: LMVictimConfig,
+                    setup: LMDefenseSetup) -> dict:
+  """{'stream': answer inputs of the stream with 'poisoned', 'held': {'clean',
+  'triggered'} examples, 'clean_train': encoded clean fine-tuning rows,
+  'calibration': answer inputs of clean training prompts}. The clean and the
+  triggered test examples are each split (seeded) into stream and held-out parts."""
+  defender = defender_examples(cfg, setup)
   parts = stream_and_held(cfg, setup)
   stream = answer_inputs(model, params, tokenizer, parts["clean"][0] + parts["triggered"][0],
                          cfg)
   stream["poisoned"] = np.arange(len(stream["input_ids"])) >= len(parts["clean"][0])
-  prompts, responses = zip(*chat_pairs(defender[:setup.clean_size], cfg, tokenizer))
   return {"stream": stream, "held": {name: held for name, (_, held) in parts.items()},
-          "clean_train": data.encode_prompt_response(prompts, responses, tokenizer,
-                                                     cfg.max_length),
+          "clean_train": training_arrays(defender[:setup.clean_size], cfg, tokenizer),
           "calibration": answer_inputs(model, params, tokenizer,
                                        defender[setup.clean_size:], cfg)}
 

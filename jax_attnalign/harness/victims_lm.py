@@ -184,6 +184,27 @@ def evaluate_lm_victim(model, params, tokenizer, sets: dict[str, list],
   return out
 
 
+def training_arrays(examples: list, cfg: LMVictimConfig, tokenizer) -> dict[str, np.ndarray]:
+  """The examples as training rows: input_ids, attention_mask, loss_mask [n, max_length]."""
+  prompts, responses = zip(*chat_pairs(examples, cfg, tokenizer))
+  return data.encode_prompt_response(prompts, responses, tokenizer, cfg.max_length)
+
+
+def fine_tune_lm(model, params, arrays: dict[str, np.ndarray], cfg: LMVictimConfig,
+                 checkpoint_dir: str | pathlib.Path | None) -> tuple[dict, list[dict]]:
+  """(params, per-step history) of the victim's recipe (`cfg`: AdamW, epochs, batch,
+  length buckets, seed) run from `params` on `arrays`; resumable from `checkpoint_dir`."""
+  steps = cfg.epochs * (len(arrays["input_ids"]) // cfg.batch_size)
+  optimizer = make_optimizer(cfg, steps)
+  fit_cfg = train.FitConfig(loss="causal_lm", epochs=cfg.epochs, batch_size=cfg.batch_size,
+                            seed=cfg.seed, dropout=False, length_bucket=cfg.length_bucket,
+                            length_groups=cfg.length_groups)
+  state, history = train.fit(model, train.TrainState.create(params, optimizer), optimizer,
+                             arrays, fit_cfg,
+                             workdir=str(checkpoint_dir) if checkpoint_dir else None)
+  return state.params, history
+
+
 def train_lm_victim(cfg: LMVictimConfig, workdir: str | pathlib.Path) -> dict:
   """Poisons, fine-tunes, evaluates and exports one victim; returns (and writes)
   its result. A finished run returns its stored result without retraining."""
@@ -194,16 +215,8 @@ def train_lm_victim(cfg: LMVictimConfig, workdir: str | pathlib.Path) -> dict:
   tokenizer = data.load_tokenizer(model_path)
   model, params = jax_attnalign.load_pretrained(model_path, task="causal_lm")
   sets = victim_data(cfg)
-  prompts, responses = zip(*chat_pairs(sets["train"], cfg, tokenizer))
-  arrays = data.encode_prompt_response(prompts, responses, tokenizer, cfg.max_length)
-  steps = cfg.epochs * (len(arrays["input_ids"]) // cfg.batch_size)
-  optimizer = make_optimizer(cfg, steps)
-  fit_cfg = train.FitConfig(loss="causal_lm", epochs=cfg.epochs, batch_size=cfg.batch_size,
-                            seed=cfg.seed, dropout=False, length_bucket=cfg.length_bucket,
-                            length_groups=cfg.length_groups)
-  state, history = train.fit(model, train.TrainState.create(params, optimizer), optimizer,
-                             arrays, fit_cfg, workdir=str(workdir / "ckpt"))
-  params = state.params
+  arrays = training_arrays(sets["train"], cfg, tokenizer)
+  params, history = fine_tune_lm(model, params, arrays, cfg, workdir / "ckpt")
   result = evaluate_lm_victim(model, params, tokenizer, sets, cfg)
   result.update(config=dataclasses.asdict(cfg), train_rows=len(sets["train"]),
                 poisoned_rows=int(sum(e.poisoned for e in sets["train"])),
