@@ -93,7 +93,8 @@ def _finished_rows(workdir: pathlib.Path) -> list[dict]:
     cfg = json.loads(victim.read_text())["config"]
     rows.append({"victim": path.parent.name, "task": cfg["task"], "attack": cfg["attack"],
                  "seed": cfg["seed"], "variant": path.parent.parent.name,
-                 **{k: result[k] for k in ("before", "after", "detection")}})
+                 **{k: result[k] for k in ("before", "after", "detection")},
+                 "seconds": result["report"].get("seconds")})
   order = [*variants(FLAGS.config), *BASELINE_VARIANTS]
   return sorted(rows, key=lambda r: (r["task"], r["attack"], order.index(r["variant"]),
                                      r["seed"]))
@@ -130,6 +131,15 @@ def main(argv):
   (workdir / "defend_lm.json").write_text(json.dumps(rows, indent=1, default=str))
   (workdir / "defend_lm.md").write_text(f"{text}\n")
   plots.plot_metric_bars(bars, workdir / "defend_lm.png", title="SmolLM2 victims after defense")
+  grid, columns = reporting.lm_grid_table(rows)
+  (workdir / "table2b.json").write_text(json.dumps(columns, indent=1))
+  (workdir / "table2b.md").write_text(
+      "Table 2(b) on SmolLM2: ASR and clean utility on each victim's held-out test prompts "
+      f"(mean ± std over seeds)\n\n{grid}\n")
+  plots.plot_metric_bars({f"{kind}\n{c}": {m: v for m, v in values.items() if m != "minutes"}
+                          for kind, by_column in columns.items()
+                          for c, values in by_column.items()},
+                         workdir / "table2b.png", title="Table 2(b) on SmolLM2")
   print(text)
 
 

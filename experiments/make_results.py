@@ -73,7 +73,9 @@ RENDERERS = {
     "summary.json": lambda summary: reporting.victims_table(
         {attack: s["runs"] for attack, s in summary.items()}),
     "table1.json": reporting.table1_table,
-    "defend_lm.json": lambda rows: reporting.lm_defense_table(rows)[0],
+    "defend_lm.json": lambda rows: (reporting.lm_defense_table(rows)[0] + "\n\nTable 2(b) "
+                                    "view of the same runs:\n\n"
+                                    + reporting.lm_grid_table(rows)[0]),
     "audit.json": audit_text,
     "table2.json": _columns,
     "defend.json": _columns,

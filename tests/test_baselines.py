@@ -348,3 +348,31 @@ def test_table2_bolds_the_lowest_asr_within_two_points_of_vanilla_ca():
                       "**0.200 ± 0.000** | 2 |")
   assert lines[3] == ("| sst2 | badnets (paper, BERT) | 0.9265 | 0.9967 | 0.9228 | 0.2636 | "
                       "0.9148 | 0.1523 | 0.9064 | 0.1698 | 5 runs |")
+
+
+def test_lm_grid_bolds_the_lowest_asr_within_two_points_of_vanilla_utility():
+  """Table 2(b): MuScleLoRA has the lowest ASR but lost 5 points of ROUGE-L; the oracle
+  is the best of the rest. Vanilla is each victim's before, counted once; minutes are
+  the defenses' mean wall time; the paper's Llama-2 and Mistral rows follow."""
+  def row(seed, variant, rouge, asr, seconds):
+    return {"victim": f"refusal_vpi_seed{seed}", "task": "refusal", "attack": "vpi",
+            "seed": seed, "variant": variant, "seconds": seconds,
+            "before": {"asr": 0.9 + 0.05 * seed, "rouge_l": 0.30},
+            "after": {"asr": asr, "rouge_l": rouge}}
+  rows = [row(s, c, rouge, asr, seconds) for s in (0, 1) for c, rouge, asr, seconds in (
+      ("cleangen", 0.29, 0.30, 600), ("muscle_lora", 0.25, 0.05, 1800),
+      ("oracle", 0.285, 0.10 + 0.1 * s, 3000))]
+  table, grid = reporting.lm_grid_table(rows)
+  lines = table.splitlines()
+  assert lines[2] == ("| refusal | vpi | rouge_l | 0.925 ± 0.035 | 0.300 ± 0.000 | "
+                      "0.300 ± 0.000 | 0.290 ± 0.000 | 0.050 ± 0.000 | 0.250 ± 0.000 | — | — "
+                      "| — | — | **0.150 ± 0.071** | 0.285 ± 0.000 | cleangen 10, muscle_lora 30, "
+                      "oracle 50 | 0, 1 |")
+  assert lines[3].startswith("| refusal | vpi (paper, Llama2-7B) | CA | 0.9736 | 0.9125 | "
+                             "0.2804 | 0.8729 | 0.1957 | 0.8315 | 0.2017 | 0.8715 | 0.1445 | "
+                             "0.9010 | — | — |")
+  assert "(paper, Mistral-7B)" in lines[4]
+  assert grid["refusal/vpi"]["oracle"] == {"asr": [0.1, 0.2], "rouge_l": [0.285, 0.285],
+                                           "minutes": [50.0, 50.0]}
+  assert set(grid["refusal/vpi"]) == {"vanilla", "cleangen", "muscle_lora", "oracle"}
+  assert "- cleangen: decoding time" in table

@@ -253,6 +253,11 @@ def test_decoder_binaries(shared_data, tiny_chat_llama, tmp_path):
   muscle = json.loads((tmp_path / "defend" / "muscle_lora" / "classification_badnets_seed0"
                        / "result.json").read_text())["report"]["muscle_lora"]
   assert (muscle["epochs"], muscle["batch_size"], muscle["learning_rate"]) == (1, 8, 1e-3)
+  grid = json.loads((tmp_path / "defend" / "table2b.json").read_text())
+  assert set(grid["classification/badnets"]) == {"vanilla", "cleangen", "muscle_lora",
+                                                 "graceful", "oracle"}
+  assert grid["classification/badnets"]["graceful"]["minutes"][0] > 0
+  assert (tmp_path / "defend" / "table2b.png").read_bytes()[:4] == b"\x89PNG"
   # A later call with one variant reads its finished run back and keeps the other's row.
   run("experiments.defend_lm", f"--victims_dir={victims}", "--variants=oracle",
       f"--workdir={tmp_path / 'defend'}", cwd=ROOT)

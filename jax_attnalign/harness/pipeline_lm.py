@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import time
 from typing import Literal
 
 import jax
@@ -254,8 +255,11 @@ def defend_lm_victim(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
   if detection["suspects"] == 0:
     result.update(after=before, report={"stopped": "no_suspects", "rounds": []})
   else:
+    start = time.perf_counter()
     params, report = sanitize(model, params, suspects, sets["clean_train"], config,
                               detector=calibrated,
                               workdir=workdir / "sanitize" if workdir else None)
+    # Of this call: a resumed run's seconds count only what was left.
+    report["seconds"] = time.perf_counter() - start
     result.update(after=evaluate(params), report=report)
   return store_defense_result(result, workdir, model, params, tokenizer)
