@@ -120,6 +120,25 @@ def _detection_rows(rows: list[dict]) -> list[str]:
   return out
 
 
+def _generation_rows(rows: list[dict]) -> list[str]:
+  """Headline rows of Table 2(b): per generation victim kind, the ASR after each
+  defense that ran (mean over seeds), the paper's Llama-2-7B row beside."""
+  _, grid = reporting.lm_grid_table([r for r in rows if r["task"] != "classification"])
+  out = []
+  for kind, by_column in grid.items():
+    task, attack = kind.split("/")
+    paper = reporting.PAPER_TABLE2_GENERATION.get(("Llama2-7B", task, attack), {})
+    ran = [c for c in reporting.LM_GRID_COLUMNS if c in by_column]
+    mean = lambda values: sum(values) / len(values)
+    seeds = sorted({r["seed"] for r in rows if (r["task"], r["attack"]) == (task, attack)})
+    out.append(f"| Table 2(b), {task} {attack}: ASR (%) of " + ", ".join(ran) + " | "
+               + (", ".join(f"{100 * paper[c][1]:.1f}" if c in paper else "—" for c in ran)
+                  + " (Llama-2-7B)" if paper else "—")
+               + " | " + ", ".join(f"{100 * mean(by_column[c]['asr']):.1f}" for c in ran)
+               + f" (SmolLM2, {_seeds(seeds)}) |")
+  return out
+
+
 def headline(results: pathlib.Path) -> str:
   """Ours beside the paper: Table 1 (decoder, gen-to-prompt 99th percentile) and
   the defense's CA / ASR before and after, from whatever JSON is present."""
@@ -143,6 +162,8 @@ def headline(results: pathlib.Path) -> str:
       rows = [r for r in json.loads(path.read_text()) if chosen(r)]
       if rows:
         lines.append(_defense_row(rows, f"SST-2 BadNets, {kind}", paper_model, our_model))
+  for path in sorted(results.rglob("defend_lm.json")):
+    lines += _generation_rows(json.loads(path.read_text()))
   for path in sorted(results.rglob("detect.json")):
     lines += _detection_rows(json.loads(path.read_text()))
   demo = results / "demo" / "summary.json"

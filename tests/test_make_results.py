@@ -23,7 +23,14 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
                            "after": {"ca": 0.89, "asr": asr},
                            "detection": {"auroc": 0.75, "suspects": 18,
                                          "suspects_triggered": 15}}
+  generation = lambda variant, seed, asr: {
+      "victim": f"refusal_vpi_seed{seed}", "task": "refusal", "attack": "vpi", "seed": seed,
+      "variant": variant, "before": {"asr": 0.98, "rouge_l": 0.28},
+      "after": {"asr": asr, "rouge_l": 0.27}, "detection": None, "seconds": 600.0}
   _write(results / "smollm2" / "defend_lm.json", [run(1, 0.2), run(2, 0.4)])
+  _write(results / "smollm2_gen" / "defend_lm.json", [
+      generation("cleangen", 0, 0.1), generation("cleangen", 1, 0.2),
+      generation("graceful", 0, 0.5)])
   column = lambda variant, seed, ca, asr: {
       "victim": f"badnets_seed{seed}", "dataset": "sst2", "attack": "badnets",
       "variant": variant, "seed": seed, "before": {"ca": 0.86, "asr": 1.0},
@@ -54,6 +61,10 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   assert "0.915 -> 0.992 (Llama-2-7B) | 0.9912 -> 0.9919, AUROC 0.65" in headline
   assert "86.91 / 88.73 -> 85.19 / 25.61" in headline
   assert "30.0 ± 14.1" in headline and "seeds 1, 2" in headline
+  # Table 2(b): the paper's Llama-2 ASR of vanilla, CleanGen and GraCeFul beside ours.
+  assert ("| Table 2(b), refusal vpi: ASR (%) of vanilla, cleangen, graceful | 97.4, 28.0, "
+          "20.2 (Llama-2-7B) | 98.0, 15.0, 50.0 (SmolLM2, seeds 0, 1) |") in headline
+  assert "| refusal | vpi | rouge_l | 0.980 ± 0.000 | 0.280 ± 0.000 | **0.150 ± 0.071** |" in page
   assert "92.65 / 99.67 -> 91.09 / 11.23 (BERT) | 86.0 ± 0.0 / 100.0 ± 0.0 -> 85.0 ± 1.4 / 30.0" in headline
 
 
