@@ -20,10 +20,7 @@ import json
 import os
 import pathlib
 import platform
-import subprocess
-import sys
 import tempfile
-import time
 
 import jax
 import numpy as np
@@ -31,6 +28,7 @@ import numpy as np
 import jax_attnalign
 from jax_attnalign import assets
 from jax_attnalign.models import PATTERNS, run_with_hooks
+from common import load_torch_model, median_seconds, reset_peak_rss, rss_bytes, run_worker
 
 # name: (checkpoint path, default batch, default length, a title)
 MODELS = {
@@ -38,30 +36,6 @@ MODELS = {
     "smollm2": (assets.bundled_smollm2_path, 8, 128,
                 "SmolLM2-135M (30 x 9 heads, GQA 3:1)"),
 }
-
-
-def _time(fn, repeats: int) -> float:
-  """Median seconds per call (robust to the machine's other load), after a warm-up."""
-  fn()  # warm-up (and compilation)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
-def _rss_bytes(field: str) -> int:
-  """VmRSS (now) or VmHWM (peak since the last reset) of this process, Linux."""
-  with open("/proc/self/status") as f:
-    return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
-
-
-def _reset_peak_rss() -> None:
-  """Makes VmHWM start again from the current RSS (Linux >= 4.0), so that the peak
-  of loading (transformers dequantises a GGUF file) is not counted."""
-  with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
 
 
 def bench_ours(path, ids, mask, capture: bool, repeats: int) -> dict:
@@ -76,7 +50,8 @@ def bench_ours(path, ids, mask, capture: bool, repeats: int) -> dict:
 
   compiled = jax.jit(forward).lower(params, ids, mask).compile()
   mem = compiled.memory_analysis()
-  seconds = _time(lambda: jax.block_until_ready(compiled(params, ids, mask)), repeats)
+  seconds = median_seconds(lambda: jax.block_until_ready(compiled(params, ids, mask)),
+                           repeats)
   return dict(impl="jax_attnalign (jit)", capture=capture, seconds=seconds,
               seq_per_s=ids.shape[0] / seconds,
               peak_bytes=int(mem.output_size_in_bytes + mem.temp_size_in_bytes),
@@ -88,34 +63,27 @@ def bench_torch(name: str, ids, mask, capture: bool, repeats: int) -> dict:
   """Runs in a fresh subprocess so that its peak RSS is its own."""
   with tempfile.TemporaryDirectory() as tmp:
     np.savez(f"{tmp}/batch.npz", ids=np.asarray(ids), mask=np.asarray(mask))
-    cmd = [sys.executable, __file__, "--torch-worker", f"{tmp}/batch.npz",
-           "--models", name, "--repeats", str(repeats)] + (["--capture"] if capture else [])
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True,
-                                     text=True).stdout.splitlines()[-1])
+    return run_worker(__file__, ["--torch-worker", f"{tmp}/batch.npz", "--models", name,
+                                 "--repeats", str(repeats)] + (["--capture"] if capture else []))
 
 
 def torch_worker(path: pathlib.Path, batch_file: str, capture: bool, repeats: int) -> dict:
-  import torch
-  import transformers
-  transformers.logging.set_verbosity_error()
-  location = (dict(pretrained_model_name_or_path=path.parent, gguf_file=path.name)
-              if path.suffix == ".gguf" else dict(pretrained_model_name_or_path=path))
-  model = transformers.AutoModel.from_pretrained(
-      **location, attn_implementation="eager", dtype=torch.float32).eval()
+  import torch  # pylint: disable=g-import-not-at-top
+  model = load_torch_model(path)
   batch = np.load(batch_file)
   ids, mask = batch["ids"], batch["mask"]
   ids_t, mask_t = torch.tensor(ids).long(), torch.tensor(mask).long()
-  _reset_peak_rss()
-  before = _rss_bytes("VmRSS")
+  reset_peak_rss()
+  before = rss_bytes("VmRSS")
 
   def run():
     with torch.no_grad():
       return model(input_ids=ids_t, attention_mask=mask_t, output_attentions=capture)
 
-  seconds = _time(run, repeats)
+  seconds = median_seconds(run, repeats)
   return dict(impl=f"HF torch {torch.__version__} eager", capture=capture,
               seconds=seconds, seq_per_s=ids.shape[0] / seconds,
-              peak_bytes=max(_rss_bytes("VmHWM") - before, 0),
+              peak_bytes=max(rss_bytes("VmHWM") - before, 0),
               memory="peak RSS growth (coarse)")
 
 

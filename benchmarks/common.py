@@ -1,0 +1,56 @@
+"""What the benchmarks share: timing, peak RSS, and the transformers side run in a
+fresh subprocess (so its peak memory and its threads are its own)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def median_seconds(fn, repeats: int) -> float:
+  """Median seconds per call (robust to the machine's other load), after a warm-up."""
+  fn()  # warm-up (and compilation)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def rss_bytes(field: str) -> int:
+  """VmRSS (now) or VmHWM (peak since the last reset) of this process, Linux."""
+  with open("/proc/self/status") as f:
+    return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def reset_peak_rss() -> None:
+  """Makes VmHWM start again from the current RSS (Linux >= 4.0), so that the peak
+  of loading (transformers dequantises a GGUF file) is not counted."""
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+
+
+def load_torch_model(path: pathlib.Path, auto_class: str = "AutoModel"):
+  """A transformers model (eager attention, f32, eval) from a checkpoint folder or
+  a GGUF file, with transformers' logging quiet."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  transformers.logging.set_verbosity_error()
+  location = (dict(pretrained_model_name_or_path=path.parent, gguf_file=path.name)
+              if path.suffix == ".gguf" else dict(pretrained_model_name_or_path=path))
+  return getattr(transformers, auto_class).from_pretrained(
+      **location, attn_implementation="eager", dtype=torch.float32).eval()
+
+
+def run_worker(script: str, arguments: list[str]) -> dict:
+  """Runs `script --torch-worker ...arguments` in a fresh Python and returns the
+  JSON object on its last output line."""
+  cmd = [sys.executable, script, *arguments]
+  return json.loads(subprocess.run(cmd, check=True, capture_output=True,
+                                   text=True).stdout.splitlines()[-1])

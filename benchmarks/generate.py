@@ -1,0 +1,113 @@
+"""Greedy decoding with the KV cache on the bundled SmolLM2-135M: ours against transformers.
+
+Side by side in one run, on the same random prompts (--prompt_length tokens), at
+batch 1 and 8, exactly --new_tokens new tokens a row (EOS disabled on both sides,
+so both do the same work):
+  * ours: `jax_attnalign.models.generation.generate` (a jitted prefill and decode
+    step, a Python loop over the tokens);
+  * transformers' `generate` (greedy, KV cache, eager attention, f32) in a fresh
+    subprocess, SmolLM2 loaded by transformers from the same GGUF file.
+The two greedy outputs are compared token by token (rows equal in full; random
+prompts leave near-ties rare but possible). Median of --repeats calls after a
+warm-up (ours compiles there). Prints a markdown table, writes JSON.
+
+  python benchmarks/generate.py [--batches 1,8] [--new_tokens 128] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import tempfile
+
+import jax
+import numpy as np
+
+import jax_attnalign
+from jax_attnalign import assets
+from jax_attnalign.models.generation import generate
+from common import load_torch_model, median_seconds, run_worker
+
+
+def bench_ours(model, params, ids: np.ndarray, new_tokens: int, repeats: int) -> dict:
+  run = lambda: jax.block_until_ready(generate(model, params, ids, np.ones_like(ids),
+                                               max_new_tokens=new_tokens, eos_token_id=()))
+  seconds = median_seconds(run, repeats)
+  return dict(impl="jax_attnalign (jit step)", seconds=seconds,
+              tokens_per_s=ids.shape[0] * new_tokens / seconds,
+              tokens=np.asarray(run().tokens).tolist())
+
+
+def torch_worker(batch_file: str, new_tokens: int, repeats: int) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  model = load_torch_model(assets.bundled_smollm2_path(), "AutoModelForCausalLM")
+  model.generation_config.eos_token_id = None  # as ours: no stop, no EOS masking
+  ids = torch.tensor(np.load(batch_file)["ids"]).long()
+
+  def run():
+    with torch.no_grad():
+      return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                            max_new_tokens=new_tokens, do_sample=False, use_cache=True,
+                            pad_token_id=0)
+
+  seconds = median_seconds(run, repeats)
+  return dict(impl=f"HF torch {torch.__version__} generate", seconds=seconds,
+              tokens_per_s=ids.shape[0] * new_tokens / seconds,
+              tokens=run()[:, ids.shape[1]:].tolist())
+
+
+def bench_batch(model, params, batch: int, args) -> dict:
+  rng = np.random.RandomState(batch)
+  ids = rng.randint(1000, model.config.vocab_size - 1000,
+                    (batch, args.prompt_length)).astype(np.int32)
+  ours = bench_ours(model, params, ids, args.new_tokens, args.repeats)
+  with tempfile.TemporaryDirectory() as tmp:
+    np.savez(f"{tmp}/batch.npz", ids=ids)
+    theirs = run_worker(__file__, ["--torch-worker", f"{tmp}/batch.npz",
+                                   "--new_tokens", str(args.new_tokens),
+                                   "--repeats", str(args.repeats)])
+  same = [a == b for a, b in zip(ours.pop("tokens"), theirs.pop("tokens"))]
+  return dict(batch=batch, rows=[ours, theirs], rows_equal=float(np.mean(same)),
+              ratio=ours["tokens_per_s"] / theirs["tokens_per_s"])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batches", default="1,8")
+  parser.add_argument("--prompt_length", type=int, default=64)
+  parser.add_argument("--new_tokens", type=int, default=128)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
+  parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.torch_worker:
+    print(json.dumps(torch_worker(args.torch_worker, args.new_tokens, args.repeats)))
+    return
+  model, params = jax_attnalign.load_pretrained(assets.bundled_smollm2_path(),
+                                                task="causal_lm")
+  results = [bench_batch(model, params, int(b), args) for b in args.batches.split(",")]
+  print(f"Greedy decoding, SmolLM2-135M, {args.prompt_length}-token prompts, "
+        f"{args.new_tokens} new tokens, {jax.devices()[0].platform} ({os.cpu_count()} cores), "
+        "f32\n")
+  print("| batch | implementation | tokens/s | s/call | rows equal to the other's |")
+  print("|---|---|---|---|---|")
+  for result in results:
+    for r in result["rows"]:
+      print(f"| {result['batch']} | {r['impl']} | {r['tokens_per_s']:.1f} | "
+            f"{r['seconds']:.2f} | {result['rows_equal']:.2f} |")
+  print()
+  for result in results:
+    print(f"batch {result['batch']}: tokens/s ours / transformers {result['ratio']:.2f}")
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  record = dict(platform=platform.platform(), devices=str(jax.devices()),
+                prompt_length=args.prompt_length, new_tokens=args.new_tokens, batches=results)
+  (out / "generate.json").write_text(json.dumps(record, indent=2))
+  print(f"wrote {out / 'generate.json'}")
+
+
+if __name__ == "__main__":
+  main()
