@@ -1,0 +1,130 @@
+"""Per-example head importance (paper eq. 4) on real inputs: ours against the usual torch loop.
+
+Side by side in one run, on --inputs real SST-2 sentences (MiniLM classifier,
+--max_length tokens, their labels), every head's signed H^T dL/dH per example:
+  * ours: `analysis.importance.head_gate_gradients`, one vmapped `jax.grad` with
+    respect to per-head gates per batch of --batch_size, jit-compiled;
+  * transformers, the way such a score is usually computed (bertology, Michel et
+    al. 2019): a forward hook on every layer's self-attention multiplies its
+    output by per-head gates, and each example gets its own forward and backward
+    pass (transformers 5 has no `head_mask`), in a fresh subprocess.
+Both read the same classifier (ours, exported with `save_pretrained`; the head on
+top of the bundled MiniLM is freshly initialised), and their per-example
+importances are compared (largest difference relative to the largest value).
+Median of --repeats passes over all inputs after a warm-up. Prints a markdown
+table, writes JSON.
+
+  python benchmarks/importance.py [--inputs 512] [--data ../shared/data] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import tempfile
+
+import jax
+import numpy as np
+
+import jax_attnalign
+from jax_attnalign import assets, data
+from jax_attnalign.analysis.importance import head_gate_gradients
+from common import load_torch_model, median_seconds, run_worker
+
+FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+def bench_ours(model, params, arrays: dict, batch_size: int, repeats: int) -> tuple[dict, np.ndarray]:
+  batches = [{k: arrays[k][i:i + batch_size] for k in FIELDS}
+             for i in range(0, len(arrays["labels"]), batch_size)]
+  run = lambda: [jax.block_until_ready(head_gate_gradients(model, params, b)) for b in batches]
+  seconds = median_seconds(run, repeats)
+  return (dict(impl=f"jax_attnalign (vmap grad, batch {batch_size})", seconds=seconds,
+               examples_per_s=len(arrays["labels"]) / seconds),
+          np.concatenate([np.asarray(g) for g in run()]))
+
+
+def torch_worker(folder: str, arrays_file: str, repeats: int) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  model = load_torch_model(pathlib.Path(folder), "AutoModelForSequenceClassification")
+  config = model.config
+  gates = torch.ones(config.num_hidden_layers, config.num_attention_heads, requires_grad=True)
+  width = config.hidden_size // config.num_attention_heads
+
+  def gate(layer):
+    def hook(module, inputs, output):
+      return (output[0] * gates[layer].repeat_interleave(width), *output[1:])
+    return hook
+
+  for i, layer in enumerate(model.bert.encoder.layer):
+    layer.attention.self.register_forward_hook(gate(i))
+  arrays = {k: torch.tensor(v).long() for k, v in np.load(arrays_file).items()}
+  n = len(arrays["labels"])
+
+  def run():
+    out = []
+    for i in range(n):  # one forward and one backward pass per example
+      length = int(arrays["attention_mask"][i].sum())
+      logits = model(**{k: arrays[k][i:i + 1, :length] for k in FIELDS[:3]}).logits
+      loss = torch.nn.functional.cross_entropy(logits, arrays["labels"][i:i + 1])
+      (grad,) = torch.autograd.grad(loss, gates)
+      out.append(grad.numpy().copy())
+    return np.stack(out)
+
+  seconds = median_seconds(run, repeats)
+  return dict(impl=f"HF torch {torch.__version__} hooks, one backward per example",
+              seconds=seconds, examples_per_s=n / seconds, gradients=run().tolist())
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--inputs", type=int, default=512)
+  parser.add_argument("--max_length", type=int, default=64)
+  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--data", default=str(pathlib.Path(__file__).resolve().parents[2]
+                                            / "shared" / "data"))
+  parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
+  parser.add_argument("--torch-worker", nargs=2, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.torch_worker:
+    print(json.dumps(torch_worker(*args.torch_worker, args.repeats)))
+    return
+  path = assets.bundled_minilm_path()
+  tokenizer = data.load_tokenizer(path)
+  examples = data.load_classification(pathlib.Path(args.data) / "sst2" / "clean", "test",
+                                      limit=args.inputs)
+  arrays = data.encode_classification(examples, tokenizer, args.max_length)
+  model, params = jax_attnalign.load_pretrained(path, task="classification")
+  ours, gradients = bench_ours(model, params, arrays, args.batch_size, args.repeats)
+  with tempfile.TemporaryDirectory() as tmp:
+    jax_attnalign.save_pretrained(model, params, f"{tmp}/model")
+    np.savez(f"{tmp}/arrays.npz", **{k: arrays[k] for k in FIELDS})
+    theirs = run_worker(__file__, ["--torch-worker", f"{tmp}/model", f"{tmp}/arrays.npz",
+                                   "--repeats", str(args.repeats)])
+  reference = np.asarray(theirs.pop("gradients"))
+  difference = float(np.abs(gradients - reference).max() / np.abs(reference).max())
+  ratio = ours["examples_per_s"] / theirs["examples_per_s"]
+  print(f"Per-example head importance, MiniLM-L6 classifier (6 x 12 heads), {len(examples)} "
+        f"SST-2 test sentences of at most {args.max_length} tokens, "
+        f"{jax.devices()[0].platform} ({os.cpu_count()} cores), f32\n")
+  print("| implementation | examples/s | s for all |")
+  print("|---|---|---|")
+  for r in (ours, theirs):
+    print(f"| {r['impl']} | {r['examples_per_s']:.1f} | {r['seconds']:.2f} |")
+  print(f"\nours / transformers {ratio:.1f}x; largest difference of the per-example "
+        f"importances {difference:.1e} of the largest value")
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  record = dict(platform=platform.platform(), devices=str(jax.devices()), inputs=len(examples),
+                max_length=args.max_length, rows=[ours, theirs], ratio=ratio,
+                max_relative_difference=difference)
+  (out / "importance.json").write_text(json.dumps(record, indent=2))
+  print(f"wrote {out / 'importance.json'}")
+
+
+if __name__ == "__main__":
+  main()
