@@ -54,3 +54,36 @@ def run_worker(script: str, arguments: list[str]) -> dict:
   cmd = [sys.executable, script, *arguments]
   return json.loads(subprocess.run(cmd, check=True, capture_output=True,
                                    text=True).stdout.splitlines()[-1])
+
+
+def torch_gate_gradients(model, arrays: dict, *, predictions: bool) -> np.ndarray:
+  """A transformers BERT classifier's per-example head importance terms, signed
+  H^T dL/dH: [n, L, N], the way such a score is usually computed (bertology,
+  Michel et al. 2019): a forward hook on every layer's self-attention multiplies
+  its output by per-head gates, and each example gets its own forward and
+  backward pass (transformers 5 has no `head_mask`). arrays: torch tensors
+  input_ids, attention_mask, token_type_ids [n, T] and labels [n]; `predictions`:
+  the model's own argmax class as the label instead."""
+  import torch  # pylint: disable=g-import-not-at-top
+  config = model.config
+  gates = torch.ones(config.num_hidden_layers, config.num_attention_heads, requires_grad=True)
+  width = config.hidden_size // config.num_attention_heads
+
+  def gate(layer):
+    def hook(module, inputs, output):
+      return (output[0] * gates[layer].repeat_interleave(width), *output[1:])
+    return hook
+
+  handles = [layer.attention.self.register_forward_hook(gate(i))
+             for i, layer in enumerate(model.bert.encoder.layer)]
+  out = []
+  for i in range(len(arrays["input_ids"])):
+    length = int(arrays["attention_mask"][i].sum())
+    logits = model(**{k: arrays[k][i:i + 1, :length]
+                      for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
+    label = logits.argmax(-1).detach() if predictions else arrays["labels"][i:i + 1]
+    (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, label), gates)
+    out.append(grad.numpy().copy())
+  for handle in handles:
+    handle.remove()
+  return np.stack(out)

@@ -32,7 +32,7 @@ import numpy as np
 import jax_attnalign
 from jax_attnalign import assets, data
 from jax_attnalign.analysis.importance import head_gate_gradients
-from common import load_torch_model, median_seconds, run_worker
+from common import load_torch_model, median_seconds, run_worker, torch_gate_gradients
 
 FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
@@ -50,33 +50,12 @@ def bench_ours(model, params, arrays: dict, batch_size: int, repeats: int) -> tu
 def torch_worker(folder: str, arrays_file: str, repeats: int) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   model = load_torch_model(pathlib.Path(folder), "AutoModelForSequenceClassification")
-  config = model.config
-  gates = torch.ones(config.num_hidden_layers, config.num_attention_heads, requires_grad=True)
-  width = config.hidden_size // config.num_attention_heads
-
-  def gate(layer):
-    def hook(module, inputs, output):
-      return (output[0] * gates[layer].repeat_interleave(width), *output[1:])
-    return hook
-
-  for i, layer in enumerate(model.bert.encoder.layer):
-    layer.attention.self.register_forward_hook(gate(i))
   arrays = {k: torch.tensor(v).long() for k, v in np.load(arrays_file).items()}
-  n = len(arrays["labels"])
-
-  def run():
-    out = []
-    for i in range(n):  # one forward and one backward pass per example
-      length = int(arrays["attention_mask"][i].sum())
-      logits = model(**{k: arrays[k][i:i + 1, :length] for k in FIELDS[:3]}).logits
-      loss = torch.nn.functional.cross_entropy(logits, arrays["labels"][i:i + 1])
-      (grad,) = torch.autograd.grad(loss, gates)
-      out.append(grad.numpy().copy())
-    return np.stack(out)
-
+  run = lambda: torch_gate_gradients(model, arrays, predictions=False)
   seconds = median_seconds(run, repeats)
   return dict(impl=f"HF torch {torch.__version__} hooks, one backward per example",
-              seconds=seconds, examples_per_s=n / seconds, gradients=run().tolist())
+              seconds=seconds, examples_per_s=len(arrays["labels"]) / seconds,
+              gradients=run().tolist())
 
 
 def main():
