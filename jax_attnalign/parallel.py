@@ -1,10 +1,13 @@
-"""Device-mesh and pmap helpers: data parallelism over all local devices.
+"""Device-mesh and pmap helpers: data parallelism over all devices, on one host or many.
 
 The mesh has one 'data' axis; batches are split along it and parameters are
-replicated. Multi-host (TPU pods): call `jax.distributed.initialize()` first in
-every process; `jax.devices()` then spans all hosts and the same code shards the
-global batch across them (each host feeds its local slice via
-`jax.make_array_from_process_local_data`).
+replicated. Multi-host (several processes, e.g. TPU pod hosts or CPU processes):
+call `jax.distributed.initialize(...)` first in every process, then run the same
+program in each. `jax.devices()` spans every process, `data_mesh()` covers them
+all, and every process passes the same global batch to `shard_batch` (each reads
+the data itself; its devices keep their slice). Results come back with
+`to_host`, which gathers across processes (tests/test_multihost.py runs exactly
+this with two processes on one machine).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA = "data"
@@ -41,6 +45,20 @@ def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
           f"Batch field {name!r} has {np.shape(x)[0]} rows, not a multiple of the "
           f"{size} devices on the mesh; pick a batch size divisible by {size}.")
   return jax.device_put(batch, batch_sharded(mesh))
+
+
+def to_host(tree: Any) -> Any:
+  """Every jax.Array leaf of `tree` as a host (NumPy) array of its global value: directly
+  when this process holds all of it, from a local copy when it is replicated,
+  else gathered from every process (`multihost_utils.process_allgather`; all
+  processes must call this together)."""
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return jax.device_get(x)
+    if x.sharding.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree_util.tree_map(one, tree)
 
 
 def split_for_pmap(batch: dict[str, Any], devices: int) -> dict[str, np.ndarray]:

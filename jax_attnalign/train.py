@@ -266,7 +266,7 @@ def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
         if config.loss == "causal_lm":  # the LM head only where the loss reads it
           batch = with_loss_positions(batch)
         state, metrics = step_fn(state, batch)
-        metrics = unreplicate(metrics)
+        metrics = parallel.to_host(unreplicate(metrics))
         step = epoch * steps_per_epoch + i + 1
         history.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
         bar.update(1)
@@ -275,7 +275,7 @@ def fit(model, state: TrainState, optimizer: optax.GradientTransformation,
         at_epoch_end = step % steps_per_epoch == 0
         if ckpt is not None and (at_epoch_end or (
             config.checkpoint_every and step % config.checkpoint_every == 0)):
-          ckpt.save(step, jax.device_get(unreplicate(state)), metadata={"history": history})
+          ckpt.save(step, parallel.to_host(unreplicate(state)), metadata={"history": history})
   if ckpt is not None:
     ckpt.wait_until_finished()
     ckpt.close()
@@ -303,5 +303,6 @@ def predict_logits(model, params, arrays: dict[str, np.ndarray], batch_size: int
     batch, real = parallel.pad_to_multiple(trim_padding(
         {k: v[start:start + batch_size] for k, v in inputs.items()}, length_bucket),
         batch_size)
-    out.append(np.asarray(_logits(model, params, parallel.shard_batch(batch, mesh)))[:real])
+    logits = _logits(model, params, parallel.shard_batch(batch, mesh))
+    out.append(parallel.to_host(logits)[:real])
   return np.concatenate(out)

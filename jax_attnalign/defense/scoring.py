@@ -39,7 +39,7 @@ def per_input(fn: Callable, arrays: dict[str, np.ndarray], batch_size: int,
     chunk, real = parallel.pad_to_multiple(
         {k: v[start:start + size] for k, v in arrays.items()}, devices)
     out.append(jax.tree_util.tree_map(lambda x, real=real: np.asarray(x)[:real],
-                                      jax.device_get(fn(parallel.shard_batch(chunk, mesh)))))
+                                      parallel.to_host(fn(parallel.shard_batch(chunk, mesh)))))
   return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *out)
 
 
