@@ -23,6 +23,31 @@ def median_seconds(fn, repeats: int) -> float:
   return float(np.median(times))
 
 
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+  """The f32 GFLOP/s a jitted [size, size] matmul reaches on the default device: the
+  ceiling a row's rate is read against, measured in the same run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jnp.ones((size, size), jnp.float32)
+  square = jax.jit(lambda x: x @ x)
+  return 2 * size ** 3 / median_seconds(lambda: square(a).block_until_ready(), repeats) / 1e9
+
+
+def compiled_flops(compiled) -> float:
+  """XLA's count of the floating-point operations of one call of a compiled function."""
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return float(analysis["flops"])
+
+
+def torch_flops(fn) -> float:
+  """torch's count (`FlopCounterMode`) of the floating-point operations of one fn()."""
+  from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=g-import-not-at-top
+  with FlopCounterMode(display=False) as counter:
+    fn()
+  return float(counter.get_total_flops())
+
+
 def rss_bytes(field: str) -> int:
   """VmRSS (now) or VmHWM (peak since the last reset) of this process, Linux."""
   with open("/proc/self/status") as f:

@@ -8,7 +8,7 @@ Side by side in one run, on the same random token batch per model (MiniLM
 Memory beyond the weights: for ours XLA's compiled outputs + temporaries
 (`compiled.memory_analysis()`; the weights, its arguments, are in the JSON); for
 torch the growth of peak RSS over the forward passes in a fresh subprocess, the
-peak reset after loading (coarse: allocator caching and page granularity included). Prints a markdown table, writes JSON.
+peak reset after loading (coarse: allocator caching and page granularity included). Prints a markdown table, writes JSON. GFLOP/s: each side's own count (XLA's cost analysis of ours, padding included; torch's FlopCounterMode) over its median time, against an f32 matmul's rate measured in the same run.
 
   python benchmarks/forward.py [--models minilm,smollm2] [--out benchmarks/results]
 """
@@ -28,7 +28,8 @@ import numpy as np
 import jax_attnalign
 from jax_attnalign import assets
 from jax_attnalign.models import PATTERNS, run_with_hooks
-from common import load_torch_model, median_seconds, reset_peak_rss, rss_bytes, run_worker
+from common import (compiled_flops, load_torch_model, matmul_peak_gflops, median_seconds,
+                    reset_peak_rss, rss_bytes, run_worker, torch_flops)
 
 # name: (checkpoint path, default batch, default length, a title)
 MODELS = {
@@ -53,6 +54,7 @@ def bench_ours(path, ids, mask, capture: bool, repeats: int) -> dict:
   seconds = median_seconds(lambda: jax.block_until_ready(compiled(params, ids, mask)),
                            repeats)
   return dict(impl="jax_attnalign (jit)", capture=capture, seconds=seconds,
+              flops=compiled_flops(compiled),
               seq_per_s=ids.shape[0] / seconds,
               peak_bytes=int(mem.output_size_in_bytes + mem.temp_size_in_bytes),
               argument_bytes=int(mem.argument_size_in_bytes),
@@ -82,7 +84,7 @@ def torch_worker(path: pathlib.Path, batch_file: str, capture: bool, repeats: in
 
   seconds = median_seconds(run, repeats)
   return dict(impl=f"HF torch {torch.__version__} eager", capture=capture,
-              seconds=seconds, seq_per_s=ids.shape[0] / seconds,
+              seconds=seconds, seq_per_s=ids.shape[0] / seconds, flops=torch_flops(run),
               peak_bytes=max(rss_bytes("VmHWM") - before, 0),
               memory="peak RSS growth (coarse)")
 
@@ -119,24 +121,28 @@ def main():
     print(json.dumps(torch_worker(MODELS[names[0]][0](), args.torch_worker, args.capture,
                                   args.repeats)))
     return
+  peak = matmul_peak_gflops()
   results = [bench_model(name, args) for name in names]
   print(f"Attention-capturing forward, {jax.devices()[0].platform} "
-        f"({os.cpu_count()} cores), f32\n")
+        f"({os.cpu_count()} cores), f32; an f32 matmul reaches {peak:.1f} GFLOP/s here\n")
   print("| model | batch x tokens | implementation | attentions | seq/s | ms/batch "
-        "| memory beyond weights (MiB) | how measured |")
-  print("|---|---|---|---|---|---|---|---|")
+        "| GFLOP/s (% of matmul peak) | memory beyond weights (MiB) | how measured |")
+  print("|---|---|---|---|---|---|---|---|---|")
   for result in results:
     for r in result["rows"]:
+      rate = r["flops"] / r["seconds"] / 1e9
       print(f"| {result['title']} | {result['batch']} x {result['length']} | {r['impl']} "
             f"| {'on' if r['capture'] else 'off'} | {r['seq_per_s']:.1f} "
-            f"| {1e3 * r['seconds']:.1f} | {r['peak_bytes'] / 2**20:.1f} | {r['memory']} |")
+            f"| {1e3 * r['seconds']:.1f} | {rate:.1f} ({100 * rate / peak:.0f}%) "
+            f"| {r['peak_bytes'] / 2**20:.1f} | {r['memory']} |")
   print()
   for result in results:
     print(f"{result['title']}: throughput ours / HF, attentions on "
           f"{result['ratio_capture_on']:.2f}, off {result['ratio_capture_off']:.2f}")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  record = dict(platform=platform.platform(), devices=str(jax.devices()), models=results)
+  record = dict(platform=platform.platform(), devices=str(jax.devices()),
+                matmul_peak_gflops=peak, models=results)
   (out / "forward.json").write_text(json.dumps(record, indent=2))
   print(f"wrote {out / 'forward.json'}")
 

@@ -11,7 +11,7 @@ Side by side in one run, on --inputs real SST-2 sentences (MiniLM classifier,
 Both read the same classifier (ours, exported with `save_pretrained`; the head on
 top of the bundled MiniLM is freshly initialised), and their per-example
 importances are compared (largest difference relative to the largest value).
-Median of --repeats passes over all inputs after a warm-up. Prints a markdown
+Median of --repeats passes over all inputs after a warm-up. GFLOP/s: each side's own count (XLA's cost analysis of ours, padding included; torch's FlopCounterMode) over its median time, against an f32 matmul's rate measured in the same run. Prints a markdown
 table, writes JSON.
 
   python benchmarks/importance.py [--inputs 512] [--data ../shared/data] [--out benchmarks/results]
@@ -32,7 +32,8 @@ import numpy as np
 import jax_attnalign
 from jax_attnalign import assets, data
 from jax_attnalign.analysis.importance import head_gate_gradients
-from common import load_torch_model, median_seconds, run_worker, torch_gate_gradients
+from common import (compiled_flops, load_torch_model, matmul_peak_gflops, median_seconds,
+                    run_worker, torch_flops, torch_gate_gradients)
 
 FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
@@ -42,8 +43,10 @@ def bench_ours(model, params, arrays: dict, batch_size: int, repeats: int) -> tu
              for i in range(0, len(arrays["labels"]), batch_size)]
   run = lambda: [jax.block_until_ready(head_gate_gradients(model, params, b)) for b in batches]
   seconds = median_seconds(run, repeats)
+  flops = sum(compiled_flops(head_gate_gradients.lower(model, params, b).compile())
+              for b in batches)
   return (dict(impl=f"jax_attnalign (vmap grad, batch {batch_size})", seconds=seconds,
-               examples_per_s=len(arrays["labels"]) / seconds),
+               examples_per_s=len(arrays["labels"]) / seconds, flops=flops),
           np.concatenate([np.asarray(g) for g in run()]))
 
 
@@ -55,7 +58,7 @@ def torch_worker(folder: str, arrays_file: str, repeats: int) -> dict:
   seconds = median_seconds(run, repeats)
   return dict(impl=f"HF torch {torch.__version__} hooks, one backward per example",
               seconds=seconds, examples_per_s=len(arrays["labels"]) / seconds,
-              gradients=run().tolist())
+              flops=torch_flops(run), gradients=run().tolist())
 
 
 def main():
@@ -78,6 +81,7 @@ def main():
                                       limit=args.inputs)
   arrays = data.encode_classification(examples, tokenizer, args.max_length)
   model, params = jax_attnalign.load_pretrained(path, task="classification")
+  peak = matmul_peak_gflops()
   ours, gradients = bench_ours(model, params, arrays, args.batch_size, args.repeats)
   with tempfile.TemporaryDirectory() as tmp:
     jax_attnalign.save_pretrained(model, params, f"{tmp}/model")
@@ -89,17 +93,21 @@ def main():
   ratio = ours["examples_per_s"] / theirs["examples_per_s"]
   print(f"Per-example head importance, MiniLM-L6 classifier (6 x 12 heads), {len(examples)} "
         f"SST-2 test sentences of at most {args.max_length} tokens, "
-        f"{jax.devices()[0].platform} ({os.cpu_count()} cores), f32\n")
-  print("| implementation | examples/s | s for all |")
-  print("|---|---|---|")
+        f"{jax.devices()[0].platform} ({os.cpu_count()} cores), f32; an f32 matmul "
+        f"reaches {peak:.1f} GFLOP/s here\n")
+  print("| implementation | examples/s | s for all | GFLOP/s (% of matmul peak) |")
+  print("|---|---|---|---|")
   for r in (ours, theirs):
-    print(f"| {r['impl']} | {r['examples_per_s']:.1f} | {r['seconds']:.2f} |")
+    rate = r["flops"] / r["seconds"] / 1e9
+    print(f"| {r['impl']} | {r['examples_per_s']:.1f} | {r['seconds']:.2f} | {rate:.1f} "
+          f"({100 * rate / peak:.0f}%) |")
   print(f"\nours / transformers {ratio:.1f}x; largest difference of the per-example "
         f"importances {difference:.1e} of the largest value")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   record = dict(platform=platform.platform(), devices=str(jax.devices()), inputs=len(examples),
-                max_length=args.max_length, rows=[ours, theirs], ratio=ratio,
+                max_length=args.max_length, matmul_peak_gflops=peak, rows=[ours, theirs],
+                ratio=ratio,
                 max_relative_difference=difference)
   (out / "importance.json").write_text(json.dumps(record, indent=2))
   print(f"wrote {out / 'importance.json'}")
