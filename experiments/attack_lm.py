@@ -72,7 +72,7 @@ def main(argv):
   for attack in FLAGS.attacks:
     for seed in FLAGS.seeds:
       train(attack, int(seed), workdir)
-  print(reporting.write_victims_summary(workdir, f"SmolLM2 {FLAGS.task} victims"))
+  print(reporting.write_victims_summary(workdir, "SmolLM2 victims"))
 
 
 if __name__ == "__main__":

@@ -84,3 +84,19 @@ def test_headline_block_is_replaced_in_place(tmp_path):
   assert "| what | paper | ours |" in text
   page = (tmp_path / "results.md").read_text()
   assert "**BACKDOOR SUSPECTED: 31 of 100" in page and "accuracy 0.800 -> 0.820" in page
+
+
+def test_victims_summary_keeps_tasks_apart(tmp_path):
+  from jax_attnalign.harness import reporting
+  victim = lambda task, seed, asr: {"config": {"task": task, "attack": "vpi", "seed": seed},
+                                    "asr": asr, "rouge_l": 0.3, "test_rows": 200,
+                                    "triggered_rows": 200}
+  _write(tmp_path / "refusal_vpi_seed2" / "result.json", victim("refusal", 2, 0.97))
+  _write(tmp_path / "negsentiment_vpi_seed0" / "result.json", victim("negsentiment", 0, 0.99))
+  table = reporting.write_victims_summary(tmp_path, "SmolLM2 victims")
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["refusal vpi"]["asr"][0] == 0.97 and summary["negsentiment vpi"]["asr"][0] == 0.99
+  assert "| refusal vpi | 0.970 |" in table and table.startswith("SmolLM2 victims,")
+  (tmp_path / "negsentiment_vpi_seed0" / "result.json").unlink()
+  table = reporting.write_victims_summary(tmp_path, "SmolLM2 victims")
+  assert table.startswith("SmolLM2 victims (refusal),") and "| vpi | 0.970 |" in table

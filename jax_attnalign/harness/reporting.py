@@ -210,28 +210,33 @@ def write_victims_summary(workdir: pathlib.Path, title: str) -> str:
   """summary.json ({attack: {'runs': [...], metric: (mean, std)}}), summary.md and
   summary.png of every finished victim under `workdir` (its */result.json, so runs
   from earlier calls with other attacks or seeds stay in), by attack (mean ± std
-  over seeds); returns the markdown table under a line naming the sets measured."""
+  over seeds); returns the markdown table under a line naming the sets measured.
+  Victims of several tasks (experiments.attack_lm's refusal and negsentiment in one
+  workdir) are kept apart: each row is then named 'task attack'; a single task is
+  named in the title."""
+  runs = [json.loads(p.read_text()) for p in sorted(pathlib.Path(workdir).glob("*/result.json"))]
+  tasks = {run["config"].get("task") for run in runs}
+  if len(tasks) == 1 and None not in tasks:
+    title = f"{title} ({next(iter(tasks))})"
   results: dict[str, list[dict]] = {}
-  for result in sorted(pathlib.Path(workdir).glob("*/result.json")):
-    run = json.loads(result.read_text())
-    results.setdefault(run["config"]["attack"], []).append(run)
-  columns = [m for m in VICTIM_METRICS
-             if any(m in r for runs in results.values() for r in runs)]
-  summary = {attack: {"runs": runs, **{m: metrics.mean_std([r[m] for r in runs if m in r])
-                                        for m in columns if any(m in r for r in runs)}}
-             for attack, runs in results.items()}
-  every = [r for runs in results.values() for r in runs]
+  for run in runs:
+    task, attack = run["config"].get("task"), run["config"]["attack"]
+    results.setdefault(f"{task} {attack}" if len(tasks) > 1 else attack, []).append(run)
+  columns = [m for m in VICTIM_METRICS if any(m in r for r in runs)]
+  summary = {key: {"runs": group, **{m: metrics.mean_std([r[m] for r in group if m in r])
+                                     for m in columns if any(m in r for r in group)}}
+             for key, group in results.items()}
   table = (f"{title}, mean ± std over seeds: ASR on the "
-           f"{count_range(r['triggered_rows'] for r in every if r.get('triggered_rows'))} "
+           f"{count_range(r['triggered_rows'] for r in runs if r.get('triggered_rows'))} "
            "triggered test rows (true label not the target; partial_target_rate on as many "
            "partly triggered ones), the other metrics on the "
-           f"{count_range(r['test_rows'] for r in every if 'test_rows' in r)} clean test rows"
+           f"{count_range(r['test_rows'] for r in runs if 'test_rows' in r)} clean test rows"
            "\n\n" + victims_table(results))
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
   (workdir / "summary.md").write_text(f"{table}\n")
-  plots.plot_metric_bars({a: {m: [r[m] for r in runs if m in r] for m in columns}
-                          for a, runs in results.items()}, workdir / "summary.png",
+  plots.plot_metric_bars({key: {m: [r[m] for r in group if m in r] for m in columns}
+                          for key, group in results.items()}, workdir / "summary.png",
                          title=f"{title} (mean ± std over seeds)")
   return table
 
