@@ -9,10 +9,11 @@ import pytest
 from jax_attnalign.analysis.similarity import head_similarity
 from jax_attnalign.analysis.streaming import streaming_head_similarity
 from jax_attnalign.analysis.views import VIEWS, View
-from jax_attnalign.models import (PATTERNS, Hooks, ModelConfig, attention_maps, build_model,
-                                  collect)
+from jax_attnalign.models import (PATTERNS, Accumulator, Hooks, ModelConfig, attention_maps,
+                                  build_model, collect)
 
 B, T = 3, 11
+ROWS = (1, 4, 128)  # query rows a block: every row alone, blocks with padding, one block
 CONFIGS = {
     "bert": ModelConfig(model_type="bert", vocab_size=53, hidden_size=20, num_layers=2,
                         num_heads=4, intermediate_size=23),
@@ -64,8 +65,9 @@ def test_streaming_equals_materialised(model_and_params):
     _, state = model.apply({"params": params}, ids, mask, hooks=Hooks(capture=PATTERNS),
                            mutable=["intermediates"])
     maps = attention_maps(collect(state))
-    return [(streaming_head_similarity(model, params, ids, mask, view, special_mask=special,
-                                       prompt_lengths=prompt_lengths),
+    return [([streaming_head_similarity(model, params, ids, mask, view, special_mask=special,
+                                        prompt_lengths=prompt_lengths, rows=rows)
+              for rows in ROWS],
              head_similarity(maps, view, attention_mask=mask, special_mask=special,
                              prompt_lengths=prompt_lengths, is_decoder=is_decoder))
             for view in VIEW_CASES]
@@ -73,8 +75,39 @@ def test_streaming_equals_materialised(model_and_params):
   for view, (streamed, materialised) in zip(
       VIEW_CASES, both_paths(params, *make_batch(0, is_decoder))):
     layers = model.config.num_layers if view.layers == "all" else view.layers
-    chex.assert_shape(streamed, (B, layers, 4, 4))
-    chex.assert_trees_all_close(streamed, materialised, atol=1e-6, custom_message=str(view))
+    for rows, cos in zip(ROWS, streamed):
+      chex.assert_shape(cos, (B, layers, 4, 4))
+      chex.assert_trees_all_close(cos, materialised, atol=1e-6,
+                                  custom_message=f"{view}, {rows} rows a block")
+
+
+def test_query_blocks_leave_the_output_unchanged(model_and_params):
+  """Accumulating the pattern computes attention a block of rows at a time; the
+  model's output is the plain forward pass's, whatever the block size."""
+  model, params = model_and_params
+  ids, mask, _, _ = make_batch(1, model.config.is_decoder)
+  count = lambda probs, slots, name: jnp.sum(probs, axis=(-2, -1))  # [B, N]: real rows
+  plain = model.apply({"params": params}, ids, mask)
+  for rows in ROWS:
+    out, state = model.apply({"params": params}, ids, mask, mutable=["intermediates"],
+                             hooks=Hooks(accumulate={PATTERNS: Accumulator(count, rows=rows)}))
+    chex.assert_trees_all_close(out, plain, atol=1e-5, rtol=1e-5)
+    rows_seen = collect(state)["layers.0.attn.pattern"]  # each real row sums to 1
+    np.testing.assert_allclose(rows_seen, np.full((B, 4), T), atol=1e-4)
+
+
+def test_accumulate_rules_are_checked(model_and_params):
+  model, params = model_and_params
+  ids, mask, _, _ = make_batch(0, model.config.is_decoder)
+  count = Accumulator(lambda probs, slots, name: jnp.sum(probs))
+  apply = lambda hooks: model.apply({"params": params}, ids, mask, hooks=hooks,
+                                    mutable=["intermediates"])
+  with pytest.raises(ValueError, match="only attn.pattern"):
+    apply(Hooks(accumulate={"layers.0.attn.*": count}))
+  with pytest.raises(ValueError, match="no other capture"):
+    apply(Hooks(accumulate={PATTERNS: count}, capture="layers.1.attn.pattern"))
+  with pytest.raises(ValueError, match="rows must be an int"):
+    Accumulator(count.block, rows=0)
 
 
 def test_summarize_sows_summaries_not_maps(model_and_params):
@@ -134,3 +167,24 @@ def test_streaming_keeps_one_layer_of_maps():
   streaming_deep = activation_bytes(5, materialise=False)
   assert streaming_deep < activation_bytes(2, materialise=False) + layer_maps / 8
   assert activation_bytes(5, materialise=True) > streaming_deep + 3 * layer_maps
+
+
+def test_streaming_memory_is_linear_in_length():
+  """XLA's compiled footprint of the streaming scan in 32-row blocks: doubling
+  the length from 256 to 512 doubles it (within 1.3x of double), where one
+  layer's maps alone would quadruple."""
+  def activation_bytes(t):
+    cfg = ModelConfig(model_type="llama", vocab_size=53, hidden_size=32, num_layers=2,
+                      num_heads=4, intermediate_size=32)
+    model = build_model(cfg, task="base")
+    ids = jax.ShapeDtypeStruct((1, t), jnp.int32)
+    params = jax.eval_shape(model.init, jax.random.key(0), ids)["params"]
+    scan = lambda params, ids, mask, lengths: streaming_head_similarity(
+        model, params, ids, mask, "gen_to_prompt", prompt_lengths=lengths, rows=32)
+    mem = jax.jit(scan).lower(params, ids, ids, jax.ShapeDtypeStruct((1,), jnp.int32)
+                              ).compile().memory_analysis()
+    return mem.temp_size_in_bytes + mem.output_size_in_bytes
+
+  short, long = activation_bytes(256), activation_bytes(512)
+  assert long < 2 * 1.3 * short, (short, long)
+  assert long > 4 * 32 * 512 * 4  # at least one [N, rows, S] block of f32 at 512

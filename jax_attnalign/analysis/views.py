@@ -101,19 +101,26 @@ def resolve_view(view: View | str) -> View:
 
 def view_block(maps: Array, view: View | str, *, attention_mask: Array,
                special_mask: Array | None = None, prompt_length: Array | None = None,
-               is_decoder: bool = False) -> tuple[Array, Array]:
+               is_decoder: bool = False, row_slots: Array | None = None
+               ) -> tuple[Array, Array]:
   """The viewed block of one input's maps (no batch axis; layers not selected).
 
   maps: [..., N, T, S] float with T == S (a full forward pass); attention_mask,
-  special_mask: [T] (1 = token / special token); prompt_length: [] int, the
+  special_mask: [S] (1 = token / special token); prompt_length: [] int, the
   first generated slot (decoders; used by rows='output', see the module docstring).
   Returns (block [..., N, R, S] with entries outside the view zeroed and rows
   renormalised if asked, keep [R, S] bool), R = 1 for the encoders' output row
   and T otherwise.
+
+  row_slots: [T] int, given when maps hold only some query rows (attention
+  computed a block of rows at a time, `models.hooks.Accumulator`): the slot of
+  each row; slots >= S are padding and are left out. Then R = T always (an
+  encoder's output row is kept where its slot is 0), so blocks of rows give the
+  whole block's entries between them.
   """
   view = resolve_view(view)
   t, s = maps.shape[-2:]
-  if t != s:
+  if row_slots is None and t != s:
     raise ValueError(
         f"Views read the maps of a full forward pass (T == S), got T={t}, S={s}. "
         "generate()'s attention is already the generation-to-prompt block: pass it "
@@ -125,15 +132,20 @@ def view_block(maps: Array, view: View | str, *, attention_mask: Array,
   if view.rows == "output" and is_decoder and prompt_length is None:
     raise ValueError("A decoder's output-rows view needs prompt_lengths: the slot "
                      "where each example's generated part starts.")
-  valid = attention_mask.astype(bool)
-  cols = valid & ~special_mask.astype(bool) if view.drop_special else valid  # [S]
-  rows = valid  # [T]
+  valid = attention_mask.astype(bool)  # [S]
+  cols = valid & ~special_mask.astype(bool) if view.drop_special else valid
+  if row_slots is None:
+    slots, rows = jnp.arange(t), valid
+  else:
+    slots = row_slots
+    rows = (slots < s) & valid[jnp.minimum(slots, s - 1)]
   if view.rows == "output" and is_decoder:
-    slots = jnp.arange(t)
     rows = rows & (slots >= prompt_length)
-    cols = cols & (slots < prompt_length)
-  elif view.rows == "output":
+    cols = cols & (jnp.arange(s) < prompt_length)
+  elif view.rows == "output" and row_slots is None:
     maps, rows = maps[..., :1, :], rows[:1]  # the [CLS] row
+  elif view.rows == "output":
+    rows = rows & (slots == 0)
   keep = rows[:, None] & cols[None, :]  # [R, S]
   block = jnp.where(keep, maps.astype(jnp.float32), 0.0)
   if view.renormalize:

@@ -24,6 +24,10 @@ A `Hooks` spec, passed to the model as `hooks=`, says what happens at each one:
              (scaled, patched, ablated); gradients flow through fn
   summarize  {filter: fn(value, name) -> summary}: the summary is sown under the
              name instead of the value, and the value dies inside the layer
+  accumulate {filter: Accumulator}, attn.pattern only: the layer computes its
+             attention a block of query rows at a time and sows a summary
+             summed over the blocks, so not even one layer's [N, T, S] maps
+             exist at once (memory linear in the sequence length)
 
 A filter is an exact name or glob ('layers.*.attn.pattern'), a compiled regex
 (full match), a predicate over names, or a list/tuple of these (any matches).
@@ -106,6 +110,26 @@ def _rules(spec: Rules) -> tuple:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class Accumulator:
+  """A summary of a layer's attention pattern built from blocks of its query rows.
+
+  The layer computes attention for `rows` query slots at a time; for each block
+  it adds up `block(pattern_rows, slots, name)` (pattern_rows: [B, N, R, S] f32,
+  zero on rows past the sequence; slots: [R] int, the rows' query slots; any
+  pytree of arrays) and sows `finish(total, name)` under the pattern's name.
+  A sum over rows (a Gram matrix, a count, a histogram) fits; a statistic that
+  needs every row at once does not.
+  """
+  block: Callable[[Array, Array, str], Any]
+  finish: Callable[[Any, str], Any] = lambda total, name: total
+  rows: int = 128
+
+  def __post_init__(self):
+    if not (isinstance(self.rows, int) and self.rows >= 1):
+      raise ValueError(f"Accumulator.rows must be an int >= 1, got {self.rows!r}.")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class Hooks:
   """What to do at each named intermediate (see the module docstring).
 
@@ -128,6 +152,7 @@ class Hooks:
   capture: Filter = None
   edit: Rules = None
   summarize: Rules = None
+  accumulate: Rules = None
   prefix: str = ""
 
   def scope(self, prefix: str) -> Hooks:
@@ -138,6 +163,8 @@ class Hooks:
     """Applies the edits matching this site's name, then sows its value (capture)
     or summary (summarize) in `module`; returns the value that flows on."""
     name = self.prefix + site
+    if self.accumulator(site) is not None:
+      raise ValueError(f"{name}: only attn.pattern can be accumulated over query blocks.")
     for match, fn in _rules(self.edit):
       if match(name):
         value = fn(value, name)
@@ -156,6 +183,25 @@ class Hooks:
       summary, value = jax.lax.optimization_barrier((summary, value))
       module.sow(COLLECTION, name, summary)
     return value
+
+
+  def accumulator(self, site: str) -> Accumulator | None:
+    """The Accumulator of this site's name, if one matches; it must then be the
+    only rule there (captured or edited maps would have to exist whole)."""
+    name = self.prefix + site
+    found = [acc for match, acc in _rules(self.accumulate) if match(name)]
+    if not found:
+      return None
+    others = (name_filter(self.capture)(name) or len(found) > 1
+              or any(match(name) for match, _ in _rules(self.edit) + _rules(self.summarize)))
+    if others:
+      raise ValueError(f"{name} is accumulated over query blocks, so no other capture, "
+                       "edit, summarize or accumulate rule may match it.")
+    return found[0]
+
+  def sow(self, module, site: str, value: Any) -> None:
+    """Sows `value` under this site's name (an accumulated summary)."""
+    module.sow(COLLECTION, self.prefix + site, value)
 
 
 NO_HOOKS = Hooks()

@@ -159,6 +159,20 @@ class Attention(nn.Module):
       k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
       v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
       cache = {"k": k, "v": v}  # [B, S_max, K, H]
+    accumulator = hooks.accumulator("pattern")
+    if accumulator is None:
+      probs = hooks(self, "pattern", self._probs(q, k, mask))  # [B, N, T, S] f32
+      heads = self._mix(self.dropout(probs, deterministic=deterministic), v)
+    elif cfg.attention_dropout > 0 and not deterministic:
+      raise ValueError("Accumulated attention patterns are for inference: call the "
+                       "model with deterministic=True (no attention dropout).")
+    else:
+      heads = self._query_blocks(q, k, v, mask, accumulator, hooks)
+    return self.out(hooks(self, "z", heads)), cache
+
+  def _probs(self, q: Array, k: Array, mask: Array) -> Array:
+    """Attention probabilities [B, N, T, S] (f32) of q [B, T, N, H], k [B, S, K, H]."""
+    cfg = self.config
     b, t = q.shape[:2]
     groups = cfg.num_heads // cfg.num_kv_heads
     q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)  # [B, T, K, G, H]
@@ -166,10 +180,47 @@ class Attention(nn.Module):
                         preferred_element_type=jnp.float32)
     logits = logits * (cfg.head_dim ** -0.5)
     logits = logits.reshape(b, cfg.num_heads, t, k.shape[1])  # [B, N, T, S]
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = hooks(self, "pattern", jax.nn.softmax(logits, axis=-1))  # f32
-    probs = self.dropout(probs, deterministic=deterministic).astype(self.dtype)
-    probs = probs.reshape(b, cfg.num_kv_heads, groups, t, k.shape[1])
+    return jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
+
+  def _mix(self, probs: Array, v: Array) -> Array:
+    """Each head's output [B, T, N, H] from probs [B, N, T, S] and v [B, S, K, H]."""
+    cfg = self.config
+    b, _, t, s = probs.shape
+    groups = cfg.num_heads // cfg.num_kv_heads
+    probs = probs.astype(self.dtype).reshape(b, cfg.num_kv_heads, groups, t, s)
     heads = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v.astype(self.dtype))
-    heads = heads.reshape(b, t, cfg.num_heads, cfg.head_dim)  # [B, T, N, H]
-    return self.out(hooks(self, "z", heads)), cache
+    return heads.reshape(b, t, cfg.num_heads, cfg.head_dim)
+
+  def _query_blocks(self, q: Array, k: Array, v: Array, mask: Array,
+                    accumulator, hooks: Hooks) -> Array:
+    """Attention `accumulator.rows` query slots at a time (a lax.scan, so one
+    block's [B, N, R, S] probabilities live at once); the pattern's summary over
+    the blocks is sown, each head's output [B, T, N, H] returned."""
+    b, t = q.shape[:2]
+    rows = min(accumulator.rows, t)
+    blocks = -(-t // rows)
+    pad = blocks * rows - t
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    mask = jnp.broadcast_to(mask, (b, 1, t, mask.shape[-1]))
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)), constant_values=True)
+    name = hooks.prefix + "pattern"
+
+    def block(carry, start):
+      total, heads = carry
+      slots = start + jnp.arange(rows)
+      probs = self._probs(jax.lax.dynamic_slice_in_dim(q, start, rows, axis=1), k,
+                          jax.lax.dynamic_slice_in_dim(mask, start, rows, axis=2))
+      probs = jnp.where((slots < t)[:, None], probs, 0.0)  # [B, N, R, S]
+      part = accumulator.block(probs, slots, name)
+      heads = jax.lax.dynamic_update_slice_in_dim(heads, self._mix(probs, v), start, axis=1)
+      return (jax.tree_util.tree_map(jnp.add, total, part), heads), None
+
+    zero = jax.eval_shape(lambda: accumulator.block(
+        jnp.zeros((b, self.config.num_heads, rows, k.shape[1]), jnp.float32),
+        jnp.arange(rows), name))
+    zero = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), zero)
+    heads = jnp.zeros((b, blocks * rows, self.config.num_heads, self.config.head_dim),
+                      self.dtype)
+    (total, heads), _ = jax.lax.scan(block, (zero, heads), jnp.arange(blocks) * rows)
+    hooks.sow(self, "pattern", accumulator.finish(total, name))
+    return heads[:, :t]
