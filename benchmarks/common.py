@@ -3,6 +3,7 @@ fresh subprocess (so its peak memory and its threads are its own)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import subprocess
@@ -112,3 +113,19 @@ def torch_gate_gradients(model, arrays: dict, *, predictions: bool) -> np.ndarra
   for handle in handles:
     handle.remove()
   return np.stack(out)
+
+
+def minilm_sst2_args(description: str) -> argparse.Namespace:
+  """The command line of the benchmarks over SST-2 sentences on MiniLM (importance.py,
+  scan.py): sizes, repeats, the data folder, the output folder, and the hidden
+  --torch-worker their transformers side runs under."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--inputs", type=int, default=512)
+  parser.add_argument("--max_length", type=int, default=64)
+  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--data", default=str(pathlib.Path(__file__).resolve().parents[2]
+                                            / "shared" / "data"))
+  parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
+  parser.add_argument("--torch-worker", nargs=2, help=argparse.SUPPRESS)
+  return parser.parse_args()

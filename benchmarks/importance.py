@@ -19,7 +19,6 @@ table, writes JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -33,7 +32,7 @@ import jax_attnalign
 from jax_attnalign import assets, data
 from jax_attnalign.analysis.importance import head_gate_gradients
 from common import (compiled_flops, load_torch_model, matmul_peak_gflops, median_seconds,
-                    run_worker, torch_flops, torch_gate_gradients)
+                    minilm_sst2_args, run_worker, torch_flops, torch_gate_gradients)
 
 FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
@@ -62,16 +61,7 @@ def torch_worker(folder: str, arrays_file: str, repeats: int) -> dict:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--inputs", type=int, default=512)
-  parser.add_argument("--max_length", type=int, default=64)
-  parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--data", default=str(pathlib.Path(__file__).resolve().parents[2]
-                                            / "shared" / "data"))
-  parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
-  parser.add_argument("--torch-worker", nargs=2, help=argparse.SUPPRESS)
-  args = parser.parse_args()
+  args = minilm_sst2_args(__doc__.splitlines()[0])
   if args.torch_worker:
     print(json.dumps(torch_worker(*args.torch_worker, args.repeats)))
     return

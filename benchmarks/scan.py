@@ -21,7 +21,6 @@ compared. Median of --repeats scans after a warm-up. Prints a table, writes JSON
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -34,7 +33,8 @@ import numpy as np
 import jax_attnalign
 from jax_attnalign import assets, data, parallel
 from jax_attnalign.defense.sanitize import SanitizeConfig, classify
-from common import load_torch_model, median_seconds, run_worker, torch_gate_gradients
+from common import (load_torch_model, median_seconds, minilm_sst2_args, run_worker,
+                    torch_gate_gradients)
 
 FIELDS = ("input_ids", "attention_mask", "token_type_ids", "special_mask")
 RESULTS = ("max_similarity", "importance", "labels")
@@ -85,16 +85,7 @@ def torch_worker(folder: str, arrays_file: str, alpha: float, tau: float, batch_
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--inputs", type=int, default=512)
-  parser.add_argument("--max_length", type=int, default=64)
-  parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--data", default=str(pathlib.Path(__file__).resolve().parents[2]
-                                            / "shared" / "data"))
-  parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
-  parser.add_argument("--torch-worker", nargs=2, help=argparse.SUPPRESS)
-  args = parser.parse_args()
+  args = minilm_sst2_args(__doc__.splitlines()[0])
   config = SanitizeConfig(score_batch_size=args.batch_size)
   heads = config.classify
   if args.torch_worker:
