@@ -11,6 +11,13 @@ looking at a defense result:
   * the generation baselines (CleanGen, GraCeFul, MuScleLoRA) with their papers'
     settings; MuScleLoRA's epochs, batch size, learning rate and seed are each
     victim's own (experiments.defend_lm).
+
+The sanitiser's settings were checked on the refusal tuning victim (VPI seed 0,
+trained under its own workdir and reported nowhere), oracle suspects, against
+two candidates, by a rule fixed beforehand (lowest ASR among those losing at most
+0.02 ROUGE-L): these settings (ASR 1.00 -> 0.00, ROUGE-L 0.281 -> 0.290) beat
+the head classes read in the gen_to_prompt_nospecial view (0.13, ROUGE-L 0.245),
+with or without `stop="fixed"`; they stand unchanged.
 """
 
 from jax_attnalign.harness.baselines_lm import LM_BASELINES, VICTIM_SCHEDULE
