@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import platform
 import subprocess
 import sys
 import time
@@ -129,3 +130,13 @@ def minilm_sst2_args(description: str) -> argparse.Namespace:
   parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
   parser.add_argument("--torch-worker", nargs=2, help=argparse.SUPPRESS)
   return parser.parse_args()
+
+
+def write_record(out: str, name: str, **fields) -> None:
+  """Writes <out>/<name>.json: the machine (platform, JAX devices) and `fields`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(out) / f"{name}.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  record = dict(platform=platform.platform(), devices=str(jax.devices()), **fields)
+  path.write_text(json.dumps(record, indent=2))
+  print(f"wrote {path}")

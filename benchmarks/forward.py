@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import tempfile
 
 import jax
@@ -29,7 +28,7 @@ import jax_attnalign
 from jax_attnalign import assets
 from jax_attnalign.models import PATTERNS, run_with_hooks
 from common import (compiled_flops, load_torch_model, matmul_peak_gflops, median_seconds,
-                    reset_peak_rss, rss_bytes, run_worker, torch_flops)
+                    reset_peak_rss, rss_bytes, run_worker, torch_flops, write_record)
 
 # name: (checkpoint path, default batch, default length, a title)
 MODELS = {
@@ -139,12 +138,7 @@ def main():
   for result in results:
     print(f"{result['title']}: throughput ours / HF, attentions on "
           f"{result['ratio_capture_on']:.2f}, off {result['ratio_capture_off']:.2f}")
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  record = dict(platform=platform.platform(), devices=str(jax.devices()),
-                matmul_peak_gflops=peak, models=results)
-  (out / "forward.json").write_text(json.dumps(record, indent=2))
-  print(f"wrote {out / 'forward.json'}")
+  write_record(args.out, "forward", matmul_peak_gflops=peak, models=results)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import tempfile
 
 import jax
@@ -29,7 +28,7 @@ import numpy as np
 import jax_attnalign
 from jax_attnalign import assets
 from jax_attnalign.models.generation import generate
-from common import load_torch_model, median_seconds, run_worker
+from common import load_torch_model, median_seconds, run_worker, write_record
 
 
 def bench_ours(model, params, ids: np.ndarray, new_tokens: int, repeats: int) -> dict:
@@ -101,12 +100,8 @@ def main():
   print()
   for result in results:
     print(f"batch {result['batch']}: tokens/s ours / transformers {result['ratio']:.2f}")
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  record = dict(platform=platform.platform(), devices=str(jax.devices()),
-                prompt_length=args.prompt_length, new_tokens=args.new_tokens, batches=results)
-  (out / "generate.json").write_text(json.dumps(record, indent=2))
-  print(f"wrote {out / 'generate.json'}")
+  write_record(args.out, "generate", prompt_length=args.prompt_length,
+               new_tokens=args.new_tokens, batches=results)
 
 
 if __name__ == "__main__":

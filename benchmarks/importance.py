@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import platform
 import tempfile
 
 import jax
@@ -32,7 +31,8 @@ import jax_attnalign
 from jax_attnalign import assets, data
 from jax_attnalign.analysis.importance import head_gate_gradients
 from common import (compiled_flops, load_torch_model, matmul_peak_gflops, median_seconds,
-                    minilm_sst2_args, run_worker, torch_flops, torch_gate_gradients)
+                    minilm_sst2_args, run_worker, torch_flops, torch_gate_gradients,
+                    write_record)
 
 FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
@@ -93,14 +93,9 @@ def main():
           f"({100 * rate / peak:.0f}%) |")
   print(f"\nours / transformers {ratio:.1f}x; largest difference of the per-example "
         f"importances {difference:.1e} of the largest value")
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  record = dict(platform=platform.platform(), devices=str(jax.devices()), inputs=len(examples),
-                max_length=args.max_length, matmul_peak_gflops=peak, rows=[ours, theirs],
-                ratio=ratio,
-                max_relative_difference=difference)
-  (out / "importance.json").write_text(json.dumps(record, indent=2))
-  print(f"wrote {out / 'importance.json'}")
+  write_record(args.out, "importance", inputs=len(examples), max_length=args.max_length,
+               matmul_peak_gflops=peak, rows=[ours, theirs], ratio=ratio,
+               max_relative_difference=difference)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,8 @@ Every batch shape is compiled before timing; a pass over all batches is timed
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
-import platform
 import time
 
 import jax
@@ -33,6 +31,7 @@ import optax
 
 import jax_attnalign
 from jax_attnalign import assets, data, train
+from common import write_record
 
 WORKLOADS = {"classification": 128, "generation": 256}  # name: max_length
 VARIANTS = ("padded", "bucketed", "head", "ours")
@@ -119,12 +118,8 @@ def main():
           f"| {r['computed_tokens']} / {r['real_tokens']} | {r['s_per_step']:.2f} "
           f"| {r['examples_per_s']:.2f} | {r['real_tokens_per_s']:.0f} "
           f"| {base['seconds_per_pass'] / r['seconds_per_pass']:.2f} |")
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  record = dict(platform=platform.platform(), devices=str(jax.devices()),
-                batch_size=args.batch_size, batches=args.batches, rows=results)
-  (out / "lm_finetune.json").write_text(json.dumps(record, indent=2))
-  print(f"wrote {out / 'lm_finetune.json'}")
+  write_record(args.out, "lm_finetune", batch_size=args.batch_size, batches=args.batches,
+               rows=results)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import platform
 import tempfile
 
 import jax
@@ -34,7 +33,7 @@ import jax_attnalign
 from jax_attnalign import assets, data, parallel
 from jax_attnalign.defense.sanitize import SanitizeConfig, classify
 from common import (load_torch_model, median_seconds, minilm_sst2_args, run_worker,
-                    torch_gate_gradients)
+                    torch_gate_gradients, write_record)
 
 FIELDS = ("input_ids", "attention_mask", "token_type_ids", "special_mask")
 RESULTS = ("max_similarity", "importance", "labels")
@@ -117,13 +116,8 @@ def main():
   print(f"\nours / transformers {ratio:.1f}x; largest differences: max-similarity "
         f"{agree['max_similarity']:.1e}, importance {agree['importance']:.1e}, classes "
         f"{agree['labels']:.0f} (0: the same classes)")
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  record = dict(platform=platform.platform(), devices=str(jax.devices()), inputs=len(examples),
-                max_length=args.max_length, rows=[ours, theirs], ratio=ratio,
-                max_differences=agree)
-  (out / "scan.json").write_text(json.dumps(record, indent=2))
-  print(f"wrote {out / 'scan.json'}")
+  write_record(args.out, "scan", inputs=len(examples), max_length=args.max_length,
+               rows=[ours, theirs], ratio=ratio, max_differences=agree)
 
 
 if __name__ == "__main__":
