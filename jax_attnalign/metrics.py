@@ -161,7 +161,9 @@ def clean_utility(responses: Sequence[str], references: Sequence[str],
   """Utility on clean prompts: how often the model answers, and how close it gets.
 
   Returns means over the prompts of: `answered` (1 - refusal_rate), `rouge_l`
-  (rouge_l_f1 against the reference response) and `token_f1`.
+  (rouge_l_f1 against the reference response) and `token_f1`. A blank or
+  degenerate response is no refusal, so it counts as answered; its ROUGE-L and
+  token F1 are 0, which is where a broken model shows.
   """
   if len(responses) != len(references):
     raise ValueError(f"{len(responses)} responses but {len(references)} references")
