@@ -9,10 +9,9 @@ adds each block's contribution to the Gram matrix of the heads' viewed blocks,
 that Gram matrix normalised once the last block is in. Nothing captures the
 maps, so the working memory holds one block of one layer's probabilities,
 [B, N, rows, S], and grows linearly with the sequence length (but for the
-model's boolean [B, T, S] mask, a quarter of one head's f32 map). XLA:CPU gives
-each layer's block loop buffers of its own, about two key/value-sized ones
-([B, S, K, H]), so memory also grows slowly with depth (benchmarks/scaling.py).
-The numbers equal `head_similarity` on captured maps.
+model's boolean [B, T, S] mask, a quarter of one head's f32 map), and stays flat
+in the number of layers (benchmarks/scaling.py). The numbers equal
+`head_similarity` on captured maps.
 """
 
 from __future__ import annotations

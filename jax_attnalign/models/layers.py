@@ -219,8 +219,12 @@ class Attention(nn.Module):
         jnp.zeros((b, self.config.num_heads, rows, k.shape[1]), jnp.float32),
         jnp.arange(rows), name))
     zero = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), zero)
-    heads = jnp.zeros((b, blocks * rows, self.config.num_heads, self.config.head_dim),
-                      self.dtype)
+    # The blocks overwrite every slot, so any start value would do; one computed from
+    # this layer's queries keeps the buffer in the layer. A zeros constant is shared
+    # by all layers, and XLA:CPU scheduled each layer's copy of it (the loop writes in
+    # place) at the program's start, holding L head outputs at once
+    # (benchmarks/scaling.py, memory against depth).
+    heads = q * 0  # [B, blocks * rows, N, H]
     (total, heads), _ = jax.lax.scan(block, (zero, heads), jnp.arange(blocks) * rows)
     hooks.sow(self, "pattern", accumulator.finish(total, name))
     return heads[:, :t]
