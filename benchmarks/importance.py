@@ -3,7 +3,9 @@
 Side by side in one run, on --inputs real SST-2 sentences (MiniLM classifier,
 --max_length tokens, their labels), every head's signed H^T dL/dH per example:
   * ours: `analysis.importance.head_gate_gradients`, one vmapped `jax.grad` with
-    respect to per-head gates per batch of --batch_size, jit-compiled;
+    respect to per-head gates per batch of --batch_size, jit-compiled, over the
+    library's batched path (`defense.scoring.per_input`, as the scan runs it:
+    rows in length order, each batch cut to its longest row);
   * transformers, the way such a score is usually computed (bertology, Michel et
     al. 2019): a forward hook on every layer's self-attention multiplies its
     output by per-head gates, and each example gets its own forward and backward
@@ -11,7 +13,7 @@ Side by side in one run, on --inputs real SST-2 sentences (MiniLM classifier,
 Both read the same classifier (ours, exported with `save_pretrained`; the head on
 top of the bundled MiniLM is freshly initialised), and their per-example
 importances are compared (largest difference relative to the largest value).
-Median of --repeats passes over all inputs after a warm-up. GFLOP/s: each side's own count (XLA's cost analysis of ours, padding included; torch's FlopCounterMode) over its median time, against an f32 matmul's rate measured in the same run. Prints a markdown
+Median of --repeats passes over all inputs after a warm-up. GFLOP/s: each side's own count (XLA's cost analysis of ours, the padding it still computes included; torch's FlopCounterMode) over its median time, against an f32 matmul's rate measured in the same run. Prints a markdown
 table, writes JSON.
 
   python benchmarks/importance.py [--inputs 512] [--data ../shared/data] [--out benchmarks/results]
@@ -28,8 +30,9 @@ import jax
 import numpy as np
 
 import jax_attnalign
-from jax_attnalign import assets, data
+from jax_attnalign import assets, data, parallel
 from jax_attnalign.analysis.importance import head_gate_gradients
+from jax_attnalign.defense.scoring import per_input
 from common import (compiled_flops, load_torch_model, matmul_peak_gflops, median_seconds,
                     minilm_sst2_args, run_worker, torch_flops, torch_gate_gradients,
                     write_record)
@@ -38,15 +41,21 @@ FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
 def bench_ours(model, params, arrays: dict, batch_size: int, repeats: int) -> tuple[dict, np.ndarray]:
-  batches = [{k: arrays[k][i:i + batch_size] for k in FIELDS}
-             for i in range(0, len(arrays["labels"]), batch_size)]
-  run = lambda: [jax.block_until_ready(head_gate_gradients(model, params, b)) for b in batches]
+  chunks = []  # the batches per_input hands head_gate_gradients (for the FLOP count)
+
+  def gradients(batch):
+    chunks.append(batch)
+    return head_gate_gradients(model, params, batch)
+
+  run = lambda: per_input(gradients, {k: arrays[k] for k in FIELDS}, batch_size,
+                          parallel.data_mesh())
+  result = run()
+  first = chunks[:]  # one pass's batches
   seconds = median_seconds(run, repeats)
   flops = sum(compiled_flops(head_gate_gradients.lower(model, params, b).compile())
-              for b in batches)
+              for b in first)
   return (dict(impl=f"jax_attnalign (vmap grad, batch {batch_size})", seconds=seconds,
-               examples_per_s=len(arrays["labels"]) / seconds, flops=flops),
-          np.concatenate([np.asarray(g) for g in run()]))
+               examples_per_s=len(arrays["labels"]) / seconds, flops=flops), result)
 
 
 def torch_worker(folder: str, arrays_file: str, repeats: int) -> dict:

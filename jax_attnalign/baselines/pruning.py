@@ -87,11 +87,11 @@ def zero_heads(params: dict, keep: Array) -> dict:
 
 
 def per_row(fn: Callable, model, params, arrays: dict[str, np.ndarray],
-            batch_size: int) -> np.ndarray:
+            batch_size: int, *, bucket: int | None = 16) -> np.ndarray:
   """fn(model, params, batch) -> per-row values (a jitted function), over the rows
-  of `arrays` in data-parallel chunks: [n, ...]."""
+  of `arrays` in data-parallel chunks (`per_input`, bucket as there): [n, ...]."""
   return per_input(lambda batch: fn(model, params, batch), model_fields(arrays), batch_size,
-                   parallel.data_mesh())
+                   parallel.data_mesh(), bucket=bucket)
 
 
 def as_lists(pruned: np.ndarray) -> list[list[int]]:

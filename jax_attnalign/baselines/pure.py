@@ -120,7 +120,8 @@ def _cls_row_variances(model, params, batch):
 def _head_variances(model, params, arrays: dict[str, np.ndarray], batch_size: int
                     ) -> np.ndarray:
   """Each head's [CLS]-row variance, averaged over the rows of `arrays`: [L, N]."""
-  return pruning.per_row(_cls_row_variances, model, params, arrays, batch_size).mean(0)
+  return pruning.per_row(_cls_row_variances, model, params, arrays, batch_size,
+                         bucket=None).mean(0)  # over the padded row, as PURE
 
 
 def _layer_weights(variance: np.ndarray, keep: np.ndarray) -> np.ndarray:

@@ -24,23 +24,37 @@ VIEW_INPUTS = ("special_mask", "prompt_lengths")
 
 
 def per_input(fn: Callable, arrays: dict[str, np.ndarray], batch_size: int,
-              mesh: jax.sharding.Mesh):
+              mesh: jax.sharding.Mesh, *, bucket: int | None = 16):
   """fn(batch) -> per-row array (or a pytree of them), over `arrays` in chunks
-  sharded on the mesh.
+  sharded on the mesh; rows come back in order: [n, ...].
 
-  Each chunk is padded to a multiple of the devices with copies of its first
-  row, whose results are dropped; rows come back in order: [n, ...].
+  Padding is not computed on: rows are taken in order of their extent (last
+  attended slot + 1), and each chunk's sequence-shaped fields ([n, T, ...]) are
+  cut to the chunk's longest extent rounded up to `bucket` slots (a few compiled
+  widths). The columns cut are padding in every row of the chunk, which every
+  view, loss and statistic masks, so fn's per-row values must not depend on the
+  width (left-padded rows end on a token and are never cut); bucket None keeps the
+  full width, for a value that depends on it (PURE's variance over the padded
+  row). Each chunk is padded to a multiple of the devices with copies of its first
+  row, whose results are dropped.
   """
   devices = mesh.shape[parallel.DATA]
   size = -(-batch_size // devices) * devices
-  n = len(arrays["input_ids"])
+  mask = np.asarray(arrays["attention_mask"])
+  n, width = mask.shape
+  extent = np.where(mask.any(axis=1), width - np.argmax(mask[:, ::-1] > 0, axis=1), 1)
+  order = np.argsort(extent, kind="stable")
   out = []
   for start in range(0, n, size):
+    rows = order[start:start + size]
+    cut = width if bucket is None else min(width, -(-int(extent[rows].max()) // bucket) * bucket)
     chunk, real = parallel.pad_to_multiple(
-        {k: v[start:start + size] for k, v in arrays.items()}, devices)
+        {k: v[rows][:, :cut] if np.ndim(v) > 1 and v.shape[1] == width else v[rows]
+         for k, v in arrays.items()}, devices)
     out.append(jax.tree_util.tree_map(lambda x, real=real: np.asarray(x)[:real],
                                       parallel.to_host(fn(parallel.shard_batch(chunk, mesh)))))
-  return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *out)
+  back = np.argsort(order)
+  return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts)[back], *out)
 
 
 def view_kwargs(batch: dict) -> dict:
