@@ -181,18 +181,33 @@ def pmap_train_step(model, optimizer: optax.GradientTransformation, loss: str,
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
+def row_extents(mask: np.ndarray) -> np.ndarray:
+  """Per row of an attention mask [n, T], its last attended slot + 1 (1 for a row
+  with none): [n]. Columns from a batch's largest extent on are padding in every row."""
+  mask = np.asarray(mask) > 0
+  return np.where(mask.any(axis=1), mask.shape[1] - np.argmax(mask[:, ::-1], axis=1), 1)
+
+
+def cut_padding(batch: dict[str, np.ndarray], bucket: int) -> dict[str, np.ndarray]:
+  """Cuts the trailing columns that are padding in every row of the batch from its
+  sequence-shaped fields ([n, T, ...]), keeping a multiple of `bucket` columns (few
+  distinct shapes, so few compilations). A left-padded row ends on a token, so a
+  batch holding one keeps its width."""
+  width = batch["attention_mask"].shape[1]
+  keep = min(width, -(-int(row_extents(batch["attention_mask"]).max()) // bucket) * bucket)
+  return {k: (v[:, :keep] if np.ndim(v) > 1 and v.shape[1] == width else v)
+          for k, v in batch.items()}
+
+
 def trim_padding(batch: dict[str, np.ndarray], bucket: int) -> dict[str, np.ndarray]:
   """Cuts trailing all-padding columns of a right-padded batch, keeping a
-  multiple of `bucket` columns (few distinct shapes, so few compilations)."""
+  multiple of `bucket` columns (`cut_padding`)."""
   if not bucket:
     return batch
   mask = batch["attention_mask"]
   if mask[:, -1].any() and not mask[:, 0].all():
     raise ValueError("length bucketing needs right-padded batches (encoders).")
-  longest = int(mask.sum(axis=1).max())
-  keep = min(mask.shape[1], -(-longest // bucket) * bucket)
-  return {k: (v[:, :keep] if v.ndim > 1 and v.shape[1] == mask.shape[1] else v)
-          for k, v in batch.items()}
+  return cut_padding(batch, bucket)
 
 
 @dataclasses.dataclass

@@ -19,6 +19,7 @@ from jax_attnalign import parallel, validation
 from jax_attnalign.defense.detector import (Detector, DetectorConfig, batch_scores,
                                             calibrate_detector)
 from jax_attnalign.models import MODEL_INPUTS
+from jax_attnalign.train import cut_padding, row_extents
 
 VIEW_INPUTS = ("special_mask", "prompt_lengths")
 
@@ -40,17 +41,13 @@ def per_input(fn: Callable, arrays: dict[str, np.ndarray], batch_size: int,
   """
   devices = mesh.shape[parallel.DATA]
   size = -(-batch_size // devices) * devices
-  mask = np.asarray(arrays["attention_mask"])
-  n, width = mask.shape
-  extent = np.where(mask.any(axis=1), width - np.argmax(mask[:, ::-1] > 0, axis=1), 1)
-  order = np.argsort(extent, kind="stable")
+  order = np.argsort(row_extents(arrays["attention_mask"]), kind="stable")
   out = []
-  for start in range(0, n, size):
-    rows = order[start:start + size]
-    cut = width if bucket is None else min(width, -(-int(extent[rows].max()) // bucket) * bucket)
-    chunk, real = parallel.pad_to_multiple(
-        {k: v[rows][:, :cut] if np.ndim(v) > 1 and v.shape[1] == width else v[rows]
-         for k, v in arrays.items()}, devices)
+  for start in range(0, len(order), size):
+    chunk = {k: v[order[start:start + size]] for k, v in arrays.items()}
+    if bucket is not None:
+      chunk = cut_padding(chunk, bucket)
+    chunk, real = parallel.pad_to_multiple(chunk, devices)
     out.append(jax.tree_util.tree_map(lambda x, real=real: np.asarray(x)[:real],
                                       parallel.to_host(fn(parallel.shard_batch(chunk, mesh)))))
   back = np.argsort(order)
