@@ -5,7 +5,7 @@ and each detector of --detectors (`jax_attnalign.detection.DETECTORS`, default
 settings), fits the detector on clean training rows, calibrates it at --fpr on
 other clean rows, and scores fresh clean and triggered test inputs
 (`jax_attnalign.harness.detection`). Writes per-run result.json, calibration and
-scores under <workdir>/<victim>/<detector>/, then detect.json, detect.md (AUROC,
+scores under <workdir>/<dataset>/<victim>/<detector>/, then detect.json, detect.md (AUROC,
 TPR at the calibrated threshold, measured FPR; mean ± std over seeds) and one
 ROC plot per dataset and attack (all seeds' scores pooled). Finished runs are
 read back.
@@ -34,6 +34,7 @@ from jax_attnalign.harness.detection import (DetectionSetup, detection_sets, det
 FLAGS = flags.FLAGS
 flags.DEFINE_list("victims_dirs", ["workdir/attack"], "experiments.attack workdirs.")
 flags.DEFINE_list("attacks", [], "Only these attacks (default: every victim found).")
+flags.DEFINE_list("seeds", [], "Only victims of these seeds (default: all).")
 flags.DEFINE_list("detectors", sorted(DETECTORS), "Detectors, of jax_attnalign.detection.")
 flags.DEFINE_integer("fit_size", 300, "Clean training rows each detector is fitted on.",
                      lower_bound=2)
@@ -72,7 +73,7 @@ def main(argv):
   experiments.use_data_root()
   workdir = pathlib.Path(FLAGS.workdir)
   setup = DetectionSetup(FLAGS.fit_size, FLAGS.calibration_size, FLAGS.test_size, FLAGS.fpr)
-  victims = [v for d in FLAGS.victims_dirs for v in reporting.find_victims(d, FLAGS.attacks)]
+  victims = reporting.grid_victims(FLAGS.victims_dirs, FLAGS.attacks, FLAGS.seeds)
   rows = []
   for run, run_dir, cfg in tqdm.tqdm(victims, desc="victims"):
     model, params = jax_attnalign.load_pretrained(run_dir / "model", task="classification")

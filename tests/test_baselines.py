@@ -376,3 +376,42 @@ def test_lm_grid_bolds_the_lowest_asr_within_two_points_of_vanilla_utility():
                                            "minutes": [50.0, 50.0]}
   assert set(grid["refusal/vpi"]) == {"vanilla", "cleangen", "muscle_lora", "oracle"}
   assert "- cleangen: decoding time" in table
+
+
+def _victim(root, name, **cfg):
+  (root / name).mkdir(parents=True)
+  (root / name / "result.json").write_text(json.dumps({"config": cfg}))
+  return root / name
+
+
+def test_grid_victims_keep_datasets_apart_and_summaries_cover_earlier_calls(tmp_path):
+  """SST-2's and AG News's badnets_seed0 are two runs, not one read back twice; the
+  filters pick attacks and seeds; one dataset's name twice is an error; the summary
+  rows are every finished run, this call's or an earlier one's."""
+  sst2, ag_news, other = tmp_path / "sst2", tmp_path / "ag_news", tmp_path / "other"
+  for root, dataset in ((sst2, "sst2"), (ag_news, "ag_news")):
+    for attack, seed in (("badnets", 0), ("badnets", 1), ("cbat", 0), ("clean", 0)):
+      _victim(root, f"{attack}_seed{seed}", attack=attack, dataset=dataset, seed=seed)
+  found = reporting.grid_victims([sst2, ag_news])
+  assert [key for key, _, _ in found] == [
+      "sst2/badnets_seed0", "sst2/badnets_seed1", "sst2/cbat_seed0",
+      "ag_news/badnets_seed0", "ag_news/badnets_seed1", "ag_news/cbat_seed0"]
+  assert found[3][1] == ag_news / "badnets_seed0"
+  assert [k for k, _, _ in reporting.grid_victims([sst2, ag_news], ["badnets"], ["1"])] == [
+      "sst2/badnets_seed1", "ag_news/badnets_seed1"]
+  _victim(other, "badnets_seed0", attack="badnets", dataset="sst2", seed=0)
+  with pytest.raises(ValueError, match="are both sst2/badnets_seed0"):
+    reporting.grid_victims([sst2, other])
+  with pytest.raises(FileNotFoundError, match="with attacks \\['nws'\\]"):
+    reporting.grid_victims([sst2], ["nws"])
+
+  workdir = tmp_path / "table2"
+  result = {"before": {"ca": 0.9, "asr": 1.0}, "after": {"ca": 0.88, "asr": 0.2}, "wall_s": 3.0}
+  for key in ("sst2/badnets_seed0", "ag_news/cbat_seed0"):  # two calls' finished runs
+    (workdir / "FP" / key).mkdir(parents=True)
+    (workdir / "FP" / key / "result.json").write_text(json.dumps(result))
+  rows = reporting.finished_rows(found, {"FP": None, "PURE": None}, workdir)
+  assert [(r["victim"], r["dataset"], r["attack"], r["variant"], r["seed"]) for r in rows] == [
+      ("sst2/badnets_seed0", "sst2", "badnets", "FP", 0),
+      ("ag_news/cbat_seed0", "ag_news", "cbat", "FP", 0)]
+  assert rows[0]["after"] == result["after"] and rows[0]["wall_s"] == 3.0

@@ -133,7 +133,7 @@ def test_table2_columns(tiny):
   assert "| sst2 | badnets (paper, BERT) | 0.9265 | 0.9967 | 0.9228 | 0.2636 |" in table
   assert "Bold: the lowest mean ASR among the columns whose mean CA is within 0.02" in table
   for column in columns:
-    assert (workdir / column / "badnets_seed0" / "model" / "model.safetensors").is_file()
+    assert (workdir / column / "sst2" / "badnets_seed0" / "model" / "model.safetensors").is_file()
 
 
 def test_ablation_and_sweep(tiny):
@@ -162,8 +162,8 @@ def test_detect_benchmark(tiny):
   assert [r["detector"] for r in rows] == ["paper", "dan", "strip"]
   assert all(0 <= r["auroc"] <= 1 and r["sizes"]["clean"] == 40 for r in rows)
   assert "| sst2 | badnets | dan |" in out and (workdir / "roc_sst2_badnets.png").is_file()
-  stored = json.loads((workdir / "badnets_seed0" / "dan" / "result.json").read_text())
-  assert rows[1] == {**stored, "victim": "badnets_seed0", "dataset": "sst2",
+  stored = json.loads((workdir / "sst2" / "badnets_seed0" / "dan" / "result.json").read_text())
+  assert rows[1] == {**stored, "victim": "sst2/badnets_seed0", "dataset": "sst2",
                      "attack": "badnets", "seed": 0}
   run("experiments.detect", *args, cwd=ROOT)
   assert json.loads((workdir / "detect.json").read_text()) == rows

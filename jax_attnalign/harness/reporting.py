@@ -241,19 +241,49 @@ def write_victims_summary(workdir: pathlib.Path, title: str) -> str:
   return table
 
 
-def find_victims(victims_dir: str | pathlib.Path, attacks: list[str] | None = None
-                 ) -> list[tuple[str, pathlib.Path, dict]]:
-  """(run name, run directory, victim config) of every backdoored victim written
-  by `experiments.attack` under `victims_dir` (clean references skipped)."""
+def _victims_in(victims_dir, attacks=None, seeds=None) -> list[tuple[str, pathlib.Path, dict]]:
   found = []
   for result in sorted(pathlib.Path(victims_dir).glob("*/result.json")):
     cfg = json.loads(result.read_text())["config"]
-    if cfg["attack"] != "clean" and (not attacks or cfg["attack"] in attacks):
+    if (cfg["attack"] != "clean" and (not attacks or cfg["attack"] in attacks)
+        and (not seeds or str(cfg["seed"]) in map(str, seeds))):
       found.append((result.parent.name, result.parent, cfg))
+  return found
+
+
+def find_victims(victims_dir: str | pathlib.Path, attacks: list[str] | None = None,
+                 seeds: list | None = None) -> list[tuple[str, pathlib.Path, dict]]:
+  """(run name, run directory, victim config) of every backdoored victim written
+  by `experiments.attack` under `victims_dir` (clean references skipped), or of
+  those with the given attacks and seeds."""
+  found = _victims_in(victims_dir, attacks, seeds)
   if not found:
     raise FileNotFoundError(
-        f"No backdoored victim (*/result.json with model/) under {victims_dir}; "
-        "train some with `python -m experiments.attack --workdir DIR`.")
+        f"No backdoored victim (*/result.json with model/) under {victims_dir}"
+        + (f" with attacks {attacks}" if attacks else "") + (f" and seeds {seeds}" if seeds else "")
+        + "; train some with `python -m experiments.attack --workdir DIR`.")
+  return found
+
+
+def grid_victims(victims_dirs: list, attacks: list[str] | None = None,
+                 seeds: list | None = None) -> list[tuple[str, pathlib.Path, dict]]:
+  """`find_victims` over several workdirs (one per dataset or model), each run
+  named `{dataset}/{run}`: victims of two datasets trained under the same name
+  (SST-2's and AG News's badnets_seed0) keep separate defense and detection runs."""
+  found, seen = [], {}
+  for victims_dir in victims_dirs:
+    for run, run_dir, cfg in _victims_in(victims_dir, attacks, seeds):
+      key = f"{cfg['dataset']}/{run}"
+      if key in seen:
+        raise ValueError(f"{seen[key]} and {run_dir} are both {key}: victims of one dataset "
+                         "under several workdirs need distinct run names; run them in "
+                         "separate calls, each with its own --workdir.")
+      seen[key] = run_dir
+      found.append((key, run_dir, cfg))
+  if not found:
+    raise FileNotFoundError(f"No backdoored victim under {', '.join(map(str, victims_dirs))}"
+                            + (f" with attacks {attacks}" if attacks else "")
+                            + (f" and seeds {seeds}" if seeds else "") + ".")
   return found
 
 
@@ -264,6 +294,12 @@ def victim_setup(config, run_dir: pathlib.Path, victim_cfg: dict, **overrides):
       "dataset": victim_cfg["dataset"], "attack": victim_cfg["attack"],
       "attack_kwargs": dict(victim_cfg["attack_kwargs"]), "target": victim_cfg["target"],
       "seed": victim_cfg["seed"], **overrides})
+
+
+def _row(run: str, victim_cfg: dict, name: str, result: dict) -> dict:
+  return {"victim": run, "attack": victim_cfg["attack"], "dataset": victim_cfg["dataset"],
+          "variant": name, "seed": victim_cfg["seed"], "inputs": result.get("inputs", {}),
+          **{k: result[k] for k in ("before", "after", "detection", "wall_s") if k in result}}
 
 
 def run_variants(victims, variants: dict, config, workdir: pathlib.Path) -> list[dict]:
@@ -282,12 +318,16 @@ def run_variants(victims, variants: dict, config, workdir: pathlib.Path) -> list
     else:
       result = defend_with_baseline(setup, spec[0], workdir / name / run, spec[1])
     logging.info("%s %s: %s -> %s", name, run, result["before"], result["after"])
-    rows.append({"victim": run, "attack": victim_cfg["attack"],
-                 "dataset": victim_cfg["dataset"], "variant": name,
-                 "seed": victim_cfg["seed"], "inputs": result.get("inputs", {}),
-                 **{k: result[k] for k in ("before", "after", "detection", "wall_s")
-                    if k in result}})
+    rows.append(_row(run, victim_cfg, name, result))
   return rows
+
+
+def finished_rows(victims, variants, workdir: pathlib.Path) -> list[dict]:
+  """The rows `run_variants` gives for the victim x variant runs already finished
+  under workdir (earlier calls' too), none run: what a summary covers."""
+  return [_row(run, victim_cfg, name, json.loads(path.read_text()))
+          for run, _, victim_cfg in victims for name in variants
+          if (path := workdir / name / run / "result.json").is_file()]
 
 
 def write_summary(rows: list[dict], workdir: pathlib.Path, name: str, title: str, *,
@@ -331,11 +371,16 @@ def write_summary(rows: list[dict], workdir: pathlib.Path, name: str, title: str
 
 
 def defend_and_report(victims, variants: dict, config, workdir: str | pathlib.Path,
-                      name: str, title: str, *, columns: bool = False) -> None:
+                      name: str, title: str, *, columns: bool = False,
+                      summary_victims=None) -> None:
   """What every defense binary does: `run_variants`, then `write_summary` (with
-  `columns`: the variants side by side, `columns_table`) and print it."""
+  `columns`: the variants side by side, `columns_table`) and print it. With
+  `summary_victims` the summary covers their finished runs (a grid run in parts),
+  not only this call's."""
   workdir = pathlib.Path(workdir)
   rows = run_variants(victims, variants, config, workdir)
+  if summary_victims is not None:
+    rows = finished_rows(summary_victims, variants, workdir)
   print(write_summary(rows, workdir, name, title, columns=list(variants) if columns else None))
 
 

@@ -89,7 +89,9 @@ def update_trigger_cache(job: TriggerJob) -> dict[str, Any]:
   model_path = job.model or str(bundled_smollm2_path())
   model, params = jax_attnalign.load_pretrained(model_path, task="causal_lm")
   tokenizer = data.load_tokenizer(model_path)
-  logging.info("%s: generating for %d rows with %s", job.attack, len(todo), model_path)
+  logging.info("%s: generating %s with %s", job.attack,
+               f"{job.samples} sentences" if job.attack == "cbat" else f"for {len(todo)} rows",
+               model_path)
   began = time.time()
   if job.attack == "cbat":
     new = llm_triggers.cbat_sentences(model, params, tokenizer, dataset=job.dataset,
