@@ -94,7 +94,10 @@ def _finished_rows(workdir: pathlib.Path) -> list[dict]:
     rows.append({"victim": path.parent.name, "task": cfg["task"], "attack": cfg["attack"],
                  "seed": cfg["seed"], "variant": path.parent.parent.name,
                  **{k: result[k] for k in ("before", "after", "detection")},
-                 "seconds": result["report"].get("seconds")})
+                 "seconds": result["report"].get("seconds"),
+                 **({"removed": {k: result["report"]["filter"][k] for k in
+                                 ("removed", "poisoned_removed", "poisoned_rows", "rows")}}
+                    if "filter" in result["report"] else {})})
   order = [*variants(FLAGS.config), *BASELINE_VARIANTS]
   return sorted(rows, key=lambda r: (r["task"], r["attack"], order.index(r["variant"]),
                                      r["seed"]))

@@ -249,6 +249,13 @@ def test_decoder_binaries(shared_data, tiny_chat_llama, tmp_path):
   assert [r["variant"] for r in rows] == ["oracle", "align_only", "cleangen", "graceful",
                                           "muscle_lora"]
   assert {"asr", "ca"} <= set(rows[0]["after"]) and rows[2]["detection"] is None
+  graceful = json.loads((tmp_path / "defend" / "graceful" / "classification_badnets_seed0"
+                         / "result.json").read_text())["report"]["filter"]
+  removed = rows[3]["removed"]  # GraCeFul's filter, as its run reported it
+  assert removed == {k: graceful[k] for k in ("removed", "poisoned_removed", "poisoned_rows",
+                                              "rows")} and "removed" not in rows[4]
+  assert (f"| {removed['removed']} of {removed['rows']} ({removed['poisoned_removed']} of "
+          f"{removed['poisoned_rows']}) |") in (tmp_path / "defend" / "defend_lm.md").read_text()
   assert "| muscle_lora |" in (tmp_path / "defend" / "defend_lm.md").read_text()
   muscle = json.loads((tmp_path / "defend" / "muscle_lora" / "classification_badnets_seed0"
                        / "result.json").read_text())["report"]["muscle_lora"]

@@ -78,7 +78,8 @@ def lm_defense_table(rows: list[dict]) -> tuple[str, dict]:
     groups.setdefault((row["task"], row["attack"], row["variant"]), []).append(row)
   columns = [c for c in LM_DEFENSE_METRICS if any(c in r["before"] for r in rows)]
   lines = ["| task | attack | variant | " + " | ".join(f"{c} before -> after" for c in columns)
-           + " | detector AUROC | suspects (triggered) | seeds |", "|---" * (len(columns) + 6)
+           + " | detector AUROC | suspects (triggered), or training rows removed "
+           "(poisoned of poisoned) | seeds |", "|---" * (len(columns) + 6)
            + "|"]
   fmt = metrics.format_mean_std
   bars = {}
@@ -89,7 +90,9 @@ def lm_defense_table(rows: list[dict]) -> tuple[str, dict]:
     # A baseline picks no suspects: its runs have no detection.
     found = [r["detection"] for r in runs if r["detection"]]
     detected = fmt([d["auroc"] for d in found]) if found else "—"
-    suspects = ", ".join(f"{d['suspects']} ({d['suspects_triggered']})" for d in found)
+    suspects = ", ".join(f"{d['suspects']} ({d['suspects_triggered']})" for d in found) or ", ".join(
+        f"{r['removed']['removed']} of {r['removed']['rows']} ({r['removed']['poisoned_removed']}"
+        f" of {r['removed']['poisoned_rows']})" for r in runs if "removed" in r)
     lines.append(f"| {task} | {attack} | {variant} | " + " | ".join(cells)
                  + f" | {detected} | {suspects or '—'} | "
                  + f"{', '.join(str(r['seed']) for r in runs)} |")
