@@ -68,18 +68,6 @@ def variants(config) -> dict:
                                                          finetune=uniform))}
 
 
-def _victims() -> list[tuple[pathlib.Path, dict]]:
-  found = []
-  for result in sorted(pathlib.Path(FLAGS.victims_dir).glob("*/result.json")):
-    cfg = json.loads(result.read_text())["config"]
-    if (cfg["attack"] != "clean" and (not FLAGS.attacks or cfg["attack"] in FLAGS.attacks)
-        and (not FLAGS.seeds or str(cfg["seed"]) in FLAGS.seeds)):
-      found.append((result.parent, cfg))
-  if not found:
-    raise FileNotFoundError(f"No matching backdoored victim under {FLAGS.victims_dir}.")
-  return found
-
-
 def _finished_rows(workdir: pathlib.Path) -> list[dict]:
   """A row per finished defense under workdir/<variant>/<victim>/result.json, so the
   summary covers runs of earlier calls with other variants or seeds too."""
@@ -112,7 +100,7 @@ def main(argv):
   if unknown:
     raise ValueError(f"Unknown variants {unknown}; choose from "
                      f"{sorted([*table, *BASELINE_VARIANTS])}.")
-  for run, cfg in _victims():
+  for _, run, cfg in reporting.find_victims(FLAGS.victims_dir, FLAGS.attacks, FLAGS.seeds):
     for name in FLAGS.variants:
       setup = LMDefenseSetup(**{**config.setup.to_dict(), "seed": cfg["seed"]})
       if name in BASELINE_VARIANTS:

@@ -90,9 +90,11 @@ def lm_defense_table(rows: list[dict]) -> tuple[str, dict]:
     # A baseline picks no suspects: its runs have no detection.
     found = [r["detection"] for r in runs if r["detection"]]
     detected = fmt([d["auroc"] for d in found]) if found else "—"
-    suspects = ", ".join(f"{d['suspects']} ({d['suspects_triggered']})" for d in found) or ", ".join(
-        f"{r['removed']['removed']} of {r['removed']['rows']} ({r['removed']['poisoned_removed']}"
-        f" of {r['removed']['poisoned_rows']})" for r in runs if "removed" in r)
+    # GraCeFul picks no suspects but removes training rows: its runs say how many.
+    removed = [r["removed"] for r in runs if "removed" in r]
+    suspects = ", ".join([f"{d['suspects']} ({d['suspects_triggered']})" for d in found]
+                         + [f"{m['removed']} of {m['rows']} ({m['poisoned_removed']} of "
+                            f"{m['poisoned_rows']})" for m in removed])
     lines.append(f"| {task} | {attack} | {variant} | " + " | ".join(cells)
                  + f" | {detected} | {suspects or '—'} | "
                  + f"{', '.join(str(r['seed']) for r in runs)} |")
@@ -254,17 +256,21 @@ def _victims_in(victims_dir, attacks=None, seeds=None) -> list[tuple[str, pathli
   return found
 
 
+def _filters(attacks, seeds) -> str:
+  return (f" with attacks {attacks}" if attacks else "") + (f" and seeds {seeds}" if seeds else "")
+
+
 def find_victims(victims_dir: str | pathlib.Path, attacks: list[str] | None = None,
                  seeds: list | None = None) -> list[tuple[str, pathlib.Path, dict]]:
   """(run name, run directory, victim config) of every backdoored victim written
-  by `experiments.attack` under `victims_dir` (clean references skipped), or of
+  by `experiments.attack` or `attack_lm` under `victims_dir` (clean references skipped), or of
   those with the given attacks and seeds."""
   found = _victims_in(victims_dir, attacks, seeds)
   if not found:
     raise FileNotFoundError(
         f"No backdoored victim (*/result.json with model/) under {victims_dir}"
-        + (f" with attacks {attacks}" if attacks else "") + (f" and seeds {seeds}" if seeds else "")
-        + "; train some with `python -m experiments.attack --workdir DIR`.")
+        f"{_filters(attacks, seeds)}; train some with `python -m experiments.attack` (or "
+        "attack_lm) `--workdir DIR`.")
   return found
 
 
@@ -285,8 +291,7 @@ def grid_victims(victims_dirs: list, attacks: list[str] | None = None,
       found.append((key, run_dir, cfg))
   if not found:
     raise FileNotFoundError(f"No backdoored victim under {', '.join(map(str, victims_dirs))}"
-                            + (f" with attacks {attacks}" if attacks else "")
-                            + (f" and seeds {seeds}" if seeds else "") + ".")
+                            f"{_filters(attacks, seeds)}.")
   return found
 
 
