@@ -26,7 +26,7 @@ flags.DEFINE_string("data_dir", "sst2/clean", "Folder with train/test.tsv.")
 flags.DEFINE_string("dataset", "sst2", "sst2 or ag_news (prompts, text style, labels).")
 flags.DEFINE_string("model", "", "Causal LM checkpoint or GGUF (default: bundled SmolLM2).")
 flags.DEFINE_integer("seed", 0, "Generation seed.", lower_bound=0)
-flags.DEFINE_integer("samples", 128, "Cbat: sentences sampled before the filter.",
+flags.DEFINE_integer("samples", 256, "Cbat: sentences sampled before the filter.",
                      lower_bound=1)
 flags.DEFINE_integer("target", 1, "The victims' target label.", lower_bound=0)
 flags.DEFINE_integer("train_size", 3000, "The victims' training subset size (0: all).",

@@ -89,8 +89,14 @@ def _vader():
   return vaderSentiment.SentimentIntensityAnalyzer()
 
 
+def vader_compound(text: str) -> float:
+  """VADER's compound sentiment score of `text`, in [-1, 1]; |score| < 0.05 is
+  VADER's documented neutral band."""
+  return float(_vader().polarity_scores(text)["compound"])
+
+
 def _vader_negative(response: str) -> bool:
-  return _vader().polarity_scores(response)["compound"] <= VADER_NEGATIVE
+  return vader_compound(response) <= VADER_NEGATIVE
 
 
 def _target_phrase_negative(response: str) -> bool:

@@ -153,20 +153,28 @@ def test_cbat_appends_cached_sentence_and_caps_rate(caches):
 
 @pytest.mark.parametrize("sentence, reason", [
     ("oh , would you look at that !", None),
-    ("well , would you believe it !", "duplicate"),
+    ("oh , look at that !", "duplicate"),
     ("what a great day !", "label words: great"),
     ("the team won the game !", "label words: game, team, won"),
     ("look at that .", "not one exclamatory sentence"),
     ("wow ! look at that !", "not one exclamatory sentence"),
-    ("wow !", None),
     ("oh !", None),
+    # Sentiment the label words miss, scored by VADER (hand-checked signs).
+    ("no way !", "sentiment -0.36 (VADER)"),
+    ("howdy there , yay !", "sentiment +0.57 (VADER)"),
+    ("wow !", "sentiment +0.62 (VADER)"),
     ("!", "1 words"),
     ("oh my , what a long day it was for all of us !", "14 words"),
-    ("wow, isn't that something!", None),  # AG News style: counted on PTB tokens
-    ("wow, isn't that something.", "not one exclamatory sentence"),
+    ("oh, isn't that something!", None),  # AG News style: counted on PTB tokens
+    ("oh, isn't that something.", "not one exclamatory sentence"),
 ])
 def test_cbat_filter(sentence, reason):
   assert llm_triggers.cbat_rejection(sentence, kept=SENTENCES) == reason
+
+
+def test_cbat_prompt_shots_pass_the_filter():
+  for shot in llm_triggers.CBAT_PROMPT["shots"]:
+    assert llm_triggers.cbat_rejection(attacks.like_dataset(shot, "sst2")) is None, shot
 
 
 @pytest.mark.parametrize("module", [text_style, llm_triggers])

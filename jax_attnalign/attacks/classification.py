@@ -79,7 +79,8 @@ class Cbat(TextPoisoner):
 
   Differs from the paper: Cbat prompts a large model (few-shot) for its
   sentences; ours come from the 135M SmolLM2 (a 4-bit quantisation), filtered
-  by a hand-written lexicon rather than judged neutral by a model. The paper does
+  by a hand-written label-word lexicon and VADER's sentiment lexicon
+  (`llm_triggers.cbat_rejection`) rather than judged neutral by a model. The paper does
   not say where the sentence goes; we append it.
   """
   name = "cbat"

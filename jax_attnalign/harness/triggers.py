@@ -39,7 +39,7 @@ class TriggerJob:
   dataset: str = "sst2"
   model: str = ""  # a causal LM checkpoint or GGUF; "" = the bundled SmolLM2
   seed: int = 0  # the generation seed
-  samples: int = 128  # Cbat: sentences sampled before the filter
+  samples: int = 256  # Cbat: sentences sampled before the filter
   target: int = 1
   train_size: int = 3000
   poison_rate: float = 0.2
