@@ -80,6 +80,7 @@ def _finished_rows(workdir: pathlib.Path) -> list[dict]:
                               "the summary reads each victim's task, attack and seed there.")
     cfg = json.loads(victim.read_text())["config"]
     rows.append({"victim": path.parent.name, "task": cfg["task"], "attack": cfg["attack"],
+                 "dataset": cfg["dataset"] if cfg["task"] == "classification" else None,
                  "seed": cfg["seed"], "variant": path.parent.parent.name,
                  **{k: result[k] for k in ("before", "after", "detection")},
                  "seconds": result["report"].get("seconds"),

@@ -148,12 +148,14 @@ def headline(results: pathlib.Path) -> str:
       if (r["reader"], r["view"], r["statistic"]) == ("victim", "gen_to_prompt", "percentile"):
         paper = r["paper"]
         lines.append(
-            f"| Table 1, {r['victim']}: 99th pct of head-pair cosine, clean -> triggered | "
+            f"| Table 1, {path.relative_to(results).parts[0]} {r['victim']}: 99th pct of "
+            "head-pair cosine, clean -> triggered | "
             + (f"{paper[0]:.3f} -> {paper[1]:.3f} (Llama-2-7B)" if paper else "—")
             + f" | {r['clean']:.4f} -> {r['triggered']:.4f}, AUROC {r['auroc']:.2f} "
             "(SmolLM2-135M) |")
   sources = (("defend_lm.json", "chat classifier", "Llama-2-7B", "SmolLM2",
-              lambda r: r["attack"] == "badnets" and r["variant"] == "detector"),
+              lambda r: (r["dataset"], r["attack"], r["variant"])
+              == ("sst2", "badnets", "detector")),
              ("table2.json", "encoder", "BERT", "MiniLM",
               lambda r: (r["dataset"], r["attack"], r["variant"])
               == ("sst2", "badnets", "ours (detector suspects)")))

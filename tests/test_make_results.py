@@ -17,17 +17,20 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
        "statistic": "percentile", "clean": 0.99123, "triggered": 0.99187, "auroc": 0.6451,
        "auroc_layer_mean": 0.155, "best_layer": 25, "best_layer_auroc": 0.96,
        "paper": [0.9149, 0.9921]}])
-  run = lambda seed, asr: {"victim": f"classification_badnets_seed{seed}",
+  run = lambda seed, asr, dataset="sst2": {"victim": f"classification_badnets_seed{seed}",
                            "task": "classification", "attack": "badnets", "seed": seed,
+                           "dataset": dataset,
                            "variant": "detector", "before": {"ca": 0.86, "asr": 1.0},
                            "after": {"ca": 0.89, "asr": asr},
                            "detection": {"auroc": 0.75, "suspects": 18,
                                          "suspects_triggered": 15}}
   generation = lambda variant, seed, asr: {
       "victim": f"refusal_vpi_seed{seed}", "task": "refusal", "attack": "vpi", "seed": seed,
+      "dataset": None,
       "variant": variant, "before": {"asr": 0.98, "rouge_l": 0.28},
       "after": {"asr": asr, "rouge_l": 0.27}, "detection": None, "seconds": 600.0}
   _write(results / "smollm2" / "defend_lm.json", [run(1, 0.2), run(2, 0.4)])
+  _write(results / "smollm2_ag_news" / "defend_lm.json", [run(0, 0.9, "ag_news")])
   _write(results / "smollm2_gen" / "defend_lm.json", [
       generation("cleangen", 0, 0.1), generation("cleangen", 1, 0.2),
       generation("graceful", 0, 0.5)])
@@ -61,6 +64,9 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   assert "0.915 -> 0.992 (Llama-2-7B) | 0.9912 -> 0.9919, AUROC 0.65" in headline
   assert "86.91 / 88.73 -> 85.19 / 25.61" in headline
   assert "30.0 ± 14.1" in headline and "seeds 1, 2" in headline
+  # The SST-2 headline row reads SST-2's runs only, not the AG News victim's.
+  assert headline.count("SST-2 BadNets, chat classifier") == 1 and "90.0" not in headline
+  assert "| Table 1, smollm2 classification_badnets_seed1: 99th pct" in headline
   # Table 2(b): the paper's Llama-2 ASR of vanilla, CleanGen and GraCeFul beside ours.
   assert ("| Table 2(b), refusal vpi: ASR (%) of vanilla, cleangen, graceful | 97.4, 28.0, "
           "20.2 (Llama-2-7B) | 98.0, 15.0, 50.0 (SmolLM2, seeds 0, 1) |") in headline
