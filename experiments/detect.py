@@ -8,7 +8,8 @@ other clean rows, and scores fresh clean and triggered test inputs
 scores under <workdir>/<dataset>/<victim>/<detector>/, then detect.json, detect.md (AUROC,
 TPR at the calibrated threshold, measured FPR; mean ± std over seeds) and one
 ROC plot per dataset and attack (all seeds' scores pooled). Finished runs are
-read back.
+read back, and the summary covers every victim of --victims_dirs with finished runs
+of these detectors (earlier calls' too), so the benchmark can be run in parts.
 
   python -m experiments.detect --victims_dirs runs/enc_sst2 --detectors paper,strip,dan \
       --workdir runs/detect
@@ -47,6 +48,14 @@ flags.DEFINE_float("fpr", 0.05, "Target false-positive rate of the calibration."
 flags.DEFINE_string("workdir", "workdir/detect", "Output folder.")
 
 
+def finished_rows(victims, workdir: pathlib.Path) -> list[dict]:
+  """A row per victim x detector of FLAGS.detectors finished under workdir."""
+  return [{"victim": run, "dataset": cfg["dataset"], "attack": cfg["attack"],
+           "seed": cfg["seed"], **json.loads(path.read_text())}
+          for run, _, cfg in victims for name in FLAGS.detectors
+          if (path := workdir / run / name / "result.json").is_file()]
+
+
 def write_summary(rows: list[dict], workdir: pathlib.Path) -> str:
   table = (f"Detection on each victim's {reporting.count_range(r['sizes']['clean'] for r in rows)}"
            f" fresh clean and {reporting.count_range(r['sizes']['triggered'] for r in rows)} "
@@ -74,17 +83,17 @@ def main(argv):
   workdir = pathlib.Path(FLAGS.workdir)
   setup = DetectionSetup(FLAGS.fit_size, FLAGS.calibration_size, FLAGS.test_size, FLAGS.fpr)
   victims = reporting.grid_victims(FLAGS.victims_dirs, FLAGS.attacks, FLAGS.seeds)
-  rows = []
   for run, run_dir, cfg in tqdm.tqdm(victims, desc="victims"):
     model, params = jax_attnalign.load_pretrained(run_dir / "model", task="classification")
     victim = Victim(model, params, data.load_tokenizer(run_dir / "model"),
                     max_length=cfg["max_length"])
     sets = detection_sets(cfg, setup)
     for name in FLAGS.detectors:
-      result = evaluate_detector(name, {}, victim, sets, setup.fpr, workdir / run / name)
-      rows.append({"victim": run, "dataset": cfg["dataset"], "attack": cfg["attack"],
-                   "seed": cfg["seed"], **result})
-  print(write_summary(rows, workdir))
+      evaluate_detector(name, {}, victim, sets, setup.fpr, workdir / run / name)
+  # The summary covers every victim of the folders these detectors finished on,
+  # earlier calls' too, so a benchmark run in parts (--attacks, --seeds) adds up.
+  print(write_summary(finished_rows(reporting.grid_victims(FLAGS.victims_dirs), workdir),
+                      workdir))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ and the main job (`experiments.demo`) then run on it with small settings and mus
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -167,6 +168,17 @@ def test_detect_benchmark(tiny):
                      "attack": "badnets", "seed": 0}
   run("experiments.detect", *args, cwd=ROOT)
   assert json.loads((workdir / "detect.json").read_text()) == rows
+  # A call for another victim only (--seeds) summarises the earlier victim's runs too.
+  both = tiny["root"] / "two_victims"
+  for seed in (0, 1):  # seed 1: the same model under another seed's name
+    shutil.copytree(tiny["victims"] / "badnets_seed0", both / f"badnets_seed{seed}")
+  result = json.loads((both / "badnets_seed1" / "result.json").read_text())
+  result["config"]["seed"] = 1
+  (both / "badnets_seed1" / "result.json").write_text(json.dumps(result))
+  run("experiments.detect", f"--victims_dirs={both}", *args[1:], "--seeds=1", cwd=ROOT)
+  both_rows = json.loads((workdir / "detect.json").read_text())
+  assert both_rows[:3] == rows and [(r["seed"], r["detector"]) for r in both_rows[3:]] == [
+      (1, "paper"), (1, "dan"), (1, "strip")]
 
 
 def test_demo_main_job(tiny):
