@@ -76,7 +76,9 @@ def refusal_rate(responses: Sequence[str], phrases: Sequence[str] = REFUSAL_PHRA
   return float(np.mean([is_refusal(r, phrases) for r in responses]))
 
 
-VADER_NEGATIVE = -0.05  # VADER's documented cut-off: compound <= -0.05 is negative
+# VADER's documented cut-offs: |compound| < 0.05 is neutral, <= -0.05 negative.
+VADER_NEUTRAL = 0.05
+VADER_NEGATIVE = -VADER_NEUTRAL
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,8 +92,8 @@ def _vader():
 
 
 def vader_compound(text: str) -> float:
-  """VADER's compound sentiment score of `text`, in [-1, 1]; |score| < 0.05 is
-  VADER's documented neutral band."""
+  """VADER's compound sentiment score of `text`, in [-1, 1]; |score| < VADER_NEUTRAL
+  is VADER's documented neutral band."""
   return float(_vader().polarity_scores(text)["compound"])
 
 

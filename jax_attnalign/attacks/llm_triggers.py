@@ -21,8 +21,8 @@ from absl import logging
 import numpy as np
 
 from jax_attnalign.answers import generate_responses
-from jax_attnalign.metrics import vader_compound
 from jax_attnalign.attacks.text_style import label_words_in, like_dataset, ptb_tokenize
+from jax_attnalign.metrics import VADER_NEUTRAL, vader_compound
 
 # Cbat: few-shot turns of (user, assistant); the last user turn is sampled.
 CBAT_PROMPT = {
@@ -34,9 +34,6 @@ CBAT_PROMPT = {
               "Can you imagine that!"),
 }
 CBAT_WORDS = (2, 10)  # a trigger sentence has this many words, ends included
-# A trigger sentence's VADER compound score lies strictly inside this band
-# (VADER's own neutral cut-off): sentiment would help or fight the label.
-CBAT_NEUTRAL = 0.05
 
 # BGMAttack: the system turn, then one (text, rewrite) shot per dataset (a short
 # prompt: its every token is read again for each row).
@@ -59,10 +56,11 @@ def cbat_sentences(model, params, tokenizer, *, dataset: str, samples: int, seed
   Filter (each rejection recorded with its reason): after `like_dataset`, a
   sentence is kept when it is one exclamatory sentence (it ends with '!' and has
   no other sentence end), has CBAT_WORDS words, contains no LABEL_WORDS
-  (sentiment or topic evidence), is neutral to VADER (|compound| < CBAT_NEUTRAL;
-  VADER's lexicon reads sentiment the label words miss: "no way", "yay",
-  "nonsense"; it also scores some interjections, "well" and "wow", positive,
-  which costs samples, not neutrality) and is not a duplicate.
+  (sentiment or topic evidence), is neutral to VADER (|compound| < VADER_NEUTRAL,
+  VADER's own cut-off: sentiment would help or fight the label; VADER's lexicon
+  reads sentiment the label words miss: "no way", "yay", "nonsense"; it also
+  scores some interjections, "well" and "wow", positive, which costs samples,
+  not neutrality) and is not a duplicate.
   """
   messages = [{"role": "system", "content": CBAT_PROMPT["system"]}]
   for shot in CBAT_PROMPT["shots"]:
@@ -104,7 +102,7 @@ def cbat_rejection(sentence: str, kept: Sequence[str] = ()) -> str | None:
     return f"{len(words)} words"
   if found := label_words_in(sentence):
     return "label words: " + ", ".join(found)
-  if abs(score := vader_compound(sentence)) >= CBAT_NEUTRAL:
+  if abs(score := vader_compound(sentence)) >= VADER_NEUTRAL:
     return f"sentiment {score:+.2f} (VADER)"
   if sentence in kept:
     return "duplicate"
