@@ -1,10 +1,17 @@
 r"""Detection benchmark: every input detector on every victim (issue 21's table).
 
-For each backdoored victim under --victims_dirs (`experiments.attack` workdirs)
-and each detector of --detectors (`jax_attnalign.detection.DETECTORS`, default
-settings), fits the detector on clean training rows, calibrates it at --fpr on
-other clean rows, and scores fresh clean and triggered test inputs
-(`jax_attnalign.harness.detection`). Writes per-run result.json, calibration and
+For each backdoored victim under --victims_dirs (`experiments.attack` workdirs,
+and `experiments.attack_lm` ones: SmolLM2 chat classifiers and generation
+victims, read as `detection.chat.ChatVictim`; on generation victims, which have
+no classes, STRIP and RAP are skipped and the "dataset" column is the task) and
+each detector of --detectors (`jax_attnalign.detection.DETECTORS`),
+fits the detector on clean training rows, calibrates it at --fpr on other clean
+rows, and scores fresh clean and triggered test inputs
+(`jax_attnalign.harness.detection`). Settings are each detector's defaults,
+except RAP's protected class (the victim's target, which RAP assumes known) and,
+on chat classifiers, RAP's word (`chat.RAP_WORD`: "tq" is two SmolLM2 tokens) and
+the paper detector's view and statistic (those of experiments/configs/defend_lm.py,
+chosen on a tuning victim). Writes per-run result.json, calibration and
 scores under <workdir>/<dataset>/<victim>/<detector>/, then detect.json, detect.md (AUROC,
 TPR at the calibrated threshold, measured FPR; mean ± std over seeds) and one
 ROC plot per dataset and attack (all seeds' scores pooled). Finished runs are
@@ -13,6 +20,8 @@ of these detectors (earlier calls' too), so the benchmark can be run in parts.
 
   python -m experiments.detect --victims_dirs runs/enc_sst2 --detectors paper,strip,dan \
       --workdir runs/detect
+  python -m experiments.detect --victims_dirs runs/lm_sst2 --fit_size 200 \
+      --calibration_size 200 --test_size 200 --batch_size 8 --workdir runs/detect_lm
 """
 
 from __future__ import annotations
@@ -22,15 +31,16 @@ import pathlib
 
 import numpy as np
 import tqdm
-from absl import app, flags
+from absl import app, flags, logging
 
 import experiments
-import jax_attnalign
-from jax_attnalign import data, plots
-from jax_attnalign.detection import DETECTORS, Victim
+from experiments.configs import defend_lm as lm_config
+from jax_attnalign import plots
+from jax_attnalign.detection import DETECTORS, needs_classes
+from jax_attnalign.detection.chat import RAP_WORD
 from jax_attnalign.harness import reporting
-from jax_attnalign.harness.detection import (DetectionSetup, detection_sets, detection_table,
-                                             evaluate_detector, roc_points)
+from jax_attnalign.harness.detection import (DetectionSetup, detection_table, evaluate_detector,
+                                             load_victim, roc_points)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("victims_dirs", ["workdir/attack"], "experiments.attack workdirs.")
@@ -45,12 +55,33 @@ flags.DEFINE_integer("test_size", 400, "Fresh clean and triggered test inputs ea
                      lower_bound=2)
 flags.DEFINE_float("fpr", 0.05, "Target false-positive rate of the calibration.",
                    lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_integer("batch_size", 32, "Inputs per jitted batch.", lower_bound=1)
 flags.DEFINE_string("workdir", "workdir/detect", "Output folder.")
+
+
+def settings(name: str, cfg: dict) -> dict:
+  """The detector's settings on this victim (module docstring)."""
+  if name == "rap":
+    return {"protected": cfg["target"], **({"word": RAP_WORD} if "task" in cfg else {})}
+  if name == "paper" and "task" in cfg:
+    return dict(lm_config.DETECTOR)
+  return {}
+
+
+def dataset_of(cfg: dict) -> str:
+  """A classifier's dataset; a generation victim's task (refusal, negsentiment)."""
+  return cfg["dataset"] if cfg.get("task", "classification") == "classification" else cfg["task"]
+
+
+def model_of(cfg: dict) -> str:
+  """The victim's base model: its checkpoint path, or the bundled one's name."""
+  return cfg["model"] or ("SmolLM2" if "task" in cfg else "MiniLM")
 
 
 def finished_rows(victims, workdir: pathlib.Path) -> list[dict]:
   """A row per victim x detector of FLAGS.detectors finished under workdir."""
-  return [{"victim": run, "dataset": cfg["dataset"], "attack": cfg["attack"],
+  return [{"victim": run, "model": model_of(cfg), "dataset": dataset_of(cfg),
+           "attack": cfg["attack"],
            "seed": cfg["seed"], **json.loads(path.read_text())}
           for run, _, cfg in victims for name in FLAGS.detectors
           if (path := workdir / run / name / "result.json").is_file()]
@@ -68,6 +99,8 @@ def write_summary(rows: list[dict], workdir: pathlib.Path) -> str:
     for name in FLAGS.detectors:
       runs = [r for r in rows if (r["dataset"], r["attack"], r["detector"]) ==
               (dataset, attack, name)]
+      if not runs:  # STRIP and RAP on a generation victim
+        continue
       scores = [np.load(workdir / r["victim"] / name / "scores.npz") for r in runs]
       curves[name] = (*roc_points(np.concatenate([s["clean"] for s in scores]),
                                   np.concatenate([s["triggered"] for s in scores])),
@@ -83,13 +116,18 @@ def main(argv):
   workdir = pathlib.Path(FLAGS.workdir)
   setup = DetectionSetup(FLAGS.fit_size, FLAGS.calibration_size, FLAGS.test_size, FLAGS.fpr)
   victims = reporting.grid_victims(FLAGS.victims_dirs, FLAGS.attacks, FLAGS.seeds)
+  if len(models := sorted({model_of(cfg) for _, _, cfg in victims})) > 1:
+    raise ValueError(f"--victims_dirs hold victims of several models ({', '.join(models)}); "
+                     "their tables and ROC plots would mix: run each model's victims with "
+                     "its own --workdir.")
   for run, run_dir, cfg in tqdm.tqdm(victims, desc="victims"):
-    model, params = jax_attnalign.load_pretrained(run_dir / "model", task="classification")
-    victim = Victim(model, params, data.load_tokenizer(run_dir / "model"),
-                    max_length=cfg["max_length"])
-    sets = detection_sets(cfg, setup)
+    victim, sets = load_victim(run_dir, cfg, setup, FLAGS.batch_size)
     for name in FLAGS.detectors:
-      evaluate_detector(name, {}, victim, sets, setup.fpr, workdir / run / name)
+      if not victim.num_classes and needs_classes(name):
+        logging.info("%s: %s skipped (it reads class probabilities)", run, name)
+        continue
+      evaluate_detector(name, settings(name, cfg), victim, sets, setup.fpr,
+                        workdir / run / name)
   # The summary covers every victim of the folders these detectors finished on,
   # earlier calls' too, so a benchmark run in parts (--attacks, --seeds) adds up.
   print(write_summary(finished_rows(reporting.grid_victims(FLAGS.victims_dirs), workdir),

@@ -103,10 +103,11 @@ def _detection_rows(rows: list[dict]) -> list[str]:
   """Headline rows of a detection benchmark: per dataset and attack, the paper's
   score and the detector with the highest mean AUROC."""
   groups: dict[tuple, dict[str, list[dict]]] = {}
-  for r in rows:
-    groups.setdefault((r["dataset"], r["attack"]), {}).setdefault(r["detector"], []).append(r)
+  for r in rows:  # rows written before detect named the model are MiniLM's
+    key = (r.get("model", "MiniLM"), r["dataset"], r["attack"])
+    groups.setdefault(key, {}).setdefault(r["detector"], []).append(r)
   out = []
-  for (dataset, attack), by_detector in groups.items():
+  for (model, dataset, attack), by_detector in groups.items():
     auroc = {name: [r["auroc"] for r in runs] for name, runs in by_detector.items()}
     best = max(auroc, key=lambda name: sum(auroc[name]) / len(auroc[name]))
     seeds = sorted({r["seed"] for runs in by_detector.values() for r in runs})
@@ -116,7 +117,7 @@ def _detection_rows(rows: list[dict]) -> list[str]:
     ours = (f"{fmt(best)} (the best)" if best == "paper"
             else (f"{fmt('paper')}; " if "paper" in auroc else "") + fmt(best))
     out.append(f"| Detection AUROC, {dataset} {attack}: {what} | — | {ours} "
-               f"(MiniLM, {_seeds(seeds)}) |")
+               f"({model}, {_seeds(seeds)}) |")
   return out
 
 

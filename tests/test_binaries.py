@@ -164,8 +164,8 @@ def test_detect_benchmark(tiny):
   assert all(0 <= r["auroc"] <= 1 and r["sizes"]["clean"] == 40 for r in rows)
   assert "| sst2 | badnets | dan |" in out and (workdir / "roc_sst2_badnets.png").is_file()
   stored = json.loads((workdir / "sst2" / "badnets_seed0" / "dan" / "result.json").read_text())
-  assert rows[1] == {**stored, "victim": "sst2/badnets_seed0", "dataset": "sst2",
-                     "attack": "badnets", "seed": 0}
+  assert rows[1] == {**stored, "victim": "sst2/badnets_seed0", "model": str(tiny["model"]),
+                     "dataset": "sst2", "attack": "badnets", "seed": 0}
   run("experiments.detect", *args, cwd=ROOT)
   assert json.loads((workdir / "detect.json").read_text()) == rows
   # A call for another victim only (--seeds) summarises the earlier victim's runs too.
@@ -249,6 +249,14 @@ def test_decoder_binaries(shared_data, tiny_chat_llama, tmp_path):
   rows = json.loads((tmp_path / "analyze" / "table1.json").read_text())
   assert {r["reader"] for r in rows} == {"victim", "clean model"}
   assert "0.9149 -> 0.9921" in out  # the paper's BadNets numbers beside ours
+  run("experiments.detect", f"--victims_dirs={victims}", "--detectors=paper,dan",
+      "--fit_size=8", "--calibration_size=8", "--test_size=4", "--batch_size=8",
+      f"--workdir={tmp_path / 'detect'}", cwd=ROOT)
+  rows = json.loads((tmp_path / "detect" / "detect.json").read_text())
+  assert [(r["victim"], r["dataset"], r["detector"]) for r in rows] == [
+      ("sst2/classification_badnets_seed0", "sst2", d) for d in ("paper", "dan")]
+  assert rows[0]["settings"] == {"view": "gen_to_prompt", "statistic": "frac_above"}
+  assert rows[1]["sizes"] == {"fit": 8, "calibration": 8, "clean": 4, "triggered": 4}
   run("experiments.defend_lm", f"--victims_dir={victims}",
       "--variants=oracle,align_only,cleangen,graceful,muscle_lora",
       "--config.baselines.graceful.pca_dims=4",

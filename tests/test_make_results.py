@@ -47,6 +47,9 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
       "seed": seed, "detector": detector, "auroc": auroc, "tpr": 0.1, "fpr": 0.05}
   _write(results / "minilm" / "detect.json", [detected("dan", 0, 0.6), detected("dan", 1, 0.8),
                                                detected("paper", 0, 0.5), detected("paper", 1, 0.7)])
+  _write(results / "smollm2_detect" / "detect.json", [
+      {**detected("dan", 2, 0.9), "model": "SmolLM2", "victim": "classification_badnets_seed2",
+       "attack": "badnets"}])
   _write(results / "minilm_suspects" / "defend.json", [
       column("ours (dan detector suspects)", 0, 0.87, 0.37),
       column("ours (oracle suspects)", 0, 0.85, 0.46)])
@@ -61,6 +64,7 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   headline = make_results.headline(results)
   assert ("| Detection AUROC, sst2 hiddenkiller: the paper's score; the best of 2 detectors | — "
           "| paper 0.600 ± 0.141; dan 0.700 ± 0.141 (MiniLM, seeds 0, 1) |") in headline
+  assert "| Detection AUROC, sst2 badnets: dan alone | — | dan 0.900 (SmolLM2, seed 2) |" in headline
   assert "0.915 -> 0.992 (Llama-2-7B) | 0.9912 -> 0.9919, AUROC 0.65" in headline
   assert "86.91 / 88.73 -> 85.19 / 25.61" in headline
   assert "30.0 ± 14.1" in headline and "seeds 1, 2" in headline

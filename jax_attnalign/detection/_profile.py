@@ -27,7 +27,20 @@ from jax_attnalign.errors import InputError
 from jax_attnalign.models import MODEL_INPUTS, run_with_hooks
 from jax_attnalign.models.hooks import hook_name
 
-FEATURE_INPUTS = MODEL_INPUTS + ("special_mask",)
+# The batch fields a feature reads besides the model inputs: decoders' answer
+# inputs (`chat.ChatVictim.encode`) also carry the answer's loss_mask and the
+# slot where it starts (prompt_lengths).
+FEATURE_INPUTS = MODEL_INPUTS + ("special_mask", "prompt_lengths", "loss_mask")
+
+
+def readout(x: jax.Array, batch: dict) -> jax.Array:
+  """x [B, T, ...] at each row's readout slot: [B, ...]. Encoders: [CLS] (slot 0);
+  decoders' answer inputs: the last prompt token, whose output is the answer's
+  first token (prompts are left-padded to prompt_lengths slots)."""
+  if "prompt_lengths" not in batch:
+    return x[:, 0]
+  return jnp.take_along_axis(x, (batch["prompt_lengths"] - 1).reshape(
+      (-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
 
 
 def ledoit_wolf_shrinkage(centered: np.ndarray) -> float:

@@ -32,7 +32,8 @@ import numpy as np
 from jax_attnalign import data, train, validation
 from jax_attnalign.data.types import TextExample
 from jax_attnalign.defense.detector import Threshold, clean_threshold
-from jax_attnalign.errors import CheckpointError
+from jax_attnalign.errors import CheckpointError, InputError
+from jax_attnalign.models import apply_batch
 
 
 @dataclasses.dataclass
@@ -45,12 +46,25 @@ class Victim:
   max_length: int = 64
   batch_size: int = 32
 
+  @property
+  def num_classes(self) -> int:
+    return self.model.config.num_labels
+
   def encode(self, examples: Sequence[TextExample]) -> dict[str, np.ndarray]:
+    """The inputs the head and representation signals read."""
     return data.encode_classification(list(examples), self.tokenizer, self.max_length)
+
+  def class_inputs(self, examples: Sequence[TextExample]) -> dict[str, np.ndarray]:
+    """The inputs `class_logits` reads (an encoder's are `encode`'s)."""
+    return self.encode(examples)
+
+  def class_logits(self, params, batch: dict) -> jax.Array:
+    """Class logits [B, C] of a batch of `class_inputs` under `params` (jit-safe)."""
+    return apply_batch(self.model, params, batch).logits
 
   def probabilities(self, examples: Sequence[TextExample]) -> np.ndarray:
     """Class probabilities [n, C] of the examples' texts."""
-    logits = train.predict_logits(self.model, self.params, self.encode(examples),
+    logits = train.predict_logits(self.model, self.params, self.class_inputs(examples),
                                   batch_size=self.batch_size, length_bucket=16)
     return np.asarray(jax.nn.softmax(np.asarray(logits, np.float32), axis=-1))
 
@@ -131,6 +145,21 @@ def register(cls: type) -> type:
   """Class decorator adding a detector class to DETECTORS under its `name`."""
   DETECTORS[cls.name] = cls
   return cls
+
+
+def require_classes(where: str, victim: Victim) -> None:
+  """Refuses a victim without classes (a generation victim) where class
+  probabilities are read."""
+  if not victim.num_classes:
+    raise InputError(f"{where} reads class probabilities; this victim has no classes (a "
+                     "generation victim). Use a head or representation detector instead.")
+
+
+def needs_classes(name: str) -> bool:
+  """Whether detector `name` reads class probabilities (STRIP, RAP), so cannot score
+  a victim without classes (a generation victim, `chat.ChatVictim`)."""
+  validation.choice("needs_classes: name", name, tuple(sorted(DETECTORS)))
+  return getattr(DETECTORS[name], "needs_classes", False)
 
 
 def make_detector(name: str, **settings) -> InputDetector:

@@ -6,7 +6,8 @@ Needs: clean rows with their labels (the defender's), no extra model. Following
 the authors' code (github.com/lancopku/DAN, `evaluate_dan.py --score_ensemble --std`):
 
   * features: each layer's output at the first token ([CLS] for BERT),
-    `layers.{i}.resid_post[:, 0]`, every layer (not the embeddings);
+    `layers.{i}.resid_post[:, 0]`, every layer (not the embeddings); for a chat
+    decoder (`chat.ChatVictim`) at the last prompt token, which answers;
   * fit, per layer, on 80% of the clean rows: the class means and one shared
     covariance shrunk toward the identity (scikit-learn's ShrunkCovariance,
     s = 0.1, which the code uses);
@@ -31,8 +32,8 @@ import numpy as np
 from jax_attnalign import validation
 from jax_attnalign.data.types import TextExample
 from jax_attnalign.detection._profile import (fit_gaussian, holdout_split, layer_summaries,
-                                              mahalanobis, per_example, require_fitted,
-                                              standardizer)
+                                              mahalanobis, per_example, readout,
+                                              require_fitted, standardizer)
 from jax_attnalign.detection.base import Victim, register
 
 AGGREGATIONS = ("max", "mean")
@@ -40,8 +41,9 @@ AGGREGATIONS = ("max", "mean")
 
 @functools.partial(jax.jit, static_argnames="model")
 def cls_states(model, params, batch: dict) -> jax.Array:
-  """Every layer's output at the first token: [B, L, D]."""
-  return layer_summaries(model, params, batch, "resid_post", lambda x, _: x[:, 0])
+  """Every layer's output at the readout token ([CLS]; a decoder's last prompt
+  token): [B, L, D]."""
+  return layer_summaries(model, params, batch, "resid_post", lambda x, _: readout(x, batch))
 
 
 @register
@@ -68,9 +70,10 @@ class DAN:
     self._state: dict[str, np.ndarray] = {}
 
   def fit(self, victim: Victim, clean: Sequence[TextExample]) -> "DAN":
-    """Fits on clean rows and their labels."""
+    """Fits on clean rows and their labels (one class for a victim without classes:
+    an instruction-following chat decoder's prompts)."""
     states = per_example(victim, clean, cls_states)  # [n, L, D]
-    labels = np.array([e.label for e in clean])
+    labels = np.array([e.label if victim.num_classes else 0 for e in clean])
     fit_rows, held = holdout_split(len(clean), self.holdout, self.seed)
     gaussians = [fit_gaussian(layer[fit_rows], labels[fit_rows], shrinkage=self.shrinkage,
                               standardize=False) for layer in states.transpose(1, 0, 2)]

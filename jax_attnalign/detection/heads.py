@@ -8,12 +8,17 @@ part inherits DAN's need for labelled clean rows).
                       cosines of a view (`defense.detector.batch_scores`); fits nothing
   cosine_profile      every pairwise head cosine of every viewed layer, [L' N(N-1)/2]
   entropy_profile     each head's attention entropy over the view's rows, [L' N]
-  output_profile      the pairwise cosines of the heads' outputs at [CLS]
-                      (`attn.z`, the H of eq. 4), [L N(N-1)/2]
+  output_profile      the pairwise cosines of the heads' outputs at [CLS] or a
+                      chat decoder's last prompt token (`attn.z`, the H of
+                      eq. 4), [L N(N-1)/2]
   importance_profile  each head's |H^T dL/dH| for this input, with the model's
                       own prediction as the label (`head_gate_gradients`), [L N]
   combined            the sum of its parts' scores, each standardised on held-out
                       clean rows (default: cosine_profile + DAN's [CLS] distances)
+
+On a chat decoder (`chat.ChatVictim`) every signal reads the prompt followed
+by the model's own greedy answer, and the views' output rows are the answer's
+rows over the prompt (the generation-to-prompt block).
 
 A profile's score is its vector's squared Mahalanobis distance to the Gaussian
 of clean inputs' vectors, each dimension standardised and the covariance shrunk
@@ -41,8 +46,8 @@ from jax_attnalign.defense.detector import STATISTICS, DetectorConfig
 from jax_attnalign.defense.scoring import scores_of
 from jax_attnalign.detection import dan
 from jax_attnalign.detection._profile import (fit_gaussian, holdout_split, layer_summaries,
-                                              mahalanobis, per_example, require_fitted,
-                                              standardizer)
+                                              mahalanobis, per_example, readout,
+                                              require_fitted, standardizer)
 from jax_attnalign.detection.base import DETECTORS, Victim, make_detector, register
 from jax_attnalign.models import MODEL_INPUTS
 
@@ -56,7 +61,8 @@ def head_pairs(cosine: jax.Array) -> jax.Array:
 
 
 def _extra(batch: dict) -> dict:
-  return {k: batch[k] for k in MODEL_INPUTS[2:] if k in batch}
+  """token_type_ids (encoders) and prompt_lengths (decoders' answer inputs), if given."""
+  return {k: batch[k] for k in MODEL_INPUTS[2:] + ("prompt_lengths",) if k in batch}
 
 
 @functools.partial(jax.jit, static_argnames=("model", "view"))
@@ -76,6 +82,7 @@ def entropy_features(model, params, batch: dict, view: str) -> jax.Array:
   def entropy(probs, _):  # [B, N, T, S] -> each head's mean entropy over the viewed rows [B, N]
     blocks, valid = extract_view(probs[None], whole, attention_mask=batch["attention_mask"],
                                  special_mask=batch.get("special_mask"),
+                                 prompt_lengths=batch.get("prompt_lengths"),
                                  is_decoder=model.config.is_decoder)
     p = blocks[0].reshape(*blocks.shape[1:3], -1, probs.shape[-1])  # [B, N, R, S]
     rows = valid.reshape(valid.shape[0], -1, probs.shape[-1]).any(-1)  # [B, R]
@@ -89,16 +96,16 @@ def entropy_features(model, params, batch: dict, view: str) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames="model")
 def output_features(model, params, batch: dict) -> jax.Array:
-  """The pairwise cosines of the heads' outputs at [CLS] (attn.z), every layer:
-  [B, L N(N-1)/2]."""
-  return head_pairs(layer_summaries(model, params, batch, "attn.z",
-                                    lambda z, _: head_cosine(z[:, 0])))  # z: [B, T, N, H]
+  """The pairwise cosines of the heads' outputs at [CLS] (a decoder's last prompt
+  token) (attn.z), every layer: [B, L N(N-1)/2]."""
+  return head_pairs(layer_summaries(model, params, batch, "attn.z",  # z: [B, T, N, H]
+                                    lambda z, _: head_cosine(readout(z, batch))))
 
 
 def importance_features(model, params, batch: dict) -> jax.Array:
   """Each head's |H^T dL/dH| (eq. 4 for this input alone), the model's own
-  prediction as the label: [B, L N]."""
-  inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+  prediction as the label (a decoder's: its own teacher-forced answer): [B, L N]."""
+  inputs = {k: batch[k] for k in MODEL_INPUTS + ("loss_mask",) if k in batch}
   grads = head_gate_gradients(model, params, inputs, use_predictions=True)  # [B, L, N]
   return jnp.abs(grads).reshape(grads.shape[0], -1)
 

@@ -39,7 +39,7 @@ from jax_attnalign import validation
 from jax_attnalign.attacks.lm_substitutes import sentence_log_likelihoods, word_ids
 from jax_attnalign.assets import bundled_smollm2_path
 from jax_attnalign.data import load_tokenizer
-from jax_attnalign.data.types import TextExample
+from jax_attnalign.data.types import InstructionExample, TextExample
 from jax_attnalign.detection.base import Victim, register
 from jax_attnalign.models.hf_io import load_pretrained
 
@@ -97,7 +97,9 @@ class ONION:
     groups = np.split(perplexities, np.cumsum(sizes))[:-1]  # the last is always empty
     return [g[0] - g[1:] if g.size else g for g in groups]
 
-  def score(self, victim: Victim, examples: Sequence[TextExample]) -> np.ndarray:
-    del victim  # ONION reads the texts alone
-    return np.array([s.max() if s.size else 0.0
-                     for s in self.suspicions([e.text for e in examples])], np.float64)
+  def score(self, victim: Victim, examples: Sequence[TextExample | InstructionExample]
+            ) -> np.ndarray:
+    del victim  # ONION reads the texts alone (an instruction record's: instruction, input)
+    texts = [f"{e.instruction} {e.input}".strip() if isinstance(e, InstructionExample)
+             else e.text for e in examples]
+    return np.array([s.max() if s.size else 0.0 for s in self.suspicions(texts)], np.float64)

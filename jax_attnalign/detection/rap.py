@@ -53,9 +53,9 @@ from flax import traverse_util
 from jax_attnalign import validation
 from jax_attnalign.data import iterate_batches
 from jax_attnalign.data.types import TextExample
-from jax_attnalign.detection.base import Victim, register
-from jax_attnalign.models import MODEL_INPUTS, apply_batch
-from jax_attnalign.train import trim_padding
+from jax_attnalign.detection.base import Victim, register, require_classes
+from jax_attnalign.models import MODEL_INPUTS
+from jax_attnalign.train import cut_padding
 
 NOT_PROTECTED = -2.0  # the score of an input not predicted as the protected class
 _TABLES = (("embeddings", "word_embeddings", "embedding"),  # BERT
@@ -66,6 +66,7 @@ _TABLES = (("embeddings", "word_embeddings", "embedding"),  # BERT
 class RAP:
   """Minus the protected-class probability drop caused by a trained word (module docstring)."""
   name = "rap"
+  needs_classes = True  # reads the victim's class probabilities
 
   def __init__(self, word: str = "tq", protected: int = 1, lower: float = 0.1,
                upper: float = 0.3, scale: float = 1.0, learning_rate: float = 1e-2,
@@ -113,7 +114,8 @@ class RAP:
     return [e.replace(text=f"{self.word} {e.text}") for e in examples]
 
   def fit(self, victim: Victim, clean: Sequence[TextExample]) -> "RAP":
-    token, classes = self.token(victim.tokenizer), victim.model.config.num_labels
+    require_classes(self.name, victim)
+    token, classes = self.token(victim.tokenizer), victim.num_classes
     if self.protected >= classes:
       raise ValueError(f"RAP.protected is {self.protected}; the victim has {classes} classes.")
     rows = [e for e in clean if e.label == self.protected]
@@ -121,15 +123,19 @@ class RAP:
     keep = np.flatnonzero(probs.argmax(-1) == self.protected)
     if not keep.size:
       raise ValueError(f"RAP.fit: no clean row of class {self.protected} is predicted as it.")
-    arrays = {k: v for k, v in victim.encode(self.inserted([rows[k] for k in keep])).items()
-              if k in MODEL_INPUTS}
+    arrays = {k: v for k, v in victim.class_inputs(self.inserted([rows[k] for k in keep])).items()
+              if k in MODEL_INPUTS + ("prompt_lengths",)}
+    if not (arrays["input_ids"] == token).any(1).all():
+      raise ValueError(f"RAP.word {self.word!r} is tokenised differently inside the inputs "
+                       "than alone, so its trained row would never be read; choose a word "
+                       "that stays one token in context (BPE: a merge without a leading space).")
     arrays["before"] = probs[keep, self.protected].astype(np.float32)
     row = _table(victim.params)[token]
     norm, optimizer = jnp.linalg.norm(row), optax.adam(self.learning_rate)
     opt_state = optimizer.init(row)
 
     def loss(row, params, batch):
-      logits = apply_batch(victim.model, _with_row(params, token, row), batch).logits
+      logits = victim.class_logits(_with_row(params, token, row), batch)
       drop = batch["before"] - jax.nn.softmax(logits.astype(jnp.float32))[:, self.protected]
       return jnp.mean(self.scale * jax.nn.relu(self.lower - drop)
                       + jax.nn.relu(drop - self.upper))
@@ -142,7 +148,7 @@ class RAP:
 
     for epoch in range(self.epochs):
       for batch in iterate_batches(arrays, self.batch_size, seed=self.seed, epoch=epoch):
-        row, opt_state = step(row, opt_state, victim.params, trim_padding(batch, 16))
+        row, opt_state = step(row, opt_state, victim.params, cut_padding(batch, 16))
     self.row = np.asarray(row, np.float32)
     return self
 

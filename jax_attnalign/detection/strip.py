@@ -41,13 +41,14 @@ import numpy as np
 
 from jax_attnalign import validation
 from jax_attnalign.data.types import TextExample
-from jax_attnalign.detection.base import Victim, register
+from jax_attnalign.detection.base import Victim, register, require_classes
 
 
 @register
 class STRIP:
   """Minus the mean prediction entropy over word-swapped copies (module docstring)."""
   name = "strip"
+  needs_classes = True  # reads the victim's class probabilities
 
   def __init__(self, repeats: int = 20, swap_ratio: float = 0.5, seed: int = 0):
     validation.at_least("STRIP.repeats", repeats, 1)
@@ -69,7 +70,7 @@ class STRIP:
     self.words = words
 
   def fit(self, victim: Victim, clean: Sequence[TextExample]) -> "STRIP":
-    del victim  # the pool is the clean texts' words alone
+    require_classes(self.name, victim)  # the pool is the clean texts' words alone
     words = sorted({w for e in clean for w in e.text.split()})
     if not words:
       raise ValueError("STRIP.fit: the clean texts hold no words to draw replacements from.")

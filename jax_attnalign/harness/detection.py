@@ -3,7 +3,8 @@
   sets = detection_sets(victim_cfg, DetectionSetup())
   row = evaluate_detector("strip", {}, victim, sets, fpr=0.05, workdir="runs/detect/...")
 
-Per victim (an `experiments.attack` run), seeded:
+Per victim (an `experiments.attack` run, or an `experiments.attack_lm` chat
+classifier: `lm_detection_sets`, `load_victim`), seeded:
   fit          clean labelled training rows the detector is fitted on
   calibration  other clean training rows setting its threshold at `fpr`
   clean        fresh clean test inputs (the measured false-positive rate)
@@ -27,8 +28,12 @@ import numpy as np
 from absl import logging
 
 from jax_attnalign import attacks, data, metrics, validation
-from jax_attnalign.detection import Calibration, Victim, calibrate, make_detector
+from jax_attnalign.detection import Victim, calibrate, make_detector
+from jax_attnalign.detection.chat import ChatVictim
+from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, defender_examples, load_lm_victim
 from jax_attnalign.harness.victims import seeded_subset
+from jax_attnalign.harness.victims_lm import LMVictimConfig, victim_data
+from jax_attnalign.models.hf_io import load_pretrained
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +67,39 @@ def detection_sets(victim_cfg: dict, setup: DetectionSetup) -> dict[str, list]:
   return {"fit": defender[:setup.fit_size], "calibration": defender[setup.fit_size:],
           "clean": seeded_subset(test_rows, setup.test_size, seed)[0],
           "triggered": seeded_subset(triggered, setup.test_size, seed + 1)[0]}
+
+
+def lm_detection_sets(cfg: LMVictimConfig, setup: DetectionSetup) -> dict[str, list]:
+  """`detection_sets` of a victim of `experiments.attack_lm`: the fit and
+  calibration rows from the clean training rows the victim did not train on (the
+  defender's, `pipeline_lm.defender_examples`), clean and triggered inputs from
+  the victim's own test sets."""
+  defender = defender_examples(cfg, LMDefenseSetup(clean_size=setup.fit_size,
+                                                   calibration_size=setup.calibration_size))
+  order = np.random.default_rng((cfg.seed, 5)).permutation(len(defender))
+  defender = [defender[i] for i in order]
+  sets = victim_data(cfg)
+  return {"fit": defender[:setup.fit_size], "calibration": defender[setup.fit_size:],
+          "clean": seeded_subset(sets["clean"], setup.test_size, cfg.seed)[0],
+          "triggered": seeded_subset(sets["triggered"], setup.test_size, cfg.seed + 1)[0]}
+
+
+def load_victim(run_dir: pathlib.Path, cfg: dict, setup: DetectionSetup,
+                batch_size: int = 32) -> tuple[Victim, dict[str, list]]:
+  """(the victim as detectors see it, its detection sets) of a run folder of
+  `experiments.attack` (an encoder classifier) or of `experiments.attack_lm` (a
+  `ChatVictim`: a chat classifier, or a generation victim without classes);
+  `cfg` is its result.json's config."""
+  if "task" not in cfg:
+    model, params = load_pretrained(run_dir / "model", task="classification")
+    return (Victim(model, params, data.load_tokenizer(run_dir / "model"),
+                   max_length=cfg["max_length"], batch_size=batch_size),
+            detection_sets(cfg, setup))
+  model, params, tokenizer, lm_cfg = load_lm_victim(run_dir)
+  kind = ({"dataset": lm_cfg.dataset} if lm_cfg.task == "classification" else
+          {"dataset": None, "answer_tokens": lm_cfg.max_new_tokens})
+  return (ChatVictim(model, params, tokenizer, batch_size=batch_size, **kind),
+          lm_detection_sets(lm_cfg, setup))
 
 
 def evaluate_detector(name: str, settings: dict, victim: Victim, sets: dict[str, list],
