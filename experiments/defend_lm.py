@@ -17,6 +17,9 @@ variant in --variants:
                 [1..9] and mu_max 0.1 (baselines.MuScleLoRAConfig), trained with
                 the victim's own schedule (epochs, batch, learning rate, seed)
 The baselines' settings are the config's `baselines` part (harness.baselines_lm).
+The detector variant's suspects are the paper detector's unless
+--config.setup.detector names another input detector (its rows then read
+"detector (<name>)"; run it under its own --workdir).
 the held-out ASR and CA (classification) or clean utility (generation) before and
 after. Writes per-run result.json and the sanitised checkpoint (with tokenizer),
 and defend_lm.json/.md/.png (mean ± std over seeds). Interrupted runs resume.
@@ -79,17 +82,20 @@ def _finished_rows(workdir: pathlib.Path) -> list[dict]:
       raise FileNotFoundError(f"{path} defends {result['victim']}, whose result.json is gone; "
                               "the summary reads each victim's task, attack and seed there.")
     cfg = json.loads(victim.read_text())["config"]
+    variant, picked = path.parent.parent.name, (result["detection"] or {}).get("detector")
     rows.append({"victim": path.parent.name, "task": cfg["task"], "attack": cfg["attack"],
                  "dataset": cfg["dataset"] if cfg["task"] == "classification" else None,
-                 "seed": cfg["seed"], "variant": path.parent.parent.name,
+                 "seed": cfg["seed"], "variant": variant + (
+                     f" ({picked})" if variant == "detector" and picked not in (None, "paper")
+                     else ""),
                  **{k: result[k] for k in ("before", "after", "detection")},
                  "seconds": result["report"].get("seconds"),
                  **({"removed": {k: result["report"]["filter"][k] for k in
                                  ("removed", "poisoned_removed", "poisoned_rows", "rows")}}
                     if "filter" in result["report"] else {})})
   order = [*variants(FLAGS.config), *BASELINE_VARIANTS]
-  return sorted(rows, key=lambda r: (r["task"], r["attack"], order.index(r["variant"]),
-                                     r["seed"]))
+  return sorted(rows, key=lambda r: (r["task"], r["attack"],
+                                     order.index(r["variant"].split(" (")[0]), r["seed"]))
 
 
 def main(argv):

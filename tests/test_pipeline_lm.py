@@ -17,9 +17,11 @@ from jax_attnalign.baselines import (CleanGenConfig, GraCeFulConfig, MuScleLoRAC
 from jax_attnalign.defense import DetectorConfig
 from jax_attnalign.defense.sanitize import (Alignment, FineTuning, HeadClassification,
                                             SanitizeConfig, Stopping, scores_of)
+from jax_attnalign.detection import ChatVictim, calibrate, make_detector
 from jax_attnalign.models import PATTERNS, ModelConfig, build_model, run_with_hooks
 from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, analyze_lm_victim, answer_inputs,
-                                               defend_lm_victim, defender_examples,
+                                               choose_lm_suspects, defend_lm_victim,
+                                               defender_examples, lm_defense_data,
                                                load_lm_victim, view_statistics)
 from jax_attnalign.harness.baselines_lm import (defend_lm_with_cleangen, defend_lm_with_graceful,
                                                 defend_lm_with_muscle_lora)
@@ -137,6 +139,22 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
       assert transformers.AutoTokenizer.from_pretrained(out / "model").chat_template
     assert defend_lm_victim(victim, setup, config, out, detector=detector) == json.loads(
         (out / "result.json").read_text())
+  # Another input detector picks the suspects: the stream's scores are DAN's, fitted
+  # on the defender's clean fine-tuning prompts and calibrated on its calibration ones.
+  dan_setup = dataclasses.replace(setup, detector="dan")
+  defense_sets = lm_defense_data(model, params, tokenizer, victim_cfg, dan_setup)
+  chosen, report, _ = choose_lm_suspects(model, params, tokenizer, victim_cfg, defense_sets,
+                                         dan_setup, detector, 4)
+  examples, truth = defense_sets["examples"], defense_sets["stream"]["poisoned"]
+  chat = ChatVictim(model, params, tokenizer, batch_size=4, dataset="sst2")
+  dan = make_detector("dan").fit(chat, examples["clean_train"])
+  dan_scores = dan.score(chat, examples["stream"])
+  assert report["detector"] == "dan"
+  np.testing.assert_allclose(report["auroc"], metrics.detection_auroc(dan_scores, truth))
+  threshold = calibrate(dan, chat, examples["calibration"], detector.fpr).threshold
+  np.testing.assert_allclose(report["threshold"], threshold, rtol=1e-5)
+  flagged = np.flatnonzero(dan_scores >= threshold)
+  assert len(chosen["input_ids"]) == report["suspects"] == min(len(flagged), 4)
   # CleanGen on the same held-out prompts: 'before' is ours' before; with alpha
   # infinite no token is replaced and 'after' is plain greedy decoding again.
   never = defend_lm_with_cleangen(victim, setup, CleanGenConfig(alpha=math.inf),

@@ -29,8 +29,8 @@ from absl import logging
 
 from jax_attnalign import attacks, data, metrics, validation
 from jax_attnalign.detection import Victim, calibrate, make_detector
-from jax_attnalign.detection.chat import ChatVictim
-from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, defender_examples, load_lm_victim
+from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, chat_victim, defender_examples,
+                                              load_lm_victim)
 from jax_attnalign.harness.victims import seeded_subset
 from jax_attnalign.harness.victims_lm import LMVictimConfig, victim_data
 from jax_attnalign.models.hf_io import load_pretrained
@@ -96,9 +96,7 @@ def load_victim(run_dir: pathlib.Path, cfg: dict, setup: DetectionSetup,
                    max_length=cfg["max_length"], batch_size=batch_size),
             detection_sets(cfg, setup))
   model, params, tokenizer, lm_cfg = load_lm_victim(run_dir)
-  kind = ({"dataset": lm_cfg.dataset} if lm_cfg.task == "classification" else
-          {"dataset": None, "answer_tokens": lm_cfg.max_new_tokens})
-  return (ChatVictim(model, params, tokenizer, batch_size=batch_size, **kind),
+  return (chat_victim(model, params, tokenizer, lm_cfg, batch_size),
           lm_detection_sets(lm_cfg, setup))
 
 

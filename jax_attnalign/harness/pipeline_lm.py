@@ -30,10 +30,11 @@ import numpy as np
 from absl import logging
 
 import jax_attnalign
-from jax_attnalign import data, metrics, parallel, plots
+from jax_attnalign import data, metrics, parallel, plots, validation
 from jax_attnalign.analysis import head_similarity, pair_statistics, resolve_view
 from jax_attnalign.answers import greedy_answers
 from jax_attnalign.defense.detector import DetectorConfig, layer_statistics
+from jax_attnalign.detection import DETECTORS, ChatVictim, calibrate, make_detector
 from jax_attnalign.defense.sanitize import (SanitizeConfig, calibrated_detector, per_input,
                                             sanitize, scores_of)
 from jax_attnalign.harness.pipeline import store_defense_result
@@ -146,6 +147,12 @@ def analyze_lm_victim(victim_dir: str | pathlib.Path, views: tuple[str, ...],
 class LMDefenseSetup:
   """How the suspects are chosen and what the defender holds, for an LM victim."""
   suspects: Literal["detector", "oracle"] = "detector"
+  # Which input detector (of jax_attnalign.detection, default settings, read on a
+  # `ChatVictim`) flags the stream for 'detector' suspects, fitted on the
+  # defender's clean fine-tuning prompts and calibrated on its calibration
+  # prompts; the paper's (the detector config's view and statistic) always sets
+  # the rounds' stopping threshold.
+  detector: str = "paper"
   stream_clean: int = 60  # clean test prompts in the monitored stream
   stream_triggered: int = 40  # triggered test prompts (other prompts) in the stream
   max_suspects: int = 32
@@ -155,6 +162,10 @@ class LMDefenseSetup:
   calibration_size: int = 200  # clean training prompts calibrating the detector
   eval_size: int = 100  # held-out clean and triggered prompts each (0: all the rest)
   seed: int = 0
+
+  def __post_init__(self):
+    validation.choice("LMDefenseSetup.suspects", self.suspects, ("detector", "oracle"))
+    validation.choice("LMDefenseSetup.detector", self.detector, tuple(sorted(DETECTORS)))
 
 
 def stream_and_held(cfg: LMVictimConfig, setup: LMDefenseSetup) -> dict[str, tuple]:
@@ -189,36 +200,66 @@ def lm_defense_data(model, params, tokenizer, cfg: LMVictimConfig,
                     setup: LMDefenseSetup) -> dict:
   """{'stream': answer inputs of the stream with 'poisoned', 'held': {'clean',
   'triggered'} examples, 'clean_train': encoded clean fine-tuning rows,
-  'calibration': answer inputs of clean training prompts}. The clean and the
+  'calibration': answer inputs of clean training prompts, 'examples': the
+  examples of 'stream', 'clean_train' and 'calibration'}. The clean and the
   triggered test examples are each split (seeded) into stream and held-out parts."""
   defender = defender_examples(cfg, setup)
   parts = stream_and_held(cfg, setup)
-  stream = answer_inputs(model, params, tokenizer, parts["clean"][0] + parts["triggered"][0],
-                         cfg)
+  examples = {"stream": parts["clean"][0] + parts["triggered"][0],
+              "clean_train": defender[:setup.clean_size],
+              "calibration": defender[setup.clean_size:]}
+  stream = answer_inputs(model, params, tokenizer, examples["stream"], cfg)
   stream["poisoned"] = np.arange(len(stream["input_ids"])) >= len(parts["clean"][0])
   return {"stream": stream, "held": {name: held for name, (_, held) in parts.items()},
-          "clean_train": training_arrays(defender[:setup.clean_size], cfg, tokenizer),
-          "calibration": answer_inputs(model, params, tokenizer,
-                                       defender[setup.clean_size:], cfg)}
+          "clean_train": training_arrays(examples["clean_train"], cfg, tokenizer),
+          "calibration": answer_inputs(model, params, tokenizer, examples["calibration"], cfg),
+          "examples": examples}
 
 
-def choose_lm_suspects(model, params, sets: dict, setup: LMDefenseSetup,
-                       config: DetectorConfig, batch_size: int) -> tuple[dict, dict, object]:
+def chat_victim(model, params, tokenizer, cfg: LMVictimConfig, batch_size: int) -> ChatVictim:
+  """The victim as input detectors read it: a chat classifier of its dataset, or a
+  generation victim (no classes) answering with its `max_new_tokens`."""
+  kind = ({"dataset": cfg.dataset} if cfg.task == "classification" else
+          {"dataset": None, "answer_tokens": cfg.max_new_tokens})
+  return ChatVictim(model, params, tokenizer, batch_size=batch_size, **kind)
+
+
+def input_detector_scores(model, params, tokenizer, cfg: LMVictimConfig, examples: dict,
+                          name: str, fpr: float, batch_size: int) -> tuple[np.ndarray, object]:
+  """The stream's scores under input detector `name` (read on a `ChatVictim`),
+  fitted on the defender's clean fine-tuning prompts and calibrated at `fpr` on
+  its calibration prompts (`examples` of `lm_defense_data`), and that calibration."""
+  victim = chat_victim(model, params, tokenizer, cfg, batch_size)
+  method = make_detector(name).fit(victim, examples["clean_train"])
+  calibration = calibrate(method, victim, examples["calibration"], fpr)
+  return np.asarray(method.score(victim, examples["stream"]), np.float64), calibration
+
+
+def choose_lm_suspects(model, params, tokenizer, cfg: LMVictimConfig, sets: dict,
+                       setup: LMDefenseSetup, config: DetectorConfig,
+                       batch_size: int) -> tuple[dict, dict, object]:
   """(suspects, detection report, detector) from the stream's answer inputs: the
-  flagged inputs of `config`'s detector calibrated on the calibration prompts
-  (highest scores first, at most `max_suspects`), or the triggered ones
-  ('oracle'); unlabelled."""
+  inputs flagged by `setup.detector` (the paper's: `config`'s view and statistic,
+  calibrated on the calibration prompts; or an input detector,
+  `input_detector_scores`), highest scores first, at most `max_suspects`; or the
+  triggered ones ('oracle'); unlabelled. The returned detector is `config`'s,
+  which sets the rounds' stopping threshold."""
   detector = calibrated_detector(model, params, sets["calibration"], config,
                                  batch_size=batch_size)
   stream = sets["stream"]
-  scores = scores_of(model, params, stream, config.view, config.statistic,
-                     batch_size=batch_size)
+  if setup.detector == "paper":
+    scores = scores_of(model, params, stream, config.view, config.statistic,
+                       batch_size=batch_size)
+    threshold = detector
+  else:
+    scores, threshold = input_detector_scores(model, params, tokenizer, cfg, sets["examples"],
+                                              setup.detector, config.fpr, batch_size)
   truth = stream["poisoned"]
-  flagged = detector.flag(scores)
-  report = {"auroc": metrics.detection_auroc(scores, truth), "flagged": int(flagged.sum()),
-            "true_positive_rate": float(flagged[truth].mean()),
+  flagged = threshold.flag(scores)
+  report = {"detector": setup.detector, "auroc": metrics.detection_auroc(scores, truth),
+            "flagged": int(flagged.sum()), "true_positive_rate": float(flagged[truth].mean()),
             "false_positive_rate": float(flagged[~truth].mean()),
-            "threshold": detector.threshold}
+            "threshold": threshold.threshold}
   if setup.suspects == "oracle":
     chosen = np.flatnonzero(truth)[:setup.max_suspects]
   else:
@@ -247,7 +288,8 @@ def defend_lm_victim(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
   evaluate = lambda p: {k: v for k, v in evaluate_lm_victim(model, p, tokenizer, sets["held"],
                                                             cfg).items() if k != "examples"}
   before = evaluate(params)
-  suspects, detection, calibrated = choose_lm_suspects(model, params, sets, setup, detector,
+  suspects, detection, calibrated = choose_lm_suspects(model, params, tokenizer, cfg, sets,
+                                                       setup, detector,
                                                        config.score_batch_size)
   logging.info("before: %s; detection: %s", before, detection)
   result = {"victim": str(victim_dir), "setup": dataclasses.asdict(setup),
