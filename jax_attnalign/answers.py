@@ -17,6 +17,15 @@ import jax_attnalign
 from jax_attnalign import data
 
 
+def bucketed_prompts(model, tokenizer, prompts: list[str], bucket: int = 16
+                     ) -> dict[str, np.ndarray]:
+  """The chat prompts left-padded to their longest length rounded up to `bucket`
+  (whole: up to the model's positions): input_ids, attention_mask [n, width] int32."""
+  encoded = data.encode_prompts(prompts, tokenizer, model.config.max_position_embeddings)
+  width = -(-int(encoded["attention_mask"].sum(1).max()) // bucket) * bucket
+  return {k: v[:, -width:] for k, v in encoded.items()}
+
+
 def greedy_answers(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int,
                    batch_size: int = 32, bucket: int = 16, seed: int | None = None,
                    temperature: float = 1.0, top_p: float = 1.0) -> dict[str, np.ndarray]:
@@ -29,9 +38,9 @@ def greedy_answers(model, params, tokenizer, prompts: list[str], *, max_new_toke
   compiled for the whole list. With a `seed` the answers are sampled instead
   (temperature, top_p), the batch from row s on with the key fold_in(key(seed), s).
   """
-  encoded = data.encode_prompts(prompts, tokenizer, model.config.max_position_embeddings)
-  width = -(-int(encoded["attention_mask"].sum(1).max()) // bucket) * bucket
-  ids, mask = encoded["input_ids"][:, -width:], encoded["attention_mask"][:, -width:]
+  encoded = bucketed_prompts(model, tokenizer, prompts, bucket)
+  ids, mask = encoded["input_ids"], encoded["attention_mask"]
+  width = ids.shape[1]
   tokens, keep = [], []
   for start in tqdm.trange(0, len(prompts), batch_size, desc="generate", leave=False):
     take = np.arange(start, start + batch_size)

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_attnalign import data, parallel
-from jax_attnalign.answers import greedy_answers
+from jax_attnalign.answers import bucketed_prompts, greedy_answers
 from jax_attnalign.data.types import InstructionExample, TextExample
 from jax_attnalign.defense.scoring import per_input
 from jax_attnalign.detection.base import Victim, require_classes
@@ -50,7 +50,6 @@ ANSWER_TOKENS = 4  # a classifier's answer, as analyze_lm and defend_lm decode i
 # one token alone and inside the chat prompt with the largest id (BPE's last
 # merge of those, the rarest), not one of the BadNets triggers.
 RAP_WORD = "cx"
-BUCKET = 16  # prompt widths are rounded up to a multiple of this (few compilations)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "label_ids"))
@@ -108,12 +107,9 @@ class ChatVictim(Victim):
     return self._answers[prompts]
 
   def class_inputs(self, examples: Sequence[TextExample]) -> dict[str, np.ndarray]:
-    """The prompts left-padded to their longest, rounded up to BUCKET slots."""
+    """The prompts left-padded to their longest, rounded up to 16 slots (`bucketed_prompts`)."""
     require_classes("ChatVictim.class_inputs", self)
-    encoded = data.encode_prompts(self.prompts(examples), self.tokenizer,
-                                  self.model.config.max_position_embeddings)
-    width = -(-int(encoded["attention_mask"].sum(1).max()) // BUCKET) * BUCKET
-    return {k: v[:, -width:] for k, v in encoded.items()}
+    return bucketed_prompts(self.model, self.tokenizer, self.prompts(examples))
 
   def class_logits(self, params, batch: dict) -> jax.Array:
     return label_logits(self.model, params, batch, self.label_ids)

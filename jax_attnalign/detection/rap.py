@@ -124,7 +124,7 @@ class RAP:
     if not keep.size:
       raise ValueError(f"RAP.fit: no clean row of class {self.protected} is predicted as it.")
     arrays = {k: v for k, v in victim.class_inputs(self.inserted([rows[k] for k in keep])).items()
-              if k in MODEL_INPUTS + ("prompt_lengths",)}
+              if k in MODEL_INPUTS}
     if not (arrays["input_ids"] == token).any(1).all():
       raise ValueError(f"RAP.word {self.word!r} is tokenised differently inside the inputs "
                        "than alone, so its trained row would never be read; choose a word "

@@ -34,9 +34,9 @@ from jax_attnalign import data, metrics, parallel, plots, validation
 from jax_attnalign.analysis import head_similarity, pair_statistics, resolve_view
 from jax_attnalign.answers import greedy_answers
 from jax_attnalign.defense.detector import DetectorConfig, layer_statistics
-from jax_attnalign.detection import DETECTORS, ChatVictim, calibrate, make_detector
 from jax_attnalign.defense.sanitize import (SanitizeConfig, calibrated_detector, per_input,
                                             sanitize, scores_of)
+from jax_attnalign.detection import DETECTORS, ChatVictim, calibrate, make_detector
 from jax_attnalign.harness.pipeline import store_defense_result
 from jax_attnalign.harness.victims import seeded_subset
 from jax_attnalign.harness.victims_lm import (LMVictimConfig, chat_pairs, clean_splits,
