@@ -106,6 +106,12 @@ class ChatVictim(Victim):
                                               batch_size=self.batch_size)
     return self._answers[prompts]
 
+  def keep_answers(self, examples: Sequence[TextExample | InstructionExample],
+                   arrays: dict[str, np.ndarray]) -> None:
+    """Makes `encode(examples)` return `arrays`, these examples' answer inputs
+    already decoded by `greedy_answers` (e.g. the defense's stream)."""
+    self._answers[tuple(self.prompts(examples))] = arrays
+
   def class_inputs(self, examples: Sequence[TextExample]) -> dict[str, np.ndarray]:
     """The prompts left-padded to their longest, rounded up to 16 slots (`bucketed_prompts`)."""
     require_classes("ChatVictim.class_inputs", self)

@@ -224,12 +224,16 @@ def chat_victim(model, params, tokenizer, cfg: LMVictimConfig, batch_size: int) 
   return ChatVictim(model, params, tokenizer, batch_size=batch_size, **kind)
 
 
-def input_detector_scores(model, params, tokenizer, cfg: LMVictimConfig, examples: dict,
+def input_detector_scores(model, params, tokenizer, cfg: LMVictimConfig, sets: dict,
                           name: str, fpr: float, batch_size: int) -> tuple[np.ndarray, object]:
   """The stream's scores under input detector `name` (read on a `ChatVictim`),
   fitted on the defender's clean fine-tuning prompts and calibrated at `fpr` on
-  its calibration prompts (`examples` of `lm_defense_data`), and that calibration."""
-  victim = chat_victim(model, params, tokenizer, cfg, batch_size)
+  its calibration prompts (`sets` of `lm_defense_data`, whose decoded answers of
+  the stream and calibration prompts it reuses), and that calibration."""
+  victim, examples = chat_victim(model, params, tokenizer, cfg, batch_size), sets["examples"]
+  victim.keep_answers(examples["stream"],
+                      {k: v for k, v in sets["stream"].items() if k != "poisoned"})
+  victim.keep_answers(examples["calibration"], sets["calibration"])
   method = make_detector(name).fit(victim, examples["clean_train"])
   calibration = calibrate(method, victim, examples["calibration"], fpr)
   return np.asarray(method.score(victim, examples["stream"]), np.float64), calibration
@@ -252,7 +256,7 @@ def choose_lm_suspects(model, params, tokenizer, cfg: LMVictimConfig, sets: dict
                        batch_size=batch_size)
     threshold = detector
   else:
-    scores, threshold = input_detector_scores(model, params, tokenizer, cfg, sets["examples"],
+    scores, threshold = input_detector_scores(model, params, tokenizer, cfg, sets,
                                               setup.detector, config.fpr, batch_size)
   truth = stream["poisoned"]
   flagged = threshold.flag(scores)
