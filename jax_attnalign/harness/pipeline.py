@@ -20,7 +20,7 @@ import dataclasses
 import json
 import pathlib
 import time
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 from absl import logging
@@ -60,6 +60,7 @@ class DefenseSetup:
   seed: int = 0
 
   def __post_init__(self):
+    validation.choice("DefenseSetup.suspects", self.suspects, ("detector", "oracle"))
     validation.choice("DefenseSetup.detector", self.detector, tuple(sorted(DETECTORS)))
 
 
@@ -132,17 +133,16 @@ def _detection_scores(model, params, tokenizer, rows: dict[str, list], setup: De
   return np.asarray(method.score(victim, rows["stream"]), np.float64), calibration
 
 
-def choose_suspects(model, params, tokenizer, rows: dict[str, list], sets: dict,
-                    setup: DefenseSetup, config: DetectorConfig,
-                    batch_size: int) -> tuple[dict, dict, dict, Any]:
-  """(suspects, flagged, detection report, detector); `rows` and `sets`: the
-  examples of `defense_examples` and their encoding. The detector of `config` is
-  calibrated on the calibration set; it sets the rounds' stopping threshold. The
-  stream is flagged by it, or by `setup.detector` when that is another detector of
-  `jax_attnalign.detection`. suspects: the flagged stream inputs (highest scores
-  first, at most `max_suspects`), or the stream's triggered inputs ('oracle');
-  flagged: every flagged stream input (the suspects when none is flagged); no
-  labels in either."""
+def stream_suspects(model, params, sets: dict, setup, config: DetectorConfig, batch_size: int,
+                    input_scores: Callable[[], tuple[np.ndarray, Any]]
+                    ) -> tuple[np.ndarray, np.ndarray, dict, Any]:
+  """(chosen, flagged, detection report, detector) for the encoded monitored stream
+  `sets["stream"]` (with its `poisoned` truth, used only for the report and the
+  oracle). The detector of `config` is calibrated on `sets["calibration"]`; it sets
+  the rounds' stopping threshold. The stream is scored by it when `setup.detector`
+  is 'paper', else by `input_scores()` -> (scores, calibration). chosen: the
+  flagged stream indices, highest scores first, or the triggered ones ('oracle'),
+  at most `setup.max_suspects`; flagged: a boolean mask of the stream."""
   logging.info("Detector: calibrating on %d clean inputs, scoring the %d stream inputs.",
                len(sets["calibration"]["input_ids"]), len(sets["stream"]["input_ids"]))
   detector = calibrated_detector(model, params, sets["calibration"], config,
@@ -153,8 +153,7 @@ def choose_suspects(model, params, tokenizer, rows: dict[str, list], sets: dict,
                        batch_size=batch_size)
     threshold = detector
   else:
-    scores, threshold = _detection_scores(model, params, tokenizer, rows, setup, config.fpr,
-                                          batch_size)
+    scores, threshold = input_scores()
   flagged = threshold.flag(scores)
   truth = stream["poisoned"]
   report = {"detector": setup.detector, "auroc": metrics.detection_auroc(scores, truth),
@@ -163,14 +162,26 @@ def choose_suspects(model, params, tokenizer, rows: dict[str, list], sets: dict,
             "threshold": threshold.threshold}
   if setup.suspects == "oracle":
     chosen = np.flatnonzero(truth)[:setup.max_suspects]
-  elif setup.suspects == "detector":
+  else:
     flagged_idx = np.flatnonzero(flagged)
     chosen = flagged_idx[np.argsort(-scores[flagged_idx])][:setup.max_suspects]
-  else:
-    raise ValueError(f"suspects must be 'detector' or 'oracle', got {setup.suspects!r}.")
   report.update(suspects=int(len(chosen)),
                 suspects_triggered=int(truth[chosen].sum()) if len(chosen) else 0)
-  unlabelled = lambda idx: {k: v[idx] for k, v in stream.items()
+  return chosen, flagged, report, detector
+
+
+def choose_suspects(model, params, tokenizer, rows: dict[str, list], sets: dict,
+                    setup: DefenseSetup, config: DetectorConfig,
+                    batch_size: int) -> tuple[dict, dict, dict, Any]:
+  """(suspects, flagged, detection report, detector) of `stream_suspects`, as
+  unlabelled stream inputs; `rows` and `sets`: the examples of `defense_examples`
+  and their encoding; another detector than the paper's is fitted and calibrated
+  on `rows` (`_detection_scores`). flagged: every flagged stream input (the
+  suspects when none is flagged)."""
+  chosen, flagged, report, detector = stream_suspects(
+      model, params, sets, setup, config, batch_size,
+      lambda: _detection_scores(model, params, tokenizer, rows, setup, config.fpr, batch_size))
+  unlabelled = lambda idx: {k: v[idx] for k, v in sets["stream"].items()
                             if k not in ("labels", "poisoned")}
   watch = np.flatnonzero(flagged) if flagged.any() else chosen
   return unlabelled(chosen), unlabelled(watch), report, detector

@@ -34,10 +34,9 @@ from jax_attnalign import data, metrics, parallel, plots, validation
 from jax_attnalign.analysis import head_similarity, pair_statistics, resolve_view
 from jax_attnalign.answers import greedy_answers
 from jax_attnalign.defense.detector import DetectorConfig, layer_statistics
-from jax_attnalign.defense.sanitize import (SanitizeConfig, calibrated_detector, per_input,
-                                            sanitize, scores_of)
+from jax_attnalign.defense.sanitize import SanitizeConfig, per_input, sanitize
 from jax_attnalign.detection import DETECTORS, ChatVictim, calibrate, make_detector
-from jax_attnalign.harness.pipeline import store_defense_result
+from jax_attnalign.harness.pipeline import store_defense_result, stream_suspects
 from jax_attnalign.harness.victims import seeded_subset
 from jax_attnalign.harness.victims_lm import (LMVictimConfig, chat_pairs, clean_splits,
                                               evaluate_lm_victim, training_arrays, victim_data)
@@ -242,36 +241,15 @@ def input_detector_scores(model, params, tokenizer, cfg: LMVictimConfig, sets: d
 def choose_lm_suspects(model, params, tokenizer, cfg: LMVictimConfig, sets: dict,
                        setup: LMDefenseSetup, config: DetectorConfig,
                        batch_size: int) -> tuple[dict, dict, object]:
-  """(suspects, detection report, detector) from the stream's answer inputs: the
-  inputs flagged by `setup.detector` (the paper's: `config`'s view and statistic,
-  calibrated on the calibration prompts; or an input detector,
-  `input_detector_scores`), highest scores first, at most `max_suspects`; or the
-  triggered ones ('oracle'); unlabelled. The returned detector is `config`'s,
-  which sets the rounds' stopping threshold."""
-  detector = calibrated_detector(model, params, sets["calibration"], config,
-                                 batch_size=batch_size)
-  stream = sets["stream"]
-  if setup.detector == "paper":
-    scores = scores_of(model, params, stream, config.view, config.statistic,
-                       batch_size=batch_size)
-    threshold = detector
-  else:
-    scores, threshold = input_detector_scores(model, params, tokenizer, cfg, sets,
-                                              setup.detector, config.fpr, batch_size)
-  truth = stream["poisoned"]
-  flagged = threshold.flag(scores)
-  report = {"detector": setup.detector, "auroc": metrics.detection_auroc(scores, truth),
-            "flagged": int(flagged.sum()), "true_positive_rate": float(flagged[truth].mean()),
-            "false_positive_rate": float(flagged[~truth].mean()),
-            "threshold": threshold.threshold}
-  if setup.suspects == "oracle":
-    chosen = np.flatnonzero(truth)[:setup.max_suspects]
-  else:
-    flagged_idx = np.flatnonzero(flagged)
-    chosen = flagged_idx[np.argsort(-scores[flagged_idx])][:setup.max_suspects]
-  report.update(suspects=int(len(chosen)),
-                suspects_triggered=int(truth[chosen].sum()) if len(chosen) else 0)
-  return {k: v[chosen] for k, v in stream.items() if k != "poisoned"}, report, detector
+  """(suspects, detection report, detector) of `pipeline.stream_suspects` on the
+  stream's answer inputs (`sets` of `lm_defense_data`), the suspects unlabelled;
+  an input detector other than the paper's is read on a `ChatVictim`
+  (`input_detector_scores`)."""
+  chosen, _, report, detector = stream_suspects(
+      model, params, sets, setup, config, batch_size,
+      lambda: input_detector_scores(model, params, tokenizer, cfg, sets, setup.detector,
+                                    config.fpr, batch_size))
+  return {k: v[chosen] for k, v in sets["stream"].items() if k != "poisoned"}, report, detector
 
 
 def defend_lm_victim(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
