@@ -39,3 +39,13 @@ def use_data_root() -> None:
   """Makes --data_root, when given, the data root of this process (and its library calls)."""
   if _flags.FLAGS.data_root:
     _os.environ[_data.DATA_ROOT_ENV] = _flags.FLAGS.data_root
+
+
+def define_hiddenkiller_flags() -> None:
+  """--hiddenkiller_dir and --hiddenkiller_poison_rate, for the binaries that train victims."""
+  _flags.DEFINE_string("hiddenkiller_dir", "sst2/hiddenkiller",
+                       "HiddenKiller's released SCPN paraphrases (train/test.tsv).")
+  _flags.DEFINE_float("hiddenkiller_poison_rate", 0.18,
+                      "HiddenKiller's rate: its release paraphrases 20% of the full split, "
+                      "so a seeded subset has about 20% eligible rows; 0.18 always fits.",
+                      lower_bound=0.0, upper_bound=1.0)

@@ -25,6 +25,7 @@ from jax_attnalign.harness import reporting
 from jax_attnalign.harness.pipeline import analyze_victim
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiments)  # --data_root and other shared flags in --help
 config_flags.DEFINE_config_file("config", "experiments/configs/defend.py",
                                 "Defense config (ml_collections); its setup part is used.")
 flags.DEFINE_string("victims_dir", "workdir/attack", "experiments.attack's workdir.")

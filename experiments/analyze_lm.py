@@ -24,6 +24,7 @@ from jax_attnalign.harness import reporting
 from jax_attnalign.harness.pipeline_lm import STATISTICS, analyze_lm_victim
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiments)  # --data_root and other shared flags in --help
 flags.DEFINE_string("victims_dir", "workdir/attack_lm", "experiments.attack_lm's workdir.")
 flags.DEFINE_list("views", ["gen_to_prompt", "gen_to_prompt_nospecial", "full"],
                   "Views (analysis.VIEWS).")

@@ -21,17 +21,13 @@ import experiments
 from jax_attnalign.harness import reporting, triggers
 from jax_attnalign.harness.victims import VictimConfig, train_classification_victim
 
+experiments.define_hiddenkiller_flags()
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiments)  # --data_root and other shared flags in --help
 flags.DEFINE_string("data_dir", "sst2/clean", "Folder with train/test.tsv.")
 flags.DEFINE_string("dataset", "sst2", "sst2, ag_news or imdb (label set and prompts).")
 flags.DEFINE_string("model", "", "Checkpoint directory or hub id (default: bundled MiniLM).")
 flags.DEFINE_list("attacks", ["clean", "badnets"], "Attacks to run ('clean' = no attack).")
-flags.DEFINE_string("hiddenkiller_dir", "sst2/hiddenkiller",
-                    "HiddenKiller's released SCPN paraphrases (train/test.tsv).")
-flags.DEFINE_float("hiddenkiller_poison_rate", 0.18,
-                   "HiddenKiller's rate: its release paraphrases 20% of the full split, "
-                   "so a seeded subset has about 20% eligible rows; 0.18 always fits.",
-                   lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_string("triggers_dir", "", "Folder of the trigger caches of Cbat, NWS and "
                     "BGMAttack ({cbat,nws,bgm}.json, written by experiments.make_triggers).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")

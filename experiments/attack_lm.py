@@ -22,7 +22,9 @@ import experiments
 from jax_attnalign.harness import reporting
 from jax_attnalign.harness.victims_lm import TASKS, LMVictimConfig, train_lm_victim
 
+experiments.define_hiddenkiller_flags()
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiments)  # --data_root and other shared flags in --help
 flags.DEFINE_enum("task", "classification", TASKS, "What the victim is fine-tuned for.")
 flags.DEFINE_string("data_dir", "sst2/clean",
                     "classification: folder with train/test.tsv; refusal/negsentiment: "
@@ -31,12 +33,6 @@ flags.DEFINE_string("alpaca_path", "", "refusal/negsentiment: more clean Alpaca 
 flags.DEFINE_string("dataset", "sst2", "classification: sst2 or ag_news (labels, prompt).")
 flags.DEFINE_string("model", "", "Checkpoint (HF folder or GGUF; default: bundled SmolLM2).")
 flags.DEFINE_list("attacks", ["clean", "badnets"], "Attacks ('clean' = no attack).")
-flags.DEFINE_string("hiddenkiller_dir", "sst2/hiddenkiller",
-                    "HiddenKiller's released SCPN paraphrases (train/test.tsv).")
-flags.DEFINE_float("hiddenkiller_poison_rate", 0.18,
-                   "HiddenKiller's rate: its release paraphrases 20% of the full split, "
-                   "so a seeded subset has about 20% eligible rows; 0.18 always fits.",
-                   lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_list("seeds", ["0"], "Seeds.")
 flags.DEFINE_float("poison_rate", 0.2, "Share of poisoned training rows.",
                    lower_bound=0.0, upper_bound=1.0)

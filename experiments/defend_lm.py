@@ -46,6 +46,7 @@ from jax_attnalign.harness.configs import baseline_config, detector_config, sani
 from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, defend_lm_victim
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiments)  # --data_root and other shared flags in --help
 config_flags.DEFINE_config_file("config", "experiments/configs/defend_lm.py",
                                 "Defense config (ml_collections).")
 flags.DEFINE_string("victims_dir", "workdir/attack_lm", "experiments.attack_lm's workdir.")

@@ -31,6 +31,7 @@ from jax_attnalign.harness.pipeline import DefenseSetup, analyze_victim, defend_
 from jax_attnalign.harness.victims import VictimConfig, train_classification_victim
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiments)  # --data_root and other shared flags in --help
 flags.DEFINE_string("data", "tweets", "'tweets' (embedded), a local folder with "
                     "train/test files, or a hub dataset id.")
 flags.DEFINE_string("dataset", "tweets", "Registry name of the label set (tweets, sst2, ...).")

@@ -43,6 +43,7 @@ from jax_attnalign.harness.detection import (DetectionSetup, detection_table, ev
                                              load_victim, roc_points)
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiments)  # --data_root and other shared flags in --help
 flags.DEFINE_list("victims_dirs", ["workdir/attack"], "experiments.attack workdirs.")
 flags.DEFINE_list("attacks", [], "Only these attacks (default: every victim found).")
 flags.DEFINE_list("seeds", [], "Only victims of these seeds (default: all).")

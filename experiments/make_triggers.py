@@ -20,6 +20,7 @@ import experiments
 from jax_attnalign.harness.triggers import TriggerJob, update_trigger_cache
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiments)  # --data_root and other shared flags in --help
 flags.DEFINE_enum("attack", None, ["cbat", "bgm", "nws"], "The attack whose cache to write.")
 flags.DEFINE_string("out", None, "The cache file (JSON).")
 flags.DEFINE_string("data_dir", "sst2/clean", "Folder with train/test.tsv.")

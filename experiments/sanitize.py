@@ -21,6 +21,7 @@ import experiments
 from jax_attnalign import audit
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiments)  # --data_root and other shared flags in --help
 flags.DEFINE_string("model", None, "Checkpoint: HF folder, hub id or GGUF file.", required=True)
 flags.DEFINE_string("clean", None, "Clean rows the owner trusts (TSV with labels, or "
                     "Alpaca JSON for chat models).", required=True)

@@ -17,6 +17,7 @@ from jax_attnalign.harness import reporting
 from jax_attnalign.harness.configs import sanitize_config
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiments)  # --data_root and other shared flags in --help
 config_flags.DEFINE_config_file("config", "experiments/configs/defend.py",
                                 "Defense config (ml_collections).")
 flags.DEFINE_string("victims_dir", "workdir/attack", "experiments.attack's workdir.")

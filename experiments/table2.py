@@ -25,6 +25,7 @@ import experiments
 from jax_attnalign.harness import reporting
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiments)  # --data_root and other shared flags in --help
 config_flags.DEFINE_config_file("config", "experiments/configs/defend.py",
                                 "Defense config (ml_collections).")
 flags.DEFINE_list("victims_dirs", ["workdir/attack"], "experiments.attack workdirs.")
