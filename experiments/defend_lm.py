@@ -30,6 +30,7 @@ and defend_lm.json/.md/.png (mean ± std over seeds). Interrupted runs resume.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 
@@ -43,7 +44,8 @@ from jax_attnalign.harness import reporting
 from jax_attnalign.harness.baselines_lm import (LM_BASELINES, VICTIM_SCHEDULE,
                                                 defend_lm_with_baseline)
 from jax_attnalign.harness.configs import baseline_config, detector_config, sanitize_config
-from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, defend_lm_victim
+from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, defend_lm_victim,
+                                              prepare_lm_defense)
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(experiments)  # --data_root and other shared flags in --help
@@ -109,8 +111,10 @@ def main(argv):
     raise ValueError(f"Unknown variants {unknown}; choose from "
                      f"{sorted([*table, *BASELINE_VARIANTS])}.")
   for _, run, cfg in reporting.find_victims(FLAGS.victims_dir, FLAGS.attacks, FLAGS.seeds):
+    setup = LMDefenseSetup(**{**config.setup.to_dict(), "seed": cfg["seed"]})
+    # Our variants of this victim load, decode and measure it once.
+    prepare = functools.cache(functools.partial(prepare_lm_defense, run, setup))
     for name in FLAGS.variants:
-      setup = LMDefenseSetup(**{**config.setup.to_dict(), "seed": cfg["seed"]})
       if name in BASELINE_VARIANTS:
         baseline = baseline_config(config.baselines, name, LM_BASELINES)
         if name == "muscle_lora":
@@ -119,7 +123,8 @@ def main(argv):
       else:
         suspects, sanitize_cfg = table[name]
         result = defend_lm_victim(run, dataclasses.replace(setup, suspects=suspects),
-                                  sanitize_cfg, workdir / name / run.name, detector=detector)
+                                  sanitize_cfg, workdir / name / run.name, detector=detector,
+                                  prepare=prepare)
       logging.info("%s %s: %s -> %s", name, run.name, result["before"], result["after"])
   rows = _finished_rows(workdir)
   table, bars = reporting.lm_defense_table(rows)

@@ -8,6 +8,7 @@ import math
 
 import jax
 import numpy as np
+import pytest
 import transformers
 
 import jax_attnalign
@@ -22,7 +23,8 @@ from jax_attnalign.models import PATTERNS, ModelConfig, build_model, run_with_ho
 from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, analyze_lm_victim, answer_inputs,
                                                choose_lm_suspects, defend_lm_victim,
                                                defender_examples, lm_defense_data,
-                                               load_lm_victim, view_statistics)
+                                               load_lm_victim, prepare_lm_defense,
+                                               view_statistics)
 from jax_attnalign.harness.baselines_lm import (defend_lm_with_cleangen, defend_lm_with_graceful,
                                                 defend_lm_with_muscle_lora)
 from jax_attnalign.harness.victims_lm import (LMVictimConfig, fine_tune_lm, train_lm_victim,
@@ -125,10 +127,18 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
                           finetune=FineTuning(loss="causal_lm", epochs=1, batch_size=8),
                           stopping=Stopping(max_rounds=1), score_batch_size=4)
   detector = DetectorConfig(view="gen_to_prompt")
+  # The detector variant reuses a prepared victim; its 'before' must equal what the
+  # oracle run, preparing nothing, measured itself.
+  prepared = prepare_lm_defense(victim, dataclasses.replace(setup, suspects="detector"))
+  with pytest.raises(ValueError, match="prepare it with prepare_lm_defense"):
+    defend_lm_victim(victim, dataclasses.replace(setup, seed=1), config, detector=detector,
+                     prepare=lambda: prepared)
   for suspects in ("oracle", "detector"):
     out = tmp_path / f"defend_{suspects}"
     result = defend_lm_victim(victim, dataclasses.replace(setup, suspects=suspects), config,
-                              out, detector=detector)
+                              out, detector=detector,
+                              prepare=(lambda: prepared) if suspects == "detector" else None)
+    assert result["before"] == prepared.before
     assert set(result["before"]) == set(result["after"]) >= {"ca", "asr"}
     assert result["detection"]["suspects"] <= 4
     if suspects == "oracle":

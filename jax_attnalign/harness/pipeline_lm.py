@@ -22,7 +22,7 @@ import functools
 import json
 import pathlib
 import time
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -252,26 +252,64 @@ def choose_lm_suspects(model, params, tokenizer, cfg: LMVictimConfig, sets: dict
   return {k: v[chosen] for k, v in sets["stream"].items() if k != "poisoned"}, report, detector
 
 
+@dataclasses.dataclass(frozen=True)
+class PreparedLMVictim:
+  """A victim loaded with its defense data (`lm_defense_data`) and its held-out
+  metrics before any defense: what every variant defending it under one setup
+  shares (the setup's `suspects` and `detector` do not enter). Built by
+  `prepare_lm_defense`; handed to `defend_lm_victim` so that variants of the same
+  victim load, decode and measure it once."""
+  victim_dir: str
+  setup: LMDefenseSetup
+  model: Any
+  params: Any
+  tokenizer: Any
+  cfg: LMVictimConfig
+  sets: dict
+  before: dict
+
+  def held_metrics(self, params) -> dict:
+    """The held-out metrics of `params` (the victim's or a defended copy)."""
+    return {k: v for k, v in evaluate_lm_victim(self.model, params, self.tokenizer,
+                                                self.sets["held"], self.cfg).items()
+            if k != "examples"}
+
+
+def prepare_lm_defense(victim_dir: str | pathlib.Path, setup: LMDefenseSetup) -> PreparedLMVictim:
+  """The victim loaded, its `lm_defense_data` and its held-out metrics before."""
+  model, params, tokenizer, cfg = load_lm_victim(victim_dir)
+  prepared = PreparedLMVictim(str(victim_dir), setup, model, params, tokenizer, cfg,
+                              lm_defense_data(model, params, tokenizer, cfg, setup), {})
+  return dataclasses.replace(prepared, before=prepared.held_metrics(params))
+
+
 def defend_lm_victim(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
                      config: SanitizeConfig, workdir: str | pathlib.Path | None = None, *,
-                     detector: DetectorConfig) -> dict:
+                     detector: DetectorConfig,
+                     prepare: Callable[[], PreparedLMVictim] | None = None) -> dict:
   """Detect suspects in the stream with `detector` (a decoder's view, e.g.
   gen_to_prompt), sanitise with the causal-LM loss, measure the
   held-out metrics before and after, export the sanitised model with its
   tokenizer to workdir/model. Returns (and writes) the result dict; a finished
-  run's result.json is returned as is, an interrupted one resumes."""
+  run's result.json is returned as is, an interrupted one resumes. `prepare`:
+  returns the victim prepared for this setup (e.g. a cached `prepare_lm_defense`
+  shared by several variants), called only when the run is not finished."""
   if config.finetune.loss != "causal_lm":
     raise ValueError("An LM victim is sanitised with loss='causal_lm'.")
   workdir = pathlib.Path(workdir) if workdir else None
   if workdir is not None and (workdir / "result.json").exists():
     return json.loads((workdir / "result.json").read_text())
-  model, params, tokenizer, cfg = load_lm_victim(victim_dir)
-  sets = lm_defense_data(model, params, tokenizer, cfg, setup)
-  evaluate = lambda p: {k: v for k, v in evaluate_lm_victim(model, p, tokenizer, sets["held"],
-                                                            cfg).items() if k != "examples"}
-  before = evaluate(params)
-  suspects, detection, calibrated = choose_lm_suspects(model, params, tokenizer, cfg, sets,
-                                                       setup, detector,
+  prepared = prepare() if prepare else prepare_lm_defense(victim_dir, setup)
+  if prepared.victim_dir != str(victim_dir) or dataclasses.replace(
+      prepared.setup, suspects=setup.suspects, detector=setup.detector) != setup:
+    raise ValueError(f"The prepared victim ({prepared.victim_dir}, {prepared.setup}) is not "
+                     f"{victim_dir} under {setup}; prepare it with prepare_lm_defense for "
+                     "this victim and setup.")
+  model, params, tokenizer, sets = (prepared.model, prepared.params, prepared.tokenizer,
+                                    prepared.sets)
+  before = dict(prepared.before)
+  suspects, detection, calibrated = choose_lm_suspects(model, params, tokenizer, prepared.cfg,
+                                                       sets, setup, detector,
                                                        config.score_batch_size)
   logging.info("before: %s; detection: %s", before, detection)
   result = {"victim": str(victim_dir), "setup": dataclasses.asdict(setup),
@@ -285,5 +323,5 @@ def defend_lm_victim(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
                               workdir=workdir / "sanitize" if workdir else None)
     # Of this call: a resumed run's seconds count only what was left.
     report["seconds"] = time.perf_counter() - start
-    result.update(after=evaluate(params), report=report)
+    result.update(after=prepared.held_metrics(params), report=report)
   return store_defense_result(result, workdir, model, params, tokenizer)
