@@ -35,6 +35,17 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
   return 2 * size ** 3 / median_seconds(lambda: square(a).block_until_ready(), repeats) / 1e9
 
 
+def read_bandwidth_gbs(gib: float = 1.0, repeats: int = 5) -> float:
+  """The GB/s a jitted sum over a `gib`-GiB f32 array reaches on the default device
+  (each call reads it once from memory: far larger than the caches): the ceiling
+  of a step that must stream all its weights, measured in the same run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  x = jnp.ones((int(gib * 2 ** 28),), jnp.float32)
+  total = jax.jit(jnp.sum)
+  return x.nbytes / median_seconds(lambda: total(x).block_until_ready(), repeats) / 1e9
+
+
 def compiled_flops(compiled) -> float:
   """XLA's count of the floating-point operations of one call of a compiled function."""
   analysis = compiled.cost_analysis()

@@ -9,7 +9,11 @@ so both do the same work):
     subprocess, SmolLM2 loaded by transformers from the same GGUF file.
 The two greedy outputs are compared token by token (rows equal in full; random
 prompts leave near-ties rare but possible). Median of --repeats calls after a
-warm-up (ours compiles there). Prints a markdown table, writes JSON.
+warm-up (ours compiles there). A decoding step reads every weight once, so the
+machine's read bandwidth (`common.read_bandwidth_gbs`, same run) over the f32
+weight bytes bounds the steps per second: the table's last column is that bound
+(tokens/s at the batch) and the share of it reached. Prints a markdown table,
+writes JSON.
 
   python benchmarks/generate.py [--batches 1,8] [--new_tokens 128] [--out benchmarks/results]
 """
@@ -28,7 +32,7 @@ import numpy as np
 import jax_attnalign
 from jax_attnalign import assets
 from jax_attnalign.models.generation import generate
-from common import load_torch_model, median_seconds, run_worker, write_record
+from common import load_torch_model, median_seconds, read_bandwidth_gbs, run_worker, write_record
 
 
 def bench_ours(model, params, ids: np.ndarray, new_tokens: int, repeats: int) -> dict:
@@ -88,20 +92,27 @@ def main():
   model, params = jax_attnalign.load_pretrained(assets.bundled_smollm2_path(),
                                                 task="causal_lm")
   results = [bench_batch(model, params, int(b), args) for b in args.batches.split(",")]
+  bandwidth = read_bandwidth_gbs()
+  weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   print(f"Greedy decoding, SmolLM2-135M, {args.prompt_length}-token prompts, "
         f"{args.new_tokens} new tokens, {jax.devices()[0].platform} ({os.cpu_count()} cores), "
-        "f32\n")
-  print("| batch | implementation | tokens/s | s/call | rows equal to the other's |")
-  print("|---|---|---|---|---|")
+        f"f32; read bandwidth {bandwidth:.1f} GB/s, weights {weight_bytes / 1e9:.2f} GB\n")
+  print("| batch | implementation | tokens/s | s/call | rows equal to the other's "
+        "| bandwidth bound, tokens/s (share reached) |")
+  print("|---|---|---|---|---|---|")
   for result in results:
+    result["bandwidth_bound_tokens_per_s"] = result["batch"] * bandwidth * 1e9 / weight_bytes
     for r in result["rows"]:
       print(f"| {result['batch']} | {r['impl']} | {r['tokens_per_s']:.1f} | "
-            f"{r['seconds']:.2f} | {result['rows_equal']:.2f} |")
+            f"{r['seconds']:.2f} | {result['rows_equal']:.2f} | "
+            f"{result['bandwidth_bound_tokens_per_s']:.1f} "
+            f"({r['tokens_per_s'] / result['bandwidth_bound_tokens_per_s']:.0%}) |")
   print()
   for result in results:
     print(f"batch {result['batch']}: tokens/s ours / transformers {result['ratio']:.2f}")
   write_record(args.out, "generate", prompt_length=args.prompt_length,
-               new_tokens=args.new_tokens, batches=results)
+               new_tokens=args.new_tokens, read_bandwidth_gbs=bandwidth,
+               weight_bytes=weight_bytes, batches=results)
 
 
 if __name__ == "__main__":
