@@ -39,10 +39,9 @@ from jax_attnalign.assets import bundled_smollm2_path
 from jax_attnalign.baselines import (CleanGenConfig, GraCeFulConfig, MuScleLoRAConfig,
                                      cleangen_responses, graceful_filter, muscle_lora)
 from jax_attnalign.harness.pipeline import store_defense_result
-from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, defender_examples,
+from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, defender_examples, held_metrics,
                                                load_lm_victim, stream_and_held)
-from jax_attnalign.harness.victims_lm import (evaluate_lm_victim, fine_tune_lm,
-                                              training_arrays, victim_data)
+from jax_attnalign.harness.victims_lm import fine_tune_lm, training_arrays, victim_data
 
 
 LM_BASELINES = {"cleangen": CleanGenConfig, "graceful": GraCeFulConfig,
@@ -71,8 +70,7 @@ def _baseline_run(victim_dir, setup: LMDefenseSetup, workdir, defend: Callable,
   _, pretrained = jax_attnalign.load_pretrained(cfg.model or str(bundled_smollm2_path()),
                                                 task="causal_lm")
   held = {name: examples for name, (_, examples) in stream_and_held(cfg, setup).items()}
-  evaluate = lambda p, decode=None: {k: v for k, v in evaluate_lm_victim(
-      model, p, tokenizer, held, cfg, decode).items() if k != "examples"}
+  evaluate = lambda p, decode=None: held_metrics(model, p, tokenizer, held, cfg, decode)
   before = evaluate(params)
   start = time.perf_counter()
   after_params, after, report = defend(model, params, pretrained, tokenizer, cfg, evaluate,

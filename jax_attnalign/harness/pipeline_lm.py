@@ -252,6 +252,14 @@ def choose_lm_suspects(model, params, tokenizer, cfg: LMVictimConfig, sets: dict
   return {k: v[chosen] for k, v in sets["stream"].items() if k != "poisoned"}, report, detector
 
 
+def held_metrics(model, params, tokenizer, held: dict[str, list], cfg: LMVictimConfig,
+                 decode: Callable | None = None) -> dict:
+  """`evaluate_lm_victim`'s metrics on the held-out examples, without its example
+  responses: what a defense's result records before and after."""
+  return {k: v for k, v in evaluate_lm_victim(model, params, tokenizer, held, cfg,
+                                              decode).items() if k != "examples"}
+
+
 @dataclasses.dataclass(frozen=True)
 class PreparedLMVictim:
   """A victim loaded with its defense data (`lm_defense_data`) and its held-out
@@ -270,9 +278,7 @@ class PreparedLMVictim:
 
   def held_metrics(self, params) -> dict:
     """The held-out metrics of `params` (the victim's or a defended copy)."""
-    return {k: v for k, v in evaluate_lm_victim(self.model, params, self.tokenizer,
-                                                self.sets["held"], self.cfg).items()
-            if k != "examples"}
+    return held_metrics(self.model, params, self.tokenizer, self.sets["held"], self.cfg)
 
 
 def prepare_lm_defense(victim_dir: str | pathlib.Path, setup: LMDefenseSetup) -> PreparedLMVictim:
