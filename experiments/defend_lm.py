@@ -44,8 +44,7 @@ from jax_attnalign.harness import reporting
 from jax_attnalign.harness.baselines_lm import (LM_BASELINES, VICTIM_SCHEDULE,
                                                 defend_lm_with_baseline)
 from jax_attnalign.harness.configs import baseline_config, detector_config, sanitize_config
-from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, defend_lm_victim,
-                                              prepare_lm_defense)
+from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, PreparedLMVictim, defend_lm_victim
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(experiments)  # --data_root and other shared flags in --help
@@ -112,14 +111,15 @@ def main(argv):
                      f"{sorted([*table, *BASELINE_VARIANTS])}.")
   for _, run, cfg in reporting.find_victims(FLAGS.victims_dir, FLAGS.attacks, FLAGS.seeds):
     setup = LMDefenseSetup(**{**config.setup.to_dict(), "seed": cfg["seed"]})
-    # Our variants of this victim load, decode and measure it once.
-    prepare = functools.cache(functools.partial(prepare_lm_defense, run, setup))
+    # All the variants run on this victim load and measure it once.
+    prepare = functools.cache(functools.partial(PreparedLMVictim, run, setup))
     for name in FLAGS.variants:
       if name in BASELINE_VARIANTS:
         baseline = baseline_config(config.baselines, name, LM_BASELINES)
         if name == "muscle_lora":
           baseline = dataclasses.replace(baseline, **{k: cfg[k] for k in VICTIM_SCHEDULE})
-        result = defend_lm_with_baseline(name, run, setup, baseline, workdir / name / run.name)
+        result = defend_lm_with_baseline(name, run, setup, baseline, workdir / name / run.name,
+                                         prepare=prepare)
       else:
         suspects, sanitize_cfg = table[name]
         result = defend_lm_victim(run, dataclasses.replace(setup, suspects=suspects),

@@ -23,7 +23,7 @@ from jax_attnalign.models import PATTERNS, ModelConfig, build_model, run_with_ho
 from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, analyze_lm_victim, answer_inputs,
                                                choose_lm_suspects, defend_lm_victim,
                                                defender_examples, lm_defense_data,
-                                               load_lm_victim, prepare_lm_defense,
+                                               load_lm_victim, PreparedLMVictim,
                                                view_statistics)
 from jax_attnalign.harness.baselines_lm import (defend_lm_with_cleangen, defend_lm_with_graceful,
                                                 defend_lm_with_muscle_lora)
@@ -129,8 +129,8 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
   detector = DetectorConfig(view="gen_to_prompt")
   # The detector variant reuses a prepared victim; its 'before' must equal what the
   # oracle run, preparing nothing, measured itself.
-  prepared = prepare_lm_defense(victim, dataclasses.replace(setup, suspects="detector"))
-  with pytest.raises(ValueError, match="prepare it with prepare_lm_defense"):
+  prepared = PreparedLMVictim(victim, dataclasses.replace(setup, suspects="detector"))
+  with pytest.raises(ValueError, match=r"prepare it with PreparedLMVictim\(victim_dir, setup\)"):
     defend_lm_victim(victim, dataclasses.replace(setup, seed=1), config, detector=detector,
                      prepare=lambda: prepared)
   for suspects in ("oracle", "detector"):
@@ -171,8 +171,10 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
                                   tmp_path / "cleangen_inf")
   assert never["before"] == never["after"] == result["before"]
   assert never["report"]["replacement_rate"] == 0.0
+  # (A baseline takes the prepared victim too, and then its measured 'before'.)
   always = defend_lm_with_cleangen(victim, setup, CleanGenConfig(alpha=1e-9),
-                                   tmp_path / "cleangen_all")
+                                   tmp_path / "cleangen_all", prepare=lambda: prepared)
+  assert always["before"] == prepared.before
   assert always["report"]["replacement_rate"] == 1.0
   assert not (tmp_path / "cleangen_all" / "model").exists()
   # GraCeFul and MuScleLoRA train a replacement from the pretrained checkpoint (not

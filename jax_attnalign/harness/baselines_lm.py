@@ -39,8 +39,7 @@ from jax_attnalign.assets import bundled_smollm2_path
 from jax_attnalign.baselines import (CleanGenConfig, GraCeFulConfig, MuScleLoRAConfig,
                                      cleangen_responses, graceful_filter, muscle_lora)
 from jax_attnalign.harness.pipeline import store_defense_result
-from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, defender_examples, held_metrics,
-                                               load_lm_victim, stream_and_held)
+from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, PreparedLMVictim, defender_examples
 from jax_attnalign.harness.victims_lm import fine_tune_lm, training_arrays, victim_data
 
 
@@ -51,27 +50,31 @@ VICTIM_SCHEDULE = ("epochs", "batch_size", "learning_rate", "seed")
 
 
 def defend_lm_with_baseline(name: str, victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
-                            config, workdir: str | pathlib.Path | None = None) -> dict:
+                            config, workdir: str | pathlib.Path | None = None, *,
+                            prepare: Callable[[], PreparedLMVictim] | None = None) -> dict:
   """The baseline `name` of LM_BASELINES with its `config` (module docstring)."""
   defend = {"cleangen": defend_lm_with_cleangen, "graceful": defend_lm_with_graceful,
             "muscle_lora": defend_lm_with_muscle_lora}[name]
-  return defend(victim_dir, setup, config, workdir)
+  return defend(victim_dir, setup, config, workdir, prepare=prepare)
 
 
 def _baseline_run(victim_dir, setup: LMDefenseSetup, workdir, defend: Callable,
-                  save_model: bool) -> dict:
+                  save_model: bool, prepare: Callable[[], PreparedLMVictim] | None) -> dict:
   """The harness around one baseline: `defend(model, params, pretrained, tokenizer,
   cfg, evaluate, workdir)` returns (after, report), `evaluate(params, decode=None)`
-  giving the held-out metrics. A finished run's result.json is returned as is."""
+  giving the held-out metrics. A finished run's result.json is returned as is.
+  `prepare`: returns the victim prepared for this setup (as for
+  `pipeline_lm.defend_lm_victim`), whose 'before' is then measured once for all."""
   workdir = pathlib.Path(workdir) if workdir else None
   if workdir is not None and (workdir / "result.json").exists():
     return json.loads((workdir / "result.json").read_text())
-  model, params, tokenizer, cfg = load_lm_victim(victim_dir)
+  prepared = prepare() if prepare else PreparedLMVictim(victim_dir, setup)
+  prepared.check(victim_dir, setup)
+  model, params, tokenizer, cfg = (prepared.model, prepared.params, prepared.tokenizer,
+                                   prepared.cfg)
   _, pretrained = jax_attnalign.load_pretrained(cfg.model or str(bundled_smollm2_path()),
                                                 task="causal_lm")
-  held = {name: examples for name, (_, examples) in stream_and_held(cfg, setup).items()}
-  evaluate = lambda p, decode=None: held_metrics(model, p, tokenizer, held, cfg, decode)
-  before = evaluate(params)
+  evaluate, before = prepared.held_metrics, dict(prepared.before)
   start = time.perf_counter()
   after_params, after, report = defend(model, params, pretrained, tokenizer, cfg, evaluate,
                                        workdir)
@@ -84,7 +87,8 @@ def _baseline_run(victim_dir, setup: LMDefenseSetup, workdir, defend: Callable,
 
 def defend_lm_with_cleangen(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
                             config: CleanGenConfig,
-                            workdir: str | pathlib.Path | None = None) -> dict:
+                            workdir: str | pathlib.Path | None = None, *,
+                            prepare: Callable[[], PreparedLMVictim] | None = None) -> dict:
   """The victim's held-out metrics with plain greedy decoding ('before') and with
   CleanGen decoding against the victim's pretrained checkpoint ('after'), and the
   share of generated tokens CleanGen replaced. Writes workdir/result.json (no
@@ -105,12 +109,13 @@ def defend_lm_with_cleangen(victim_dir: str | pathlib.Path, setup: LMDefenseSetu
     return params, after, {"cleangen": dataclasses.asdict(config),
                            "replacement_rate": replaced / max(generated, 1)}
 
-  return _baseline_run(victim_dir, setup, workdir, defend, save_model=False)
+  return _baseline_run(victim_dir, setup, workdir, defend, save_model=False, prepare=prepare)
 
 
 def defend_lm_with_graceful(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
                             config: GraCeFulConfig,
-                            workdir: str | pathlib.Path | None = None) -> dict:
+                            workdir: str | pathlib.Path | None = None, *,
+                            prepare: Callable[[], PreparedLMVictim] | None = None) -> dict:
   """GraCeFul's filter of the victim's training rows (gradients of the pretrained
   checkpoint), then the victim's recipe from that checkpoint on the kept rows.
   The filter's report counts the poisoned and clean rows it removed (the truth
@@ -135,12 +140,13 @@ def defend_lm_with_graceful(victim_dir: str | pathlib.Path, setup: LMDefenseSetu
     report.update(graceful=dataclasses.asdict(config), steps=len(history))
     return retrained, evaluate(retrained), {"filter": report}
 
-  return _baseline_run(victim_dir, setup, workdir, defend, save_model=True)
+  return _baseline_run(victim_dir, setup, workdir, defend, save_model=True, prepare=prepare)
 
 
 def defend_lm_with_muscle_lora(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
                                config: MuScleLoRAConfig,
-                               workdir: str | pathlib.Path | None = None) -> dict:
+                               workdir: str | pathlib.Path | None = None, *,
+                               prepare: Callable[[], PreparedLMVictim] | None = None) -> dict:
   """MuScleLoRA from the pretrained checkpoint on the victim's training rows,
   aligned to the defender's `setup.clean_size` clean rows; resumable per epoch.
   The report keeps the steps per alignment branch and the last losses."""
@@ -156,4 +162,4 @@ def defend_lm_with_muscle_lora(victim_dir: str | pathlib.Path, setup: LMDefenseS
                "final_clean_loss": float(np.mean(report["clean_loss"][-10:]))}
     return merged, evaluate(merged), summary
 
-  return _baseline_run(victim_dir, setup, workdir, defend, save_model=True)
+  return _baseline_run(victim_dir, setup, workdir, defend, save_model=True, prepare=prepare)

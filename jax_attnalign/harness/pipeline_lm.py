@@ -197,11 +197,10 @@ def defender_examples(cfg: LMVictimConfig, setup: LMDefenseSetup) -> list:
 
 def lm_defense_data(model, params, tokenizer, cfg: LMVictimConfig,
                     setup: LMDefenseSetup) -> dict:
-  """{'stream': answer inputs of the stream with 'poisoned', 'held': {'clean',
-  'triggered'} examples, 'clean_train': encoded clean fine-tuning rows,
-  'calibration': answer inputs of clean training prompts, 'examples': the
-  examples of 'stream', 'clean_train' and 'calibration'}. The clean and the
-  triggered test examples are each split (seeded) into stream and held-out parts."""
+  """{'stream': answer inputs of the stream with 'poisoned', 'clean_train': encoded
+  clean fine-tuning rows, 'calibration': answer inputs of clean training prompts,
+  'examples': the examples of 'stream', 'clean_train' and 'calibration'}. The
+  stream is the first part of the seeded split of `stream_and_held`."""
   defender = defender_examples(cfg, setup)
   parts = stream_and_held(cfg, setup)
   examples = {"stream": parts["clean"][0] + parts["triggered"][0],
@@ -209,7 +208,7 @@ def lm_defense_data(model, params, tokenizer, cfg: LMVictimConfig,
               "calibration": defender[setup.clean_size:]}
   stream = answer_inputs(model, params, tokenizer, examples["stream"], cfg)
   stream["poisoned"] = np.arange(len(stream["input_ids"])) >= len(parts["clean"][0])
-  return {"stream": stream, "held": {name: held for name, (_, held) in parts.items()},
+  return {"stream": stream,
           "clean_train": training_arrays(examples["clean_train"], cfg, tokenizer),
           "calibration": answer_inputs(model, params, tokenizer, examples["calibration"], cfg),
           "examples": examples}
@@ -260,33 +259,39 @@ def held_metrics(model, params, tokenizer, held: dict[str, list], cfg: LMVictimC
                                               decode).items() if k != "examples"}
 
 
-@dataclasses.dataclass(frozen=True)
 class PreparedLMVictim:
-  """A victim loaded with its defense data (`lm_defense_data`) and its held-out
-  metrics before any defense: what every variant defending it under one setup
-  shares (the setup's `suspects` and `detector` do not enter). Built by
-  `prepare_lm_defense`; handed to `defend_lm_victim` so that variants of the same
-  victim load, decode and measure it once."""
-  victim_dir: str
-  setup: LMDefenseSetup
-  model: Any
-  params: Any
-  tokenizer: Any
-  cfg: LMVictimConfig
-  sets: dict
-  before: dict
+  """A victim loaded once for every defense of it under one setup (the setup's
+  `suspects` and `detector` do not enter): model, params, tokenizer, config, the
+  held-out examples, and, each computed on first use, `before` (the held-out
+  metrics before any defense) and `sets` (`lm_defense_data`, which only our
+  method reads). Handed to `defend_lm_victim` and the baselines so that all the
+  variants run on one victim load, decode and measure it once."""
 
-  def held_metrics(self, params) -> dict:
-    """The held-out metrics of `params` (the victim's or a defended copy)."""
-    return held_metrics(self.model, params, self.tokenizer, self.sets["held"], self.cfg)
+  def __init__(self, victim_dir: str | pathlib.Path, setup: LMDefenseSetup):
+    self.victim_dir, self.setup = str(victim_dir), setup
+    self.model, self.params, self.tokenizer, self.cfg = load_lm_victim(victim_dir)
+    self.held = {name: held for name, (_, held) in stream_and_held(self.cfg, setup).items()}
 
+  @functools.cached_property
+  def before(self) -> dict:
+    return self.held_metrics(self.params)
 
-def prepare_lm_defense(victim_dir: str | pathlib.Path, setup: LMDefenseSetup) -> PreparedLMVictim:
-  """The victim loaded, its `lm_defense_data` and its held-out metrics before."""
-  model, params, tokenizer, cfg = load_lm_victim(victim_dir)
-  prepared = PreparedLMVictim(str(victim_dir), setup, model, params, tokenizer, cfg,
-                              lm_defense_data(model, params, tokenizer, cfg, setup), {})
-  return dataclasses.replace(prepared, before=prepared.held_metrics(params))
+  @functools.cached_property
+  def sets(self) -> dict:
+    return lm_defense_data(self.model, self.params, self.tokenizer, self.cfg, self.setup)
+
+  def held_metrics(self, params, decode: Callable | None = None) -> dict:
+    """The held-out metrics of `params` (the victim's or a defended copy), answers
+    from `decode(prompts, max_new_tokens)` if given (`evaluate_lm_victim`)."""
+    return held_metrics(self.model, params, self.tokenizer, self.held, self.cfg, decode)
+
+  def check(self, victim_dir: str | pathlib.Path, setup: LMDefenseSetup):
+    """Raises ValueError unless this is `victim_dir` prepared under `setup`."""
+    if self.victim_dir != str(victim_dir) or dataclasses.replace(
+        self.setup, suspects=setup.suspects, detector=setup.detector) != setup:
+      raise ValueError(f"The prepared victim ({self.victim_dir}, {self.setup}) is not "
+                       f"{victim_dir} under {setup}; prepare it with "
+                       "PreparedLMVictim(victim_dir, setup).")
 
 
 def defend_lm_victim(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
@@ -298,19 +303,15 @@ def defend_lm_victim(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
   held-out metrics before and after, export the sanitised model with its
   tokenizer to workdir/model. Returns (and writes) the result dict; a finished
   run's result.json is returned as is, an interrupted one resumes. `prepare`:
-  returns the victim prepared for this setup (e.g. a cached `prepare_lm_defense`
+  returns the victim prepared for this setup (e.g. a cached `PreparedLMVictim`
   shared by several variants), called only when the run is not finished."""
   if config.finetune.loss != "causal_lm":
     raise ValueError("An LM victim is sanitised with loss='causal_lm'.")
   workdir = pathlib.Path(workdir) if workdir else None
   if workdir is not None and (workdir / "result.json").exists():
     return json.loads((workdir / "result.json").read_text())
-  prepared = prepare() if prepare else prepare_lm_defense(victim_dir, setup)
-  if prepared.victim_dir != str(victim_dir) or dataclasses.replace(
-      prepared.setup, suspects=setup.suspects, detector=setup.detector) != setup:
-    raise ValueError(f"The prepared victim ({prepared.victim_dir}, {prepared.setup}) is not "
-                     f"{victim_dir} under {setup}; prepare it with prepare_lm_defense for "
-                     "this victim and setup.")
+  prepared = prepare() if prepare else PreparedLMVictim(victim_dir, setup)
+  prepared.check(victim_dir, setup)
   model, params, tokenizer, sets = (prepared.model, prepared.params, prepared.tokenizer,
                                     prepared.sets)
   before = dict(prepared.before)
