@@ -2,7 +2,6 @@
 
 import flax.traverse_util
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

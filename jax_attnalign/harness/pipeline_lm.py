@@ -22,10 +22,9 @@ import functools
 import json
 import pathlib
 import time
-from typing import Any, Callable, Literal
+from typing import Callable, Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
