@@ -243,6 +243,8 @@ def test_interrupted_sanitize_resumes_to_the_same_parameters(setup, tmp_path):
   with pytest.raises(Killed):
     sanitize(model, params, suspects, clean, config, workdir=tmp_path,
              on_round_end=kill_after_first_round)
+  # A finished round keeps its own checkpoint, not its fine-tune's.
+  assert (tmp_path / "rounds").is_dir() and not list(tmp_path.glob("finetune_round*"))
   # Resumed with 2 rounds it finishes there; called again with 3 it goes on.
   _, two = sanitize(model, params, suspects, clean, rounds(2), workdir=tmp_path)
   assert [r["round"] for r in two["rounds"]] == [0, 1] and two["stopped"] == "max_rounds"

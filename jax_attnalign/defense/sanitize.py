@@ -24,7 +24,8 @@ resumes where it stopped and ends with the same parameters as an uninterrupted
 one. The stop is decided again on resuming, so a finished run called with a
 larger `max_rounds` (or `stop="fixed"`) goes on from its last round;
 `keep_rounds` keeps every round's checkpoint (step k: after k rounds), not only
-the last two. `flagged_inputs` turns a calibrated detector's flags into the
+the last two; a round's fine-tune checkpoint is deleted once the round's own is
+written. `flagged_inputs` turns a calibrated detector's flags into the
 suspects (the paper's label-free, input-triggered mode).
 """
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
+import shutil
 from typing import Callable, Literal
 
 import jax
@@ -435,6 +437,9 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
     if ckpt is not None:
       ckpt.save(k + 1, params, metadata={"report": report})
       ckpt.wait_until_finished()
+      # The round's checkpoint supersedes its fine-tune's (parameters and Adam
+      # moments: three copies of the model, per round).
+      shutil.rmtree(workdir / f"finetune_round{k}", ignore_errors=True)
     if on_round_end is not None:
       on_round_end(k, report)
   if ckpt is not None:
