@@ -95,9 +95,37 @@ def _finished_rows(workdir: pathlib.Path) -> list[dict]:
                  **({"removed": {k: result["report"]["filter"][k] for k in
                                  ("removed", "poisoned_removed", "poisoned_rows", "rows")}}
                     if "filter" in result["report"] else {})})
+  return sorted_rows(rows)
+
+
+def sorted_rows(rows: list[dict]) -> list[dict]:
+  """Rows in the summaries' order: task, attack, variant (ours, then baselines), seed."""
   order = [*variants(FLAGS.config), *BASELINE_VARIANTS]
   return sorted(rows, key=lambda r: (r["task"], r["attack"],
                                      order.index(r["variant"].split(" (")[0]), r["seed"]))
+
+
+def write_summaries(rows: list[dict], workdir: pathlib.Path) -> str:
+  """Writes defend_lm.json/.md/.png and table2b.json/.md/.png for `rows` under
+  workdir; returns the markdown of the first."""
+  table, bars = reporting.lm_defense_table(rows)
+  text = ("Defense of SmolLM2 victims: metrics on each victim's held-out test prompts, "
+          "detector AUROC and suspects on its monitored stream (mean ± std over seeds)\n\n"
+          + table)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "defend_lm.json").write_text(json.dumps(rows, indent=1, default=str))
+  (workdir / "defend_lm.md").write_text(f"{text}\n")
+  plots.plot_metric_bars(bars, workdir / "defend_lm.png", title="SmolLM2 victims after defense")
+  grid, columns = reporting.lm_grid_table(rows)
+  (workdir / "table2b.json").write_text(json.dumps(columns, indent=1))
+  (workdir / "table2b.md").write_text(
+      "Table 2(b) on SmolLM2: ASR and clean utility on each victim's held-out test prompts "
+      f"(mean ± std over seeds)\n\n{grid}\n")
+  plots.plot_metric_bars({f"{kind}\n{c}": {m: v for m, v in values.items() if m != "minutes"}
+                          for kind, by_column in columns.items()
+                          for c, values in by_column.items()},
+                         workdir / "table2b.png", title="Table 2(b) on SmolLM2")
+  return text
 
 
 def main(argv):
@@ -126,25 +154,7 @@ def main(argv):
                                   sanitize_cfg, workdir / name / run.name, detector=detector,
                                   prepare=prepare)
       logging.info("%s %s: %s -> %s", name, run.name, result["before"], result["after"])
-  rows = _finished_rows(workdir)
-  table, bars = reporting.lm_defense_table(rows)
-  text = ("Defense of SmolLM2 victims: metrics on each victim's held-out test prompts, "
-          "detector AUROC and suspects on its monitored stream (mean ± std over seeds)\n\n"
-          + table)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "defend_lm.json").write_text(json.dumps(rows, indent=1, default=str))
-  (workdir / "defend_lm.md").write_text(f"{text}\n")
-  plots.plot_metric_bars(bars, workdir / "defend_lm.png", title="SmolLM2 victims after defense")
-  grid, columns = reporting.lm_grid_table(rows)
-  (workdir / "table2b.json").write_text(json.dumps(columns, indent=1))
-  (workdir / "table2b.md").write_text(
-      "Table 2(b) on SmolLM2: ASR and clean utility on each victim's held-out test prompts "
-      f"(mean ± std over seeds)\n\n{grid}\n")
-  plots.plot_metric_bars({f"{kind}\n{c}": {m: v for m, v in values.items() if m != "minutes"}
-                          for kind, by_column in columns.items()
-                          for c, values in by_column.items()},
-                         workdir / "table2b.png", title="Table 2(b) on SmolLM2")
-  print(text)
+  print(write_summaries(_finished_rows(workdir), workdir))
 
 
 if __name__ == "__main__":
