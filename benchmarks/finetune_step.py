@@ -1,6 +1,6 @@
 """Speed and memory of one head-wise fine-tuning step at Llama-2-7B shapes, beside plain Adam.
 
-Steps, each on one 1 x --length sequence (causal-LM loss on its second half,
+Steps, each on --batch x --length tokens (causal-LM loss on each row's second half,
 the "response"; random head classes, 10% suspicious and 30% safe per layer):
   adam             optax.adam(1e-4) on every parameter: the baseline
   headwise         headwise_optimizer (the fine-tune of a sanitisation round):
@@ -15,6 +15,11 @@ Default (CPU): ONE full-size layer (4096 hidden, 32 heads, 11008 MLP, 32000
 vocabulary), f32, --length 512, compiled and run. --full (accelerator): the whole
 32-layer model with random bf16 weights, --length 2048.
 
+Model FLOPs utilisation (MFU) is the model's FLOPs per step by PaLM's count
+(6 x parameters + 12 x layers x hidden x length, per token; the alignment row has
+the same count though it adds the similarity) over the step's seconds, against a
+[8192 x 8192] matmul in the weights' dtype measured in the same run.
+
 Memory is XLA's compiled footprint: the peak (arguments + outputs + temporaries -
 donated aliases, i.e. parameters and optimizer state plus the step's working
 memory) and the temporaries alone (gradients, activations kept for the backward
@@ -23,7 +28,7 @@ mark: steps run from the smallest expected footprint up). Throughput ratios are
 against `adam` from the same run.
 
   python benchmarks/finetune_step.py [--length 512] [--out benchmarks/results]
-  python benchmarks/finetune_step.py --full   # on a GPU/TPU
+  python benchmarks/finetune_step.py --full [--batch 2]   # on a GPU/TPU
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from common import matmul_peak_gflops
 from jax_attnalign import train
 from jax_attnalign.analysis.safety import HeadClass
 from jax_attnalign.defense import (alignment_optimizer, alignment_rates, alignment_step,
@@ -85,6 +91,12 @@ def step_fns(model, params, labels: np.ndarray) -> dict:
   return out
 
 
+def model_flops_per_token(config: ModelConfig, n_params: int, length: int) -> float:
+  """PaLM's count (Chowdhery et al. 2022, app. B): 6N for the matmuls of forward and
+  backward, plus 12 x layers x hidden x length for the attention scores and values."""
+  return 6 * n_params + 12 * config.num_layers * config.hidden_size * length
+
+
 def measure_step(fn, state, batch, rng, advance, repeats: int) -> dict:
   """`measure` with each timed step on the last one's state (the old one is donated)."""
   row, _ = measure(fn, (state, batch, rng), repeats,
@@ -97,14 +109,14 @@ def measure_step(fn, state, batch, rng, advance, repeats: int) -> dict:
 def table(rows: list) -> str:
   base = next((r for r in rows if r["step"] == "adam" and "seconds" in r), None)
   lines = ["| step | peak incl. state (GiB) | temporaries (GiB) | device peak (GiB) "
-           "| s/step | tokens/s | speed vs adam |", "|---|---|---|---|---|---|---|"]
+           "| s/step | tokens/s | MFU | speed vs adam |", "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     device = f"{r['device_peak_bytes'] / GIB:.2f}" if "device_peak_bytes" in r else "-"
     if "seconds" in r:
       ratio = f"{base['seconds'] / r['seconds']:.2f}" if base else "-"
-      timing = f"{r['seconds']:.3f} | {r['tokens_per_s']:.0f} | {ratio}"
+      timing = f"{r['seconds']:.3f} | {r['tokens_per_s']:.0f} | {r['mfu']:.1%} | {ratio}"
     else:
-      timing = f"{r.get('error', 'not run')} | - | -"
+      timing = f"{r.get('error', 'not run')} | - | - | -"
     lines.append(f"| {r['step']} | {r['peak_bytes'] / GIB:.2f} "
                  f"| {r['temp_bytes'] / GIB:.2f} | {device} | {timing} |")
   return "\n".join(lines)
@@ -114,6 +126,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--length", type=int, default=None,
                       help="tokens (default: 512 on CPU, 2048 with --full)")
+  parser.add_argument("--batch", type=int, default=1, help="sequences per step")
   parser.add_argument("--repeats", type=int, default=None,
                       help="timed steps per row (default: 1 on CPU, 3 with --full)")
   parser.add_argument("--steps", default=",".join(STEPS), help="which rows, in order")
@@ -127,8 +140,9 @@ def main():
     cfg = cfg.replace(num_layers=1)
   dtype = jnp.bfloat16 if args.full else jnp.float32
   model = build_model(cfg, dtype=dtype, param_dtype=dtype)
-  ids, mask, special, prompt_lengths = inputs(length, cfg.vocab_size)
-  loss_mask = (jnp.arange(length) >= length // 2).astype(jnp.int32)[None]
+  ids, mask, special, prompt_lengths = (jnp.repeat(x, args.batch, axis=0)
+                                        for x in inputs(length, cfg.vocab_size))
+  loss_mask = jnp.broadcast_to(jnp.arange(length) >= length // 2, ids.shape).astype(jnp.int32)
   batch = dict(input_ids=ids, attention_mask=mask, loss_mask=loss_mask,
                special_mask=special, prompt_lengths=prompt_lengths)
   labels = head_classes(cfg)
@@ -136,20 +150,28 @@ def main():
   device = f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}"
   mode = "full" if args.full else "layer"
   print(f"Llama-2-7B shapes ({cfg.num_layers} layer(s), {jnp.dtype(dtype).name}), "
-        f"1 x {length} tokens, {device}", flush=True)
+        f"{args.batch} x {length} tokens, {device}", flush=True)
+  peak = matmul_peak_gflops(8192 if args.full else 2048, dtype=jnp.dtype(dtype).name) * 1e9
+  shapes = jax.eval_shape(init, jax.random.key(0), ids[:1, :8])["params"]
+  n_params = sum(x.size for x in jax.tree.leaves(shapes))
+  per_token = model_flops_per_token(cfg, n_params, length)
   result = dict(mode=mode, layers=cfg.num_layers, dtype=jnp.dtype(dtype).name, length=length,
-                device=device, platform=platform.platform(), jax=jax.__version__, rows=[])
+                batch=args.batch, parameters=n_params, model_flops_per_token=per_token,
+                matmul_peak_flops=peak, device=device, platform=platform.platform(),
+                jax=jax.__version__, rows=[])
+  print(f"  {n_params / 1e9:.2f}B parameters; matmul peak {peak / 1e9:,.0f} GFLOP/s", flush=True)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  path = out / f"finetune_step_{mode}.json"
-  shapes = jax.eval_shape(init, jax.random.key(0), ids[:, :8])["params"]
+  path = out / f"finetune_step_{mode}_batch{args.batch}.json"
   fns = step_fns(model, shapes, labels)
   for name in args.steps.split(","):
     fn, make_state, advance = fns[name]
-    state = make_state(init(jax.random.key(0), ids[:, :8])["params"])
+    state = make_state(init(jax.random.key(0), ids[:1, :8])["params"])
     row = dict(step=name, **measure_step(fn, state, batch, jax.random.key(1), advance,
                                          args.repeats or (3 if args.full else 1)))
     del state
+    if "tokens_per_s" in row:
+      row["mfu"] = row["tokens_per_s"] * per_token / peak
     result["rows"].append(row)
     print(f"  {row}", flush=True)
     path.write_text(json.dumps(result, indent=2))  # after every row: a killed run keeps its rows

@@ -114,9 +114,10 @@ def compare(outputs: dict) -> float | None:
   return None if a is None or b is None else float(jnp.max(jnp.abs(a - b)))
 
 
-def run_paths(model, params, args, view: str, repeats: int) -> tuple[list, float | None]:
+def run_paths(model, params, args, view: str, repeats: int,
+              paths=PATHS) -> tuple[list, float | None]:
   fns, rows, outputs = path_fns(model, view), [], {}
-  for name in PATHS:
+  for name in paths:
     row, outputs[name] = measure(jax.jit(fns[name]), (params, *args), repeats)
     rows.append(dict(path=name, **row))
     print(f"  {name}: {row}", flush=True)
@@ -152,6 +153,9 @@ def main():
                       help="timed runs per path (default: 1 on CPU, 3 with --full)")
   parser.add_argument("--full", action="store_true",
                       help="run the whole 32-layer model (bf16 weights; an accelerator)")
+  parser.add_argument("--paths", default=",".join(PATHS),
+                      help="--full: which paths, in order (the held maps take 4 x layers x "
+                      "heads x length^2 bytes: 275 GB at 8,192 tokens)")
   parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
   args = parser.parse_args()
   full_cfg = ModelConfig.preset("llama2-7b")
@@ -166,7 +170,8 @@ def main():
     model = build_model(full_cfg, task="base", dtype=jnp.bfloat16,
                         param_dtype=jnp.bfloat16)
     params = jax.jit(model.init)(jax.random.key(0), batch[0][:, :8])["params"]
-    rows, diff = run_paths(model, params, batch, args.view, args.repeats or 3)
+    rows, diff = run_paths(model, params, batch, args.view, args.repeats or 3,
+                           args.paths.split(","))
     result.update(mode="full", layers=full_cfg.num_layers, rows=rows, max_abs_diff=diff)
     report = table("Whole 32-layer model, bf16 weights, run", rows)
   else:
@@ -184,7 +189,7 @@ def main():
   print(report)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  path = out / f"streaming_memory_{result['mode']}.json"
+  path = out / f"streaming_memory_{result['mode']}_{args.length}.json"
   path.write_text(json.dumps(result, indent=2))
   print(f"wrote {path}")
 
