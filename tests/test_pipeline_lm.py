@@ -130,6 +130,8 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
   # The detector variant reuses a prepared victim; its 'before' must equal what the
   # oracle run, preparing nothing, measured itself.
   prepared = PreparedLMVictim(victim, dataclasses.replace(setup, suspects="detector"))
+  with pytest.raises(ValueError, match=r"24 clean test prompts; the monitored stream takes 24"):
+    PreparedLMVictim(victim, dataclasses.replace(setup, stream_clean=24))  # none held out
   with pytest.raises(ValueError, match=r"prepare it with PreparedLMVictim\(victim_dir, setup\)"):
     defend_lm_victim(victim, dataclasses.replace(setup, seed=1), config, detector=detector,
                      prepare=lambda: prepared)

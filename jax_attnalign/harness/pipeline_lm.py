@@ -173,6 +173,12 @@ def stream_and_held(cfg: LMVictimConfig, setup: LMDefenseSetup) -> dict[str, tup
   parts = {}
   for name, first, offset in (("clean", setup.stream_clean, 0),
                               ("triggered", setup.stream_triggered, 1)):
+    if len(sets[name]) <= first:
+      raise ValueError(
+          f"The victim has {len(sets[name])} {name} test prompts; the monitored stream "
+          f"takes {first} (LMDefenseSetup.stream_{name}) and the held-out measurement needs "
+          "the rest. Train the victim with a larger --test_size (0: all), or lower "
+          f"--config.setup.stream_{name}.")
     order = np.random.default_rng(setup.seed + offset).permutation(len(sets[name]))
     parts[name] = ([sets[name][i] for i in order[:first]],
                    [sets[name][i] for i in order[first:]][:setup.eval_size or None])
