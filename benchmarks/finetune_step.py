@@ -18,7 +18,8 @@ vocabulary), f32, --length 512, compiled and run. --full (accelerator): the whol
 Model FLOPs utilisation (MFU) is the model's FLOPs per step by PaLM's count
 (6 x parameters + 12 x layers x hidden x length, per token; the alignment row has
 the same count though it adds the similarity) over the step's seconds, against a
-[8192 x 8192] matmul in the weights' dtype measured in the same run.
+[8192 x 8192] matmul ([2048 x 2048] on CPU) in the weights' dtype measured in the
+same run.
 
 Memory is XLA's compiled footprint: the peak (arguments + outputs + temporaries -
 donated aliases, i.e. parameters and optimizer state plus the step's working

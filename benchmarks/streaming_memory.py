@@ -115,7 +115,7 @@ def compare(outputs: dict) -> float | None:
 
 
 def run_paths(model, params, args, view: str, repeats: int,
-              paths=PATHS) -> tuple[list, float | None]:
+              paths: list[str]) -> tuple[list, float | None]:
   fns, rows, outputs = path_fns(model, view), [], {}
   for name in paths:
     row, outputs[name] = measure(jax.jit(fns[name]), (params, *args), repeats)
@@ -154,10 +154,11 @@ def main():
   parser.add_argument("--full", action="store_true",
                       help="run the whole 32-layer model (bf16 weights; an accelerator)")
   parser.add_argument("--paths", default=",".join(PATHS),
-                      help="--full: which paths, in order (the held maps take 4 x layers x "
+                      help="which paths run, in order (the held maps take 4 x layers x "
                       "heads x length^2 bytes: 275 GB at 8,192 tokens)")
   parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
   args = parser.parse_args()
+  paths = args.paths.split(",")
   full_cfg = ModelConfig.preset("llama2-7b")
   batch = inputs(args.length, full_cfg.vocab_size)
   device = f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}"
@@ -170,14 +171,13 @@ def main():
     model = build_model(full_cfg, task="base", dtype=jnp.bfloat16,
                         param_dtype=jnp.bfloat16)
     params = jax.jit(model.init)(jax.random.key(0), batch[0][:, :8])["params"]
-    rows, diff = run_paths(model, params, batch, args.view, args.repeats or 3,
-                           args.paths.split(","))
+    rows, diff = run_paths(model, params, batch, args.view, args.repeats or 3, paths)
     result.update(mode="full", layers=full_cfg.num_layers, rows=rows, max_abs_diff=diff)
     report = table("Whole 32-layer model, bf16 weights, run", rows)
   else:
     model = build_model(full_cfg.replace(num_layers=1), task="base")
     params = jax.jit(model.init)(jax.random.key(0), batch[0][:, :8])["params"]
-    rows, diff = run_paths(model, params, batch, args.view, args.repeats or 1)
+    rows, diff = run_paths(model, params, batch, args.view, args.repeats or 1, paths)
     del params
     full_rows = compile_only(build_model(full_cfg, task="base"), batch, args.view)
     result.update(mode="layer", rows=rows, max_abs_diff=diff, full_model_compiled=full_rows)
