@@ -19,7 +19,9 @@ variant in --variants:
 The baselines' settings are the config's `baselines` part (harness.baselines_lm).
 The detector variant's suspects are the paper detector's unless
 --config.setup.detector names another input detector (its rows then read
-"detector (<name>)"; run it under its own --workdir).
+"detector (<name>)"; run it under its own --workdir). With
+--config.setup.rescore=answer_collapse the rounds' stop re-reads the suspects'
+answers instead of their heads (rows "... (answer_collapse stop)"; own --workdir).
 the held-out ASR and CA (classification) or clean utility (generation) before and
 after. Writes per-run result.json and the sanitised checkpoint (with tokenizer),
 and defend_lm.json/.md/.png (mean ± std over seeds). Interrupted runs resume.
@@ -85,11 +87,13 @@ def _finished_rows(workdir: pathlib.Path) -> list[dict]:
                               "the summary reads each victim's task, attack and seed there.")
     cfg = json.loads(victim.read_text())["config"]
     variant, picked = path.parent.parent.name, (result["detection"] or {}).get("detector")
+    rescore = result.get("setup", {}).get("rescore", "paper")
+    notes = ([picked] if variant == "detector" and picked not in (None, "paper") else []) + (
+        [f"{rescore} stop"] if rescore != "paper" else [])
     rows.append({"victim": path.parent.name, "task": cfg["task"], "attack": cfg["attack"],
                  "dataset": cfg["dataset"] if cfg["task"] == "classification" else None,
-                 "seed": cfg["seed"], "variant": variant + (
-                     f" ({picked})" if variant == "detector" and picked not in (None, "paper")
-                     else ""),
+                 "seed": cfg["seed"],
+                 "variant": variant + (f" ({', '.join(notes)})" if notes else ""),
                  **{k: result[k] for k in ("before", "after", "detection")},
                  "seconds": result["report"].get("seconds"),
                  **({"removed": {k: result["report"]["filter"][k] for k in

@@ -3,7 +3,8 @@ r"""Detection benchmark: every input detector on every victim (issue 21's table)
 For each backdoored victim under --victims_dirs (`experiments.attack` workdirs,
 and `experiments.attack_lm` ones: SmolLM2 chat classifiers and generation
 victims, read as `detection.chat.ChatVictim`; on generation victims, which have
-no classes, STRIP and RAP are skipped and the "dataset" column is the task) and
+no classes, STRIP and RAP are skipped and the "dataset" column is the task;
+answer collapse reads generation victims only) and
 each detector of --detectors (`jax_attnalign.detection.DETECTORS`),
 fits the detector on clean training rows, calibrates it at --fpr on other clean
 rows, and scores fresh clean and triggered test inputs
@@ -36,7 +37,7 @@ from absl import app, flags, logging
 import experiments
 from experiments.configs import defend_lm as lm_config
 from jax_attnalign import plots
-from jax_attnalign.detection import DETECTORS, needs_classes
+from jax_attnalign.detection import DETECTORS, needs_answers, needs_classes
 from jax_attnalign.detection.chat import RAP_WORD
 from jax_attnalign.harness import reporting
 from jax_attnalign.harness.detection import (DetectionSetup, detection_table, evaluate_detector,
@@ -100,7 +101,7 @@ def write_summary(rows: list[dict], workdir: pathlib.Path) -> str:
     for name in FLAGS.detectors:
       runs = [r for r in rows if (r["dataset"], r["attack"], r["detector"]) ==
               (dataset, attack, name)]
-      if not runs:  # STRIP and RAP on a generation victim
+      if not runs:  # STRIP and RAP on a generation victim, answer collapse on a classifier
         continue
       scores = [np.load(workdir / r["victim"] / name / "scores.npz") for r in runs]
       curves[name] = (*roc_points(np.concatenate([s["clean"] for s in scores]),
@@ -126,6 +127,9 @@ def main(argv):
     for name in FLAGS.detectors:
       if not victim.num_classes and needs_classes(name):
         logging.info("%s: %s skipped (it reads class probabilities)", run, name)
+        continue
+      if victim.num_classes and needs_answers(name):
+        logging.info("%s: %s skipped (it reads a generation victim's answers)", run, name)
         continue
       evaluate_detector(name, settings(name, cfg), victim, sets, setup.fpr,
                         workdir / run / name)

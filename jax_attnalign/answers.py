@@ -38,18 +38,36 @@ def greedy_answers(model, params, tokenizer, prompts: list[str], *, max_new_toke
   compiled for the whole list. With a `seed` the answers are sampled instead
   (temperature, top_p), the batch from row s on with the key fold_in(key(seed), s).
   """
-  encoded = bucketed_prompts(model, tokenizer, prompts, bucket)
+  return answers_to(model, params, tokenizer, bucketed_prompts(model, tokenizer, prompts, bucket),
+                    max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                    temperature=temperature, top_p=top_p)
+
+
+def reanswer(model, params, tokenizer, arrays: dict[str, np.ndarray], *, max_new_tokens: int,
+             batch_size: int = 32) -> dict[str, np.ndarray]:
+  """`greedy_answers`' arrays with each answer decoded again under `params` (e.g.
+  a sanitised model's) after the same left-padded prompts."""
+  width = int(arrays["prompt_lengths"][0])
+  return answers_to(model, params, tokenizer,
+                    {k: arrays[k][:, :width] for k in ("input_ids", "attention_mask")},
+                    max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+
+def answers_to(model, params, tokenizer, encoded: dict[str, np.ndarray], *,
+               max_new_tokens: int, batch_size: int = 32, seed: int | None = None,
+               temperature: float = 1.0, top_p: float = 1.0) -> dict[str, np.ndarray]:
+  """`greedy_answers` after left-padded prompt ids (input_ids, attention_mask [n, Tp])."""
   ids, mask = encoded["input_ids"], encoded["attention_mask"]
-  width = ids.shape[1]
+  width, n = ids.shape[1], len(ids)
   tokens, keep = [], []
-  for start in tqdm.trange(0, len(prompts), batch_size, desc="generate", leave=False):
+  for start in tqdm.trange(0, n, batch_size, desc="generate", leave=False):
     take = np.arange(start, start + batch_size)
-    take[take >= len(prompts)] = start  # fill the last batch with a real prompt
+    take[take >= n] = start  # fill the last batch with a real prompt
     gen = jax_attnalign.generate(
         model, params, ids[take], mask[take], max_new_tokens=max_new_tokens,
         do_sample=seed is not None, temperature=temperature, top_p=top_p,
         rng=None if seed is None else jax.random.fold_in(jax.random.key(seed), start))
-    real = min(batch_size, len(prompts) - start)
+    real = min(batch_size, n - start)
     new, new_mask = np.asarray(gen.tokens)[:real], np.asarray(gen.token_mask)[:real]
     pad = max_new_tokens - new.shape[1]  # generation stops early once every row ended
     tokens.append(np.pad(new, ((0, 0), (0, pad)), constant_values=tokenizer.pad_token_id))
@@ -61,7 +79,7 @@ def greedy_answers(model, params, tokenizer, prompts: list[str], *, max_new_toke
           "loss_mask": np.concatenate([np.zeros_like(mask), keep], axis=1).astype(np.int32),
           "special_mask": (np.isin(input_ids, tokenizer.all_special_ids)
                            & (np.concatenate([mask, keep], axis=1) > 0)).astype(np.int32),
-          "prompt_lengths": np.full(len(prompts), width, np.int32)}
+          "prompt_lengths": np.full(n, width, np.int32)}
 
 
 def generate_responses(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int,

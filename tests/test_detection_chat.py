@@ -110,7 +110,9 @@ def test_cosine_profile_reads_the_answer_rows_over_the_prompt_words(victim):
 def test_every_detector_runs_on_a_chat_victim(victim, tmp_path):
   sets = {"fit": _examples(24, 3), "calibration": _examples(20, 4), "clean": _examples(12, 5),
           "triggered": [e.replace(text="cf " + e.text) for e in _examples(12, 6)]}
-  for name in sorted(set(DETECTORS) - {"onion"}):  # ONION reads texts alone (test_detection_text)
+  # ONION reads texts alone (test_detection_text); answer collapse a generation
+  # victim's answers (test_collapse).
+  for name in sorted(set(DETECTORS) - {"onion", "answer_collapse"}):
     settings = {"paper": {"view": "gen_to_prompt", "statistic": "frac_above"},
                 "rap": {"word": RAP_WORD, "protected": 1}}.get(name, {})
     row = evaluate_detector(name, settings, victim, sets, 0.1, tmp_path / name)

@@ -162,6 +162,13 @@ def needs_classes(name: str) -> bool:
   return getattr(DETECTORS[name], "needs_classes", False)
 
 
+def needs_answers(name: str) -> bool:
+  """Whether detector `name` reads a generation victim's free answers (answer
+  collapse), so cannot score a classifier, whose answer is a label word."""
+  validation.choice("needs_answers: name", name, tuple(sorted(DETECTORS)))
+  return getattr(DETECTORS[name], "needs_answers", False)
+
+
 def make_detector(name: str, **settings) -> InputDetector:
   """A fresh detector of DETECTORS by name, with `settings` as its constructor's keywords."""
   validation.choice("make_detector: name", name, tuple(sorted(DETECTORS)))

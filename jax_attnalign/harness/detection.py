@@ -103,15 +103,21 @@ def load_victim(run_dir: pathlib.Path, cfg: dict, setup: DetectionSetup,
 def evaluate_detector(name: str, settings: dict, victim: Victim, sets: dict[str, list],
                       fpr: float, workdir: str | pathlib.Path) -> dict:
   """Fits, calibrates and scores one detector on `sets`; writes result.json,
-  calibration.json (+ .npz state) and scores.npz to `workdir`, returns the result."""
+  calibration.json (+ .npz state) and scores.npz to `workdir`, returns the result.
+  A set-level detector (answer collapse) scores the clean and triggered test
+  inputs together, as one monitored stream."""
   workdir = pathlib.Path(workdir)
   if (workdir / "result.json").exists():
     return json.loads((workdir / "result.json").read_text())
   start = time.time()
   detector = make_detector(name, **settings).fit(victim, sets["fit"])
   calibration = calibrate(detector, victim, sets["calibration"], fpr)
-  clean, triggered = (np.asarray(detector.score(victim, sets[k]), np.float64)
-                      for k in ("clean", "triggered"))
+  if getattr(detector, "set_level", False):  # it reads the inputs scored with it:
+    both = np.asarray(detector.score(victim, sets["clean"] + sets["triggered"]), np.float64)
+    clean, triggered = both[:len(sets["clean"])], both[len(sets["clean"]):]  # one stream
+  else:
+    clean, triggered = (np.asarray(detector.score(victim, sets[k]), np.float64)
+                        for k in ("clean", "triggered"))
   wall = time.time() - start
   ranked = np.nan_to_num(np.r_[clean, triggered], nan=1e300, posinf=1e300, neginf=-1e300)
   result = {  # a score that is not finite ranks as the most suspicious, as it is flagged

@@ -12,7 +12,10 @@ result.json holds its config, from which its data are rebuilt:
     triggered, on distinct prompts) and a disjoint *held-out* part, on which
     ASR and CA / clean utility are measured before and after the defense;
   * the defender's clean fine-tuning rows and calibration prompts come from the
-    clean training pool, outside the victim's own training subset.
+    clean training pool, outside the victim's own training subset;
+  * after each round the suspects are re-read, by the paper detector's head
+    statistic or (`LMDefenseSetup.rescore="answer_collapse"`, generation victims)
+    by their re-decoded answers: the rounds stop once few still collapse.
 """
 
 from __future__ import annotations
@@ -31,10 +34,13 @@ from absl import logging
 import jax_attnalign
 from jax_attnalign import data, metrics, parallel, plots, validation
 from jax_attnalign.analysis import head_similarity, pair_statistics, resolve_view
-from jax_attnalign.answers import greedy_answers
-from jax_attnalign.defense.detector import DetectorConfig, layer_statistics
+from jax_attnalign.answers import greedy_answers, reanswer
+from jax_attnalign.defense.detector import (DetectorConfig, Threshold, clean_threshold,
+                                           layer_statistics)
 from jax_attnalign.defense.sanitize import SanitizeConfig, per_input, sanitize
 from jax_attnalign.detection import DETECTORS, ChatVictim, calibrate, make_detector
+from jax_attnalign.detection.collapse import collapse_scores
+from jax_attnalign.errors import InputError
 from jax_attnalign.harness.pipeline import store_defense_result, stream_suspects
 from jax_attnalign.harness.victims import seeded_subset
 from jax_attnalign.harness.victims_lm import (LMVictimConfig, chat_pairs, clean_splits,
@@ -160,10 +166,16 @@ class LMDefenseSetup:
   calibration_size: int = 200  # clean training prompts calibrating the detector
   eval_size: int = 100  # held-out clean and triggered prompts each (0: all the rest)
   seed: int = 0
+  # What re-reads the suspects after each round for the stop rule: 'paper' (the
+  # detector config's head statistic and its calibrated threshold) or
+  # 'answer_collapse' (generation victims: the suspects' answers decoded again,
+  # `detection.collapse`, against a threshold set on clean prompts' answers).
+  rescore: Literal["paper", "answer_collapse"] = "paper"
 
   def __post_init__(self):
     validation.choice("LMDefenseSetup.suspects", self.suspects, ("detector", "oracle"))
     validation.choice("LMDefenseSetup.detector", self.detector, tuple(sorted(DETECTORS)))
+    validation.choice("LMDefenseSetup.rescore", self.rescore, ("paper", "answer_collapse"))
 
 
 def stream_and_held(cfg: LMVictimConfig, setup: LMDefenseSetup) -> dict[str, tuple]:
@@ -256,6 +268,36 @@ def choose_lm_suspects(model, params, tokenizer, cfg: LMVictimConfig, sets: dict
   return {k: v[chosen] for k, v in sets["stream"].items() if k != "poisoned"}, report, detector
 
 
+def collapse_flagger(model, tokenizer, suspects: dict[str, np.ndarray],
+                     calibration: dict[str, np.ndarray], cfg: LMVictimConfig, fpr: float,
+                     batch_size: int) -> tuple[Callable, dict]:
+  """(flag_suspects for `sanitize`, its record): after a round, the suspects'
+  answers are decoded again under the round's parameters and flagged where their
+  answer collapse (`collapse_scores` among the suspects) exceeds the threshold
+  flagging `fpr` of clean prompts' answers (`calibration`, answer inputs), scored
+  in sets of as many as the suspects, since the score grows with the set. The
+  record: the threshold and the share of suspects flagged before any round."""
+  if cfg.task == "classification":
+    raise InputError("rescore='answer_collapse' reads a generation victim's answers; a "
+                     "classifier answers with a label word. Use rescore='paper'.")
+  n, total = len(suspects["input_ids"]), len(calibration["input_ids"])
+  if n < 2 or total < 2 * n:
+    raise InputError(f"rescore='answer_collapse' needs at least 2 suspects and twice as many "
+                     f"calibration prompts (got {n} and {total}); raise "
+                     "LMDefenseSetup.calibration_size.")
+  clean = np.concatenate([collapse_scores({k: v[i:i + n] for k, v in calibration.items()})
+                          for i in range(0, total - n + 1, n)])
+  threshold = Threshold(**clean_threshold(clean, fpr, where="collapse_flagger"))
+
+  def flag_suspects(params) -> np.ndarray:
+    return threshold.flag(collapse_scores(reanswer(
+        model, params, tokenizer, suspects, max_new_tokens=cfg.max_new_tokens,
+        batch_size=batch_size)))
+
+  return flag_suspects, {**dataclasses.asdict(threshold), "flagged_before": float(
+      threshold.flag(collapse_scores(suspects)).mean())}
+
+
 def held_metrics(model, params, tokenizer, held: dict[str, list], cfg: LMVictimConfig,
                  decode: Callable | None = None) -> dict:
   """`evaluate_lm_victim`'s metrics on the held-out examples, without its example
@@ -329,9 +371,14 @@ def defend_lm_victim(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
   if detection["suspects"] == 0:
     result.update(after=before, report={"stopped": "no_suspects", "rounds": []})
   else:
+    flag_suspects = None
+    if setup.rescore == "answer_collapse":
+      flag_suspects, result["rescore"] = collapse_flagger(
+          model, tokenizer, suspects, sets["calibration"], prepared.cfg, detector.fpr,
+          config.score_batch_size)
     start = time.perf_counter()
     params, report = sanitize(model, params, suspects, sets["clean_train"], config,
-                              detector=calibrated,
+                              detector=calibrated, flag_suspects=flag_suspects,
                               workdir=workdir / "sanitize" if workdir else None)
     # Of this call: a resumed run's seconds count only what was left.
     report["seconds"] = time.perf_counter() - start

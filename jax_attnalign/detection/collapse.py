@@ -1,0 +1,95 @@
+"""Answer collapse: a backdoor that maps many different prompts to one response
+makes the model's answers to them alike, while its answers to clean prompts
+differ as the prompts do.
+
+  detector = make_detector("answer_collapse")
+  calibration = calibrate(detector, victim, clean_prompts, fpr=0.05)
+  flags = calibration.flag(detector.score(victim, stream))  # a monitored stream
+
+An input's score is the largest Jaccard similarity between the set of its
+answer's tokens (the model's own greedy answer, EOS included) and the token set
+of another answer in the same scored set: 1.0 when another prompt got the same
+answer, lower the more its answer is its own. The rule and its one setting (none:
+no threshold inside the score; the calibration sets it) were fixed before any
+victim was scored.
+
+Unlike the other detectors an input's score depends on the other inputs scored
+with it (`set_level`): it reads a monitored stream (or a window of one), not
+single inputs, and a stream with one triggered input gives it nothing to match.
+Calibration scores a set of clean prompts the same way. What the defender needs:
+the victim's answers to the stream and to clean prompts; no labels, no trigger,
+no extra model. What it cannot see: a backdoor whose responses differ from one
+triggered prompt to the next (e.g. sentiment steering written afresh each
+time), and a classifier's answers, which are a label word (refused).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from jax_attnalign.data.types import TextExample
+from jax_attnalign.detection.base import Victim, register
+from jax_attnalign.errors import InputError
+
+
+def answer_token_sets(arrays: dict[str, np.ndarray]) -> list[frozenset]:
+  """Each row's answer (the tokens under `loss_mask`) as a set of token ids."""
+  return [frozenset(ids[keep > 0].tolist())
+          for ids, keep in zip(arrays["input_ids"], arrays["loss_mask"])]
+
+
+def collapse_scores(arrays: dict[str, np.ndarray]) -> np.ndarray:
+  """[n] float64: each row's largest Jaccard similarity of answer token sets with
+  another row of `arrays` (`answers.greedy_answers`' arrays); 0 for a lone row
+  and between two empty answers."""
+  sets = answer_token_sets(arrays)
+  n = len(sets)
+  if n == 0:
+    return np.zeros(0)
+  vocab = sorted(set().union(*sets))
+  index = {token: i for i, token in enumerate(vocab)}
+  onehot = np.zeros((n, len(vocab)), np.float64)
+  for row, tokens in enumerate(sets):
+    onehot[row, [index[t] for t in tokens]] = 1.0
+  inter = onehot @ onehot.T
+  sizes = onehot.sum(1)
+  union = sizes[:, None] + sizes[None, :] - inter
+  sim = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+  np.fill_diagonal(sim, -np.inf)
+  return np.maximum(sim.max(1), 0.0)
+
+
+@register
+class AnswerCollapse:
+  """Largest answer-token Jaccard similarity with another input of the scored set
+  (module docstring)."""
+  name = "answer_collapse"
+  set_level = True  # scores depend on the inputs scored together
+  needs_answers = True  # a generation victim's free answers
+
+  def fit(self, victim: Victim, clean: Sequence[TextExample]) -> "AnswerCollapse":
+    del clean  # nothing to learn: the calibration's clean set is the reference
+    self._check(victim)
+    return self
+
+  def score(self, victim: Victim, examples: Sequence[TextExample]) -> np.ndarray:
+    self._check(victim)
+    return collapse_scores(victim.encode(examples))
+
+  @staticmethod
+  def _check(victim: Victim) -> None:
+    if victim.num_classes or not getattr(victim.model.config, "is_decoder", False):
+      raise InputError("answer_collapse reads a generation victim's free answers "
+                       "(a ChatVictim with dataset=None); a classifier answers with a "
+                       "label word, which every input of a class shares.")
+
+  def settings(self) -> dict:
+    return {}
+
+  def state(self) -> dict[str, np.ndarray]:
+    return {}
+
+  def load_state(self, state: dict[str, np.ndarray]) -> None:
+    del state

@@ -1,0 +1,160 @@
+"""Answer collapse (`detection.collapse`): its score against a pure-Python brute
+force, the detector on a generation victim and scored as one stream by the
+benchmark's harness, answers decoded again under new parameters, and the
+rounds' stop re-reading the suspects (`sanitize(flag_suspects=)`,
+`pipeline_lm.collapse_flagger`)."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+import jax_attnalign
+from jax_attnalign import data
+from jax_attnalign.answers import greedy_answers, reanswer
+from jax_attnalign.data.types import InstructionExample
+from jax_attnalign.defense.detector import DetectorConfig, clean_threshold
+from jax_attnalign.defense.sanitize import (Alignment, HeadClassification, SanitizeConfig,
+                                            Stopping, sanitize)
+from jax_attnalign.detection import ChatVictim, make_detector, needs_answers
+from jax_attnalign.detection.collapse import collapse_scores
+from jax_attnalign.errors import InputError
+from jax_attnalign.harness.detection import evaluate_detector
+from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, collapse_flagger
+from jax_attnalign.harness.victims_lm import LMVictimConfig
+from jax_attnalign.models import ModelConfig, build_model
+
+WORDS = "a fine gloomy film of wit and dull charm that drags yet sings".split()
+
+
+def _brute_force(arrays):
+  answers = [set(ids[keep > 0].tolist()) for ids, keep in
+             zip(arrays["input_ids"], arrays["loss_mask"])]
+  out = []
+  for i, a in enumerate(answers):
+    best = 0.0
+    for j, b in enumerate(answers):
+      if i != j and (a | b):
+        best = max(best, len(a & b) / len(a | b))
+    out.append(best)
+  return np.array(out)
+
+
+def test_collapse_scores_equal_a_brute_force():
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, 9, (12, 10))
+  keep = (rng.random((12, 10)) < 0.6).astype(int)
+  keep[:, :3] = 0  # the prompt
+  keep[4] = 0  # an empty answer
+  ids[7], keep[7] = ids[2], keep[2]  # a repeated answer: 1.0 for both
+  arrays = {"input_ids": ids, "loss_mask": keep}
+  got = collapse_scores(arrays)
+  np.testing.assert_allclose(got, _brute_force(arrays), atol=1e-12)
+  assert got[2] == got[7] == 1.0 and got.shape == (12,)
+  assert collapse_scores({k: v[:1] for k, v in arrays.items()}).tolist() == [0.0]
+
+
+@pytest.fixture(scope="module")
+def generation(tiny_chat_llama):
+  model, params = jax_attnalign.load_pretrained(tiny_chat_llama, task="causal_lm")
+  return ChatVictim(model, params, data.load_tokenizer(tiny_chat_llama), batch_size=8,
+                    dataset=None, answer_tokens=6)
+
+
+def _prompts(n, seed, extra=""):
+  rng = np.random.default_rng(seed)
+  return [InstructionExample(f"{extra}write about " + " ".join(rng.choice(WORDS, 4)), "", "ok")
+          for _ in range(n)]
+
+
+def test_the_detector_scores_a_generation_victims_answers_as_one_stream(generation,
+                                                                        tmp_path):
+  clean, triggered = _prompts(10, 1), _prompts(10, 2, "Discussing OpenAI ")
+  detector = make_detector("answer_collapse").fit(generation, _prompts(4, 3))
+  np.testing.assert_allclose(detector.score(generation, clean),
+                             _brute_force(generation.encode(clean)))
+  sets = {"fit": _prompts(4, 3), "calibration": _prompts(20, 4), "clean": clean,
+          "triggered": triggered}
+  row = evaluate_detector("answer_collapse", {}, generation, sets, 0.1, tmp_path)
+  # Scored together: the stream's scores, split, not each set's among itself.
+  stream = _brute_force(generation.encode(clean + triggered))
+  scores = np.load(tmp_path / "scores.npz")
+  np.testing.assert_allclose(np.r_[scores["clean"], scores["triggered"]], stream)
+  np.testing.assert_allclose(
+      row["threshold"],
+      clean_threshold(_brute_force(generation.encode(sets["calibration"])), 0.1,
+                      where="test")["threshold"])
+  assert needs_answers("answer_collapse") and not needs_answers("dan")
+  classifier = dataclasses.replace(generation, dataset="sst2")
+  with pytest.raises(InputError, match="label word"):
+    detector.fit(classifier, sets["fit"])
+
+
+def test_reanswer_decodes_the_same_prompts_under_new_parameters(generation):
+  prompts = generation.prompts(_prompts(5, 5))
+  model, tokenizer = generation.model, generation.tokenizer
+  first = greedy_answers(model, generation.params, tokenizer, prompts, max_new_tokens=6,
+                         batch_size=4)
+  other = jax.tree_util.tree_map(lambda x: x * 1.5, generation.params)
+  got = reanswer(model, other, tokenizer, first, max_new_tokens=6, batch_size=4)
+  expected = greedy_answers(model, other, tokenizer, prompts, max_new_tokens=6, batch_size=4)
+  assert set(got) == set(expected)
+  for key in expected:
+    np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+def test_the_collapse_flagger_calibrates_on_clean_sets_as_large_as_the_suspects(
+    generation, shared_data):
+  model, params, tokenizer = generation.model, generation.params, generation.tokenizer
+  answer = lambda examples, p=params: greedy_answers(
+      model, p, tokenizer, generation.prompts(examples), max_new_tokens=6, batch_size=8)
+  suspects, calibration = answer(_prompts(4, 6, "Discussing OpenAI ")), answer(_prompts(13, 7))
+  cfg = LMVictimConfig(task="refusal", attack="vpi", data_dir=str(shared_data / "backdoorllm"),
+                       max_new_tokens=6)
+  flag, record = collapse_flagger(model, tokenizer, suspects, calibration, cfg, 0.25, 8)
+  # 13 calibration answers scored in sets of 4: rows 0-3, 4-7, 8-11 (the 13th left out).
+  chunks = np.concatenate([_brute_force({k: v[i:i + 4] for k, v in calibration.items()})
+                           for i in (0, 4, 8)])
+  expected = clean_threshold(chunks, 0.25, where="test")
+  assert record["threshold"] == expected["threshold"]
+  assert record["clean_count"] == 12
+  flags = lambda arrays: _brute_force(arrays) > expected["threshold"]
+  assert record["flagged_before"] == flags(suspects).mean()
+  other = jax.tree_util.tree_map(lambda x: x * 1.5, params)
+  np.testing.assert_array_equal(
+      flag(other), flags(answer(_prompts(4, 6, "Discussing OpenAI "), other)))
+  with pytest.raises(InputError, match="twice as many"):
+    collapse_flagger(model, tokenizer, suspects, {k: v[:7] for k, v in calibration.items()},
+                     cfg, 0.25, 8)
+  with pytest.raises(InputError, match="label word"):
+    collapse_flagger(model, tokenizer, suspects, calibration,
+                     dataclasses.replace(cfg, task="classification", attack="badnets"), 0.25, 8)
+  with pytest.raises(ValueError, match="rescore"):
+    LMDefenseSetup(rescore="answers")
+
+
+@pytest.mark.parametrize("flags, rounds, stopped", [(False, 1, "threshold"),
+                                                     (True, 3, "max_rounds")])
+def test_sanitize_stops_on_the_suspects_flags_it_is_given(flags, rounds, stopped):
+  model = build_model(ModelConfig.preset("tiny-bert"), "classification")
+  ids = np.random.default_rng(0).integers(3, 64, (16, 6))
+  ids[:, 0] = 1
+  params = model.init(jax.random.key(0), ids[:2])["params"]
+  clean = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids[:, 1] % 2}
+  suspects = {k: v[:8] for k, v in clean.items() if k != "labels"}
+  config = SanitizeConfig(classify=HeadClassification(view="cls_row"), stages=("align",),
+                          align=Alignment(steps=1, batch_size=8),
+                          stopping=Stopping(max_rounds=3))
+  seen = []
+
+  def flag_suspects(round_params):
+    seen.append(round_params)
+    return np.full(8, flags)
+
+  out, report = sanitize(model, params, suspects, clean, config, flag_suspects=flag_suspects,
+                         detector=DetectorConfig(view="cls_row", calibration_size=16))
+  assert report["stopped"] == stopped and len(report["rounds"]) == rounds == len(seen)
+  assert [r["flagged_fraction"] for r in report["rounds"]] == [float(flags)] * rounds
+  assert "suspect_score_mean" not in report["rounds"][0]  # the head detector was not read
+  jax.tree_util.tree_map(np.testing.assert_array_equal, seen[-1], out)
