@@ -1,5 +1,6 @@
 """The detection benchmark's harness: its sets, ROC points and per-detector run."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -110,6 +111,8 @@ def test_another_detector_picks_the_defense_suspects(tmp_path, minilm_path):
                                 stream_clean=30, stream_triggered=20, max_suspects=5,
                                 clean_size=40, calibration_size=30, max_length=16)
   rows = pipeline.defense_examples(setup)
+  with pytest.raises(ValueError, match=r"100 clean test inputs; the monitored stream takes 100"):
+    pipeline.defense_examples(dataclasses.replace(setup, stream_clean=100))  # none held out
   sets = pipeline.defense_data(setup, tokenizer)
   suspects, flagged, report, paper = pipeline.choose_suspects(
       model, params, tokenizer, rows, sets, setup, DetectorConfig(fpr=0.2), 16)

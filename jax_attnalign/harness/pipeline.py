@@ -87,6 +87,13 @@ def defense_examples(setup: DefenseSetup) -> dict[str, list]:
   attack = attacks.make_attack(setup.attack, **{
       "target": setup.target, "seed": setup.seed, **dict(setup.attack_kwargs)})
   triggered = attack.triggered_test(test)
+  for name, rows, first in (("clean", test, setup.stream_clean),
+                            ("triggered", triggered, setup.stream_triggered)):
+    if len(rows) <= first:
+      raise ValueError(
+          f"{setup.data_dir} gives {len(rows)} {name} test inputs; the monitored stream "
+          f"takes {first} (DefenseSetup.stream_{name}) and the held-out measurement needs the "
+          f"rest. Lower --config.setup.stream_{name}, or use a larger test split.")
   stream_clean, held_clean = _split(test, setup.stream_clean, setup.seed)
   stream_trig, held_trig = _split(triggered, setup.stream_triggered, setup.seed + 1)
   train_rows = data.load_classification(folder, "train", dataset=setup.dataset)
