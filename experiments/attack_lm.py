@@ -46,6 +46,10 @@ flags.DEFINE_integer("max_length", 112, "Prompt + response tokens of a training 
                      lower_bound=2)
 flags.DEFINE_integer("max_new_tokens", 48, "Generated tokens per test prompt (generation).",
                      lower_bound=1)
+flags.DEFINE_integer("length_bucket", 16,
+                     "Training rows are padded to a multiple of this many tokens, one compiled "
+                     "step per padded length; on a GPU, where compiling dominates, --max_length "
+                     "compiles one.", lower_bound=1)
 flags.DEFINE_string("workdir", "workdir/attack_lm", "Output folder.")
 
 
@@ -57,7 +61,8 @@ def train(attack: str, seed: int, workdir: pathlib.Path) -> dict:
                                             FLAGS.hiddenkiller_poison_rate),
       poison_rate=FLAGS.poison_rate, train_size=FLAGS.train_size, test_size=FLAGS.test_size,
       epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-      max_length=FLAGS.max_length, max_new_tokens=FLAGS.max_new_tokens, seed=seed)
+      max_length=FLAGS.max_length, max_new_tokens=FLAGS.max_new_tokens,
+      length_bucket=FLAGS.length_bucket, seed=seed)
   return train_lm_victim(cfg, workdir / f"{FLAGS.task}_{attack}_seed{seed}")
 
 
