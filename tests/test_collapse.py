@@ -18,7 +18,7 @@ from jax_attnalign.defense.detector import DetectorConfig, clean_threshold
 from jax_attnalign.defense.sanitize import (Alignment, HeadClassification, SanitizeConfig,
                                             Stopping, sanitize)
 from jax_attnalign.detection import ChatVictim, make_detector, needs_answers
-from jax_attnalign.detection.collapse import collapse_scores
+from jax_attnalign.detection.collapse import collapse_scores, match_scores
 from jax_attnalign.errors import InputError
 from jax_attnalign.harness.detection import evaluate_detector
 from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, collapse_flagger
@@ -28,17 +28,24 @@ from jax_attnalign.models import ModelConfig, build_model
 WORDS = "a fine gloomy film of wit and dull charm that drags yet sings".split()
 
 
+def _answers(arrays):
+  return [set(ids[keep > 0].tolist()) for ids, keep in
+          zip(arrays["input_ids"], arrays["loss_mask"])]
+
+
+def _jaccard(a, b):
+  return len(a & b) / len(a | b) if a | b else 0.0
+
+
 def _brute_force(arrays):
-  answers = [set(ids[keep > 0].tolist()) for ids, keep in
-             zip(arrays["input_ids"], arrays["loss_mask"])]
-  out = []
-  for i, a in enumerate(answers):
-    best = 0.0
-    for j, b in enumerate(answers):
-      if i != j and (a | b):
-        best = max(best, len(a & b) / len(a | b))
-    out.append(best)
-  return np.array(out)
+  answers = _answers(arrays)
+  return np.array([max([_jaccard(a, b) for j, b in enumerate(answers) if j != i], default=0.0)
+                   for i, a in enumerate(answers)])
+
+
+def _brute_force_match(arrays, responses):
+  return np.array([max([_jaccard(a, r) for r in responses], default=0.0)
+                   for a in _answers(arrays)])
 
 
 def test_collapse_scores_equal_a_brute_force():
@@ -53,6 +60,10 @@ def test_collapse_scores_equal_a_brute_force():
   np.testing.assert_allclose(got, _brute_force(arrays), atol=1e-12)
   assert got[2] == got[7] == 1.0 and got.shape == (12,)
   assert collapse_scores({k: v[:1] for k, v in arrays.items()}).tolist() == [0.0]
+  responses = [frozenset(ids[2][keep[2] > 0].tolist()), frozenset({1, 5}), frozenset()]
+  np.testing.assert_allclose(match_scores(arrays, responses),
+                             _brute_force_match(arrays, responses), atol=1e-12)
+  assert match_scores(arrays, []).tolist() == [0.0] * 12
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +120,15 @@ def test_the_collapse_flagger_calibrates_on_clean_sets_as_large_as_the_suspects(
   model, params, tokenizer = generation.model, generation.params, generation.tokenizer
   answer = lambda examples, p=params: greedy_answers(
       model, p, tokenizer, generation.prompts(examples), max_new_tokens=6, batch_size=8)
+  # The tiny model answers every prompt alike; the clean answers are made distinct
+  # (random tokens where the answer is) and so is one suspect's, so that the
+  # other three suspects' shared answer is what the stream collapsed onto.
   suspects, calibration = answer(_prompts(4, 6, "Discussing OpenAI ")), answer(_prompts(13, 7))
+  rng = np.random.default_rng(9)
+  for arrays, rows in ((calibration, range(13)), (suspects, [3])):
+    for row in rows:
+      keep = arrays["loss_mask"][row] > 0
+      arrays["input_ids"][row, keep] = rng.choice(np.arange(300, 5000), keep.sum(), False)
   cfg = LMVictimConfig(task="refusal", attack="vpi", data_dir=str(shared_data / "backdoorllm"),
                        max_new_tokens=6)
   flag, record = collapse_flagger(model, tokenizer, suspects, calibration, cfg, 0.25, 8)
@@ -119,11 +138,17 @@ def test_the_collapse_flagger_calibrates_on_clean_sets_as_large_as_the_suspects(
   expected = clean_threshold(chunks, 0.25, where="test")
   assert record["threshold"] == expected["threshold"]
   assert record["clean_count"] == 12
-  flags = lambda arrays: _brute_force(arrays) > expected["threshold"]
-  assert record["flagged_before"] == flags(suspects).mean()
-  other = jax.tree_util.tree_map(lambda x: x * 1.5, params)
-  np.testing.assert_array_equal(
-      flag(other), flags(answer(_prompts(4, 6, "Discussing OpenAI "), other)))
+  before = _brute_force(suspects) > expected["threshold"]
+  assert record["flagged_before"] == before.mean()
+  # After a round: a suspect is flagged while its new answer is as alike to one
+  # of the answers the suspects collapsed onto before.
+  responses = [a for a, hit in zip(_answers(suspects), before) if hit]
+  assert before.tolist() == [True, True, True, False] and record["responses"] == 1
+  for p in (params, jax.tree_util.tree_map(lambda x: x * 1.5, params)):
+    again = answer(_prompts(4, 6, "Discussing OpenAI "), p)
+    np.testing.assert_array_equal(
+        flag(p), _brute_force_match(again, responses) > expected["threshold"])
+  assert flag(params).all()  # the same model gives the same shared answer to all four
   with pytest.raises(InputError, match="twice as many"):
     collapse_flagger(model, tokenizer, suspects, {k: v[:7] for k, v in calibration.items()},
                      cfg, 0.25, 8)

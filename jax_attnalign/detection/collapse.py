@@ -40,25 +40,35 @@ def answer_token_sets(arrays: dict[str, np.ndarray]) -> list[frozenset]:
           for ids, keep in zip(arrays["input_ids"], arrays["loss_mask"])]
 
 
+def jaccard_matrix(left: list[frozenset], right: list[frozenset]) -> np.ndarray:
+  """[len(left), len(right)] float64: the Jaccard similarity of each pair of sets
+  (0 between two empty sets)."""
+  vocab = sorted(set().union(*left, *right))
+  index = {token: i for i, token in enumerate(vocab)}
+  onehot = lambda sets: np.array([np.isin(np.arange(len(vocab)), [index[t] for t in s])
+                                  for s in sets], np.float64).reshape(len(sets), len(vocab))
+  a, b = onehot(left), onehot(right)
+  inter = a @ b.T
+  union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+  return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
 def collapse_scores(arrays: dict[str, np.ndarray]) -> np.ndarray:
   """[n] float64: each row's largest Jaccard similarity of answer token sets with
   another row of `arrays` (`answers.greedy_answers`' arrays); 0 for a lone row
   and between two empty answers."""
   sets = answer_token_sets(arrays)
-  n = len(sets)
-  if n == 0:
-    return np.zeros(0)
-  vocab = sorted(set().union(*sets))
-  index = {token: i for i, token in enumerate(vocab)}
-  onehot = np.zeros((n, len(vocab)), np.float64)
-  for row, tokens in enumerate(sets):
-    onehot[row, [index[t] for t in tokens]] = 1.0
-  inter = onehot @ onehot.T
-  sizes = onehot.sum(1)
-  union = sizes[:, None] + sizes[None, :] - inter
-  sim = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+  sim = jaccard_matrix(sets, sets)
   np.fill_diagonal(sim, -np.inf)
-  return np.maximum(sim.max(1), 0.0)
+  return np.maximum(sim.max(1, initial=-np.inf), 0.0)
+
+
+def match_scores(arrays: dict[str, np.ndarray], responses: list[frozenset]) -> np.ndarray:
+  """[n] float64: each row's largest answer-token Jaccard similarity with one of
+  `responses` (token sets, e.g. the answers a stream collapsed onto); 0 if none."""
+  if not responses:
+    return np.zeros(len(arrays["input_ids"]))
+  return jaccard_matrix(answer_token_sets(arrays), responses).max(1)
 
 
 @register

@@ -15,7 +15,8 @@ result.json holds its config, from which its data are rebuilt:
     clean training pool, outside the victim's own training subset;
   * after each round the suspects are re-read, by the paper detector's head
     statistic or (`LMDefenseSetup.rescore="answer_collapse"`, generation victims)
-    by their re-decoded answers: the rounds stop once few still collapse.
+    by their re-decoded answers: the rounds stop once few still give the
+    response their answers collapsed onto before the defense.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from jax_attnalign.defense.detector import (DetectorConfig, Threshold, clean_thr
                                            layer_statistics)
 from jax_attnalign.defense.sanitize import SanitizeConfig, per_input, sanitize
 from jax_attnalign.detection import DETECTORS, ChatVictim, calibrate, make_detector
-from jax_attnalign.detection.collapse import collapse_scores
+from jax_attnalign.detection.collapse import answer_token_sets, collapse_scores, match_scores
 from jax_attnalign.errors import InputError
 from jax_attnalign.harness.pipeline import store_defense_result, stream_suspects
 from jax_attnalign.harness.victims import seeded_subset
@@ -168,8 +169,9 @@ class LMDefenseSetup:
   seed: int = 0
   # What re-reads the suspects after each round for the stop rule: 'paper' (the
   # detector config's head statistic and its calibrated threshold) or
-  # 'answer_collapse' (generation victims: the suspects' answers decoded again,
-  # `detection.collapse`, against a threshold set on clean prompts' answers).
+  # 'answer_collapse' (generation victims: the suspects' answers decoded again and
+  # matched against the responses they collapsed onto before the defense,
+  # `collapse_flagger`).
   rescore: Literal["paper", "answer_collapse"] = "paper"
 
   def __post_init__(self):
@@ -271,12 +273,16 @@ def choose_lm_suspects(model, params, tokenizer, cfg: LMVictimConfig, sets: dict
 def collapse_flagger(model, tokenizer, suspects: dict[str, np.ndarray],
                      calibration: dict[str, np.ndarray], cfg: LMVictimConfig, fpr: float,
                      batch_size: int) -> tuple[Callable, dict]:
-  """(flag_suspects for `sanitize`, its record): after a round, the suspects'
-  answers are decoded again under the round's parameters and flagged where their
-  answer collapse (`collapse_scores` among the suspects) exceeds the threshold
-  flagging `fpr` of clean prompts' answers (`calibration`, answer inputs), scored
-  in sets of as many as the suspects, since the score grows with the set. The
-  record: the threshold and the share of suspects flagged before any round."""
+  """(flag_suspects for `sanitize`, its record). The threshold flags `fpr` of clean
+  prompts' answers (`calibration`, answer inputs) by `collapse_scores`, scored in
+  sets of as many as the suspects (the score grows with the set). The suspects'
+  answers before the defense that it flags are the backdoor's responses as the
+  stream shows them; after a round the suspects' answers are decoded again and
+  flagged where they are as alike to one of those responses (`match_scores`):
+  the response is still given. An answer the round made degenerate, or another
+  collapse, is not the backdoor's response and does not hold the rounds. The
+  record: the threshold, the share of suspects flagged before any round and
+  the number of distinct responses watched."""
   if cfg.task == "classification":
     raise InputError("rescore='answer_collapse' reads a generation victim's answers; a "
                      "classifier answers with a label word. Use rescore='paper'.")
@@ -288,14 +294,17 @@ def collapse_flagger(model, tokenizer, suspects: dict[str, np.ndarray],
   clean = np.concatenate([collapse_scores({k: v[i:i + n] for k, v in calibration.items()})
                           for i in range(0, total - n + 1, n)])
   threshold = Threshold(**clean_threshold(clean, fpr, where="collapse_flagger"))
+  before = threshold.flag(collapse_scores(suspects))
+  responses = sorted({answer for answer, hit in zip(answer_token_sets(suspects), before) if hit},
+                     key=sorted)
 
   def flag_suspects(params) -> np.ndarray:
-    return threshold.flag(collapse_scores(reanswer(
+    return threshold.flag(match_scores(reanswer(
         model, params, tokenizer, suspects, max_new_tokens=cfg.max_new_tokens,
-        batch_size=batch_size)))
+        batch_size=batch_size), responses))
 
-  return flag_suspects, {**dataclasses.asdict(threshold), "flagged_before": float(
-      threshold.flag(collapse_scores(suspects)).mean())}
+  return flag_suspects, {**dataclasses.asdict(threshold), "flagged_before": float(before.mean()),
+                         "responses": len(responses)}
 
 
 def held_metrics(model, params, tokenizer, held: dict[str, list], cfg: LMVictimConfig,
