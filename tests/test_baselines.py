@@ -362,6 +362,9 @@ def test_lm_grid_bolds_the_lowest_asr_within_two_points_of_vanilla_utility():
   rows = [row(s, c, rouge, asr, seconds) for s in (0, 1) for c, rouge, asr, seconds in (
       ("cleangen", 0.29, 0.30, 600), ("muscle_lora", 0.25, 0.05, 1800),
       ("oracle", 0.285, 0.10 + 0.1 * s, 3000))]
+  # A variant outside the grid's columns, on a victim no column has: not in the
+  # vanilla column or the seeds.
+  rows.append(row(2, "oracle (answer_collapse stop)", 0.3, 0.0, 600))
   table, grid = reporting.lm_grid_table(rows)
   lines = table.splitlines()
   assert lines[2] == ("| refusal | vpi | rouge_l | 0.925 ± 0.035 | 0.300 ± 0.000 | "

@@ -33,7 +33,8 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   _write(results / "smollm2_ag_news" / "defend_lm.json", [run(0, 0.9, "ag_news")])
   _write(results / "smollm2_gen" / "defend_lm.json", [
       generation("cleangen", 0, 0.1), generation("cleangen", 1, 0.2),
-      generation("graceful", 0, 0.5)])
+      generation("graceful", 0, 0.5),
+      generation("oracle (answer_collapse stop)", 4, 0.0)])  # outside the grid: not a seed
   column = lambda variant, seed, ca, asr: {
       "victim": f"badnets_seed{seed}", "dataset": "sst2", "attack": "badnets",
       "variant": variant, "seed": seed, "before": {"ca": 0.86, "asr": 1.0},

@@ -168,8 +168,13 @@ def lm_grid_table(rows: list[dict]) -> tuple[str, dict]:
   lines = [f"| task | attack | utility | {head} | minutes (defense) | seeds |",
            "|---" * (2 * len(LM_GRID_COLUMNS) + 5) + "|"]
   grid = {}
-  for (task, attack), by_variant in groups.items():
+  for (task, attack), all_variants in groups.items():
     utility = "ca" if task == "classification" else "rouge_l"
+    # The grid's columns only: a variant outside it (another detector or stop
+    # rule) run on other victims must not change the vanilla column or seeds.
+    by_variant = {c: runs for c, runs in all_variants.items() if c in LM_GRID_COLUMNS}
+    if not by_variant:
+      continue
     vanilla = list({r["victim"]: r["before"] for runs in by_variant.values()
                     for r in runs}.values())  # one per victim
     results = {"vanilla": [{**v, "seconds": None} for v in vanilla]}
