@@ -101,7 +101,8 @@ def _defense_row(rows: list[dict], what: str, paper_model: str, our_model: str) 
 
 def _detection_rows(rows: list[dict]) -> list[str]:
   """Headline rows of a detection benchmark: per dataset and attack, the paper's
-  score and the detector with the highest mean AUROC."""
+  score and the detector with the highest mean AUROC, with the best one's TPR at
+  its calibrated threshold (a high AUROC can flag nothing there)."""
   groups: dict[tuple, dict[str, list[dict]]] = {}
   for r in rows:  # rows written before detect named the model are MiniLM's
     key = (r.get("model", "MiniLM"), r["dataset"], r["attack"])
@@ -114,8 +115,10 @@ def _detection_rows(rows: list[dict]) -> list[str]:
     fmt = lambda name: f"{name} {metrics.format_mean_std(auroc[name])}"
     what = (f"the paper's score; the best of {len(auroc)} detectors" if len(auroc) > 1
             else f"{best} alone")
+    tpr = metrics.format_mean_std([r["tpr"] for r in by_detector[best]])
     ours = (f"{fmt(best)} (the best)" if best == "paper"
-            else (f"{fmt('paper')}; " if "paper" in auroc else "") + fmt(best))
+            else (f"{fmt('paper')}; " if "paper" in auroc else "") + fmt(best)
+            ) + f", TPR {tpr} at its threshold"
     out.append(f"| Detection AUROC, {dataset} {attack}: {what} | — | {ours} "
                f"({model}, {_seeds(seeds)}) |")
   return out
