@@ -66,8 +66,8 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   assert ("| Detection AUROC, sst2 hiddenkiller: the paper's score; the best of 2 detectors | — "
           "| paper 0.600 ± 0.141; dan 0.700 ± 0.141, TPR 0.100 ± 0.000 at its threshold "
           "(MiniLM, seeds 0, 1) |") in headline
-  assert ("| Detection AUROC, sst2 badnets: dan alone | — | dan 0.900, TPR 0.100 at its threshold "
-          "(SmolLM2, seed 2) |") in headline
+  assert ("| Detection AUROC, sst2 badnets: dan alone | — | dan 0.900, TPR 0.100 at its "
+          "threshold (SmolLM2, seed 2) |") in headline
   assert "0.915 -> 0.992 (Llama-2-7B) | 0.9912 -> 0.9919, AUROC 0.65" in headline
   assert "86.91 / 88.73 -> 85.19 / 25.61" in headline
   assert "30.0 ± 14.1" in headline and "seeds 1, 2" in headline

@@ -19,5 +19,5 @@ from jax_attnalign.detection import (chat, collapse, dan, heads, onion, rap,  # 
 from jax_attnalign.detection.chat import ChatVictim
 
 __all__ = ["DETECTORS", "Calibration", "ChatVictim", "InputDetector", "Victim", "calibrate",
-           "chat", "collapse", "dan", "heads", "make_detector", "needs_answers", "needs_classes", "onion", "rap",
-           "register", "strip"]
+           "chat", "collapse", "dan", "heads", "make_detector", "needs_answers", "needs_classes",
+           "onion", "rap", "register", "strip"]

@@ -9,9 +9,8 @@ differ as the prompts do.
 An input's score is the largest Jaccard similarity between the set of its
 answer's tokens (the model's own greedy answer, EOS included) and the token set
 of another answer in the same scored set: 1.0 when another prompt got the same
-answer, lower the more its answer is its own. The rule and its one setting (none:
-no threshold inside the score; the calibration sets it) were fixed before any
-victim was scored.
+answer, lower the more its answer is its own. The score has no setting (the
+calibration sets the threshold); it was fixed before any victim was scored.
 
 Unlike the other detectors an input's score depends on the other inputs scored
 with it (`set_level`): it reads a monitored stream (or a window of one), not
@@ -43,10 +42,14 @@ def answer_token_sets(arrays: dict[str, np.ndarray]) -> list[frozenset]:
 def jaccard_matrix(left: list[frozenset], right: list[frozenset]) -> np.ndarray:
   """[len(left), len(right)] float64: the Jaccard similarity of each pair of sets
   (0 between two empty sets)."""
-  vocab = sorted(set().union(*left, *right))
-  index = {token: i for i, token in enumerate(vocab)}
-  onehot = lambda sets: np.array([np.isin(np.arange(len(vocab)), [index[t] for t in s])
-                                  for s in sets], np.float64).reshape(len(sets), len(vocab))
+  index = {token: i for i, token in enumerate(sorted(set().union(*left, *right)))}
+
+  def onehot(sets: list[frozenset]) -> np.ndarray:
+    out = np.zeros((len(sets), len(index)))
+    for row, tokens in enumerate(sets):
+      out[row, [index[t] for t in tokens]] = 1.0
+    return out
+
   a, b = onehot(left), onehot(right)
   inter = a @ b.T
   union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
