@@ -80,6 +80,17 @@ def _split(examples: list, first: int, seed: int) -> tuple[list, list]:
   return ([examples[i] for i in order[:first]], [examples[i] for i in order[first:]])
 
 
+def split_stream(examples: list, first: int, seed: int, *, describe: str,
+                 fix: str) -> tuple[list, list]:
+  """(monitored stream, held-out part): the first `first` of a seeded permutation
+  and the rest. A ValueError unless some are left to hold out, saying what there
+  is (`describe`, with {n} for the count) and the `fix`."""
+  if len(examples) <= first:
+    raise ValueError(f"{describe.format(n=len(examples))}; the monitored stream takes "
+                     f"{first} and the held-out measurement needs the rest. {fix}")
+  return _split(examples, first, seed)
+
+
 def defense_examples(setup: DefenseSetup) -> dict[str, list]:
   """The examples of `defense_data`'s sets, before encoding (seeded)."""
   folder = data.resolve_data_path(setup.data_dir, missing_ok=True)
@@ -87,15 +98,13 @@ def defense_examples(setup: DefenseSetup) -> dict[str, list]:
   attack = attacks.make_attack(setup.attack, **{
       "target": setup.target, "seed": setup.seed, **dict(setup.attack_kwargs)})
   triggered = attack.triggered_test(test)
-  for name, rows, first in (("clean", test, setup.stream_clean),
-                            ("triggered", triggered, setup.stream_triggered)):
-    if len(rows) <= first:
-      raise ValueError(
-          f"{setup.data_dir} gives {len(rows)} {name} test inputs; the monitored stream "
-          f"takes {first} (DefenseSetup.stream_{name}) and the held-out measurement needs the "
-          f"rest. Lower --config.setup.stream_{name}, or use a larger test split.")
-  stream_clean, held_clean = _split(test, setup.stream_clean, setup.seed)
-  stream_trig, held_trig = _split(triggered, setup.stream_triggered, setup.seed + 1)
+  (stream_clean, held_clean), (stream_trig, held_trig) = (
+      split_stream(rows, first, setup.seed + offset,
+                   describe=f"{setup.data_dir} gives {{n}} {name} test inputs",
+                   fix=f"Lower --config.setup.stream_{name} (DefenseSetup.stream_{name}), or "
+                   "use a larger test split.")
+      for name, rows, first, offset in (("clean", test, setup.stream_clean, 0),
+                                        ("triggered", triggered, setup.stream_triggered, 1)))
   train_rows = data.load_classification(folder, "train", dataset=setup.dataset)
   needed = setup.clean_size + setup.calibration_size
   if needed > len(train_rows):

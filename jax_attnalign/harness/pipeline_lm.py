@@ -42,7 +42,8 @@ from jax_attnalign.defense.sanitize import SanitizeConfig, per_input, sanitize
 from jax_attnalign.detection import DETECTORS, ChatVictim, calibrate, make_detector
 from jax_attnalign.detection.collapse import answer_token_sets, collapse_scores, match_scores
 from jax_attnalign.errors import InputError
-from jax_attnalign.harness.pipeline import store_defense_result, stream_suspects
+from jax_attnalign.harness.pipeline import (split_stream, store_defense_result,
+                                            stream_suspects)
 from jax_attnalign.harness.victims import seeded_subset
 from jax_attnalign.harness.victims_lm import (LMVictimConfig, chat_pairs, clean_splits,
                                               evaluate_lm_victim, training_arrays, victim_data)
@@ -183,19 +184,15 @@ class LMDefenseSetup:
 def stream_and_held(cfg: LMVictimConfig, setup: LMDefenseSetup) -> dict[str, tuple]:
   """{'clean', 'triggered'}: (stream examples, held-out examples), the victim's test
   examples of each kind split (seeded) into the monitored stream and the held-out part."""
-  sets = victim_data(cfg)
-  parts = {}
+  sets, parts = victim_data(cfg), {}
   for name, first, offset in (("clean", setup.stream_clean, 0),
                               ("triggered", setup.stream_triggered, 1)):
-    if len(sets[name]) <= first:
-      raise ValueError(
-          f"The victim has {len(sets[name])} {name} test prompts; the monitored stream "
-          f"takes {first} (LMDefenseSetup.stream_{name}) and the held-out measurement needs "
-          "the rest. Train the victim with a larger --test_size (0: all), or lower "
-          f"--config.setup.stream_{name}.")
-    order = np.random.default_rng(setup.seed + offset).permutation(len(sets[name]))
-    parts[name] = ([sets[name][i] for i in order[:first]],
-                   [sets[name][i] for i in order[first:]][:setup.eval_size or None])
+    stream, held = split_stream(
+        sets[name], first, setup.seed + offset,
+        describe=f"The victim has {{n}} {name} test prompts",
+        fix="Train the victim with a larger --test_size (0: all), or lower "
+        f"--config.setup.stream_{name} (LMDefenseSetup.stream_{name}).")
+    parts[name] = (stream, held[:setup.eval_size or None])
   return parts
 
 
