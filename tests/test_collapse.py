@@ -38,8 +38,10 @@ def _jaccard(a, b):
 
 
 def _brute_force(arrays):
+  """Each answer's share of the others with Jaccard similarity >= 1/2 to it."""
   answers = _answers(arrays)
-  return np.array([max([_jaccard(a, b) for j, b in enumerate(answers) if j != i], default=0.0)
+  others = max(len(answers) - 1, 1)
+  return np.array([sum(_jaccard(a, b) >= 0.5 for j, b in enumerate(answers) if j != i) / others
                    for i, a in enumerate(answers)])
 
 
@@ -54,11 +56,15 @@ def test_collapse_scores_equal_a_brute_force():
   keep = (rng.random((12, 10)) < 0.6).astype(int)
   keep[:, :3] = 0  # the prompt
   keep[4] = 0  # an empty answer
-  ids[7], keep[7] = ids[2], keep[2]  # a repeated answer: 1.0 for both
+  keep[[2, 7, 9, 10, 11], 3:] = 1
+  ids[[2, 7, 9]] = np.arange(20, 30)  # one answer, three times
+  ids[10] = np.r_[np.arange(20, 29), 40]  # one token of seven changed: 6/8 shared
+  ids[11] = np.arange(40, 50)  # disjoint from it
   arrays = {"input_ids": ids, "loss_mask": keep}
   got = collapse_scores(arrays)
   np.testing.assert_allclose(got, _brute_force(arrays), atol=1e-12)
-  assert got[2] == got[7] == 1.0 and got.shape == (12,)
+  assert got.shape == (12,) and got[2] == got[7] == got[9] == got[10] == 3 / 11
+  assert got[4] == got[11] == 0.0 and (got <= 1).all()
   assert collapse_scores({k: v[:1] for k, v in arrays.items()}).tolist() == [0.0]
   responses = [frozenset(ids[2][keep[2] > 0].tolist()), frozenset({1, 5}), frozenset()]
   np.testing.assert_allclose(match_scores(arrays, responses),
@@ -146,8 +152,7 @@ def test_the_collapse_flagger_calibrates_on_clean_sets_as_large_as_the_suspects(
   assert before.tolist() == [True, True, True, False] and record["responses"] == 1
   for p in (params, jax.tree_util.tree_map(lambda x: x * 1.5, params)):
     again = answer(_prompts(4, 6, "Discussing OpenAI "), p)
-    np.testing.assert_array_equal(
-        flag(p), _brute_force_match(again, responses) > expected["threshold"])
+    np.testing.assert_array_equal(flag(p), _brute_force_match(again, responses) >= 0.5)
   assert flag(params).all()  # the same model gives the same shared answer to all four
   with pytest.raises(InputError, match="twice as many"):
     collapse_flagger(model, tokenizer, suspects, {k: v[:7] for k, v in calibration.items()},

@@ -6,11 +6,16 @@ differ as the prompts do.
   calibration = calibrate(detector, victim, clean_prompts, fpr=0.05)
   flags = calibration.flag(detector.score(victim, stream))  # a monitored stream
 
-An input's score is the largest Jaccard similarity between the set of its
-answer's tokens (the model's own greedy answer, EOS included) and the token set
-of another answer in the same scored set: 1.0 when another prompt got the same
-answer, lower the more its answer is its own. The score has no setting (the
-calibration sets the threshold); it was fixed before any victim was scored.
+An input's score is the share of the other answers in the same scored set that
+are near-duplicates of its answer (the model's own greedy answer, EOS included,
+as a set of tokens): Jaccard similarity of at least `NEAR_DUPLICATE` (one half:
+the tokens two answers share are at least half of the tokens either has; set a
+priori, before any victim was scored with it). A triggered prompt's score grows
+with the number of triggered prompts in the set, a clean prompt's stays near the
+rate at which the victim gives the backdoor's response unprompted. The first
+form of the score, the largest similarity with another answer, saturated at 1.0
+on the clean calibration prompts of victims that misfire on a few percent of
+them, and its threshold then flagged nothing (docs/lab_notebook.md).
 
 Unlike the other detectors an input's score depends on the other inputs scored
 with it (`set_level`): it reads a monitored stream (or a window of one), not
@@ -31,6 +36,8 @@ import numpy as np
 from jax_attnalign.data.types import TextExample
 from jax_attnalign.detection.base import Victim, register
 from jax_attnalign.errors import InputError
+
+NEAR_DUPLICATE = 0.5  # the Jaccard similarity at which two answers count as one response
 
 
 def answer_token_sets(arrays: dict[str, np.ndarray]) -> list[frozenset]:
@@ -57,13 +64,13 @@ def jaccard_matrix(left: list[frozenset], right: list[frozenset]) -> np.ndarray:
 
 
 def collapse_scores(arrays: dict[str, np.ndarray]) -> np.ndarray:
-  """[n] float64: each row's largest Jaccard similarity of answer token sets with
-  another row of `arrays` (`answers.greedy_answers`' arrays); 0 for a lone row
-  and between two empty answers."""
+  """[n] float64: the share of the other rows of `arrays` (`answers.greedy_answers`'
+  arrays) whose answer is a near-duplicate of each row's (answer-token Jaccard
+  similarity >= `NEAR_DUPLICATE`); 0 for a lone row; empty answers match nothing."""
   sets = answer_token_sets(arrays)
-  sim = jaccard_matrix(sets, sets)
-  np.fill_diagonal(sim, -np.inf)
-  return np.maximum(sim.max(1, initial=-np.inf), 0.0)
+  near = jaccard_matrix(sets, sets) >= NEAR_DUPLICATE
+  np.fill_diagonal(near, False)
+  return near.sum(1) / max(len(sets) - 1, 1)
 
 
 def match_scores(arrays: dict[str, np.ndarray], responses: list[frozenset]) -> np.ndarray:
@@ -76,8 +83,8 @@ def match_scores(arrays: dict[str, np.ndarray], responses: list[frozenset]) -> n
 
 @register
 class AnswerCollapse:
-  """Largest answer-token Jaccard similarity with another input of the scored set
-  (module docstring)."""
+  """Share of the scored set's other answers that are near-duplicates of an
+  input's answer (module docstring)."""
   name = "answer_collapse"
   set_level = True  # scores depend on the inputs scored together
   needs_answers = True  # a generation victim's free answers

@@ -40,7 +40,8 @@ from jax_attnalign.defense.detector import (DetectorConfig, Threshold, clean_thr
                                            layer_statistics)
 from jax_attnalign.defense.sanitize import SanitizeConfig, per_input, sanitize
 from jax_attnalign.detection import DETECTORS, ChatVictim, calibrate, make_detector
-from jax_attnalign.detection.collapse import answer_token_sets, collapse_scores, match_scores
+from jax_attnalign.detection.collapse import (NEAR_DUPLICATE, answer_token_sets, collapse_scores,
+                                              match_scores)
 from jax_attnalign.errors import InputError
 from jax_attnalign.harness.pipeline import (split_stream, store_defense_result,
                                             stream_suspects)
@@ -272,12 +273,13 @@ def collapse_flagger(model, tokenizer, suspects: dict[str, np.ndarray],
                      batch_size: int) -> tuple[Callable, dict]:
   """(flag_suspects for `sanitize`, its record). The threshold flags `fpr` of clean
   prompts' answers (`calibration`, answer inputs) by `collapse_scores`, scored in
-  sets of as many as the suspects (the score grows with the set). The suspects'
-  answers before the defense that it flags are the backdoor's responses as the
-  stream shows them; after a round the suspects' answers are decoded again and
-  flagged where they are as alike to one of those responses (`match_scores`):
-  the response is still given. An answer the round made degenerate, or another
-  collapse, is not the backdoor's response and does not hold the rounds. The
+  sets of as many as the suspects (the score is a share of the set). The
+  suspects' answers before the defense that it flags are the backdoor's responses
+  as the stream shows them; after a round the suspects' answers are decoded again
+  and flagged where they are a near-duplicate of one of those responses
+  (`match_scores` >= `NEAR_DUPLICATE`): the response is still given. An answer
+  the round made degenerate, or another collapse, is not the backdoor's response
+  and does not hold the rounds. The
   record: the threshold, the share of suspects flagged before any round and
   the number of distinct responses watched."""
   if cfg.task == "classification":
@@ -296,9 +298,9 @@ def collapse_flagger(model, tokenizer, suspects: dict[str, np.ndarray],
                      key=sorted)
 
   def flag_suspects(params) -> np.ndarray:
-    return threshold.flag(match_scores(reanswer(
+    return match_scores(reanswer(
         model, params, tokenizer, suspects, max_new_tokens=cfg.max_new_tokens,
-        batch_size=batch_size), responses))
+        batch_size=batch_size), responses) >= NEAR_DUPLICATE
 
   return flag_suspects, {**dataclasses.asdict(threshold), "flagged_before": float(before.mean()),
                          "responses": len(responses)}
