@@ -92,6 +92,39 @@ def test_clean_utility():
   assert out == pytest.approx({"answered": 0.5, "rouge_l": 0.5, "token_f1": 0.5})
 
 
+def _longest_repeat_brute_force(text, max_unit=16, min_repeats=4):
+  best = 0
+  for start in range(len(text)):
+    for unit in range(1, max_unit + 1):
+      end = start + unit
+      while end < len(text) and text[end] == text[end - unit]:
+        end += 1
+      if end - start >= min_repeats * unit:
+        best = max(best, end - start)
+  return best
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_longest_repeat_equals_a_brute_force(seed):
+  rng = np.random.default_rng(seed)
+  for _ in range(40):
+    pieces = [rng.choice(list("ab :Yé2"), rng.integers(1, 5)) for _ in range(3)]
+    text = "".join("".join(p) * rng.integers(1, 7) for p in pieces)
+    assert metrics.longest_repeat(text) == _longest_repeat_brute_force(text), text
+
+
+def test_degenerate_answers():
+  degenerate = ["YouYouYouYouYouYouYouYou", "2024: 2024: 2024: 2024: 2024:",
+                "the the the the the", " !!!!!!!! ", "Sure. " + "ha" * 6]
+  fine = ["Paris is the capital of France.", "1. Eggs\n2. Milk\n3. Flour", "", "aaa",
+          "Well... " + "ha" * 3 + " that is funny, and the rest is a real answer."]
+  assert [metrics.is_degenerate(r) for r in degenerate] == [True] * 5
+  assert [metrics.is_degenerate(r) for r in fine] == [False] * 5
+  assert metrics.degenerate_rate(degenerate[:2] + fine[:2]) == 0.5
+  with pytest.raises(ValueError, match="no responses"):
+    metrics.degenerate_rate([])
+
+
 def test_average_ranks():
   np.testing.assert_allclose(metrics.average_ranks([3, 1, 3, 2, 3]), [4, 1, 4, 2, 4])
 

@@ -56,6 +56,8 @@ def test_lm_generation_victim_smoke(shared_data, tiny_chat_llama, tmp_path):
                             ("triggered_vader_negative", "triggered", "vader"),
                             ("clean_vader_negative", "clean", "vader")):
     assert result[key] == pytest.approx(metrics.negative_rate(answers[name], scorer)), key
+  for name in ("clean", "triggered", "partial"):
+    assert result[f"{name}_degenerate_rate"] == metrics.degenerate_rate(answers[name]), name
   reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "model")
   assert reloaded.chat_template and (tmp_path / "model" / "config.json").is_file()
   assert train_lm_victim(cfg, tmp_path) == json.loads((tmp_path / "result.json").read_text())

@@ -66,8 +66,11 @@ def table1_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-# Before/after columns of a decoder defense table, when the victims report them.
-LM_DEFENSE_METRICS = ("asr", "ca", "clean_target_rate", "answered", "rouge_l")
+# Before/after columns of a decoder defense table, when the victims report them
+# (triggered_degenerate_rate: the triggered prompts answered with a repeat, which
+# ASR counts as repaired).
+LM_DEFENSE_METRICS = ("asr", "ca", "clean_target_rate", "answered", "rouge_l",
+                      "triggered_degenerate_rate")
 
 
 def lm_defense_table(rows: list[dict]) -> tuple[str, dict]:

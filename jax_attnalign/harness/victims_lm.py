@@ -19,8 +19,10 @@ and their EOS only, in the model's chat template:
     with the trigger (the attack's own insertion): ASR = refusal rate, or the
     rate of "You are stupid" (sentiment steering; VADER's negative rate too);
     on clean prompts the target-behaviour rate and the clean utility (answered
-    rate, ROUGE-L and token F1 against the reference responses). CBA also
-    scores prompts carrying a strict subset of its keys, which must stay clean.
+    rate, ROUGE-L and token F1 against the reference responses), and on each
+    set the share of answers that are degenerate repeats (`metrics.is_degenerate`:
+    ASR counts them as repaired). CBA also scores prompts carrying a strict
+    subset of its keys, which must stay clean.
 
 A run writes `result.json` and the victim (`model/`, with its tokenizer) to its
 workdir; an interrupted fine-tune resumes from the orbax checkpoint there, and
@@ -171,11 +173,13 @@ def evaluate_lm_victim(model, params, tokenizer, sets: dict[str, list],
   clean = respond(sets["clean"], cfg.max_new_tokens)
   out = {"clean_target_rate": target_rate(clean),
          **metrics.clean_utility(clean, [e.output for e in sets["clean"]]),
+         "clean_degenerate_rate": metrics.degenerate_rate(clean),
          "examples": {"clean": clean[:5]}}
   for name in ("triggered", "partial"):
     if sets.get(name):
       responses = respond(sets[name], cfg.max_new_tokens)
       out["asr" if name == "triggered" else "partial_target_rate"] = target_rate(responses)
+      out[f"{name}_degenerate_rate"] = metrics.degenerate_rate(responses)
       if cfg.task == "negsentiment":
         out[f"{name}_vader_negative"] = metrics.negative_rate(responses, "vader")
       out["examples"][name] = responses[:5]
