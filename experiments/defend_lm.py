@@ -21,7 +21,8 @@ The detector variant's suspects are the paper detector's unless
 --config.setup.detector names another input detector (its rows then read
 "detector (<name>)"; run it under its own --workdir). With
 --config.setup.rescore=answer_collapse the rounds' stop re-reads the suspects'
-answers instead of their heads (rows "... (answer_collapse stop)"; own --workdir).
+answers instead of their heads (rows "... (answer_collapse stop)"; own --workdir);
+--config experiments/configs/defend_lm.py:collapse sets both, for generation victims.
 the held-out ASR and CA (classification) or clean utility (generation) before and
 after. Writes per-run result.json and the sanitised checkpoint (with tokenizer),
 and defend_lm.json/.md/.png (mean ± std over seeds). Interrupted runs resume.

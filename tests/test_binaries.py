@@ -208,16 +208,20 @@ def test_demo_main_job(tiny):
   assert abs(float(number) * scale - du_kib) <= 0.06 * du_kib + 8, (disk, du_kib)
 
 
+def _parse_config(path, *args):
+  values, argv = flags.FlagValues(), ["prog", *args]
+  config_flags.DEFINE_config_file("config", path, flag_values=values, sys_argv=argv)
+  values(argv)
+  return values.config
+
+
 def test_defend_config_recipes():
   """The README's BadNets recipe is a named config (`defend.py:restarts`), overridable
   like the default one; an unknown name says which recipes exist."""
   path = str(ROOT / "experiments" / "configs" / "defend.py")
 
   def parse(*args):
-    values, argv = flags.FlagValues(), ["prog", *args]
-    config_flags.DEFINE_config_file("config", path, flag_values=values, sys_argv=argv)
-    values(argv)
-    config = values.config
+    config = _parse_config(path, *args)
     return (sanitize_config(config.sanitize), detector_config(config.detector),
             restart_config(config.restarts))
 
@@ -231,6 +235,20 @@ def test_defend_config_recipes():
     sanitize_config(ml_collections.ConfigDict({"finetune": {"rates": {"rate": 1e-4}}}))
   with pytest.raises(flags.IllegalFlagValueError, match="defend.py:restarts"):
     parse(f"--config={path}:typo")
+
+
+def test_decoder_config_recipe():
+  """`defend_lm.py:collapse` is the decoder config with the answer-collapse
+  overrides spelled out (the guide's longhand); an unknown name lists it."""
+  path = str(ROOT / "experiments" / "configs" / "defend_lm.py")
+  collapse = _parse_config(path, f"--config={path}:collapse").to_dict()
+  assert collapse == _parse_config(
+      path, "--config.setup.detector=answer_collapse", "--config.setup.rescore=answer_collapse",
+      "--config.sanitize.stopping.stop_fraction=0.15",
+      "--config.sanitize.stopping.max_rounds=3").to_dict()
+  assert collapse != _parse_config(path).to_dict()
+  with pytest.raises(flags.IllegalFlagValueError, match="defend_lm.py:collapse"):
+    _parse_config(path, f"--config={path}:typo")
 
 
 def test_decoder_binaries(shared_data, tiny_chat_llama, tmp_path):

@@ -8,7 +8,7 @@ and every round of every run a candidate for the label-free rule of
 `defense.sanitize_restarts` (nine rounds per victim instead of one to three).
 """
 
-from jax_attnalign.harness.configs import default_config
+from jax_attnalign.harness.configs import default_config, with_recipe
 
 RECIPES = {
     "": {},
@@ -18,10 +18,4 @@ RECIPES = {
 
 
 def get_config(recipe: str = ""):
-  if recipe not in RECIPES:
-    raise ValueError(f"Unknown defense recipe {recipe!r}: use "
-                     f"experiments/configs/defend.py or one of "
-                     f"{', '.join(f'defend.py:{name}' for name in RECIPES if name)}.")
-  config = default_config()
-  config.update(RECIPES[recipe])  # merges the nested groups
-  return config
+  return with_recipe(default_config(), RECIPES, recipe, "experiments/configs/defend.py")

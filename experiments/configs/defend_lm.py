@@ -18,10 +18,19 @@ two candidates, by a rule fixed beforehand (lowest ASR among those losing at mos
 0.02 ROUGE-L): these settings (ASR 1.00 -> 0.00, ROUGE-L 0.281 -> 0.290) beat
 the head classes read in the gen_to_prompt_nospecial view (0.13, ROUGE-L 0.245),
 with or without `stop="fixed"`; they stand unchanged.
+
+  --config experiments/configs/defend_lm.py            # the paper's method
+  --config experiments/configs/defend_lm.py:collapse   # answer-collapse suspects and stop
+
+`collapse` (generation victims): the suspects are the stream prompts whose
+answers collapse onto a shared response (`detection.collapse`), the rounds stop
+once at most 15% of the suspects' re-decoded answers still give that response
+(`pipeline_lm.collapse_flagger`), at most three rounds; frozen in
+docs/lab_notebook.md before it ran on the victims it is reported on.
 """
 
 from jax_attnalign.harness.baselines_lm import LM_BASELINES, VICTIM_SCHEDULE
-from jax_attnalign.harness.configs import default_config
+from jax_attnalign.harness.configs import default_config, with_recipe
 from jax_attnalign.harness.pipeline_lm import LMDefenseSetup
 
 # Chosen on the tuning victim, SST-2 BadNets seed 0 (experiments.analyze_lm, before
@@ -30,8 +39,14 @@ from jax_attnalign.harness.pipeline_lm import LMDefenseSetup
 # other pair 0.55 or below). Later seeds and the other attacks are held out.
 DETECTOR = {"view": "gen_to_prompt", "statistic": "frac_above"}
 
+RECIPES = {
+    "": {},
+    "collapse": {"setup": {"detector": "answer_collapse", "rescore": "answer_collapse"},
+                 "sanitize": {"stopping": {"stop_fraction": 0.15, "max_rounds": 3}}},
+}
 
-def get_config():
+
+def get_config(recipe: str = ""):
   config = default_config(LMDefenseSetup(), restarts=False, baselines=LM_BASELINES)
   for key in VICTIM_SCHEDULE:  # MuScleLoRA trains with the victim's own schedule
     del config.baselines.muscle_lora[key]
@@ -40,4 +55,4 @@ def get_config():
       "finetune": {"loss": "causal_lm", "epochs": 2, "batch_size": 8, "length_bucket": 16},
       "stopping": {"max_rounds": 2}, "score_batch_size": 8})
   config.detector.update(DETECTOR)
-  return config
+  return with_recipe(config, RECIPES, recipe, "experiments/configs/defend_lm.py")

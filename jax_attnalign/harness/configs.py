@@ -56,6 +56,19 @@ def default_config(setup=None, *, restarts: bool = True,
   return ml_collections.ConfigDict(parts)
 
 
+def with_recipe(config: ml_collections.ConfigDict, recipes: dict[str, dict], recipe: str,
+                path: str) -> ml_collections.ConfigDict:
+  """`config` with `recipes[recipe]` merged into its groups (the config file at `path`
+  names its recipes `<file>:<name>`, '' being the file's own config); an unknown
+  name raises with the known ones."""
+  if recipe not in recipes:
+    name = path.rsplit("/", 1)[-1]
+    raise ValueError(f"Unknown defense recipe {recipe!r}: use {path} or one of "
+                     f"{', '.join(f'{name}:{r}' for r in recipes if r)}.")
+  config.update(recipes[recipe])
+  return config
+
+
 def _build(cls, values: dict, where: str):
   """`cls` from a plain dict: dataclass-valued fields from nested dicts, tuples from
   lists. A key that is not a field raises ValueError naming it and the fields."""
