@@ -134,8 +134,7 @@ def _generation_rows(rows: list[dict]) -> list[str]:
     paper = reporting.PAPER_TABLE2_GENERATION.get(("Llama2-7B", task, attack), {})
     ran = [c for c in reporting.LM_GRID_COLUMNS if c in by_column]
     mean = lambda values: sum(values) / len(values)
-    seeds = sorted({r["seed"] for r in rows if (r["task"], r["attack"]) == (task, attack)
-                    and r["variant"] in reporting.LM_GRID_COLUMNS})
+    seeds = sorted(by_column["vanilla"]["seeds"])  # the victims of the grid's columns
     out.append(f"| Table 2(b), {task} {attack}: ASR (%) of " + ", ".join(ran) + " | "
                + (", ".join(f"{100 * paper[c][1]:.1f}" if c in paper else "—" for c in ran)
                   + " (Llama-2-7B)" if paper else "—")

@@ -376,7 +376,8 @@ def test_lm_grid_bolds_the_lowest_asr_within_two_points_of_vanilla_utility():
                              "0.9010 | — | — |")
   assert "(paper, Mistral-7B)" in lines[4]
   assert grid["refusal/vpi"]["oracle"] == {"asr": [0.1, 0.2], "rouge_l": [0.285, 0.285],
-                                           "minutes": [50.0, 50.0]}
+                                           "minutes": [50.0, 50.0], "seeds": [0, 1]}
+  assert grid["refusal/vpi"]["vanilla"]["seeds"] == [0, 1]
   assert set(grid["refusal/vpi"]) == {"vanilla", "cleangen", "muscle_lora", "oracle"}
   assert "- cleangen: decoding time" in table
 

@@ -157,9 +157,10 @@ UTILITY_TOLERANCE = 0.02  # a column competes for bold when its utility is withi
 
 
 def lm_grid_table(rows: list[dict]) -> tuple[str, dict]:
-  """(markdown, {task/attack: {column: {'asr', utility, 'minutes': [per seed]}}}) of
-  Table 2(b) from experiments.defend_lm's rows: per victim kind, ASR and clean utility
-  (CA for classification, ROUGE-L for generation) of every column of LM_GRID_COLUMNS,
+  """(markdown, {task/attack: {column: {'asr', utility, 'minutes', 'seeds': [per
+  seed]}}}) of Table 2(b) from experiments.defend_lm's rows: per victim kind, ASR
+  and clean utility (CA for classification, ROUGE-L for generation) of every column
+  of LM_GRID_COLUMNS,
   mean ± std over seeds, the defense's wall time, the paper's rows beneath and each
   column's threat model in the notes. Bold: the lowest mean ASR among the defenses
   whose mean utility is within UTILITY_TOLERANCE of vanilla's (none if none is)."""
@@ -178,10 +179,11 @@ def lm_grid_table(rows: list[dict]) -> tuple[str, dict]:
     by_variant = {c: runs for c, runs in all_variants.items() if c in LM_GRID_COLUMNS}
     if not by_variant:
       continue
-    vanilla = list({r["victim"]: r["before"] for runs in by_variant.values()
-                    for r in runs}.values())  # one per victim
-    results = {"vanilla": [{**v, "seconds": None} for v in vanilla]}
-    results.update({c: [{**r["after"], "seconds": r.get("seconds")} for r in by_variant[c]]
+    vanilla = list({r["victim"]: {**r["before"], "seconds": None, "seed": r["seed"]}
+                    for runs in by_variant.values() for r in runs}.values())  # one per victim
+    results = {"vanilla": vanilla}
+    results.update({c: [{**r["after"], "seconds": r.get("seconds"), "seed": r["seed"]}
+                        for r in by_variant[c]]
                     for c in LM_GRID_COLUMNS[1:] if c in by_variant})
     mean = lambda rs, m: float(np.mean([x[m] for x in rs]))
     fair = {c: mean(rs, "asr") for c, rs in results.items() if c != "vanilla"
@@ -197,13 +199,14 @@ def lm_grid_table(rows: list[dict]) -> tuple[str, dict]:
       times = [x["seconds"] / 60 for x in results[c] if x["seconds"] is not None]
       if times:
         minutes.append(f"{c} {np.mean(times):.0f}")
-    seeds = sorted({r["seed"] for runs in by_variant.values() for r in runs})
+    seeds = sorted({x["seed"] for x in vanilla})
     lines.append(f"| {task} | {attack} | {utility} | " + " | ".join(cells)
                  + f" | {', '.join(minutes) or '—'} | {', '.join(map(str, seeds))} |")
     grid[f"{task}/{attack}"] = {c: {"asr": [x["asr"] for x in rs],
                                     utility: [x[utility] for x in rs],
                                     "minutes": [x["seconds"] / 60 for x in rs
-                                                if x["seconds"] is not None]}
+                                                if x["seconds"] is not None],
+                                    "seeds": [x["seed"] for x in rs]}
                                 for c, rs in results.items()}
     for model in ("Llama2-7B", "Mistral-7B"):
       paper = PAPER_TABLE2_GENERATION.get((model, task, attack))
