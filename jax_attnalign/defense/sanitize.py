@@ -13,7 +13,8 @@ A round (paper sections "Attention Safety Alignment" and "Head-wise Fine-tuning"
   4. re-measure: the detector's score of every suspect (or `flag_suspects`).
 Rounds stop (DESIGN.md) when fewer than `Stopping.stop_fraction` of the suspects are
 still flagged by the calibrated detector (or `flag_suspects`), or after
-`max_rounds`; `stop="fixed"` runs exactly `max_rounds`. No safe head ends the run with `stopped="empty_safe_set"`.
+`max_rounds`; `stop="fixed"` runs exactly `max_rounds`. No safe head ends the run
+with `stopped="empty_safe_set"`.
 The head classes are an argument of the jitted alignment step and the per-head
 rates optimizer state, so rounds, restarts and seeds reuse one compiled
 alignment step and one fine-tune step per shape.

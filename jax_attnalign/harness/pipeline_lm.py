@@ -279,9 +279,8 @@ def collapse_flagger(model, tokenizer, suspects: dict[str, np.ndarray],
   and flagged where they are a near-duplicate of one of those responses
   (`match_scores` >= `NEAR_DUPLICATE`): the response is still given. An answer
   the round made degenerate, or another collapse, is not the backdoor's response
-  and does not hold the rounds. The
-  record: the threshold, the share of suspects flagged before any round and
-  the number of distinct responses watched."""
+  and does not hold the rounds. The record: the threshold, the share of suspects
+  flagged before any round and the number of distinct responses watched."""
   if cfg.task == "classification":
     raise InputError("rescore='answer_collapse' reads a generation victim's answers; a "
                      "classifier answers with a label word. Use rescore='paper'.")
