@@ -20,11 +20,13 @@ The baselines' settings are the config's `baselines` part (harness.baselines_lm)
 The detector variant's suspects are the paper detector's unless
 --config.setup.detector names another input detector (its rows then read
 "detector (<name>)"; run it under its own --workdir). With
---config.setup.rescore=answer_collapse the rounds' stop re-reads the suspects'
-answers instead of their heads (rows "... (answer_collapse stop)"; own --workdir);
---config experiments/configs/defend_lm.py:collapse sets both, for generation victims.
-the held-out ASR and CA (classification) or clean utility (generation) before and
-after. Writes per-run result.json and the sanitised checkpoint (with tokenizer),
+--config.setup.rescore=answer_collapse the rounds' stop re-reads answers instead
+of the suspects' heads: the suspects' (rows "... (answer_collapse stop)"), or
+with --config.setup.watch_share those of a share of the flagged prompts kept out
+of the suspects (rows "... (answer_collapse stop on 0.25 kept out)"); each under
+its own --workdir. --config experiments/configs/defend_lm.py:collapse sets all
+three, for generation victims. Each run measures the held-out ASR and CA
+(classification) or clean utility (generation) before and after. Writes per-run result.json and the sanitised checkpoint (with tokenizer),
 and defend_lm.json/.md/.png (mean ± std over seeds). Interrupted runs resume.
 
   python -m experiments.defend_lm --victims_dir runs/lm_sst2 --workdir runs/defend_lm
@@ -89,8 +91,10 @@ def _finished_rows(workdir: pathlib.Path) -> list[dict]:
     cfg = json.loads(victim.read_text())["config"]
     variant, picked = path.parent.parent.name, (result["detection"] or {}).get("detector")
     rescore = result.get("setup", {}).get("rescore", "paper")
+    watch = result.get("setup", {}).get("watch_share", 0.0)
     notes = ([picked] if variant == "detector" and picked not in (None, "paper") else []) + (
-        [f"{rescore} stop"] if rescore != "paper" else [])
+        [f"{rescore} stop" + (f" on {watch:g} kept out" if watch else "")]
+        if rescore != "paper" else [])
     rows.append({"victim": path.parent.name, "task": cfg["task"], "attack": cfg["attack"],
                  "dataset": cfg["dataset"] if cfg["task"] == "classification" else None,
                  "seed": cfg["seed"],

@@ -244,7 +244,7 @@ def test_decoder_config_recipe():
   collapse = _parse_config(path, f"--config={path}:collapse").to_dict()
   assert collapse == _parse_config(
       path, "--config.setup.detector=answer_collapse", "--config.setup.rescore=answer_collapse",
-      "--config.sanitize.stopping.stop_fraction=0.15",
+      "--config.setup.watch_share=0.25", "--config.sanitize.stopping.stop_fraction=0.15",
       "--config.sanitize.stopping.max_rounds=3").to_dict()
   assert collapse != _parse_config(path).to_dict()
   with pytest.raises(flags.IllegalFlagValueError, match="defend_lm.py:collapse"):

@@ -1,8 +1,8 @@
 """Answer collapse (`detection.collapse`): its score against a pure-Python brute
 force, the detector on a generation victim and scored as one stream by the
 benchmark's harness, answers decoded again under new parameters, and the
-rounds' stop re-reading the suspects (`sanitize(flag_suspects=)`,
-`pipeline_lm.collapse_flagger`)."""
+rounds' stop re-reading the suspects or the flagged prompts kept out of them
+(`sanitize(flag_after_round=)`, `pipeline_lm.collapse_flagger`)."""
 
 import dataclasses
 
@@ -121,47 +121,73 @@ def test_reanswer_decodes_the_same_prompts_under_new_parameters(generation):
     np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
 
 
-def test_the_collapse_flagger_calibrates_on_clean_sets_as_large_as_the_suspects(
-    generation, shared_data):
+@pytest.mark.parametrize("watched", [0, 2])
+def test_the_collapse_flagger_calibrates_on_clean_sets_as_large_as_the_flagged_prompts(
+    generation, shared_data, watched):
   model, params, tokenizer = generation.model, generation.params, generation.tokenizer
   answer = lambda examples, p=params: greedy_answers(
       model, p, tokenizer, generation.prompts(examples), max_new_tokens=6, batch_size=8)
   # The tiny model answers every prompt alike; the clean answers are made distinct
   # (random tokens where the answer is) and so is one suspect's, so that the
-  # other three suspects' shared answer is what the stream collapsed onto.
-  suspects, calibration = answer(_prompts(4, 6, "Discussing OpenAI ")), answer(_prompts(13, 7))
+  # other flagged prompts' shared answer is what the stream collapsed onto.
+  triggered = _prompts(4 + watched, 6, "Discussing OpenAI ")
+  flagged, calibration = answer(triggered), answer(_prompts(13, 7))
   rng = np.random.default_rng(9)
-  for arrays, rows in ((calibration, range(13)), (suspects, [3])):
+  for arrays, rows in ((calibration, range(13)), (flagged, [3])):
     for row in rows:
       keep = arrays["loss_mask"][row] > 0
       arrays["input_ids"][row, keep] = rng.choice(np.arange(300, 5000), keep.sum(), False)
+  suspects = {k: v[:4] for k, v in flagged.items()}
+  kept_out = {k: v[4:] for k, v in flagged.items()}
   cfg = LMVictimConfig(task="refusal", attack="vpi", data_dir=str(shared_data / "backdoorllm"),
                        max_new_tokens=6)
-  flag, record = collapse_flagger(model, tokenizer, suspects, calibration, cfg, 0.25, 8)
-  # 13 calibration answers scored in sets of 4: rows 0-3, 4-7, 8-11 (the 13th left out).
-  chunks = np.concatenate([_brute_force({k: v[i:i + 4] for k, v in calibration.items()})
-                           for i in (0, 4, 8)])
+  flag, record = collapse_flagger(model, tokenizer, suspects, kept_out, calibration, cfg,
+                                  0.25, 8)
+  # 13 calibration answers scored in sets as large as the flagged prompts (4: rows
+  # 0-3, 4-7, 8-11; 6: rows 0-5, 6-11), the 13th left out.
+  n = 4 + watched
+  chunks = np.concatenate([_brute_force({k: v[i:i + n] for k, v in calibration.items()})
+                           for i in range(0, 13 - n + 1, n)])
   expected = clean_threshold(chunks, 0.25, where="test")
   assert record["threshold"] == expected["threshold"]
   assert record["clean_count"] == 12
-  before = _brute_force(suspects) > expected["threshold"]
+  before = _brute_force(flagged) > expected["threshold"]
   assert record["flagged_before"] == before.mean()
-  # After a round: a suspect is flagged while its new answer is as alike to one
-  # of the answers the suspects collapsed onto before.
-  responses = [a for a, hit in zip(_answers(suspects), before) if hit]
-  assert before.tolist() == [True, True, True, False] and record["responses"] == 1
+  assert before.tolist() == [True, True, True, False] + [True] * watched
+  assert record["responses"] == 1
+  assert (record["reread"], record["reread_count"]) == (
+      ("watched", watched) if watched else ("suspects", 4))
+  # After a round: a re-read prompt (the kept-out ones, else the suspects) is
+  # flagged while its new answer is as alike to one of the answers the flagged
+  # prompts collapsed onto before.
+  responses = [a for a, hit in zip(_answers(flagged), before) if hit]
+  reread = triggered[4:] if watched else triggered[:4]
   for p in (params, jax.tree_util.tree_map(lambda x: x * 1.5, params)):
-    again = answer(_prompts(4, 6, "Discussing OpenAI "), p)
+    again = answer(reread, p)
     np.testing.assert_array_equal(flag(p), _brute_force_match(again, responses) >= 0.5)
-  assert flag(params).all()  # the same model gives the same shared answer to all four
+  assert flag(params).all()  # the same model gives the same shared answer to all of them
+
+
+def test_the_collapse_flagger_refuses_what_it_cannot_read(generation, shared_data):
+  model, tokenizer = generation.model, generation.tokenizer
+  arrays = greedy_answers(model, generation.params, tokenizer,
+                          generation.prompts(_prompts(11, 6)), max_new_tokens=6, batch_size=8)
+  suspects, none = ({k: v[:4] for k, v in arrays.items()},
+                    {k: v[:0] for k, v in arrays.items()})
+  cfg = LMVictimConfig(task="refusal", attack="vpi", data_dir=str(shared_data / "backdoorllm"),
+                       max_new_tokens=6)
   with pytest.raises(InputError, match="twice as many"):
-    collapse_flagger(model, tokenizer, suspects, {k: v[:7] for k, v in calibration.items()},
+    collapse_flagger(model, tokenizer, suspects, none, {k: v[4:11] for k, v in arrays.items()},
                      cfg, 0.25, 8)
   with pytest.raises(InputError, match="label word"):
-    collapse_flagger(model, tokenizer, suspects, calibration,
+    collapse_flagger(model, tokenizer, suspects, none, arrays,
                      dataclasses.replace(cfg, task="classification", attack="badnets"), 0.25, 8)
   with pytest.raises(ValueError, match="rescore"):
     LMDefenseSetup(rescore="answers")
+  with pytest.raises(InputError, match="watch_share"):
+    LMDefenseSetup(watch_share=0.25)
+  with pytest.raises(InputError, match=r"\[0, 1\)"):
+    LMDefenseSetup(rescore="answer_collapse", watch_share=1.0)
 
 
 @pytest.mark.parametrize("flags, rounds, stopped", [(False, 1, "threshold"),
@@ -178,11 +204,11 @@ def test_sanitize_stops_on_the_suspects_flags_it_is_given(flags, rounds, stopped
                           stopping=Stopping(max_rounds=3))
   seen = []
 
-  def flag_suspects(round_params):
+  def flag_after_round(round_params):
     seen.append(round_params)
     return np.full(8, flags)
 
-  out, report = sanitize(model, params, suspects, clean, config, flag_suspects=flag_suspects,
+  out, report = sanitize(model, params, suspects, clean, config, flag_after_round=flag_after_round,
                          detector=DetectorConfig(view="cls_row", calibration_size=16))
   assert report["stopped"] == stopped and len(report["rounds"]) == rounds == len(seen)
   assert [r["flagged_fraction"] for r in report["rounds"]] == [float(flags)] * rounds

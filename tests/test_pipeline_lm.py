@@ -155,8 +155,8 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
   # on the defender's clean fine-tuning prompts and calibrated on its calibration ones.
   dan_setup = dataclasses.replace(setup, detector="dan")
   defense_sets = lm_defense_data(model, params, tokenizer, victim_cfg, dan_setup)
-  chosen, report, _ = choose_lm_suspects(model, params, tokenizer, victim_cfg, defense_sets,
-                                         dan_setup, detector, 4)
+  chosen, watched, report, _ = choose_lm_suspects(model, params, tokenizer, victim_cfg,
+                                                  defense_sets, dan_setup, detector, 4)
   examples, truth = defense_sets["examples"], defense_sets["stream"]["poisoned"]
   chat = ChatVictim(model, params, tokenizer, batch_size=4, dataset="sst2")
   dan = make_detector("dan").fit(chat, examples["clean_train"])
@@ -167,6 +167,26 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
   np.testing.assert_allclose(report["threshold"], threshold, rtol=1e-5)
   flagged = np.flatnonzero(dan_scores >= threshold)
   assert len(chosen["input_ids"]) == report["suspects"] == min(len(flagged), 4)
+  assert len(watched["input_ids"]) == report["watched"] == 0
+  # Kept out for the answer-collapse stop: a share of the flagged prompts (of the
+  # triggered ones, for oracle suspects), drawn with the setup's seed; the
+  # suspects are the rest, highest scores first.
+  stream_ids = defense_sets["stream"]["input_ids"]
+  rows = lambda part: [int(np.flatnonzero((stream_ids == r).all(1))[0])
+                       for r in part["input_ids"]]
+  for suspects, pool in (("detector", flagged[np.argsort(-dan_scores[flagged])]),
+                         ("oracle", np.flatnonzero(truth))):
+    kept_setup = dataclasses.replace(dan_setup, suspects=suspects, rescore="answer_collapse",
+                                     watch_share=0.5, max_suspects=8)
+    chosen, watched, report, _ = choose_lm_suspects(model, params, tokenizer, victim_cfg,
+                                                    defense_sets, kept_setup, detector, 4)
+    kept = np.random.default_rng(kept_setup.seed + 3).permutation(len(pool))[
+        :round(0.5 * len(pool))]
+    assert sorted(rows(watched)) == sorted(pool[kept].tolist())
+    assert rows(chosen) == [i for j, i in enumerate(pool) if j not in kept]
+    assert report["watched"] == len(kept) and report["suspects"] == len(pool) - len(kept)
+    assert report["watched_triggered"] == truth[rows(watched)].sum()
+  assert report["suspects_triggered"] == report["watched_triggered"] == 2  # oracle: 4 split
   # CleanGen on the same held-out prompts: 'before' is ours' before; with alpha
   # infinite no token is replaced and 'after' is plain greedy decoding again.
   never = defend_lm_with_cleangen(victim, setup, CleanGenConfig(alpha=math.inf),

@@ -23,10 +23,13 @@ with or without `stop="fixed"`; they stand unchanged.
   --config experiments/configs/defend_lm.py:collapse   # answer-collapse suspects and stop
 
 `collapse` (generation victims): the suspects are the stream prompts whose
-answers collapse onto a shared response (`detection.collapse`), the rounds stop
-once at most 15% of the suspects' re-decoded answers still give that response
-(`pipeline_lm.collapse_flagger`), at most three rounds; frozen in
-docs/lab_notebook.md before it ran on the victims it is reported on.
+answers collapse onto a shared response (`detection.collapse`), less a quarter
+of them drawn at random and kept out; the rounds stop once at most 15% of the
+kept-out prompts' re-decoded answers still give that response
+(`pipeline_lm.collapse_flagger`), at most three rounds. Frozen in
+docs/lab_notebook.md before it ran on the victims it is reported on; its first
+form re-read the suspects themselves (`--config.setup.watch_share=0`), whose
+answers overstated the repair.
 """
 
 from jax_attnalign.harness.baselines_lm import LM_BASELINES, VICTIM_SCHEDULE
@@ -41,7 +44,8 @@ DETECTOR = {"view": "gen_to_prompt", "statistic": "frac_above"}
 
 RECIPES = {
     "": {},
-    "collapse": {"setup": {"detector": "answer_collapse", "rescore": "answer_collapse"},
+    "collapse": {"setup": {"detector": "answer_collapse", "rescore": "answer_collapse",
+                           "watch_share": 0.25},
                  "sanitize": {"stopping": {"stop_fraction": 0.15, "max_rounds": 3}}},
 }
 

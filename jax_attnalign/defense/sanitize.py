@@ -10,9 +10,9 @@ A round (paper sections "Attention Safety Alignment" and "Head-wise Fine-tuning"
   2. align: `Alignment.steps` Adam steps of eq. 7 on the suspects, safe heads frozen;
   3. fine-tune: `train.fit` on the clean data with per-head learning rates
      (`FineTuning.when="repair"`: only if step 2 cost clean accuracy);
-  4. re-measure: the detector's score of every suspect (or `flag_suspects`).
-Rounds stop (DESIGN.md) when fewer than `Stopping.stop_fraction` of the suspects are
-still flagged by the calibrated detector (or `flag_suspects`), or after
+  4. re-measure: the detector's score of every suspect (or `flag_after_round`).
+Rounds stop (DESIGN.md) when fewer than `Stopping.stop_fraction` of the suspects
+(or of the inputs `flag_after_round` reads) are still flagged, or after
 `max_rounds`; `stop="fixed"` runs exactly `max_rounds`. No safe head ends the run
 with `stopped="empty_safe_set"`.
 The head classes are an argument of the jitted alignment step and the per-head
@@ -352,7 +352,7 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
              mesh: jax.sharding.Mesh | None = None,
              on_round_end: Callable[[int, dict], None] | None = None,
              keep_rounds: bool = False,
-             flag_suspects: Callable[[Any], np.ndarray] | None = None) -> tuple[dict, dict]:
+             flag_after_round: Callable[[Any], np.ndarray] | None = None) -> tuple[dict, dict]:
   """Rounds of classify -> align -> head-wise fine-tune -> re-measure.
 
   suspect_inputs: encoded inputs believed triggered (input_ids, attention_mask,
@@ -360,10 +360,10 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
   importance_labels='given'). clean_data: encoded clean training rows (labels,
   or loss_mask with loss='causal_lm'). detector: the calibrated detector whose
   flags define "still anomalous", or a DetectorConfig to calibrate it on up to
-  its `calibration_size` clean inputs. flag_suspects(params) -> [n] bool: which
-  suspects are still anomalous after a round (default: the detector's flags of
-  suspect_inputs; a decoder's defense can re-read the suspects' answers,
-  `detection.collapse`). on_round_end(round, report) runs after each round's
+  its `calibration_size` clean inputs. flag_after_round(params) -> [n] bool: which
+  inputs are still anomalous after a round (default: the detector's flags of
+  suspect_inputs; a decoder's defense can re-read the answers of the suspects or
+  of flagged prompts kept out of them, `pipeline_lm.collapse_flagger`). on_round_end(round, report) runs after each round's
   checkpoint. Returns (params, report).
 
   Example, one round on a tiny random BERT: 8 suspects, 16 clean labelled rows
@@ -429,8 +429,8 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
       if "finetune" in config.stages and entry.get("finetuned", True):
         params, entry["finetune_loss"] = finetune(model, params, clean_data, heads["labels"],
                                                   config, mesh, k, workdir)
-      if flag_suspects is not None:
-        entry["flagged_fraction"] = float(np.mean(flag_suspects(params)))
+      if flag_after_round is not None:
+        entry["flagged_fraction"] = float(np.mean(flag_after_round(params)))
       else:
         scores = scores_of(model, params, suspect_inputs, detector.view, detector.statistic,
                            batch_size=config.score_batch_size, mesh=mesh)

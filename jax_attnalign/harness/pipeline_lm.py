@@ -16,7 +16,9 @@ result.json holds its config, from which its data are rebuilt:
   * after each round the suspects are re-read, by the paper detector's head
     statistic or (`LMDefenseSetup.rescore="answer_collapse"`, generation victims)
     by their re-decoded answers: the rounds stop once few still give the
-    response their answers collapsed onto before the defense.
+    response their answers collapsed onto before the defense; with
+    `LMDefenseSetup.watch_share` the answers re-read are those of flagged
+    prompts kept out of the suspects, which alignment was not fitted on.
 """
 
 from __future__ import annotations
@@ -175,11 +177,22 @@ class LMDefenseSetup:
   # matched against the responses they collapsed onto before the defense,
   # `collapse_flagger`).
   rescore: Literal["paper", "answer_collapse"] = "paper"
+  # With rescore='answer_collapse': the share of the flagged stream prompts (of
+  # its triggered ones, for oracle suspects) kept out of the suspects, drawn at
+  # random (seeded), whose answers the stop re-reads; 0: it re-reads the
+  # suspects', which alignment was fitted on and which overstate the repair.
+  watch_share: float = 0.0
 
   def __post_init__(self):
     validation.choice("LMDefenseSetup.suspects", self.suspects, ("detector", "oracle"))
     validation.choice("LMDefenseSetup.detector", self.detector, tuple(sorted(DETECTORS)))
     validation.choice("LMDefenseSetup.rescore", self.rescore, ("paper", "answer_collapse"))
+    if not 0.0 <= self.watch_share < 1.0:
+      raise InputError(f"LMDefenseSetup.watch_share must be in [0, 1), got {self.watch_share}.")
+    if self.watch_share and self.rescore != "answer_collapse":
+      raise InputError("LMDefenseSetup.watch_share keeps prompts out of the suspects for "
+                       "the answer-collapse stop to re-read; set rescore='answer_collapse' "
+                       "or watch_share=0.")
 
 
 def stream_and_held(cfg: LMVictimConfig, setup: LMDefenseSetup) -> dict[str, tuple]:
@@ -256,53 +269,73 @@ def input_detector_scores(model, params, tokenizer, cfg: LMVictimConfig, sets: d
 
 def choose_lm_suspects(model, params, tokenizer, cfg: LMVictimConfig, sets: dict,
                        setup: LMDefenseSetup, config: DetectorConfig,
-                       batch_size: int) -> tuple[dict, dict, object]:
-  """(suspects, detection report, detector) of `pipeline.stream_suspects` on the
-  stream's answer inputs (`sets` of `lm_defense_data`), the suspects unlabelled;
-  an input detector other than the paper's is read on a `ChatVictim`
-  (`input_detector_scores`)."""
-  chosen, _, report, detector = stream_suspects(
-      model, params, sets, setup, config, batch_size,
+                       batch_size: int) -> tuple[dict, dict, dict, object]:
+  """(suspects, watched, detection report, detector) of `pipeline.stream_suspects`
+  on the stream's answer inputs (`sets` of `lm_defense_data`), both unlabelled; an
+  input detector other than the paper's is read on a `ChatVictim`
+  (`input_detector_scores`). watched: the `setup.watch_share` of the flagged
+  prompts (of the triggered ones, for oracle suspects) drawn at random and kept
+  out of the suspects, which are the rest, highest scores first, at most
+  `setup.max_suspects`; empty arrays when watch_share is 0."""
+  stream = sets["stream"]
+  pool, _, report, detector = stream_suspects(
+      model, params, sets, dataclasses.replace(setup, max_suspects=len(stream["poisoned"])),
+      config, batch_size,
       lambda: input_detector_scores(model, params, tokenizer, cfg, sets, setup.detector,
                                     config.fpr, batch_size))
-  return {k: v[chosen] for k, v in sets["stream"].items() if k != "poisoned"}, report, detector
+  kept = np.zeros(len(pool), bool)
+  kept[np.random.default_rng(setup.seed + 3).permutation(len(pool))[
+      :round(setup.watch_share * len(pool))]] = True
+  chosen, watched = pool[~kept][:setup.max_suspects], pool[kept]
+  truth = stream["poisoned"]
+  report.update(suspects=int(len(chosen)), suspects_triggered=int(truth[chosen].sum()),
+                watched=int(len(watched)), watched_triggered=int(truth[watched].sum()))
+  unlabelled = lambda idx: {k: v[idx] for k, v in stream.items() if k != "poisoned"}
+  return unlabelled(chosen), unlabelled(watched), report, detector
 
 
 def collapse_flagger(model, tokenizer, suspects: dict[str, np.ndarray],
-                     calibration: dict[str, np.ndarray], cfg: LMVictimConfig, fpr: float,
-                     batch_size: int) -> tuple[Callable, dict]:
-  """(flag_suspects for `sanitize`, its record). The threshold flags `fpr` of clean
-  prompts' answers (`calibration`, answer inputs) by `collapse_scores`, scored in
-  sets of as many as the suspects (the score is a share of the set). The
-  suspects' answers before the defense that it flags are the backdoor's responses
-  as the stream shows them; after a round the suspects' answers are decoded again
-  and flagged where they are a near-duplicate of one of those responses
-  (`match_scores` >= `NEAR_DUPLICATE`): the response is still given. An answer
-  the round made degenerate, or another collapse, is not the backdoor's response
-  and does not hold the rounds. The record: the threshold, the share of suspects
-  flagged before any round and the number of distinct responses watched."""
+                     watched: dict[str, np.ndarray], calibration: dict[str, np.ndarray],
+                     cfg: LMVictimConfig, fpr: float, batch_size: int) -> tuple[Callable, dict]:
+  """(flag for `sanitize`'s stop, its record). The flagged prompts' answers
+  before the defense (the suspects' and the `watched` ones', answer inputs of
+  the stream) are scored by `collapse_scores` against a threshold that flags
+  `fpr` of clean prompts' answers (`calibration`, scored in sets as large: the
+  score is a share of the set); the answers it flags are the backdoor's
+  responses as the stream shows them. After a round the watched prompts'
+  answers (the suspects' when none is watched) are decoded again and flagged
+  where they are a near-duplicate of one of those responses (`match_scores` >=
+  `NEAR_DUPLICATE`): the response is still given. An answer the round made
+  degenerate, or another collapse, is not the backdoor's response and does not
+  hold the rounds. The record: the threshold, the share of the flagged prompts'
+  answers it flags before any round, the number of distinct responses watched
+  for, and which prompts are re-read and how many."""
   if cfg.task == "classification":
     raise InputError("rescore='answer_collapse' reads a generation victim's answers; a "
                      "classifier answers with a label word. Use rescore='paper'.")
-  n, total = len(suspects["input_ids"]), len(calibration["input_ids"])
+  flagged = {k: np.concatenate([suspects[k], watched[k]]) for k in suspects}
+  n, total = len(flagged["input_ids"]), len(calibration["input_ids"])
   if n < 2 or total < 2 * n:
-    raise InputError(f"rescore='answer_collapse' needs at least 2 suspects and twice as many "
-                     f"calibration prompts (got {n} and {total}); raise "
+    raise InputError(f"rescore='answer_collapse' needs at least 2 flagged prompts and twice "
+                     f"as many calibration prompts (got {n} and {total}); raise "
                      "LMDefenseSetup.calibration_size.")
   clean = np.concatenate([collapse_scores({k: v[i:i + n] for k, v in calibration.items()})
                           for i in range(0, total - n + 1, n)])
   threshold = Threshold(**clean_threshold(clean, fpr, where="collapse_flagger"))
-  before = threshold.flag(collapse_scores(suspects))
-  responses = sorted({answer for answer, hit in zip(answer_token_sets(suspects), before) if hit},
+  before = threshold.flag(collapse_scores(flagged))
+  responses = sorted({answer for answer, hit in zip(answer_token_sets(flagged), before) if hit},
                      key=sorted)
+  reread, which = ((watched, "watched") if len(watched["input_ids"]) else
+                   (suspects, "suspects"))
 
-  def flag_suspects(params) -> np.ndarray:
+  def flag(params) -> np.ndarray:
     return match_scores(reanswer(
-        model, params, tokenizer, suspects, max_new_tokens=cfg.max_new_tokens,
+        model, params, tokenizer, reread, max_new_tokens=cfg.max_new_tokens,
         batch_size=batch_size), responses) >= NEAR_DUPLICATE
 
-  return flag_suspects, {**dataclasses.asdict(threshold), "flagged_before": float(before.mean()),
-                         "responses": len(responses)}
+  return flag, {**dataclasses.asdict(threshold), "flagged_before": float(before.mean()),
+                "responses": len(responses), "reread": which,
+                "reread_count": len(reread["input_ids"])}
 
 
 def held_metrics(model, params, tokenizer, held: dict[str, list], cfg: LMVictimConfig,
@@ -369,23 +402,22 @@ def defend_lm_victim(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
   model, params, tokenizer, sets = (prepared.model, prepared.params, prepared.tokenizer,
                                     prepared.sets)
   before = dict(prepared.before)
-  suspects, detection, calibrated = choose_lm_suspects(model, params, tokenizer, prepared.cfg,
-                                                       sets, setup, detector,
-                                                       config.score_batch_size)
+  suspects, watched, detection, calibrated = choose_lm_suspects(
+      model, params, tokenizer, prepared.cfg, sets, setup, detector, config.score_batch_size)
   logging.info("before: %s; detection: %s", before, detection)
   result = {"victim": str(victim_dir), "setup": dataclasses.asdict(setup),
             "before": before, "detection": detection}
   if detection["suspects"] == 0:
     result.update(after=before, report={"stopped": "no_suspects", "rounds": []})
   else:
-    flag_suspects = None
+    flag_after_round = None
     if setup.rescore == "answer_collapse":
-      flag_suspects, result["rescore"] = collapse_flagger(
-          model, tokenizer, suspects, sets["calibration"], prepared.cfg, detector.fpr,
+      flag_after_round, result["rescore"] = collapse_flagger(
+          model, tokenizer, suspects, watched, sets["calibration"], prepared.cfg, detector.fpr,
           config.score_batch_size)
     start = time.perf_counter()
     params, report = sanitize(model, params, suspects, sets["clean_train"], config,
-                              detector=calibrated, flag_suspects=flag_suspects,
+                              detector=calibrated, flag_after_round=flag_after_round,
                               workdir=workdir / "sanitize" if workdir else None)
     # Of this call: a resumed run's seconds count only what was left.
     report["seconds"] = time.perf_counter() - start
