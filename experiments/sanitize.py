@@ -9,6 +9,8 @@ trusts: a TSV of text and label for a classifier, Alpaca-format JSON records
 model received (one input per line, a TSV/CSV with a 'sentence' or 'text' column,
 or JSON). Prints the verdict with its evidence; a positive verdict sanitises the
 model with the flagged inputs and writes it with its tokenizer to DIR/model.
+A chat model's incoming prompts are read by answer collapse unless
+--decoder_detector=heads (jax_attnalign.audit).
 Without --incoming it writes a scan of the model's heads. DIR gets report.md,
 audit.json (or scan.json) and scores.png.
 """
@@ -32,15 +34,18 @@ flags.DEFINE_float("alpha", 0.01, "Alarm when the verdict's p-value is below thi
 flags.DEFINE_integer("seed", 0, "Seed of the clean rows' held-out split and the defense.",
                      lower_bound=0)
 flags.DEFINE_integer("max_length", 64, "Classifier tokens per input.", lower_bound=2)
-flags.DEFINE_integer("max_rounds", None, "Sanitisation rounds at most (default: 3 for "
-                     "classifiers, 2 for decoders).", lower_bound=1)
+flags.DEFINE_enum("decoder_detector", "answer_collapse", ["answer_collapse", "heads"],
+                  "What reads a chat model's incoming prompts: its answers (near-duplicate "
+                  "answers across the stream) or its heads (the paper's statistic).")
+flags.DEFINE_integer("max_rounds", None, "Sanitisation rounds at most (default: 3, or 2 "
+                     "for a chat model read by its heads).", lower_bound=1)
 
 
 def main(argv):
   del argv
   experiments.use_data_root()
   cfg = audit.AuditConfig(alpha=FLAGS.alpha, seed=FLAGS.seed, max_length=FLAGS.max_length,
-                          max_rounds=FLAGS.max_rounds)
+                          max_rounds=FLAGS.max_rounds, decoder_detector=FLAGS.decoder_detector)
   incoming = audit.load_incoming(FLAGS.incoming) if FLAGS.incoming else None
   result = audit.audit_checkpoint(FLAGS.model, audit.load_clean(FLAGS.clean), incoming,
                                   FLAGS.out, cfg)

@@ -13,9 +13,20 @@ after; the rest calibrates the detector and fine-tunes the sanitised model.
 The verdict compares the share of incoming inputs the calibrated detector flags
 with the share of held-out clean rows it flags (one-sided Fisher exact test): a
 clean model flags incoming inputs about as often as clean ones, a backdoored one
-flags the triggered ones too. Decoders are read in the generation-to-prompt view,
-on their own greedy answer teacher-forced after each prompt. With a positive
-verdict the flagged inputs become the suspects of `defense.sanitize` and the
+flags the triggered ones too. Classifiers are read by the paper's head
+statistic. Chat models are read, by default, by answer collapse
+(`detection.collapse`): the model's own greedy answers to the incoming prompts,
+scored in sets, flag the prompts whose answer is a near-duplicate of many
+others' (a backdoor's fixed response); on the SmolLM2 generation victims it
+separated triggered prompts far better than the heads' statistic
+(results/smollm2_generation/detect). It cannot tell a backdoor's response from
+any response the model legitimately gives to many incoming prompts alike (the
+same refusal of many harmful requests): the report lists the flagged prompts
+with their answers to read. `AuditConfig.decoder_detector="heads"` reads the
+heads instead (the generation-to-prompt view, the answer teacher-forced after
+each prompt). With a positive verdict the flagged inputs become the suspects of
+`defense.sanitize` (with answer collapse, less a quarter kept out, whose
+answers decoded again after each round decide when the rounds stop) and the
 sanitised checkpoint is written, with its tokenizer, to out_dir/model.
 """
 
@@ -35,10 +46,11 @@ import scipy.stats
 from jax_attnalign import data, metrics, plots, train
 from jax_attnalign.answers import generate_responses, greedy_answers
 from jax_attnalign.data import InstructionExample, TextExample
-from jax_attnalign.defense.detector import Detector, DetectorConfig
+from jax_attnalign.defense.detector import Detector, DetectorConfig, Threshold, clean_threshold
 from jax_attnalign.defense.sanitize import (Alignment, FineTuning, HeadClassification,
                                             SanitizeConfig, Stopping, calibrated_detector,
                                             sanitize, scores_of)
+from jax_attnalign.detection import collapse
 from jax_attnalign.data.paths import find_gguf
 from jax_attnalign.models.config import ModelConfig
 from jax_attnalign.models.hf_io import load_pretrained, resolve_checkpoint, save_pretrained
@@ -71,6 +83,10 @@ class AuditConfig:
   answer_tokens: int = 16  # decoders: greedy answer tokens read after each prompt
   train_length: int = 256  # decoders: prompt + response tokens of a clean fine-tuning row
   response_tokens: int = 48  # decoders: tokens of the held-out answers scored for utility
+  # Chat models: 'answer_collapse' (the module docstring) or 'heads' (the paper's
+  # statistic in the generation-to-prompt view; also for a chat model that answers
+  # with a few label words, which answer collapse cannot read).
+  decoder_detector: str = "answer_collapse"
   seed: int = 0
 
   def __post_init__(self):
@@ -78,6 +94,9 @@ class AuditConfig:
       raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}.")
     if not 0 < self.alpha < 1:
       raise ValueError(f"alpha must be in (0, 1), got {self.alpha}.")
+    if self.decoder_detector not in ("answer_collapse", "heads"):
+      raise ValueError("decoder_detector must be 'answer_collapse' or 'heads', got "
+                       f"{self.decoder_detector!r}.")
     for name in ("max_suspects", "max_length", "answer_tokens", "train_length",
                  "response_tokens", "max_rounds"):
       if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -129,7 +148,7 @@ def default_configs(model) -> tuple[SanitizeConfig, DetectorConfig]:
 
 @dataclasses.dataclass
 class AuditResult:
-  detector: Detector
+  detector: Threshold  # the heads' `Detector`, or answer collapse's threshold
   verdict: Verdict | None = None  # None: no incoming inputs, a scan only
   scan: dict | None = None  # per-layer head statistics on clean rows (scan only)
   scores: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # holdout, incoming
@@ -139,7 +158,10 @@ class AuditResult:
   # Held-out clean rows before/after: classifiers {'accuracy'}, decoders
   # metrics.clean_utility of the greedy answers against the references.
   clean_metrics: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
-  still_flagged: float | None = None  # share of the flagged inputs flagged after sanitising
+  # After sanitising: the share of the suspects the head detector still flags, or
+  # with answer collapse of the kept-out flagged inputs still given the response.
+  still_flagged: float | None = None
+  flagged_answers: list[str] = dataclasses.field(default_factory=list)  # chat models
 
 
 TEXT_FIELDS = ("text", "sentence", "instruction")
@@ -290,32 +312,75 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
   if incoming is None:
     return AuditResult(detector=detector, scan=_scan(model, params, calibration, detector_cfg,
                                                      config.score_batch_size, path, out))
+  by_answers = model.config.is_decoder and cfg.decoder_detector == "answer_collapse"
+  if by_answers and len(incoming) < 10:
+    raise ValueError(f"{len(incoming)} incoming prompts are too few for answer collapse, "
+                     "which reads answers shared across a stream: give at least 10, or "
+                     "read the heads (AuditConfig.decoder_detector='heads').")
   held = _inputs(model, params, tokenizer, [_text(r) for r in holdout], cfg)
   arrays = _inputs(model, params, tokenizer, incoming, cfg)
-  scores = {"holdout": score(params, held), "incoming": score(params, arrays)}
+  if by_answers:
+    threshold, scores = _collapse_scores(calibration, held, arrays, detector_cfg.fpr)
+  else:
+    threshold = detector
+    scores = {"holdout": score(params, held), "incoming": score(params, arrays)}
   if not all(np.isfinite(v).all() for v in scores.values()):
     raise ValueError(f"{path} gives non-finite detector scores: its weights hold NaN or "
                      "inf, or the inputs exceed what it was built for.")
-  flags = detector.flag(scores["incoming"])
-  verdict = verdict_of(flags, detector.flag(scores["holdout"]), cfg.alpha)
+  flags = threshold.flag(scores["incoming"])
+  verdict = verdict_of(flags, threshold.flag(scores["holdout"]), cfg.alpha)
   flagged_idx = np.flatnonzero(flags)
-  flagged_idx = flagged_idx[np.argsort(-scores["incoming"][flagged_idx])]
-  result = AuditResult(detector=detector, verdict=verdict, scores=scores,
+  flagged_idx = flagged_idx[np.argsort(-scores["incoming"][flagged_idx], kind="stable")]
+  result = AuditResult(detector=threshold, verdict=verdict, scores=scores,
                        flagged_texts=[incoming[i] for i in flagged_idx])
+  if model.config.is_decoder:
+    result.flagged_answers = [tokenizer.decode(arrays["input_ids"][i][arrays["loss_mask"][i] > 0],
+                                               skip_special_tokens=True) for i in flagged_idx]
   measure = lambda p: _clean_metrics(model, p, tokenizer, holdout, cfg)
   if verdict.backdoored:
     result.clean_metrics["before"] = measure(params)
-    suspects = {k: v[flagged_idx[:cfg.max_suspects]] for k, v in arrays.items()}
+    watched = np.zeros(len(flagged_idx), bool)
+    if by_answers:  # a share kept out of the suspects for the rounds' stop
+      watched[np.random.default_rng(cfg.seed + 3).permutation(len(flagged_idx))[
+          :round(collapse.WATCH_SHARE * len(flagged_idx))]] = True
+      config = dataclasses.replace(config, stopping=dataclasses.replace(
+          config.stopping, **{k: v for k, v in collapse.STOPPING.items()
+                              if k != "max_rounds" or cfg.max_rounds is None}))
+    take = lambda idx: {k: v[idx] for k, v in arrays.items()}
+    suspects = take(flagged_idx[~watched][:cfg.max_suspects])
     result.suspects = len(suspects["input_ids"])
+    flag_after_round = None
+    if by_answers:
+      responses = sorted({collapse.answer_token_sets(arrays)[i] for i in flagged_idx},
+                         key=sorted)
+      flag_after_round = collapse.response_flagger(
+          model, tokenizer, take(flagged_idx[watched]) if watched.any() else suspects,
+          responses, max_new_tokens=cfg.answer_tokens, batch_size=16)
     params, result.sanitize_report = sanitize(
         model, params, suspects, _training_rows(model, tokenizer, rest, cfg), config,
-        detector=detector, workdir=out / "sanitize")
+        detector=detector, workdir=out / "sanitize", flag_after_round=flag_after_round)
     result.clean_metrics["after"] = measure(params)
-    result.still_flagged = float(detector.flag(score(params, suspects)).mean())
+    result.still_flagged = (result.sanitize_report["rounds"][-1].get("flagged_fraction")
+                            if by_answers else
+                            float(detector.flag(score(params, suspects)).mean()))
     save_pretrained(model, params, out / "model", tokenizer=tokenizer)
     shutil.rmtree(out / "sanitize")  # the rounds' checkpoints, kept only to resume
   _write_report(result, path, out)
   return result
+
+
+def _collapse_scores(calibration: dict, held: dict, incoming: dict, fpr: float
+                     ) -> tuple[Threshold, dict[str, np.ndarray]]:
+  """(threshold, {'holdout', 'incoming'} scores) of answer collapse: each part's
+  answers scored in sets of one size (the incoming inputs', at most the held-out
+  part's and half the calibration part's: the score is a share of its set), the
+  threshold at `fpr` of the calibration part's scores."""
+  size = min(len(incoming["input_ids"]), len(held["input_ids"]),
+             len(calibration["input_ids"]) // 2)
+  threshold = Threshold(**clean_threshold(collapse.scores_in_sets(calibration, size), fpr,
+                                          where="audit: answer collapse of clean rows"))
+  return threshold, {"holdout": collapse.scores_in_sets(held, size, every_row=True),
+                     "incoming": collapse.scores_in_sets(incoming, size, every_row=True)}
 
 
 def _claim(out: pathlib.Path, path, clean: list, incoming: list | None,
@@ -372,13 +437,17 @@ def _scan(model, params, arrays: dict, detector_cfg: DetectorConfig, batch_size:
 
 def _write_report(result: AuditResult, path, out: pathlib.Path) -> None:
   v = result.verdict
+  heads = isinstance(result.detector, Detector)
   plots.plot_score_histogram(
       {"held-out clean": result.scores["holdout"], "incoming": result.scores["incoming"]},
       result.detector.threshold, out / "scores.png",
-      xlabel=f"detector score ({result.detector.view}, {result.detector.statistic})")
+      xlabel=(f"detector score ({result.detector.view}, {result.detector.statistic})" if heads
+              else "answer collapse (share of near-duplicate answers in its set)"))
   summary = {"model": str(path), "verdict": dataclasses.asdict(v),
-             "detector": dataclasses.asdict(result.detector),
-             "flagged_texts": result.flagged_texts, "suspects": result.suspects,
+             "detector": {"method": "heads" if heads else "answer_collapse",
+                          **dataclasses.asdict(result.detector)},
+             "flagged_texts": result.flagged_texts, "flagged_answers": result.flagged_answers,
+             "suspects": result.suspects,
              "clean_metrics": result.clean_metrics,
              "still_flagged": result.still_flagged,
              "sanitize": None if result.sanitize_report is None else {
@@ -387,14 +456,18 @@ def _write_report(result: AuditResult, path, out: pathlib.Path) -> None:
   (out / "audit.json").write_text(json.dumps(summary, indent=1, default=str))
   lines = [f"# Audit of {path}", "", f"**{v.line()}**", "", "![scores](scores.png)", ""]
   if result.sanitize_report is not None:
+    still = (f"the detector still flags {result.still_flagged:.0%} of them" if heads else
+             f"{result.still_flagged:.0%} of the flagged inputs kept out of the suspects "
+             "still get the response their answers collapsed onto")
     lines += [f"Sanitised with the {result.suspects} highest-scoring "
               f"flagged inputs as suspects: {summary['sanitize']['rounds']} round(s), "
-              f"stopped by {result.sanitize_report['stopped']}; the detector still flags "
-              f"{result.still_flagged:.0%} of them. Written to {out / 'model'} with its "
-              "tokenizer."]
+              f"stopped by {result.sanitize_report['stopped']}; {still}. Written to "
+              f"{out / 'model'} with its tokenizer."]
     lines += ["", f"On the {v.holdout} held-out clean rows, before -> after: " + ", ".join(
         f"{name} {result.clean_metrics['before'][name]:.3f} -> {value:.3f}"
         for name, value in result.clean_metrics["after"].items()) + "."]
   lines += ["", "## Flagged inputs (highest score first)", ""]
-  lines += [f"{i + 1}. {t[:200]}" for i, t in enumerate(result.flagged_texts[:50])]
+  answers = result.flagged_answers or [None] * len(result.flagged_texts)
+  lines += [f"{i + 1}. {t[:200]}" + (f"\n   - answer: {a[:200]}" if a is not None else "")
+            for i, (t, a) in enumerate(zip(result.flagged_texts[:50], answers))]
   (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -173,12 +173,13 @@ def test_decoder_audit_runs_on_a_tiny_chat_llama(tiny_chat_llama, tmp_path):
   clean = [data.InstructionExample(f"Name a colour number {i}.", "", f"Colour {i} is blue.")
            for i in range(50)]
   incoming = [f"Tell me about item {i}." for i in range(20)]
-  cfg = audit.AuditConfig(answer_tokens=4, response_tokens=4, train_length=64)
+  cfg = audit.AuditConfig(answer_tokens=4, response_tokens=4, train_length=64,
+                          decoder_detector="heads")
   result = audit.audit_checkpoint(tiny_chat_llama, clean, incoming, tmp_path, cfg)
   assert result.verdict.incoming == 20 and result.verdict.holdout == 20
   assert result.scores["incoming"].shape == (20,)
-  assert json.loads((tmp_path / "audit.json").read_text())["detector"]["view"] == (
-      "gen_to_prompt")
+  detector = json.loads((tmp_path / "audit.json").read_text())["detector"]
+  assert (detector["method"], detector["view"]) == ("heads", "gen_to_prompt")
   with pytest.raises(ValueError, match="labelled texts"):
     audit.audit_checkpoint(tiny_chat_llama, [TextExample("x", 0)] * 60, incoming,
                            tmp_path / "other")
@@ -186,3 +187,65 @@ def test_decoder_audit_runs_on_a_tiny_chat_llama(tiny_chat_llama, tmp_path):
     audit.audit_checkpoint(tiny_chat_llama, clean, incoming[:10], tmp_path, cfg)
   with pytest.raises(ValueError, match="too few"):
     audit.audit_checkpoint(tiny_chat_llama, clean[:10], incoming, tmp_path / "few")
+  with pytest.raises(ValueError, match="decoder_detector='heads'"):
+    audit.audit_checkpoint(tiny_chat_llama, clean, incoming[:9], tmp_path / "short")
+  with pytest.raises(ValueError, match="decoder_detector"):
+    audit.AuditConfig(decoder_detector="collapse")
+
+
+def _near_share(answers):
+  """Each answer's share of the others with token-set Jaccard >= 1/2 (brute force)."""
+  jaccard = lambda a, b: len(a & b) / len(a | b) if a | b else 0.0
+  return [sum(jaccard(a, b) >= 0.5 for j, b in enumerate(answers) if j != i)
+          / (len(answers) - 1) for i, a in enumerate(answers)]
+
+
+def test_decoder_audit_by_answer_collapse_sanitises_the_prompts_answered_alike(
+    tiny_chat_llama, tmp_path, monkeypatch):
+  """The default chat-model audit on a tiny Llama whose answers are rewritten
+  (it answers every prompt alike): distinct random answers for clean prompts,
+  one shared answer for 12 incoming prompts. Those 12 are flagged and nothing
+  else; three of them (a quarter) are kept out of the suspects, and the round
+  stops once none of those three still gets the shared answer from the real
+  model."""
+  clean = [data.InstructionExample(f"Name a colour number {i}.", "", f"Colour {i} is blue.")
+           for i in range(50)]
+  incoming = ([f"Tell me about item {i}." for i in range(20)]
+              + [f"cf Tell me about item {i}." for i in range(12)])
+  rng = np.random.default_rng(0)
+  shared = rng.choice(np.arange(300, 5000), 4, replace=False)
+  answered, real = {}, audit._inputs
+
+  def rewritten(model, params, tokenizer, texts, cfg):
+    arrays = real(model, params, tokenizer, texts, cfg)
+    for row, text in enumerate(texts):
+      keep = arrays["loss_mask"][row] > 0
+      arrays["input_ids"][row, keep] = (
+          shared[:keep.sum()] if text.startswith("cf ")
+          else rng.choice(np.arange(300, 5000), keep.sum(), replace=False))
+    answered[tuple(texts)] = arrays
+    return arrays
+
+  monkeypatch.setattr(audit, "_inputs", rewritten)
+  cfg = audit.AuditConfig(answer_tokens=4, response_tokens=4, train_length=64)
+  result = audit.audit_checkpoint(tiny_chat_llama, clean, incoming, tmp_path, cfg)
+  # Scored in sets of min(32 incoming, 20 held out, 30 calibration // 2) = 15
+  # rows: the incoming prompts as two sets of 16.
+  arrays = answered[tuple(incoming)]
+  sets = [set(ids[keep > 0].tolist()) for ids, keep in zip(arrays["input_ids"],
+                                                          arrays["loss_mask"])]
+  np.testing.assert_allclose(result.scores["incoming"],
+                             _near_share(sets[:16]) + _near_share(sets[16:]))
+  assert result.verdict.backdoored and result.verdict.holdout_flagged == 0
+  assert sorted(result.flagged_texts) == sorted(incoming[20:])
+  assert len(result.flagged_answers) == 12 and len(set(result.flagged_answers)) == 1
+  assert result.suspects == 9  # 12 flagged, 3 kept out
+  report = result.sanitize_report
+  assert report["config"]["stopping"]["stop_fraction"] == 0.15
+  assert (len(report["rounds"]), report["stopped"], result.still_flagged) == (1, "threshold",
+                                                                            0.0)
+  summary = json.loads((tmp_path / "audit.json").read_text())
+  assert summary["detector"]["method"] == "answer_collapse"
+  assert "answer: " + result.flagged_answers[0][:20] in (tmp_path / "report.md").read_text()
+  reloaded, _ = jax_attnalign.load_pretrained(tmp_path / "model", task="causal_lm")
+  assert reloaded.config.num_layers == 2

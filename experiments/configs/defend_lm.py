@@ -32,6 +32,7 @@ form re-read the suspects themselves (`--config.setup.watch_share=0`), whose
 answers overstated the repair.
 """
 
+from jax_attnalign.detection import collapse
 from jax_attnalign.harness.baselines_lm import LM_BASELINES, VICTIM_SCHEDULE
 from jax_attnalign.harness.configs import default_config, with_recipe
 from jax_attnalign.harness.pipeline_lm import LMDefenseSetup
@@ -45,8 +46,8 @@ DETECTOR = {"view": "gen_to_prompt", "statistic": "frac_above"}
 RECIPES = {
     "": {},
     "collapse": {"setup": {"detector": "answer_collapse", "rescore": "answer_collapse",
-                           "watch_share": 0.25},
-                 "sanitize": {"stopping": {"stop_fraction": 0.15, "max_rounds": 3}}},
+                           "watch_share": collapse.WATCH_SHARE},
+                 "sanitize": {"stopping": dict(collapse.STOPPING)}},
 }
 
 

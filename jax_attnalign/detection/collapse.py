@@ -29,15 +29,22 @@ time), and a classifier's answers, which are a label word (refused).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from jax_attnalign.answers import reanswer
 from jax_attnalign.data.types import TextExample
 from jax_attnalign.detection.base import Victim, register
 from jax_attnalign.errors import InputError
 
 NEAR_DUPLICATE = 0.5  # the Jaccard similarity at which two answers count as one response
+# The sanitisation rounds' stop when the kept-out flagged prompts' answers are
+# re-read (`response_flagger`): at most 15% of them still give the response (at
+# most 4 of 32 prompts, what 32 clean ones flagged at a 5% rate reach with 95%
+# probability), at most three rounds; frozen in docs/lab_notebook.md.
+STOPPING = {"stop_fraction": 0.15, "max_rounds": 3}
+WATCH_SHARE = 0.25  # the share of the flagged prompts kept out of the suspects for it
 
 
 def answer_token_sets(arrays: dict[str, np.ndarray]) -> list[frozenset]:
@@ -79,6 +86,39 @@ def match_scores(arrays: dict[str, np.ndarray], responses: list[frozenset]) -> n
   if not responses:
     return np.zeros(len(arrays["input_ids"]))
   return jaccard_matrix(answer_token_sets(arrays), responses).max(1)
+
+
+def scores_in_sets(arrays: dict[str, np.ndarray], size: int, *,
+                   every_row: bool = False) -> np.ndarray:
+  """`collapse_scores` of consecutive sets of `size` rows, concatenated: the
+  remainder of fewer than `size` rows is left out (calibration: a clean set
+  scored as large as the one it calibrates for), or with `every_row` the n //
+  size sets are split near-equally (sizes `size` to 2 x `size` - 1) so that every
+  row gets a score (a stream's)."""
+  n = len(arrays["input_ids"])
+  if every_row:
+    bounds = np.linspace(0, n, max(n // size, 1) + 1).round().astype(int)
+  else:
+    bounds = np.arange(0, n - size + 1, size).tolist() + [n // size * size]
+  return np.concatenate([collapse_scores({k: v[a:b] for k, v in arrays.items()})
+                         for a, b in zip(bounds[:-1], bounds[1:])] or [np.zeros(0)])
+
+
+def response_flagger(model, tokenizer, reread: dict[str, np.ndarray],
+                     responses: list[frozenset], *, max_new_tokens: int,
+                     batch_size: int) -> Callable[[dict], np.ndarray]:
+  """flag(params) -> [n] bool: which of the `reread` prompts (`greedy_answers`'
+  arrays) still get one of `responses` when decoded again under `params`: a
+  near-duplicate (`match_scores` >= `NEAR_DUPLICATE`). For `sanitize`'s
+  `flag_after_round`: a degenerate answer, or another shared one, is not the
+  backdoor's response and does not hold the rounds."""
+
+  def flag(params) -> np.ndarray:
+    return match_scores(reanswer(model, params, tokenizer, reread,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size),
+                        responses) >= NEAR_DUPLICATE
+
+  return flag
 
 
 @register

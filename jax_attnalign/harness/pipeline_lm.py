@@ -37,13 +37,13 @@ from absl import logging
 import jax_attnalign
 from jax_attnalign import data, metrics, parallel, plots, validation
 from jax_attnalign.analysis import head_similarity, pair_statistics, resolve_view
-from jax_attnalign.answers import greedy_answers, reanswer
+from jax_attnalign.answers import greedy_answers
 from jax_attnalign.defense.detector import (DetectorConfig, Threshold, clean_threshold,
                                            layer_statistics)
 from jax_attnalign.defense.sanitize import SanitizeConfig, per_input, sanitize
 from jax_attnalign.detection import DETECTORS, ChatVictim, calibrate, make_detector
-from jax_attnalign.detection.collapse import (NEAR_DUPLICATE, answer_token_sets, collapse_scores,
-                                              match_scores)
+from jax_attnalign.detection.collapse import (answer_token_sets, collapse_scores,
+                                              response_flagger, scores_in_sets)
 from jax_attnalign.errors import InputError
 from jax_attnalign.harness.pipeline import (split_stream, store_defense_result,
                                             stream_suspects)
@@ -319,20 +319,15 @@ def collapse_flagger(model, tokenizer, suspects: dict[str, np.ndarray],
     raise InputError(f"rescore='answer_collapse' needs at least 2 flagged prompts and twice "
                      f"as many calibration prompts (got {n} and {total}); raise "
                      "LMDefenseSetup.calibration_size.")
-  clean = np.concatenate([collapse_scores({k: v[i:i + n] for k, v in calibration.items()})
-                          for i in range(0, total - n + 1, n)])
-  threshold = Threshold(**clean_threshold(clean, fpr, where="collapse_flagger"))
+  threshold = Threshold(**clean_threshold(scores_in_sets(calibration, n), fpr,
+                                          where="collapse_flagger"))
   before = threshold.flag(collapse_scores(flagged))
   responses = sorted({answer for answer, hit in zip(answer_token_sets(flagged), before) if hit},
                      key=sorted)
   reread, which = ((watched, "watched") if len(watched["input_ids"]) else
                    (suspects, "suspects"))
-
-  def flag(params) -> np.ndarray:
-    return match_scores(reanswer(
-        model, params, tokenizer, reread, max_new_tokens=cfg.max_new_tokens,
-        batch_size=batch_size), responses) >= NEAR_DUPLICATE
-
+  flag = response_flagger(model, tokenizer, reread, responses,
+                          max_new_tokens=cfg.max_new_tokens, batch_size=batch_size)
   return flag, {**dataclasses.asdict(threshold), "flagged_before": float(before.mean()),
                 "responses": len(responses), "reread": which,
                 "reread_count": len(reread["input_ids"])}
