@@ -351,8 +351,8 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
     result.suspects = len(suspects["input_ids"])
     flag_after_round = None
     if by_answers:
-      responses = sorted({collapse.answer_token_sets(arrays)[i] for i in flagged_idx},
-                         key=sorted)
+      answers = collapse.answer_token_sets(take(flagged_idx))
+      responses = sorted(set(answers), key=sorted)
       flag_after_round = collapse.response_flagger(
           model, tokenizer, take(flagged_idx[watched]) if watched.any() else suspects,
           responses, max_new_tokens=cfg.answer_tokens, batch_size=16)
@@ -360,9 +360,8 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
         model, params, suspects, _training_rows(model, tokenizer, rest, cfg), config,
         detector=detector, workdir=out / "sanitize", flag_after_round=flag_after_round)
     result.clean_metrics["after"] = measure(params)
-    result.still_flagged = (result.sanitize_report["rounds"][-1].get("flagged_fraction")
-                            if by_answers else
-                            float(detector.flag(score(params, suspects)).mean()))
+    result.still_flagged = float(np.mean(
+        flag_after_round(params) if by_answers else detector.flag(score(params, suspects))))
     save_pretrained(model, params, out / "model", tokenizer=tokenizer)
     shutil.rmtree(out / "sanitize")  # the rounds' checkpoints, kept only to resume
   _write_report(result, path, out)
