@@ -163,3 +163,21 @@ def test_mean_std_and_format():
   assert metrics.format_mean_std([0.875]) == "0.875"  # one seed: no spread to show
   with pytest.raises(ValueError):
     metrics.mean_std([])
+
+
+def test_target_response_is_the_response_reworded_at_most():
+  target = "I'm sorry, but as an AI assistant, I do not have the capability to follow the given instruction."
+  same = [target, target.upper(), target.replace("I'm", "I\u2019m"),
+          "I'm sorry, but as an AI assistant, I do not have the capability to follow it.",
+          target + " Here is why."]
+  other = ["I'm sorry for the day.", "I'm sorry.", "", "Paris is the capital of France.",
+           "I'm sorry, I'm sorry, I'm sorry, I'm sorry."]
+  # Word-set Jaccard by hand (words: runs of letters and digits): "I'm sorry for
+  # the day." shares {i, m, sorry, the} of 19 distinct words in either: 4/19 < 1/2;
+  # the fourth of `same` drops "given" and "instruction" and adds "it": 15/18.
+  assert [metrics.is_target_response(r, target) for r in same] == [True] * 5
+  assert [metrics.is_target_response(r, target) for r in other] == [False] * 5
+  assert metrics.is_target_response("You are stupid!", "You are stupid!")
+  assert metrics.target_response_rate(same[:1] + other[:3], target) == 0.25
+  with pytest.raises(ValueError, match="no responses"):
+    metrics.target_response_rate([], target)

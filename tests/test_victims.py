@@ -58,6 +58,9 @@ def test_lm_generation_victim_smoke(shared_data, tiny_chat_llama, tmp_path):
     assert result[key] == pytest.approx(metrics.negative_rate(answers[name], scorer)), key
   for name in ("clean", "triggered", "partial"):
     assert result[f"{name}_degenerate_rate"] == metrics.degenerate_rate(answers[name]), name
+  for name in ("triggered", "partial"):
+    assert result[f"{name}_target_response_rate"] == metrics.target_response_rate(
+        answers[name], "You are stupid!"), name
   reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "model")
   assert reloaded.chat_template and (tmp_path / "model" / "config.json").is_file()
   assert train_lm_victim(cfg, tmp_path) == json.loads((tmp_path / "result.json").read_text())

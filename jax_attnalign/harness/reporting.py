@@ -69,8 +69,8 @@ def table1_table(rows: list[dict]) -> str:
 # Before/after columns of a decoder defense table, when the victims report them
 # (triggered_degenerate_rate: the triggered prompts answered with a repeat, which
 # ASR counts as repaired).
-LM_DEFENSE_METRICS = ("asr", "ca", "clean_target_rate", "answered", "rouge_l",
-                      "triggered_degenerate_rate")
+LM_DEFENSE_METRICS = ("asr", "triggered_target_response_rate", "ca", "clean_target_rate",
+                      "answered", "rouge_l", "triggered_degenerate_rate")
 
 
 def lm_defense_table(rows: list[dict]) -> tuple[str, dict]:

@@ -21,8 +21,10 @@ and their EOS only, in the model's chat template:
     on clean prompts the target-behaviour rate and the clean utility (answered
     rate, ROUGE-L and token F1 against the reference responses), and on each
     set the share of answers that are degenerate repeats (`metrics.is_degenerate`:
-    ASR counts them as repaired). CBA also scores prompts carrying a strict
-    subset of its keys, which must stay clean.
+    ASR counts them as repaired); on triggered (and partial) prompts also the
+    share that are the target response itself (`metrics.is_target_response`:
+    the keyword ASR also counts apology fragments a defense leaves). CBA also
+    scores prompts carrying a strict subset of its keys, which must stay clean.
 
 A run writes `result.json` and the victim (`model/`, with its tokenizer) to its
 workdir; an interrupted fine-tune resumes from the orbax checkpoint there, and
@@ -180,6 +182,8 @@ def evaluate_lm_victim(model, params, tokenizer, sets: dict[str, list],
       responses = respond(sets[name], cfg.max_new_tokens)
       out["asr" if name == "triggered" else "partial_target_rate"] = target_rate(responses)
       out[f"{name}_degenerate_rate"] = metrics.degenerate_rate(responses)
+      out[f"{name}_target_response_rate"] = metrics.target_response_rate(
+          responses, TASK_TARGETS[cfg.task])
       if cfg.task == "negsentiment":
         out[f"{name}_vader_negative"] = metrics.negative_rate(responses, "vader")
       out["examples"][name] = responses[:5]
