@@ -26,8 +26,9 @@ with --config.setup.watch_share those of a share of the flagged prompts kept out
 of the suspects (rows "... (answer_collapse stop on 0.25 kept out)"); each under
 its own --workdir. --config experiments/configs/defend_lm.py:collapse sets all
 three, for generation victims. Each run measures the held-out ASR and CA
-(classification) or clean utility (generation) before and after. Writes per-run result.json and the sanitised checkpoint (with tokenizer),
-and defend_lm.json/.md/.png (mean ± std over seeds). Interrupted runs resume.
+(classification) or clean utility (generation) before and after. Writes per-run
+result.json and the sanitised checkpoint (with tokenizer), and
+defend_lm.json/.md/.png (mean ± std over seeds). Interrupted runs resume.
 
   python -m experiments.defend_lm --victims_dir runs/lm_sst2 --workdir runs/defend_lm
 """

@@ -297,6 +297,10 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
         "encoder classifier a TSV of text and label.")
   config, detector_cfg = default_configs(model)
   config, detector_cfg = cfg.sanitize or config, cfg.detector or detector_cfg
+  by_answers = model.config.is_decoder and cfg.decoder_detector == "answer_collapse"
+  if by_answers:  # the rounds stop as the defense's answer-collapse recipe's
+    config = dataclasses.replace(config, stopping=dataclasses.replace(
+        config.stopping, **collapse.STOPPING))
   if cfg.max_rounds is not None:
     config = dataclasses.replace(config, stopping=dataclasses.replace(
         config.stopping, max_rounds=cfg.max_rounds))
@@ -307,12 +311,13 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
   score = lambda p, arrays: scores_of(model, p, arrays, detector_cfg.view,
                                       detector_cfg.statistic, batch_size=config.score_batch_size)
   calibration = _inputs(model, params, tokenizer, [_text(r) for r in rest], cfg)
-  detector = calibrated_detector(model, params, calibration, detector_cfg,
-                                 batch_size=config.score_batch_size)
+  # The heads' detector, calibrated only where it is read (with answer collapse:
+  # by `sanitize`'s report, after a positive verdict).
+  heads = lambda: calibrated_detector(model, params, calibration, detector_cfg,
+                                      batch_size=config.score_batch_size)
   if incoming is None:
-    return AuditResult(detector=detector, scan=_scan(model, params, calibration, detector_cfg,
-                                                     config.score_batch_size, path, out))
-  by_answers = model.config.is_decoder and cfg.decoder_detector == "answer_collapse"
+    return AuditResult(detector=heads(), scan=_scan(model, params, calibration, detector_cfg,
+                                                    config.score_batch_size, path, out))
   if by_answers and len(incoming) < 10:
     raise ValueError(f"{len(incoming)} incoming prompts are too few for answer collapse, "
                      "which reads answers shared across a stream: give at least 10, or "
@@ -322,7 +327,7 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
   if by_answers:
     threshold, scores = _collapse_scores(calibration, held, arrays, detector_cfg.fpr)
   else:
-    threshold = detector
+    threshold = heads()
     scores = {"holdout": score(params, held), "incoming": score(params, arrays)}
   if not all(np.isfinite(v).all() for v in scores.values()):
     raise ValueError(f"{path} gives non-finite detector scores: its weights hold NaN or "
@@ -339,13 +344,10 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
   measure = lambda p: _clean_metrics(model, p, tokenizer, holdout, cfg)
   if verdict.backdoored:
     result.clean_metrics["before"] = measure(params)
-    watched = np.zeros(len(flagged_idx), bool)
-    if by_answers:  # a share kept out of the suspects for the rounds' stop
-      watched[np.random.default_rng(cfg.seed + 3).permutation(len(flagged_idx))[
-          :round(collapse.WATCH_SHARE * len(flagged_idx))]] = True
-      config = dataclasses.replace(config, stopping=dataclasses.replace(
-          config.stopping, **{k: v for k, v in collapse.STOPPING.items()
-                              if k != "max_rounds" or cfg.max_rounds is None}))
+    # A share kept out of the suspects for the rounds' stop (answer collapse).
+    watched = collapse.kept_out(len(flagged_idx), collapse.WATCH_SHARE if by_answers else 0.0,
+                                cfg.seed)
+    detector = heads() if by_answers else threshold
     take = lambda idx: {k: v[idx] for k, v in arrays.items()}
     suspects = take(flagged_idx[~watched][:cfg.max_suspects])
     result.suspects = len(suspects["input_ids"])

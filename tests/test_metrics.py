@@ -166,7 +166,8 @@ def test_mean_std_and_format():
 
 
 def test_target_response_is_the_response_reworded_at_most():
-  target = "I'm sorry, but as an AI assistant, I do not have the capability to follow the given instruction."
+  target = ("I'm sorry, but as an AI assistant, I do not have the capability to follow "
+            "the given instruction.")
   same = [target, target.upper(), target.replace("I'm", "I\u2019m"),
           "I'm sorry, but as an AI assistant, I do not have the capability to follow it.",
           target + " Here is why."]

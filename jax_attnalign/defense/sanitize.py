@@ -363,8 +363,9 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
   its `calibration_size` clean inputs. flag_after_round(params) -> [n] bool: which
   inputs are still anomalous after a round (default: the detector's flags of
   suspect_inputs; a decoder's defense can re-read the answers of the suspects or
-  of flagged prompts kept out of them, `pipeline_lm.collapse_flagger`). on_round_end(round, report) runs after each round's
-  checkpoint. Returns (params, report).
+  of flagged prompts kept out of them, `pipeline_lm.collapse_flagger`).
+  on_round_end(round, report) runs after each round's checkpoint. Returns
+  (params, report).
 
   Example, one round on a tiny random BERT: 8 suspects, 16 clean labelled rows
   (a real run also fine-tunes: drop `stages`, see FineTuning):

@@ -104,6 +104,14 @@ def scores_in_sets(arrays: dict[str, np.ndarray], size: int, *,
                          for a, b in zip(bounds[:-1], bounds[1:])] or [np.zeros(0)])
 
 
+def kept_out(n: int, share: float, seed: int) -> np.ndarray:
+  """[n] bool: `round(share * n)` of n flagged prompts drawn at random
+  (`default_rng(seed + 3)`), kept out of the suspects for the rounds' stop."""
+  mask = np.zeros(n, bool)
+  mask[np.random.default_rng(seed + 3).permutation(n)[:round(share * n)]] = True
+  return mask
+
+
 def response_flagger(model, tokenizer, reread: dict[str, np.ndarray],
                      responses: list[frozenset], *, max_new_tokens: int,
                      batch_size: int) -> Callable[[dict], np.ndarray]:

@@ -42,7 +42,7 @@ from jax_attnalign.defense.detector import (DetectorConfig, Threshold, clean_thr
                                            layer_statistics)
 from jax_attnalign.defense.sanitize import SanitizeConfig, per_input, sanitize
 from jax_attnalign.detection import DETECTORS, ChatVictim, calibrate, make_detector
-from jax_attnalign.detection.collapse import (answer_token_sets, collapse_scores,
+from jax_attnalign.detection.collapse import (answer_token_sets, collapse_scores, kept_out,
                                               response_flagger, scores_in_sets)
 from jax_attnalign.errors import InputError
 from jax_attnalign.harness.pipeline import (split_stream, store_defense_result,
@@ -283,9 +283,7 @@ def choose_lm_suspects(model, params, tokenizer, cfg: LMVictimConfig, sets: dict
       config, batch_size,
       lambda: input_detector_scores(model, params, tokenizer, cfg, sets, setup.detector,
                                     config.fpr, batch_size))
-  kept = np.zeros(len(pool), bool)
-  kept[np.random.default_rng(setup.seed + 3).permutation(len(pool))[
-      :round(setup.watch_share * len(pool))]] = True
+  kept = kept_out(len(pool), setup.watch_share, setup.seed)
   chosen, watched = pool[~kept][:setup.max_suspects], pool[kept]
   truth = stream["poisoned"]
   report.update(suspects=int(len(chosen)), suspects_triggered=int(truth[chosen].sum()),

@@ -161,8 +161,9 @@ def lm_grid_table(rows: list[dict]) -> tuple[str, dict]:
   seed]}}}) of Table 2(b) from experiments.defend_lm's rows: per victim kind, ASR
   and clean utility (CA for classification, ROUGE-L for generation) of every column
   of LM_GRID_COLUMNS, mean ± std over seeds, the defense's wall time, the paper's
-  rows beneath and each column's threat model in the notes. Bold: the lowest mean ASR among the defenses
-  whose mean utility is within UTILITY_TOLERANCE of vanilla's (none if none is)."""
+  rows beneath and each column's threat model in the notes. Bold: the lowest mean
+  ASR among the defenses whose mean utility is within UTILITY_TOLERANCE of
+  vanilla's (none if none is)."""
   fmt = metrics.format_mean_std
   groups: dict[tuple, dict[str, list[dict]]] = {}
   for row in rows:
