@@ -159,7 +159,8 @@ class AuditResult:
   # metrics.clean_utility of the greedy answers against the references.
   clean_metrics: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
   # After sanitising: the share of the suspects the head detector still flags, or
-  # with answer collapse of the kept-out flagged inputs still given the response.
+  # with answer collapse of the kept-out flagged inputs still triggered
+  # (`collapse.still_triggered`).
   still_flagged: float | None = None
   flagged_answers: list[str] = dataclasses.field(default_factory=list)  # chat models
 

@@ -15,6 +15,7 @@ import scipy.stats
 import jax_attnalign
 from jax_attnalign import attacks, audit, data
 from jax_attnalign.data import TextExample
+from jax_attnalign.detection import collapse
 from jax_attnalign.harness.victims import VictimConfig, seeded_subset, train_classification_victim
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -206,8 +207,9 @@ def test_decoder_audit_by_answer_collapse_sanitises_the_prompts_answered_alike(
   (it answers every prompt alike): distinct random answers for clean prompts,
   one shared answer for 12 incoming prompts. Those 12 are flagged and nothing
   else; three of them (a quarter) are kept out of the suspects, and the round
-  stops once none of those three still gets the shared answer from the real
-  model."""
+  stops once none of those three, decoded again, still gets the shared answer
+  or shares another one (their new answers are rewritten to distinct ones: a
+  repaired model's)."""
   clean = [data.InstructionExample(f"Name a colour number {i}.", "", f"Colour {i} is blue.")
            for i in range(50)]
   incoming = ([f"Tell me about item {i}." for i in range(20)]
@@ -226,7 +228,17 @@ def test_decoder_audit_by_answer_collapse_sanitises_the_prompts_answered_alike(
     answered[tuple(texts)] = arrays
     return arrays
 
+  def distinct(model, params, tokenizer, arrays, **kwargs):
+    again = real_reanswer(model, params, tokenizer, arrays, **kwargs)
+    reread.append(len(again["input_ids"]))
+    for row in range(len(again["input_ids"])):
+      keep = again["loss_mask"][row] > 0
+      again["input_ids"][row, keep] = rng.choice(np.arange(300, 5000), keep.sum(), False)
+    return again
+
+  reread, real_reanswer = [], collapse.reanswer
   monkeypatch.setattr(audit, "_inputs", rewritten)
+  monkeypatch.setattr(collapse, "reanswer", distinct)
   cfg = audit.AuditConfig(answer_tokens=4, response_tokens=4, train_length=64)
   result = audit.audit_checkpoint(tiny_chat_llama, clean, incoming, tmp_path, cfg)
   # Scored in sets of min(32 incoming, 20 held out, 30 calibration // 2) = 15
@@ -244,6 +256,7 @@ def test_decoder_audit_by_answer_collapse_sanitises_the_prompts_answered_alike(
   assert report["config"]["stopping"]["stop_fraction"] == 0.15
   assert (len(report["rounds"]), report["stopped"], result.still_flagged) == (1, "threshold",
                                                                             0.0)
+  assert reread == [3, 3]  # the kept-out prompts, after the round and for the report
   summary = json.loads((tmp_path / "audit.json").read_text())
   assert summary["detector"]["method"] == "answer_collapse"
   assert "answer: " + result.flagged_answers[0][:20] in (tmp_path / "report.md").read_text()

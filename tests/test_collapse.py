@@ -18,7 +18,7 @@ from jax_attnalign.defense.detector import DetectorConfig, clean_threshold
 from jax_attnalign.defense.sanitize import (Alignment, HeadClassification, SanitizeConfig,
                                             Stopping, sanitize)
 from jax_attnalign.detection import ChatVictim, make_detector, needs_answers
-from jax_attnalign.detection.collapse import collapse_scores, match_scores
+from jax_attnalign.detection.collapse import collapse_scores, match_scores, still_triggered
 from jax_attnalign.errors import InputError
 from jax_attnalign.harness.detection import evaluate_detector
 from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, collapse_flagger
@@ -70,6 +70,26 @@ def test_collapse_scores_equal_a_brute_force():
   np.testing.assert_allclose(match_scores(arrays, responses),
                              _brute_force_match(arrays, responses), atol=1e-12)
   assert match_scores(arrays, []).tolist() == [0.0] * 12
+
+
+def test_an_answer_still_counts_as_triggered_if_it_gives_the_response_or_shares_another():
+  # Five re-read answers (columns 0-2 the prompt, 3-8 the answer): 0 is the old
+  # response reworded (Jaccard 5/7), 1 and 2 share a new one (4/8), 3 is a lone
+  # repeat, 4 a lone other answer.
+  ids = np.array([[1, 2, 3, 10, 11, 12, 13, 14, 90],
+                  [1, 2, 3, 20, 21, 22, 23, 24, 25],
+                  [1, 2, 3, 20, 21, 22, 23, 30, 31],
+                  [1, 2, 3, 40, 40, 40, 40, 40, 40],
+                  [1, 2, 3, 50, 51, 52, 53, 54, 55]])
+  keep = np.zeros_like(ids)
+  keep[:, 3:] = 1
+  arrays = {"input_ids": ids, "loss_mask": keep}
+  response = [frozenset({10, 11, 12, 13, 14, 15})]
+  expected = [(_brute_force_match(arrays, response)[i] >= 0.5) | (_brute_force(arrays)[i] > 0)
+              for i in range(5)]
+  assert expected == [True, True, True, False, False]
+  assert still_triggered(arrays, response).tolist() == expected
+  assert still_triggered(arrays, []).tolist() == [False, True, True, False, False]
 
 
 @pytest.fixture(scope="module")
@@ -159,12 +179,13 @@ def test_the_collapse_flagger_calibrates_on_clean_sets_as_large_as_the_flagged_p
       ("watched", watched) if watched else ("suspects", 4))
   # After a round: a re-read prompt (the kept-out ones, else the suspects) is
   # flagged while its new answer is as alike to one of the answers the flagged
-  # prompts collapsed onto before.
+  # prompts collapsed onto before, or to another re-read answer.
   responses = [a for a, hit in zip(_answers(flagged), before) if hit]
   reread = triggered[4:] if watched else triggered[:4]
   for p in (params, jax.tree_util.tree_map(lambda x: x * 1.5, params)):
     again = answer(reread, p)
-    np.testing.assert_array_equal(flag(p), _brute_force_match(again, responses) >= 0.5)
+    np.testing.assert_array_equal(
+        flag(p), (_brute_force_match(again, responses) >= 0.5) | (_brute_force(again) > 0))
   assert flag(params).all()  # the same model gives the same shared answer to all of them
 
 

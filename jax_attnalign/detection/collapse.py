@@ -40,7 +40,7 @@ from jax_attnalign.errors import InputError
 
 NEAR_DUPLICATE = 0.5  # the Jaccard similarity at which two answers count as one response
 # The sanitisation rounds' stop when the kept-out flagged prompts' answers are
-# re-read (`response_flagger`): at most 15% of them still give the response (at
+# re-read (`response_flagger`): at most 15% of them still triggered (at
 # most 4 of 32 prompts, what 32 clean ones flagged at a 5% rate reach with 95%
 # probability), at most three rounds; frozen in docs/lab_notebook.md.
 STOPPING = {"stop_fraction": 0.15, "max_rounds": 3}
@@ -112,19 +112,26 @@ def kept_out(n: int, share: float, seed: int) -> np.ndarray:
   return mask
 
 
+def still_triggered(arrays: dict[str, np.ndarray], responses: list[frozenset]) -> np.ndarray:
+  """[n] bool: which re-read answers still count as triggered after a round: a
+  near-duplicate of one of `responses` (the backdoor's, read before the
+  defense), or of another row's answer in `arrays` (a response the round made
+  the re-read prompts share instead: an apology fragment, a repeat). A lone
+  answer unlike the others, degenerate or not, does not hold the rounds."""
+  return (match_scores(arrays, responses) >= NEAR_DUPLICATE) | (collapse_scores(arrays) > 0)
+
+
 def response_flagger(model, tokenizer, reread: dict[str, np.ndarray],
                      responses: list[frozenset], *, max_new_tokens: int,
                      batch_size: int) -> Callable[[dict], np.ndarray]:
-  """flag(params) -> [n] bool: which of the `reread` prompts (`greedy_answers`'
-  arrays) still get one of `responses` when decoded again under `params`: a
-  near-duplicate (`match_scores` >= `NEAR_DUPLICATE`). For `sanitize`'s
-  `flag_after_round`: a degenerate answer, or another shared one, is not the
-  backdoor's response and does not hold the rounds."""
+  """flag(params) -> [n] bool: `still_triggered` on the `reread` prompts
+  (`greedy_answers`' arrays) decoded again under `params`; for `sanitize`'s
+  `flag_after_round`."""
 
   def flag(params) -> np.ndarray:
-    return match_scores(reanswer(model, params, tokenizer, reread,
-                                 max_new_tokens=max_new_tokens, batch_size=batch_size),
-                        responses) >= NEAR_DUPLICATE
+    return still_triggered(reanswer(model, params, tokenizer, reread,
+                                    max_new_tokens=max_new_tokens, batch_size=batch_size),
+                           responses)
 
   return flag
 

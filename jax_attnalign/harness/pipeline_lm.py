@@ -16,7 +16,8 @@ result.json holds its config, from which its data are rebuilt:
   * after each round the suspects are re-read, by the paper detector's head
     statistic or (`LMDefenseSetup.rescore="answer_collapse"`, generation victims)
     by their re-decoded answers: the rounds stop once few still give the
-    response their answers collapsed onto before the defense; with
+    response their answers collapsed onto before the defense, or share another
+    one; with
     `LMDefenseSetup.watch_share` the answers re-read are those of flagged
     prompts kept out of the suspects, which alignment was not fitted on.
 """
@@ -302,10 +303,9 @@ def collapse_flagger(model, tokenizer, suspects: dict[str, np.ndarray],
   score is a share of the set); the answers it flags are the backdoor's
   responses as the stream shows them. After a round the watched prompts'
   answers (the suspects' when none is watched) are decoded again and flagged
-  where they are a near-duplicate of one of those responses (`match_scores` >=
-  `NEAR_DUPLICATE`): the response is still given. An answer the round made
-  degenerate, or another collapse, is not the backdoor's response and does not
-  hold the rounds. The record: the threshold, the share of the flagged prompts'
+  where they are a near-duplicate of one of those responses or of another
+  re-read answer (`still_triggered`): the response is still given, or another
+  one shared in its place. The record: the threshold, the share of the flagged prompts'
   answers it flags before any round, the number of distinct responses watched
   for, and which prompts are re-read and how many."""
   if cfg.task == "classification":
