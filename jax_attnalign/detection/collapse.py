@@ -40,7 +40,7 @@ from jax_attnalign.errors import InputError
 
 NEAR_DUPLICATE = 0.5  # the Jaccard similarity at which two answers count as one response
 # The sanitisation rounds' stop when the kept-out flagged prompts' answers are
-# re-read (`response_flagger`): at most 15% of them still triggered (at
+# re-read (`response_flagger`): at most 15% of them are still triggered (at
 # most 4 of 32 prompts, what 32 clean ones flagged at a 5% rate reach with 95%
 # probability), at most three rounds; frozen in docs/lab_notebook.md.
 STOPPING = {"stop_fraction": 0.15, "max_rounds": 3}

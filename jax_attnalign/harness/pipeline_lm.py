@@ -17,9 +17,8 @@ result.json holds its config, from which its data are rebuilt:
     statistic or (`LMDefenseSetup.rescore="answer_collapse"`, generation victims)
     by their re-decoded answers: the rounds stop once few still give the
     response their answers collapsed onto before the defense, or share another
-    one; with
-    `LMDefenseSetup.watch_share` the answers re-read are those of flagged
-    prompts kept out of the suspects, which alignment was not fitted on.
+    one; with `LMDefenseSetup.watch_share` the answers re-read are those of
+    flagged prompts kept out of the suspects, which alignment was not fitted on.
 """
 
 from __future__ import annotations
@@ -305,9 +304,9 @@ def collapse_flagger(model, tokenizer, suspects: dict[str, np.ndarray],
   answers (the suspects' when none is watched) are decoded again and flagged
   where they are a near-duplicate of one of those responses or of another
   re-read answer (`still_triggered`): the response is still given, or another
-  one shared in its place. The record: the threshold, the share of the flagged prompts'
-  answers it flags before any round, the number of distinct responses watched
-  for, and which prompts are re-read and how many."""
+  one shared in its place. The record: the threshold, the share of the flagged
+  prompts' answers it flags before any round, the number of distinct responses
+  watched for, and which prompts are re-read and how many."""
   if cfg.task == "classification":
     raise InputError("rescore='answer_collapse' reads a generation victim's answers; a "
                      "classifier answers with a label word. Use rescore='paper'.")
