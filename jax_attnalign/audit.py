@@ -363,7 +363,11 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
         model, params, suspects, _training_rows(model, tokenizer, rest, cfg), config,
         detector=detector, workdir=out / "sanitize", flag_after_round=flag_after_round)
     result.clean_metrics["after"] = measure(params)
-    result.still_flagged = float(np.mean(
+    # The last round's re-read measured the returned parameters; a round that
+    # changed nothing (no safe head) has none, and then they are read here.
+    measured = [r["flagged_fraction"] for r in result.sanitize_report["rounds"]
+                if "flagged_fraction" in r]
+    result.still_flagged = measured[-1] if measured else float(np.mean(
         flag_after_round(params) if by_answers else detector.flag(score(params, suspects))))
     save_pretrained(model, params, out / "model", tokenizer=tokenizer)
     shutil.rmtree(out / "sanitize")  # the rounds' checkpoints, kept only to resume

@@ -256,7 +256,7 @@ def test_decoder_audit_by_answer_collapse_sanitises_the_prompts_answered_alike(
   assert report["config"]["stopping"]["stop_fraction"] == 0.15
   assert (len(report["rounds"]), report["stopped"], result.still_flagged) == (1, "threshold",
                                                                             0.0)
-  assert reread == [3, 3]  # the kept-out prompts, after the round and for the report
+  assert reread == [3]  # the kept-out prompts, once after the round (the report reuses it)
   summary = json.loads((tmp_path / "audit.json").read_text())
   assert summary["detector"]["method"] == "answer_collapse"
   assert "answer: " + result.flagged_answers[0][:20] in (tmp_path / "report.md").read_text()
