@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+import numpy as np
 from absl import app, flags
 
 from jax_attnalign import audit, metrics
@@ -124,6 +125,32 @@ def _detection_rows(rows: list[dict]) -> list[str]:
   return out
 
 
+def _encoder_grid_rows(rows: list[dict]) -> list[str]:
+  """Headline rows of Table 2(a): per dataset and attack, the ASR and (CA) of
+  vanilla and of each column that ran (mean over seeds, %), the paper's BERT row
+  beside (it has no oracle column)."""
+  flag = {variant: name for name, (variant, _) in reporting.TABLE2_COLUMNS.items()}
+  groups: dict[tuple, dict[str, list[dict]]] = {}
+  for r in rows:
+    groups.setdefault((r["dataset"], r["attack"]), {}).setdefault(r["variant"], []).append(r)
+  cell = lambda results: (f"{100 * np.mean([x['asr'] for x in results]):.1f} "
+                          f"({100 * np.mean([x['ca'] for x in results]):.1f})")
+  out = []
+  for (dataset, attack), by_variant in groups.items():
+    ran = [v for v in flag if v in by_variant]
+    vanilla = list({r["victim"]: r["before"] for runs in by_variant.values()
+                    for r in runs}.values())  # one per victim
+    ours = [cell(vanilla)] + [cell([r["after"] for r in by_variant[v]]) for v in ran]
+    paper = reporting.PAPER_TABLE2_BERT.get((dataset, attack))
+    theirs = (", ".join(f"{100 * paper[c][1]:.1f} ({100 * paper[c][0]:.1f})" if c in paper
+                        else "—" for c in ["vanilla", *ran]) + " (BERT)" if paper else "—")
+    seeds = sorted({r["seed"] for runs in by_variant.values() for r in runs})
+    out.append(f"| Table 2(a), {dataset} {attack}: ASR (CA) (%) of vanilla, "
+               + ", ".join(flag[v] for v in ran) + f" | {theirs} | " + ", ".join(ours)
+               + f" (MiniLM, {_seeds(seeds)}) |")
+  return out
+
+
 def _generation_rows(rows: list[dict]) -> list[str]:
   """Headline rows of Table 2(b): per generation victim kind, the ASR after each
   defense that ran (mean over seeds), the paper's Llama-2-7B row beside."""
@@ -157,17 +184,14 @@ def headline(results: pathlib.Path) -> str:
             + (f"{paper[0]:.3f} -> {paper[1]:.3f} (Llama-2-7B)" if paper else "—")
             + f" | {r['clean']:.4f} -> {r['triggered']:.4f}, AUROC {r['auroc']:.2f} "
             "(SmolLM2-135M) |")
-  sources = (("defend_lm.json", "chat classifier", "Llama-2-7B", "SmolLM2",
-              lambda r: (r["dataset"], r["attack"], r["variant"])
-              == ("sst2", "badnets", "detector")),
-             ("table2.json", "encoder", "BERT", "MiniLM",
-              lambda r: (r["dataset"], r["attack"], r["variant"])
-              == ("sst2", "badnets", "ours (detector suspects)")))
-  for name, kind, paper_model, our_model, chosen in sources:
-    for path in sorted(results.rglob(name)):
-      rows = [r for r in json.loads(path.read_text()) if chosen(r)]
-      if rows:
-        lines.append(_defense_row(rows, f"SST-2 BadNets, {kind}", paper_model, our_model))
+  for path in sorted(results.rglob("defend_lm.json")):
+    rows = [r for r in json.loads(path.read_text())
+            if (r["dataset"], r["attack"], r["variant"]) == ("sst2", "badnets", "detector")]
+    if rows:
+      lines.append(_defense_row(rows, "SST-2 BadNets, chat classifier", "Llama-2-7B",
+                                "SmolLM2"))
+  for path in sorted(results.rglob("table2.json")):
+    lines += _encoder_grid_rows(json.loads(path.read_text()))
   for path in sorted(results.rglob("defend_lm.json")):
     lines += _generation_rows(json.loads(path.read_text()))
   for path in sorted(results.rglob("detect.json")):

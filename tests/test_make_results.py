@@ -78,7 +78,10 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   assert ("| Table 2(b), refusal vpi: ASR (%) of vanilla, cleangen, graceful | 97.4, 28.0, "
           "20.2 (Llama-2-7B) | 98.0, 15.0, 50.0 (SmolLM2, seeds 0, 1) |") in headline
   assert "| refusal | vpi | rouge_l | 0.980 ± 0.000 | 0.280 ± 0.000 | **0.150 ± 0.071** |" in page
-  assert "92.65 / 99.67 -> 91.09 / 11.23 (BERT) | 86.0 ± 0.0 / 100.0 ± 0.0 -> 85.0 ± 1.4 / 30.0" in headline
+  # Table 2(a): ASR (CA) of vanilla and each column that ran, the paper's BERT beside.
+  assert ("| Table 2(a), sst2 badnets: ASR (CA) (%) of vanilla, fp, detector | 99.7 (92.7), "
+          "26.4 (92.3), 11.2 (91.1) (BERT) | 100.0 (86.0), 40.0 (85.0), 30.0 (85.0) "
+          "(MiniLM, seeds 0, 1) |") in headline
 
 
 def test_headline_block_is_replaced_in_place(tmp_path):
