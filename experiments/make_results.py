@@ -130,16 +130,11 @@ def _encoder_grid_rows(rows: list[dict]) -> list[str]:
   vanilla and of each column that ran (mean over seeds, %), the paper's BERT row
   beside (it has no oracle column)."""
   flag = {variant: name for name, (variant, _) in reporting.TABLE2_COLUMNS.items()}
-  groups: dict[tuple, dict[str, list[dict]]] = {}
-  for r in rows:
-    groups.setdefault((r["dataset"], r["attack"]), {}).setdefault(r["variant"], []).append(r)
   cell = lambda results: (f"{100 * np.mean([x['asr'] for x in results]):.1f} "
                           f"({100 * np.mean([x['ca'] for x in results]):.1f})")
   out = []
-  for (dataset, attack), by_variant in groups.items():
+  for (dataset, attack), (by_variant, vanilla) in reporting.grid_groups(rows).items():
     ran = [v for v in flag if v in by_variant]
-    vanilla = list({r["victim"]: r["before"] for runs in by_variant.values()
-                    for r in runs}.values())  # one per victim
     ours = [cell(vanilla)] + [cell([r["after"] for r in by_variant[v]]) for v in ran]
     paper = reporting.PAPER_TABLE2_BERT.get((dataset, attack))
     theirs = (", ".join(f"{100 * paper[c][1]:.1f} ({100 * paper[c][0]:.1f})" if c in paper

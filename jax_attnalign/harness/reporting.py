@@ -446,22 +446,29 @@ def table2_variants(columns: list[str], config) -> dict:
   return variants
 
 
+def grid_groups(rows: list[dict]) -> dict[tuple[str, str], tuple[dict[str, list[dict]],
+                                                                   list[dict]]]:
+  """Table 2's rows by (dataset, attack): each variant's rows, and vanilla (the
+  victims' before metrics, one per victim)."""
+  groups: dict[tuple, dict[str, list[dict]]] = {}
+  for row in rows:
+    groups.setdefault((row["dataset"], row["attack"]), {}).setdefault(
+        row["variant"], []).append(row)
+  return {key: (by_variant, list({r["victim"]: r["before"] for runs in by_variant.values()
+                                  for r in runs}.values()))
+          for key, by_variant in groups.items()}
+
+
 def columns_table(rows: list[dict], columns: list[str]) -> str:
   """Markdown of Table 2: per dataset and attack, CA and ASR (mean ± std over
   seeds) of vanilla (the victims before any defense) and of each column, and
   beneath, the paper's BERT numbers where it gives them. Bold: the lowest mean
   ASR among the columns whose mean CA is within CA_TOLERANCE of vanilla's."""
   fmt = metrics.format_mean_std
-  groups: dict[tuple, dict[str, list[dict]]] = {}
-  for row in rows:
-    groups.setdefault((row["dataset"], row["attack"]), {}).setdefault(
-        row["variant"], []).append(row)
   lines = ["| dataset | attack | " + " | ".join(f"{c} CA | {c} ASR"
                                                 for c in ["vanilla", *columns])
            + " | seeds |", "|---" * (2 * len(columns) + 5) + "|"]
-  for (dataset, attack), by_column in groups.items():
-    vanilla = list({r["victim"]: r["before"] for runs in by_column.values()
-                    for r in runs}.values())  # one per victim
+  for (dataset, attack), (by_column, vanilla) in grid_groups(rows).items():
     after = {c: [r["after"] for r in by_column[c]] for c in columns if c in by_column}
     mean = lambda results, m: float(np.mean([x[m] for x in results]))
     fair = {c: mean(results, "asr") for c, results in after.items()
