@@ -93,13 +93,10 @@ def _finished_rows(workdir: pathlib.Path) -> list[dict]:
     variant, picked = path.parent.parent.name, (result["detection"] or {}).get("detector")
     rescore = result.get("setup", {}).get("rescore", "paper")
     watch = result.get("setup", {}).get("watch_share", 0.0)
-    notes = ([picked] if variant == "detector" and picked not in (None, "paper") else []) + (
-        [f"{rescore} stop" + (f" on {watch:g} kept out" if watch else "")]
-        if rescore != "paper" else [])
     rows.append({"victim": path.parent.name, "task": cfg["task"], "attack": cfg["attack"],
                  "dataset": cfg["dataset"] if cfg["task"] == "classification" else None,
                  "seed": cfg["seed"],
-                 "variant": variant + (f" ({', '.join(notes)})" if notes else ""),
+                 "variant": reporting.variant_label(variant, picked, rescore, watch),
                  **{k: result[k] for k in ("before", "after", "detection")},
                  "seconds": result["report"].get("seconds"),
                  **({"removed": {k: result["report"]["filter"][k] for k in

@@ -23,6 +23,7 @@ import pathlib
 import numpy as np
 from absl import app, flags
 
+from experiments.configs import defend_lm as defend_lm_config
 from jax_attnalign import audit, metrics
 from jax_attnalign.harness import reporting
 from jax_attnalign.harness.detection import detection_table
@@ -100,10 +101,10 @@ def _defense_row(rows: list[dict], what: str, paper_model: str, our_model: str) 
           f"{get('after', 'ca')} / {get('after', 'asr')} ({our_model}, {seeds}) |")
 
 
-def _detection_rows(rows: list[dict]) -> list[str]:
-  """Headline rows of a detection benchmark: per dataset and attack, the paper's
-  score and the detector with the highest mean AUROC, with the best one's TPR at
-  its calibrated threshold (a high AUROC can flag nothing there)."""
+def _detection_entries(rows: list[dict]) -> list[dict]:
+  """Per model, dataset and attack of a detection benchmark: the paper's score and
+  the detector with the highest mean AUROC, with the best one's TPR at its
+  calibrated threshold (a high AUROC can flag nothing there)."""
   groups: dict[tuple, dict[str, list[dict]]] = {}
   for r in rows:  # rows written before detect named the model are MiniLM's
     key = (r.get("model", "MiniLM"), r["dataset"], r["attack"])
@@ -112,17 +113,33 @@ def _detection_rows(rows: list[dict]) -> list[str]:
   for (model, dataset, attack), by_detector in groups.items():
     auroc = {name: [r["auroc"] for r in runs] for name, runs in by_detector.items()}
     best = max(auroc, key=lambda name: sum(auroc[name]) / len(auroc[name]))
-    seeds = sorted({r["seed"] for runs in by_detector.values() for r in runs})
     fmt = lambda name: f"{name} {metrics.format_mean_std(auroc[name])}"
-    what = (f"the paper's score; the best of {len(auroc)} detectors" if len(auroc) > 1
-            else f"{best} alone")
-    tpr = metrics.format_mean_std([r["tpr"] for r in by_detector[best]])
-    ours = (f"{fmt(best)} (the best)" if best == "paper"
-            else (f"{fmt('paper')}; " if "paper" in auroc else "") + fmt(best)
-            ) + f", TPR {tpr} at its threshold"
-    out.append(f"| Detection AUROC, {dataset} {attack}: {what} | — | {ours} "
-               f"({model}, {_seeds(seeds)}) |")
+    out.append({
+        "model": model, "what": f"{dataset} {attack}", "detectors": len(auroc), "best": best,
+        "seeds": sorted({r["seed"] for runs in by_detector.values() for r in runs}),
+        "auroc": (f"{fmt(best)} (the best)" if best == "paper"
+                  else (f"{fmt('paper')}; " if "paper" in auroc else "") + fmt(best)),
+        "tpr": metrics.format_mean_std([r["tpr"] for r in by_detector[best]])})
   return out
+
+
+def _detection_rows(rows: list[dict]) -> list[str]:
+  """A headline row per dataset and attack of a detection benchmark."""
+  return [f"| Detection AUROC, {e['what']}: " + (
+              f"the paper's score; the best of {e['detectors']} detectors"
+              if e["detectors"] > 1 else f"{e['best']} alone")
+          + f" | — | {e['auroc']}, TPR {e['tpr']} at its threshold "
+          f"({e['model']}, {_seeds(e['seeds'])}) |" for e in _detection_entries(rows)]
+
+
+def _detection_brief(rows: list[dict], name: str) -> str:
+  """One row of a detection benchmark (`name`, its results folder), its model's
+  attacks side by side."""
+  entries = _detection_entries(rows)
+  return (f"| Detection AUROC, {name}: the paper's score and the best detector per attack "
+          "| — | " + "; ".join(f"{e['what']}: {e['auroc']} ({_seeds(e['seeds'])})"
+                               for e in entries)
+          + f" ({', '.join(dict.fromkeys(e['model'] for e in entries))}) |")
 
 
 def _encoder_grid_rows(rows: list[dict]) -> list[str]:
@@ -165,32 +182,84 @@ def _generation_rows(rows: list[dict]) -> list[str]:
   return out
 
 
-def headline(results: pathlib.Path) -> str:
-  """Ours beside the paper: Table 1 (decoder, gen-to-prompt 99th percentile) and
-  the defense's CA / ASR before and after, from whatever JSON is present."""
-  lines = ["| what | paper | ours |", "|---|---|---|"]
-  for path in sorted(results.rglob("table1.json")):
-    for r in json.loads(path.read_text()):
-      if (r["reader"], r["view"], r["statistic"]) == ("victim", "gen_to_prompt", "percentile"):
-        paper = r["paper"]
-        lines.append(
-            f"| Table 1, {path.relative_to(results).parts[0]} {r['victim']}: 99th pct of "
-            "head-pair cosine, clean -> triggered | "
-            + (f"{paper[0]:.3f} -> {paper[1]:.3f} (Llama-2-7B)" if paper else "—")
+def _table1_rows(results: pathlib.Path, brief: bool) -> list[str]:
+  """Table 1 on decoders: each victim's generation-to-prompt 99th percentile of
+  head-pair cosine, clean -> triggered, and the AUROC between them, the paper's
+  Llama-2 numbers for the attack beside; `brief`: every victim in one row."""
+  entries = [(path.relative_to(results).parts[0], r)
+             for path in sorted(results.rglob("table1.json"))
+             for r in json.loads(path.read_text())
+             if (r["reader"], r["view"], r["statistic"]) == ("victim", "gen_to_prompt",
+                                                              "percentile")]
+  paper = lambda r: f"{r['paper'][0]:.3f} -> {r['paper'][1]:.3f}"
+  if not brief:
+    return [f"| Table 1, {folder} {r['victim']}: 99th pct of head-pair cosine, clean -> "
+            "triggered | " + (f"{paper(r)} (Llama-2-7B)" if r["paper"] else "—")
             + f" | {r['clean']:.4f} -> {r['triggered']:.4f}, AUROC {r['auroc']:.2f} "
-            "(SmolLM2-135M) |")
-  for path in sorted(results.rglob("defend_lm.json")):
-    rows = [r for r in json.loads(path.read_text())
-            if (r["dataset"], r["attack"], r["variant"]) == ("sst2", "badnets", "detector")]
-    if rows:
-      lines.append(_defense_row(rows, "SST-2 BadNets, chat classifier", "Llama-2-7B",
-                                "SmolLM2"))
+            "(SmolLM2-135M) |" for folder, r in entries]
+  attack = lambda r: r["victim"].split("_")[-2]  # <task>_<attack>_seed<n>
+  papers = {attack(r): paper(r) for _, r in entries if r["paper"]}
+  return [
+      "| Table 1 (decoders): 99th pct of head-pair cosine, generation-to-prompt, clean -> "
+      "triggered; ours as the AUROC between them | "
+      + ", ".join(f"{a} {v}" for a, v in papers.items()) + " (Llama-2-7B) | "
+      + ", ".join(f"{r['auroc']:.2f} ({folder} {r['victim']})" for folder, r in entries)
+      + " (SmolLM2-135M) |"] if entries else []
+
+
+# The answer-collapse recipe (experiments/configs/defend_lm.py:collapse) as
+# experiments.defend_lm names its rows; reported on victims trained after it was frozen.
+COLLAPSE_RECIPE = reporting.variant_label("detector",
+                                          **defend_lm_config.RECIPES["collapse"]["setup"])
+
+
+def _recipe_rows(rows: list[dict], brief: bool) -> list[str]:
+  """The answer-collapse recipe per generation victim kind: ASR, ROUGE-L and the
+  share of triggered prompts answered by degenerate repeats, before -> after
+  (means over seeds), the paper's Llama-2 ASR of vanilla and ours beside;
+  `brief`: the kinds in one row."""
+  groups: dict[tuple, list[dict]] = {}
+  for r in rows:
+    if r["variant"] == COLLAPSE_RECIPE:
+      groups.setdefault((r["task"], r["attack"]), []).append(r)
+  pct = lambda runs, when, m: f"{100 * np.mean([r[when][m] for r in runs]):.1f}"
+  cells, papers = [], []
+  for (task, attack), runs in groups.items():
+    cells.append(f"{task} {attack}: ASR {pct(runs, 'before', 'asr')} -> "
+                 f"{pct(runs, 'after', 'asr')}"
+                 f", ROUGE-L {pct(runs, 'before', 'rouge_l')} -> {pct(runs, 'after', 'rouge_l')}"
+                 f", degenerate {pct(runs, 'after', 'triggered_degenerate_rate')} "
+                 f"({_seeds(r['seed'] for r in runs)})")
+    paper = reporting.PAPER_TABLE2_GENERATION.get(("Llama2-7B", task, attack))
+    papers.append(f"{task} {attack}: ASR {100 * paper['vanilla'][1]:.1f} -> "
+                  f"{100 * paper['detector'][1]:.1f}" if paper else "—")
+  what = ("| Ours, answer-collapse suspects and stop (victims trained after it was frozen)"
+          ": before -> after (%)")
+  if brief:
+    return [f"{what} | {'; '.join(papers)} (Llama-2-7B) | {'; '.join(cells)} (SmolLM2) |"
+            ] if cells else []
+  return [f"{what}, {cell.split(':')[0]} | {paper} (Llama-2-7B) | {cell.split(': ', 1)[1]} "
+          "(SmolLM2) |" for cell, paper in zip(cells, papers)]
+
+
+def headline(results: pathlib.Path, brief: bool = False) -> str:
+  """Ours beside the paper, from whatever JSON is present: Table 1 on decoders,
+  Table 2(a) and 2(b), the collapse recipe, detection and the demo; `brief`
+  (the README's): Table 1, the recipe and each detection benchmark one row each."""
+  lines = ["| what | paper | ours |", "|---|---|---|", *_table1_rows(results, brief)]
+  lm_rows = [r for path in sorted(results.rglob("defend_lm.json"))
+             for r in json.loads(path.read_text())]
+  chat = [r for r in lm_rows
+          if (r["dataset"], r["attack"], r["variant"]) == ("sst2", "badnets", "detector")]
+  if chat:
+    lines.append(_defense_row(chat, "SST-2 BadNets, chat classifier", "Llama-2-7B", "SmolLM2"))
   for path in sorted(results.rglob("table2.json")):
     lines += _encoder_grid_rows(json.loads(path.read_text()))
-  for path in sorted(results.rglob("defend_lm.json")):
-    lines += _generation_rows(json.loads(path.read_text()))
+  lines += _generation_rows(lm_rows) + _recipe_rows(lm_rows, brief)
   for path in sorted(results.rglob("detect.json")):
-    lines += _detection_rows(json.loads(path.read_text()))
+    rows = json.loads(path.read_text())
+    lines += ([_detection_brief(rows, path.relative_to(results).parts[0])] if brief
+              else _detection_rows(rows))
   demo = results / "demo" / "summary.json"
   if demo.exists():
     d = json.loads(demo.read_text())["defense"]
@@ -227,8 +296,8 @@ def write(results: pathlib.Path, out: pathlib.Path, readme: pathlib.Path) -> Non
   if start < 0 or end < start:
     raise ValueError(f"{readme} has no headline block ({HEADLINE[0]} ... {HEADLINE[1]}).")
   out.write_text(results_page(results))
-  readme.write_text(text[:start + len(HEADLINE[0])] + "\n" + headline(results) + "\n"
-                    + text[end:])
+  readme.write_text(text[:start + len(HEADLINE[0])] + "\n" + headline(results, brief=True)
+                    + "\n" + text[end:])
 
 
 def main(argv):

@@ -34,7 +34,9 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   _write(results / "smollm2_gen" / "defend_lm.json", [
       generation("cleangen", 0, 0.1), generation("cleangen", 1, 0.2),
       generation("graceful", 0, 0.5),
-      generation("oracle (answer_collapse stop)", 4, 0.0)])  # outside the grid: not a seed
+      generation("oracle (answer_collapse stop)", 4, 0.0),  # outside the grid: not a seed
+      {**generation(make_results.COLLAPSE_RECIPE, 7, 0.06),
+       "after": {"asr": 0.06, "rouge_l": 0.289, "triggered_degenerate_rate": 0.2}}])
   column = lambda variant, seed, ca, asr: {
       "victim": f"badnets_seed{seed}", "dataset": "sst2", "attack": "badnets",
       "variant": variant, "seed": seed, "before": {"ca": 0.86, "asr": 1.0},
@@ -78,6 +80,18 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   assert ("| Table 2(b), refusal vpi: ASR (%) of vanilla, cleangen, graceful | 97.4, 28.0, "
           "20.2 (Llama-2-7B) | 98.0, 15.0, 50.0 (SmolLM2, seeds 0, 1) |") in headline
   assert "| refusal | vpi | rouge_l | 0.980 ± 0.000 | 0.280 ± 0.000 | **0.150 ± 0.071** |" in page
+  # The answer-collapse recipe: its own row, not a column of the grid (other seeds).
+  assert ("| Ours, answer-collapse suspects and stop (victims trained after it was frozen): "
+          "before -> after (%), refusal vpi | refusal vpi: ASR 97.4 -> 14.4 (Llama-2-7B) | "
+          "ASR 98.0 -> 6.0, ROUGE-L 28.0 -> 28.9, degenerate 20.0 (seed 7) (SmolLM2) |"
+          ) in headline
+  # The README's brief headline: Table 1 and each detection benchmark in one row.
+  brief = make_results.headline(results, brief=True)
+  assert ("| Detection AUROC, minilm: the paper's score and the best detector per attack | — "
+          "| sst2 hiddenkiller: paper 0.600 ± 0.141; dan 0.700 ± 0.141 (seeds 0, 1) (MiniLM) |"
+          ) in brief
+  assert brief.count("| Table 1") == 1 and "0.65 (smollm2 classification_badnets_seed1)" in brief
+  assert "| Table 2(a), sst2 badnets:" in brief and "| Table 2(b), refusal vpi:" in brief
   # Table 2(a): ASR (CA) of vanilla and each column that ran, the paper's BERT beside.
   assert ("| Table 2(a), sst2 badnets: ASR (CA) (%) of vanilla, fp, detector | 99.7 (92.7), "
           "26.4 (92.3), 11.2 (91.1) (BERT) | 100.0 (86.0), 40.0 (85.0), 30.0 (85.0) "

@@ -156,6 +156,23 @@ PAPER_TABLE2_GENERATION = {key: {column: (values[2 * i] / 100, values[2 * i + 1]
 UTILITY_TOLERANCE = 0.02  # a column competes for bold when its utility is within this of vanilla's
 
 
+def variant_label(variant: str, detector: str | None = None, rescore: str = "paper",
+                  watch_share: float = 0.0) -> str:
+  """A decoder defense's name in the summaries: its variant, with the detector that
+  picked the suspects when not the paper's and the stop's reading when not the
+  paper's score.
+
+  >>> variant_label("detector", "answer_collapse", "answer_collapse", 0.25)
+  'detector (answer_collapse, answer_collapse stop on 0.25 kept out)'
+  >>> variant_label("oracle", "paper", "answer_collapse")
+  'oracle (answer_collapse stop)'
+  """
+  notes = ([detector] if variant == "detector" and detector not in (None, "paper") else []) + (
+      [f"{rescore} stop" + (f" on {watch_share:g} kept out" if watch_share else "")]
+      if rescore != "paper" else [])
+  return variant + (f" ({', '.join(notes)})" if notes else "")
+
+
 def lm_grid_table(rows: list[dict]) -> tuple[str, dict]:
   """(markdown, {task/attack: {column: {'asr', utility, 'minutes', 'seeds': [per
   seed]}}}) of Table 2(b) from experiments.defend_lm's rows: per victim kind, ASR
