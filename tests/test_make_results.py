@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from experiments import make_results
 
 
@@ -85,13 +87,17 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
           "before -> after (%), refusal vpi | refusal vpi: ASR 97.4 -> 14.4 (Llama-2-7B) | "
           "ASR 98.0 -> 6.0, ROUGE-L 28.0 -> 28.9, degenerate 20.0 (seed 7) (SmolLM2) |"
           ) in headline
-  # The README's brief headline: Table 1 and each detection benchmark in one row.
+  # The README's brief headline: Table 1 in one row, detection in the matrix.
   brief = make_results.headline(results, brief=True)
-  assert ("| Detection AUROC, minilm: the paper's score and the best detector per attack | — "
-          "| sst2 hiddenkiller: paper 0.600 ± 0.141; dan 0.700 ± 0.141 (seeds 0, 1) (MiniLM) |"
-          ) in brief
   assert brief.count("| Table 1") == 1 and "0.65 (smollm2 classification_badnets_seed1)" in brief
   assert "| Table 2(a), sst2 badnets:" in brief and "| Table 2(b), refusal vpi:" in brief
+  assert "Detection AUROC" not in brief
+  # The matrix: a detector's mean AUROC per column, bold the column's best, "—" where
+  # it did not run.
+  matrix = make_results.detection_matrix(results)
+  assert matrix.startswith("| detector | MiniLM sst2 hiddenkiller (s0,1) | SmolLM2 sst2 badnets "
+                           "(s2) |")
+  assert "| dan | **0.70** | **0.90** |" in matrix and "| paper | 0.60 | — |" in matrix
   # Table 2(a): ASR (CA) of vanilla and each column that ran, the paper's BERT beside.
   assert ("| Table 2(a), sst2 badnets: ASR (CA) (%) of vanilla, fp, detector | 99.7 (92.7), "
           "26.4 (92.3), 11.2 (91.1) (BERT) | 100.0 (86.0), 40.0 (85.0), 30.0 (85.0) "
@@ -107,11 +113,17 @@ def test_headline_block_is_replaced_in_place(tmp_path):
                                 "alpha": 0.01},
       "clean_metrics": {"before": {"accuracy": 0.8}, "after": {"accuracy": 0.82}}})
   readme = tmp_path / "README.md"
-  readme.write_text("intro\n" + "\n".join(make_results.HEADLINE) + "\noutro\n")
+  readme.write_text("intro\n" + "\n".join(make_results.HEADLINE) + "\nmiddle\n"
+                    + "\n".join(make_results.DETECTION) + "\noutro\n")
   make_results.write(results, tmp_path / "results.md", readme)
   text = readme.read_text()
-  assert text.startswith("intro\n") and text.endswith("outro\n")
+  assert text.startswith("intro\n") and text.endswith("outro\n") and "\nmiddle\n" in text
   assert "| what | paper | ours |" in text
+  assert "No detection benchmark has run" in text  # the second block, filled too
+  readme.write_text("intro\n" + "\n".join(make_results.HEADLINE) + "\n")
+  with pytest.raises(ValueError, match="no generated block <!-- detection"):
+    make_results.write(results, tmp_path / "results.md", readme)
+  assert readme.read_text() == "intro\n" + "\n".join(make_results.HEADLINE) + "\n"
   page = (tmp_path / "results.md").read_text()
   assert "**BACKDOOR SUSPECTED: 31 of 100" in page and "accuracy 0.800 -> 0.820" in page
 

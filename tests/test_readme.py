@@ -39,6 +39,6 @@ def test_results_page_and_headline_are_generated_from_results():
   from results/ now: a hand edit, or JSON added without regenerating, fails here."""
   results = ROOT / "results"
   assert (ROOT / "docs" / "results.md").read_text() == make_results.results_page(results)
-  start, end = (README.index(m) for m in make_results.HEADLINE)
-  block = README[start + len(make_results.HEADLINE[0]):end].strip()
-  assert block == make_results.headline(results, brief=True)
+  for (first, last), expected in make_results.readme_blocks(results).items():
+    start, end = README.index(first), README.index(last)
+    assert README[start + len(first):end].strip() == expected, first
