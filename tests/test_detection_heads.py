@@ -1,7 +1,9 @@
 """DAN and the head-signal detectors: each feature vector against a NumPy brute force
 from captured intermediates of a tiny random BERT, the shared Mahalanobis fit against
 numpy.linalg, calibration at 5% on fresh clean inputs, the JSON + npz round trip, and
-every detector's AUROC on a small real BadNets victim."""
+every detector's AUROC on a small real BadNets victim. Head-output crowding
+(`detection.crowding`, a stream detector): its score against a brute force of its
+rule, near-duplicates in a stream ranked first, calibration on clean sets."""
 
 
 import jax
@@ -12,6 +14,7 @@ from conftest import SMALL_LENGTH
 from jax_attnalign import data, metrics
 from jax_attnalign.data.types import TextExample
 from jax_attnalign.detection import Calibration, Victim, calibrate, dan, heads, make_detector
+from jax_attnalign.errors import InputError
 from jax_attnalign.detection._profile import (fit_gaussian, holdout_split,
                                               ledoit_wolf_shrinkage, mahalanobis)
 from jax_attnalign.models import (ModelConfig, PATTERNS, attention_maps, build_model,
@@ -235,3 +238,80 @@ def test_every_detectors_auroc_on_a_small_badnets_victim(small_badnets):
             for name in NAMES}
   print("AUROC on the small BadNets victim:", {k: round(v, 3) for k, v in aurocs.items()})
   assert aurocs["paper"] > 0.65, aurocs
+
+
+def _brute_force_scores(features_fit, features_set, quantile):
+  """The rule, loop by loop: [n_fit, L, K] clean features, [n, L, K] scored set."""
+  ref, held = holdout_split(len(features_fit), 0.5, 0)
+  mean, std = features_fit[ref].mean(0), features_fit[ref].std(0) + 1e-6
+  layers = features_fit.shape[1]
+
+  def unit(x):
+    z = (x - mean) / std
+    return z / np.linalg.norm(z, axis=-1, keepdims=True)
+
+  def cosine(a, b):
+    return float(np.dot(a, b))
+
+  radius = []
+  for layer in range(layers):
+    u = unit(features_fit[ref])[:, layer]
+    sims = [cosine(u[i], u[j]) for i in range(len(u)) for j in range(i + 1, len(u))]
+    radius.append(np.quantile(sims, quantile))
+
+  def shares(x):
+    u, n = unit(x), len(x)
+    return np.array([[sum(cosine(u[i, layer], u[j, layer]) >= radius[layer]
+                          for j in range(n) if j != i) / (n - 1) for layer in range(layers)]
+                     for i in range(n)])
+
+  held_shares = shares(features_fit[held])
+  share_std = np.maximum(held_shares.std(0), 1 / (len(held) - 1))
+  return ((shares(features_set) - held_shares.mean(0)) / share_std).max(-1)
+
+
+def test_crowding_equals_a_brute_force_of_its_rule(tiny):
+  clean, stream = _examples(40, 20), _examples(14, 21)
+  detector = make_detector("crowding", quantile=0.9).fit(tiny, clean)
+  profile = heads.OutputProfile()  # its features are checked against captured z elsewhere
+  as_layers = lambda x: profile.features(tiny, x).astype(np.float64).reshape(len(x), 2, -1)
+  expected = _brute_force_scores(as_layers(clean), as_layers(stream), 0.9)
+  np.testing.assert_allclose(detector.score(tiny, stream), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_crowding_ranks_near_duplicates_in_a_stream_first(tiny):
+  """Ten inputs that all read alike (one text, the way a backdoor maps triggered
+  inputs onto one behaviour) among thirty varied ones are ranked first; alone in
+  a stream of varied inputs the same text is not."""
+  detector = make_detector("crowding").fit(tiny, _examples(80, 22))
+  varied, repeated = _examples(30, 23), _examples(1, 24) * 10
+  scores = detector.score(tiny, varied + repeated)
+  assert scores[30:].min() > scores[:30].max()
+  alone = detector.score(tiny, varied + repeated[:1])
+  assert alone[30] < scores[30:].min()
+
+
+def test_crowding_flags_five_percent_of_a_fresh_clean_set_and_round_trips(tiny, tmp_path):
+  detector = make_detector("crowding").fit(tiny, _examples(200, 10))
+  calibration = calibrate(detector, tiny, _examples(300, 11), fpr=0.05)
+  fresh = _examples(600, 12)
+  scores = detector.score(tiny, fresh)
+  # Binomial sampling error of the 300-row quantile and of the 600 fresh rows: 3 sigma.
+  sigma = np.sqrt(0.05 * 0.95 * (1 / 300 + 1 / 600))
+  assert abs(calibration.flag(scores).mean() - 0.05) < 3 * sigma
+  calibration.save(tmp_path / "detector.json", detector)
+  loaded, again = Calibration.load(tmp_path / "detector.json")
+  assert loaded == calibration and again.settings() == {"quantile": 0.99, "seed": 0}
+  np.testing.assert_array_equal(again.score(tiny, fresh), scores)
+
+
+def test_crowding_refuses_what_it_cannot_score(tiny):
+  with pytest.raises(ValueError, match="crowding.quantile"):
+    make_detector("crowding", quantile=1.0)
+  with pytest.raises(ValueError, match="fit the detector"):
+    make_detector("crowding").score(tiny, _examples(4, 0))
+  with pytest.raises(InputError, match="at least 8 clean rows"):
+    make_detector("crowding").fit(tiny, _examples(5, 0))
+  detector = make_detector("crowding").fit(tiny, _examples(20, 0))
+  with pytest.raises(InputError, match="at least 2"):
+    detector.score(tiny, _examples(1, 1))
