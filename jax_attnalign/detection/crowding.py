@@ -25,7 +25,8 @@ read. Like answer collapse an input's score depends on the inputs scored with
 it (`set_level`): a stream with one triggered input gives it nothing to match,
 and the fewer triggered inputs a stream holds the less they stand out (frozen
 and measured in docs/lab_notebook.md). Needs: clean rows, no labels, no
-trigger, no extra model.
+trigger, no extra model. Scoring n inputs compares every pair, one layer at a
+time ([n, n] floats).
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ def near_shares(units: np.ndarray, radius: np.ndarray) -> np.ndarray:
   n = units.shape[0]
   if n < 2:
     raise InputError("crowding scores a set of inputs against each other: give at least 2.")
-  sims = np.einsum("ilk,jlk->lij", units, units)  # [L, n, n]
-  near = (sims >= radius[:, None, None]).sum(-1) - (np.diagonal(sims, axis1=1, axis2=2)
-                                                    >= radius[:, None])  # not itself
-  return near.T / (n - 1)
+  shares = np.empty((n, units.shape[1]))
+  for layer, (u, r) in enumerate(zip(units.transpose(1, 0, 2), radius)):  # [n, n] at a time
+    sims = u @ u.T
+    shares[:, layer] = ((sims >= r).sum(-1) - (np.diagonal(sims) >= r)) / (n - 1)  # not itself
+  return shares
 
 
 @register
