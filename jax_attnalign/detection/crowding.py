@@ -8,7 +8,7 @@ analogue of answer collapse (`collapse`), read off the heads instead of answers.
   flags = calibration.flag(detector.score(victim, stream))  # a monitored stream
 
 Features: each layer's pairwise cosines of the heads' outputs at [CLS] (a chat
-decoder's last prompt token; `heads.output_features`, the H of eq. 4), each
+decoder's last prompt token; `heads.OutputProfile`'s vector, the H of eq. 4), each
 dimension standardised by clean rows and the layer's vector scaled to unit
 length. Per layer, an input's share is the fraction of the scored set's other
 inputs whose vector has cosine similarity with its own at least the layer's
@@ -38,9 +38,9 @@ import numpy as np
 
 from jax_attnalign import validation
 from jax_attnalign.data.types import TextExample
-from jax_attnalign.detection._profile import holdout_split, per_example, require_fitted
+from jax_attnalign.detection._profile import holdout_split, require_fitted
 from jax_attnalign.detection.base import Victim, register
-from jax_attnalign.detection.heads import output_features
+from jax_attnalign.detection.heads import OutputProfile
 from jax_attnalign.errors import InputError
 
 
@@ -83,7 +83,7 @@ class Crowding:
 
   def features(self, victim: Victim, examples: Sequence[TextExample]) -> np.ndarray:
     """[n, L, N(N-1)/2]: each layer's pairwise head-output cosines."""
-    flat = np.asarray(per_example(victim, examples, output_features), np.float64)
+    flat = np.asarray(OutputProfile().features(victim, examples), np.float64)
     return flat.reshape(len(examples), victim.model.config.num_layers, -1)
 
   def fit(self, victim: Victim, clean: Sequence[TextExample]) -> "Crowding":
