@@ -102,16 +102,21 @@ def _defense_row(rows: list[dict], what: str, paper_model: str, our_model: str) 
           f"{get('after', 'ca')} / {get('after', 'asr')} ({our_model}, {seeds}) |")
 
 
-def _detection_entries(rows: list[dict]) -> list[dict]:
-  """Per model, dataset and attack of a detection benchmark: the paper's score and
-  the detector with the highest mean AUROC, with the best one's TPR at its
-  calibrated threshold (a high AUROC can flag nothing there)."""
+def _detection_groups(rows: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
+  """Detection rows by (model, dataset, attack), then by detector."""
   groups: dict[tuple, dict[str, list[dict]]] = {}
   for r in rows:  # rows written before detect named the model are MiniLM's
     key = (r.get("model", "MiniLM"), r["dataset"], r["attack"])
     groups.setdefault(key, {}).setdefault(r["detector"], []).append(r)
+  return groups
+
+
+def _detection_entries(rows: list[dict]) -> list[dict]:
+  """Per model, dataset and attack of a detection benchmark: the paper's score and
+  the detector with the highest mean AUROC, with the best one's TPR at its
+  calibrated threshold (a high AUROC can flag nothing there)."""
   out = []
-  for (model, dataset, attack), by_detector in groups.items():
+  for (model, dataset, attack), by_detector in _detection_groups(rows).items():
     auroc = {name: [r["auroc"] for r in runs] for name, runs in by_detector.items()}
     best = max(auroc, key=lambda name: sum(auroc[name]) / len(auroc[name]))
     fmt = lambda name: f"{name} {metrics.format_mean_std(auroc[name])}"
@@ -137,11 +142,8 @@ def detection_matrix(results: pathlib.Path) -> str:
   """Every detector's AUROC (mean over the seeds it ran on) per model, dataset and
   attack, from every detect.json: the negative results beside the positive ones.
   Bold: the best of each column."""
-  columns: dict[tuple, dict[str, list[dict]]] = {}
-  for path in sorted(results.rglob("detect.json")):
-    for r in json.loads(path.read_text()):
-      key = (r.get("model", "MiniLM"), r["dataset"], r["attack"])
-      columns.setdefault(key, {}).setdefault(r["detector"], []).append(r)
+  columns = _detection_groups([r for path in sorted(results.rglob("detect.json"))
+                               for r in json.loads(path.read_text())])
   if not columns:
     return "No detection benchmark has run (experiments.detect)."
   detectors = list(dict.fromkeys(d for by in columns.values() for d in by))
@@ -239,23 +241,25 @@ def _recipe_rows(rows: list[dict], brief: bool) -> list[str]:
     if r["variant"] == COLLAPSE_RECIPE:
       groups.setdefault((r["task"], r["attack"]), []).append(r)
   pct = lambda runs, when, m: f"{100 * np.mean([r[when][m] for r in runs]):.1f}"
-  cells, papers = [], []
+  kinds, cells, papers = [], [], []
   for (task, attack), runs in groups.items():
-    cells.append(f"{task} {attack}: ASR {pct(runs, 'before', 'asr')} -> "
-                 f"{pct(runs, 'after', 'asr')}"
+    kinds.append(f"{task} {attack}")
+    cells.append(f"ASR {pct(runs, 'before', 'asr')} -> {pct(runs, 'after', 'asr')}"
                  f", ROUGE-L {pct(runs, 'before', 'rouge_l')} -> {pct(runs, 'after', 'rouge_l')}"
                  f", degenerate {pct(runs, 'after', 'triggered_degenerate_rate')} "
                  f"({_seeds(r['seed'] for r in runs)})")
     paper = reporting.PAPER_TABLE2_GENERATION.get(("Llama2-7B", task, attack))
-    papers.append(f"{task} {attack}: ASR {100 * paper['vanilla'][1]:.1f} -> "
-                  f"{100 * paper['detector'][1]:.1f}" if paper else "—")
+    papers.append(f"ASR {100 * paper['vanilla'][1]:.1f} -> {100 * paper['detector'][1]:.1f}"
+                  if paper else None)
   what = ("| Ours, answer-collapse suspects and stop (victims trained after it was frozen)"
           ": before -> after (%)")
   if brief:
-    return [f"{what} | {'; '.join(papers)} (Llama-2-7B) | {'; '.join(cells)} (SmolLM2) |"
+    joined = lambda parts: "; ".join(f"{k}: {v}" if v else "—" for k, v in zip(kinds, parts))
+    return [f"{what} | {joined(papers)} (Llama-2-7B) | {joined(cells)} (SmolLM2) |"
             ] if cells else []
-  return [f"{what}, {cell.split(':')[0]} | {paper} (Llama-2-7B) | {cell.split(': ', 1)[1]} "
-          "(SmolLM2) |" for cell, paper in zip(cells, papers)]
+  return [f"{what}, {kind} | " + (f"{kind}: {paper}" if paper else "—") + f" (Llama-2-7B) | "
+          f"{cell} (SmolLM2) |"
+          for kind, cell, paper in zip(kinds, cells, papers)]
 
 
 def headline(results: pathlib.Path, brief: bool = False) -> str:
