@@ -15,7 +15,9 @@ the paper detector's view and statistic (those of experiments/configs/defend_lm.
 chosen on a tuning victim). Writes per-run result.json, calibration and
 scores under <workdir>/<dataset>/<victim>/<detector>/, then detect.json, detect.md (AUROC,
 TPR at the calibrated threshold, measured FPR; mean ± std over seeds) and one
-ROC plot per dataset and attack (all seeds' scores pooled). Finished runs are
+ROC plot per dataset and attack (all seeds' scores pooled). Runs of
+--development victims (those a detector's settings were chosen on) stay apart in
+their own table rows and out of the plots. Finished runs are
 read back, and the summary covers every victim of --victims_dirs with finished runs
 of these detectors (earlier calls' too), so the benchmark can be run in parts.
 
@@ -58,6 +60,10 @@ flags.DEFINE_integer("test_size", 400, "Fresh clean and triggered test inputs ea
 flags.DEFINE_float("fpr", 0.05, "Target false-positive rate of the calibration.",
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("batch_size", 32, "Inputs per jitted batch.", lower_bound=1)
+flags.DEFINE_bool("development", False,
+                  "These victims chose the detectors' settings: their runs are marked "
+                  "development and kept apart from held-out ones in detect.md and the "
+                  "README, so that no reported mean pools them.")
 flags.DEFINE_string("workdir", "workdir/detect", "Output folder.")
 
 
@@ -100,7 +106,7 @@ def write_summary(rows: list[dict], workdir: pathlib.Path) -> str:
     curves = {}
     for name in FLAGS.detectors:
       runs = [r for r in rows if (r["dataset"], r["attack"], r["detector"]) ==
-              (dataset, attack, name)]
+              (dataset, attack, name) and not r.get("development")]
       if not runs:  # STRIP and RAP on a generation victim, answer collapse on a classifier
         continue
       scores = [np.load(workdir / r["victim"] / name / "scores.npz") for r in runs]
@@ -131,8 +137,11 @@ def main(argv):
       if victim.num_classes and needs_answers(name):
         logging.info("%s: %s skipped (it reads a generation victim's answers)", run, name)
         continue
-      evaluate_detector(name, settings(name, cfg), victim, sets, setup.fpr,
-                        workdir / run / name)
+      result = evaluate_detector(name, settings(name, cfg), victim, sets, setup.fpr,
+                                 workdir / run / name)
+      if FLAGS.development and not result.get("development"):
+        (workdir / run / name / "result.json").write_text(
+            json.dumps({**result, "development": True}, indent=1))
   # The summary covers every victim of the folders these detectors finished on,
   # earlier calls' too, so a benchmark run in parts (--attacks, --seeds) adds up.
   print(write_summary(finished_rows(reporting.grid_victims(FLAGS.victims_dirs), workdir),

@@ -103,9 +103,11 @@ def _defense_row(rows: list[dict], what: str, paper_model: str, our_model: str) 
 
 
 def _detection_groups(rows: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
-  """Detection rows by (model, dataset, attack), then by detector."""
+  """Detection rows by (model, dataset, attack), then by detector; the rows of a
+  detector's development victims (experiments.detect --development) left out."""
   groups: dict[tuple, dict[str, list[dict]]] = {}
-  for r in rows:  # rows written before detect named the model are MiniLM's
+  for r in (r for r in rows if not r.get("development")):
+    # rows written before detect named the model are MiniLM's
     key = (r.get("model", "MiniLM"), r["dataset"], r["attack"])
     groups.setdefault(key, {}).setdefault(r["detector"], []).append(r)
   return groups
@@ -141,9 +143,10 @@ def _detection_rows(rows: list[dict]) -> list[str]:
 def detection_matrix(results: pathlib.Path) -> str:
   """Every detector's AUROC (mean over the seeds it ran on) per model, dataset and
   attack, from every detect.json: the negative results beside the positive ones.
-  Bold: the best of each column."""
-  columns = _detection_groups([r for path in sorted(results.rglob("detect.json"))
-                               for r in json.loads(path.read_text())])
+  Bold: the best of each column. Runs on a detector's development victims are
+  left out, and named below the matrix."""
+  rows = [r for path in sorted(results.rglob("detect.json")) for r in json.loads(path.read_text())]
+  columns = _detection_groups(rows)
   if not columns:
     return "No detection benchmark has run (experiments.detect)."
   detectors = list(dict.fromkeys(d for by in columns.values() for d in by))
@@ -157,7 +160,11 @@ def detection_matrix(results: pathlib.Path) -> str:
       ["| detector | " + " | ".join(f"{m} {d} {a} (s{seeds(by)})"
                                      for (m, d, a), by in columns.items()) + " |",
        "|---" * (len(columns) + 1) + "|"]
-      + [f"| {d} | " + " | ".join(cell(key, d) for key in columns) + " |" for d in detectors])
+      + [f"| {d} | " + " | ".join(cell(key, d) for key in columns) + " |" for d in detectors]
+      + ([f"\nLeft out, the victims a detector's settings were chosen on: " + ", ".join(
+          f"{r['detector']} on {r.get('model', 'MiniLM')} {r['dataset']} {r['attack']} "
+          f"s{r['seed']}" for r in rows if r.get("development")) + "."]
+         if any(r.get("development") for r in rows) else []))
 
 
 def _encoder_grid_rows(rows: list[dict]) -> list[str]:

@@ -175,10 +175,14 @@ def test_detect_benchmark(tiny):
   result = json.loads((both / "badnets_seed1" / "result.json").read_text())
   result["config"]["seed"] = 1
   (both / "badnets_seed1" / "result.json").write_text(json.dumps(result))
-  run("experiments.detect", f"--victims_dirs={both}", *args[1:], "--seeds=1", cwd=ROOT)
+  # --development marks that victim's runs (settings chosen on it): kept apart.
+  out = run("experiments.detect", f"--victims_dirs={both}", *args[1:], "--seeds=1",
+            "--development", cwd=ROOT)
   both_rows = json.loads((workdir / "detect.json").read_text())
   assert both_rows[:3] == rows and [(r["seed"], r["detector"]) for r in both_rows[3:]] == [
       (1, "paper"), (1, "dan"), (1, "strip")]
+  assert [r.get("development") for r in both_rows] == [None] * 3 + [True] * 3
+  assert "| sst2 | badnets | dan | " in out and "| sst2 | badnets | dan (development) | " in out
 
 
 def test_demo_main_job(tiny):

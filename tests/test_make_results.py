@@ -51,7 +51,8 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
       "victim": f"hiddenkiller_seed{seed}", "dataset": "sst2", "attack": "hiddenkiller",
       "seed": seed, "detector": detector, "auroc": auroc, "tpr": 0.1, "fpr": 0.05}
   _write(results / "minilm" / "detect.json", [detected("dan", 0, 0.6), detected("dan", 1, 0.8),
-                                               detected("paper", 0, 0.5), detected("paper", 1, 0.7)])
+                                               detected("paper", 0, 0.5), detected("paper", 1, 0.7),
+                                               {**detected("dan", 2, 0.99), "development": True}])
   _write(results / "smollm2_detect" / "detect.json", [
       {**detected("dan", 2, 0.9), "model": "SmolLM2", "victim": "classification_badnets_seed2",
        "attack": "badnets"}])
@@ -98,6 +99,11 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   assert matrix.startswith("| detector | MiniLM sst2 hiddenkiller (s0,1) | SmolLM2 sst2 badnets "
                            "(s2) |")
   assert "| dan | **0.70** | **0.90** |" in matrix and "| paper | 0.60 | — |" in matrix
+  # A development victim's run (dan's settings chosen on it) is named, never pooled:
+  # not in the matrix or the headline, a line of its own in the results page.
+  assert matrix.endswith("Left out, the victims a detector's settings were chosen on: dan on "
+                         "MiniLM sst2 hiddenkiller s2.")
+  assert "| sst2 | hiddenkiller | dan (development) | 0.990 | 0.100 | 0.050 | 2 |" in page
   # Table 2(a): ASR (CA) of vanilla and each column that ran, the paper's BERT beside.
   assert ("| Table 2(a), sst2 badnets: ASR (CA) (%) of vanilla, fp, detector | 99.7 (92.7), "
           "26.4 (92.3), 11.2 (91.1) (BERT) | 100.0 (86.0), 40.0 (85.0), 30.0 (85.0) "

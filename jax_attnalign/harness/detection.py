@@ -152,10 +152,13 @@ def roc_points(clean: np.ndarray, triggered: np.ndarray) -> tuple[np.ndarray, np
 
 def detection_table(rows: list[dict]) -> str:
   """Markdown: per (dataset, attack) and detector, AUROC, TPR at the calibrated
-  threshold and the measured FPR, mean ± std over victims (seeds)."""
+  threshold and the measured FPR, mean ± std over victims (seeds). Rows marked
+  development (the victims a detector's settings were chosen on) get their own
+  line, "<detector> (development)", never pooled with held-out ones."""
   groups: dict[tuple, list[dict]] = {}
   for row in rows:
-    groups.setdefault((row["dataset"], row["attack"], row["detector"]), []).append(row)
+    detector = row["detector"] + (" (development)" if row.get("development") else "")
+    groups.setdefault((row["dataset"], row["attack"], detector), []).append(row)
   fmt = metrics.format_mean_std
   lines = ["| dataset | attack | detector | AUROC | TPR | FPR (fresh clean) | seeds |",
            "|---" * 7 + "|"]
