@@ -91,6 +91,37 @@ def test_evaluate_detector_measures_and_resumes(tmp_path, monkeypatch):
   assert json.loads((tmp_path / "run" / "result.json").read_text()) == result
 
 
+class _Twins(_Length):
+  """A set-level detector: an input's score is how many other inputs of the scored
+  set have its word count."""
+  name = "twins"
+  set_level = True
+
+  def score(self, victim, examples):
+    lengths = super().score(victim, examples)
+    return np.array([(lengths == n).sum() - 1 for n in lengths], float)
+
+
+def test_set_level_detector_scores_one_stream_and_the_clean_alone(tmp_path, monkeypatch):
+  """A set-level detector scores clean and triggered test inputs as one stream
+  (`fpr` on its clean ones) and the clean ones again alone (`fpr_clean_stream`)."""
+  monkeypatch.setitem(DETECTORS, "twins", _Twins)
+  words = lambda n, poisoned=False: TextExample(" ".join(["w"] * n), 0, poisoned)
+  sets = {"fit": [words(3)] * 2,
+          "calibration": [words(n) for n in [1, 1] + list(range(2, 20))],  # threshold 1
+          "clean": [words(n) for n in (4, 4, 7, 8, 9)],
+          "triggered": [words(7, poisoned=True)] * 3}
+  result = evaluate_detector("twins", {}, None, sets, 0.05, tmp_path / "run")
+  assert result["threshold"] == 1  # twins in a clean set: flag 2 or more
+  # In the stream, 7 words has 3 twins (score 3, flagged), 4 words one (score 1).
+  assert result["tpr"] == 1.0 and result["fpr"] == 1 / 5
+  assert result["fpr_clean_stream"] == 0.0  # alone, no clean input has two twins
+  scores = np.load(tmp_path / "run" / "scores.npz")
+  np.testing.assert_array_equal(scores["clean"], [1, 1, 3, 0, 0])
+  table = detection_table([{**result, "dataset": "sst2", "attack": "cbat", "seed": 0}])
+  assert "| sst2 | cbat | twins | 0.900 | 1.000 | 0.200 | 0.000 | 0 |" in table
+
+
 def test_another_detector_picks_the_defense_suspects(tmp_path, minilm_path):
   """With DefenseSetup.detector='dan' the suspects are the stream inputs DAN flags
   (fitted on the defender's clean rows, calibrated on its calibration rows),

@@ -62,7 +62,7 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   page = make_results.results_page(results)
   assert ("| sst2 | badnets | 0.860 | 1.000 | 0.870 | **0.370** | 0.850 | 0.460 | 1 |"
           in page)  # defend.json: one column per suspect source
-  assert "| sst2 | hiddenkiller | dan | 0.700 ± 0.141 | 0.100 ± 0.000 | 0.050 ± 0.000 | 0, 1 |" in page
+  assert "| sst2 | hiddenkiller | dan | 0.700 ± 0.141 | 0.100 ± 0.000 | 0.050 ± 0.000 | — | 0, 1 |" in page
   # Table 2: FP's ASR 0.400 ± 0.141, ours 0.300 ± 0.141 and bold (CA within 2 points).
   assert "| 0.850 ± 0.000 | 0.400 ± 0.141 | 0.850 ± 0.014 | **0.300 ± 0.141** |" in page
   assert "| 0.9912 | 0.9919 | 0.645 | 0.155 | 25 (0.960) | 0.9149 -> 0.9921 |" in page
@@ -103,7 +103,7 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   # not in the matrix or the headline, a line of its own in the results page.
   assert matrix.endswith("Left out, the victims a detector's settings were chosen on: dan on "
                          "MiniLM sst2 hiddenkiller s2.")
-  assert "| sst2 | hiddenkiller | dan (development) | 0.990 | 0.100 | 0.050 | 2 |" in page
+  assert "| sst2 | hiddenkiller | dan (development) | 0.990 | 0.100 | 0.050 | — | 2 |" in page
   # Table 2(a): ASR (CA) of vanilla and each column that ran, the paper's BERT beside.
   assert ("| Table 2(a), sst2 badnets: ASR (CA) (%) of vanilla, fp, detector | 99.7 (92.7), "
           "26.4 (92.3), 11.2 (91.1) (BERT) | 100.0 (86.0), 40.0 (85.0), 30.0 (85.0) "

@@ -13,7 +13,8 @@ classifier: `lm_detection_sets`, `load_victim`), seeded:
                monitored stream
 Reported per detector: AUROC (clean vs triggered scores), the true-positive rate
 at the calibrated threshold, the false-positive rate measured on the fresh clean
-inputs, and the wall time of fit + calibration + scoring. The scores are kept
+inputs (a set-level detector's also on them scored alone, a stream without
+triggers: what its calibration on clean sets promises), and the wall time of fit + calibration + scoring. The scores are kept
 (scores.npz) for the ROC plots; a finished (victim, detector) run is read back.
 """
 
@@ -104,8 +105,10 @@ def evaluate_detector(name: str, settings: dict, victim: Victim, sets: dict[str,
                       fpr: float, workdir: str | pathlib.Path) -> dict:
   """Fits, calibrates and scores one detector on `sets`; writes result.json,
   calibration.json (+ .npz state) and scores.npz to `workdir`, returns the result.
-  A set-level detector (answer collapse) scores the clean and triggered test
-  inputs together, as one monitored stream."""
+  A set-level detector (crowding, answer collapse) scores the clean and triggered
+  test inputs together, as one monitored stream, and the clean ones once more
+  alone: `fpr_clean_stream`, the rate its calibration promises (on clean sets),
+  beside `fpr`, the rate on the clean inputs of a stream under attack."""
   workdir = pathlib.Path(workdir)
   if (workdir / "result.json").exists():
     return json.loads((workdir / "result.json").read_text())
@@ -115,9 +118,12 @@ def evaluate_detector(name: str, settings: dict, victim: Victim, sets: dict[str,
   if getattr(detector, "set_level", False):  # it reads the inputs scored with it:
     both = np.asarray(detector.score(victim, sets["clean"] + sets["triggered"]), np.float64)
     clean, triggered = both[:len(sets["clean"])], both[len(sets["clean"]):]  # one stream
+    alone = {"fpr_clean_stream": float(calibration.flag(
+        np.asarray(detector.score(victim, sets["clean"]), np.float64)).mean())}
   else:
     clean, triggered = (np.asarray(detector.score(victim, sets[k]), np.float64)
                         for k in ("clean", "triggered"))
+    alone = {}
   wall = time.time() - start
   ranked = np.nan_to_num(np.r_[clean, triggered], nan=1e300, posinf=1e300, neginf=-1e300)
   result = {  # a score that is not finite ranks as the most suspicious, as it is flagged
@@ -125,7 +131,7 @@ def evaluate_detector(name: str, settings: dict, victim: Victim, sets: dict[str,
       "auroc": metrics.detection_auroc(ranked,
                                        np.r_[np.zeros(len(clean)), np.ones(len(triggered))]),
       "tpr": float(calibration.flag(triggered).mean()),
-      "fpr": float(calibration.flag(clean).mean()),
+      "fpr": float(calibration.flag(clean).mean()), **alone,
       "threshold": calibration.threshold, "wall_s": wall,
       "sizes": {k: len(v) for k, v in sets.items()}}
   workdir.mkdir(parents=True, exist_ok=True)
@@ -152,7 +158,8 @@ def roc_points(clean: np.ndarray, triggered: np.ndarray) -> tuple[np.ndarray, np
 
 def detection_table(rows: list[dict]) -> str:
   """Markdown: per (dataset, attack) and detector, AUROC, TPR at the calibrated
-  threshold and the measured FPR, mean ± std over victims (seeds). Rows marked
+  threshold and the measured FPR (of a set-level detector also on the clean
+  inputs scored alone, where it was measured), mean ± std over victims (seeds). Rows marked
   development (the victims a detector's settings were chosen on) get their own
   line, "<detector> (development)", never pooled with held-out ones."""
   groups: dict[tuple, list[dict]] = {}
@@ -160,11 +167,12 @@ def detection_table(rows: list[dict]) -> str:
     detector = row["detector"] + (" (development)" if row.get("development") else "")
     groups.setdefault((row["dataset"], row["attack"], detector), []).append(row)
   fmt = metrics.format_mean_std
-  lines = ["| dataset | attack | detector | AUROC | TPR | FPR (fresh clean) | seeds |",
-           "|---" * 7 + "|"]
+  lines = ["| dataset | attack | detector | AUROC | TPR | FPR (fresh clean) "
+           "| FPR (clean-only stream) | seeds |", "|---" * 8 + "|"]
   for (dataset, attack, detector), runs in groups.items():
     get = lambda k: [r[k] for r in runs]
+    alone = [r["fpr_clean_stream"] for r in runs if "fpr_clean_stream" in r]
     lines.append(f"| {dataset} | {attack} | {detector} | {fmt(get('auroc'))} | "
-                 f"{fmt(get('tpr'))} | {fmt(get('fpr'))} | "
+                 f"{fmt(get('tpr'))} | {fmt(get('fpr'))} | {fmt(alone) if alone else '—'} | "
                  f"{', '.join(str(s) for s in sorted(get('seed')))} |")
   return "\n".join(lines)
