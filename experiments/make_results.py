@@ -149,7 +149,8 @@ def detection_matrix(results: pathlib.Path) -> str:
   columns = _detection_groups(rows)
   if not columns:
     return "No detection benchmark has run (experiments.detect)."
-  detectors = list(dict.fromkeys(d for by in columns.values() for d in by))
+  detectors = sorted(dict.fromkeys(d for by in columns.values() for d in by),
+                     key=lambda d: d != "paper")  # the paper's first, then as they ran
   mean = {key: {d: float(np.mean([r["auroc"] for r in runs])) for d, runs in by.items()}
           for key, by in columns.items()}
   cell = lambda key, d: ("—" if d not in mean[key] else
