@@ -162,7 +162,7 @@ def detection_matrix(results: pathlib.Path) -> str:
                                      for (m, d, a), by in columns.items()) + " |",
        "|---" * (len(columns) + 1) + "|"]
       + [f"| {d} | " + " | ".join(cell(key, d) for key in columns) + " |" for d in detectors]
-      + ([f"\nLeft out, the victims a detector's settings were chosen on: " + ", ".join(
+      + (["\nLeft out, the victims a detector's settings were chosen on: " + ", ".join(
           f"{r['detector']} on {r.get('model', 'MiniLM')} {r['dataset']} {r['attack']} "
           f"s{r['seed']}" for r in rows if r.get("development")) + "."]
          if any(r.get("development") for r in rows) else []))

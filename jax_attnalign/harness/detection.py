@@ -14,8 +14,9 @@ classifier: `lm_detection_sets`, `load_victim`), seeded:
 Reported per detector: AUROC (clean vs triggered scores), the true-positive rate
 at the calibrated threshold, the false-positive rate measured on the fresh clean
 inputs (a set-level detector's also on them scored alone, a stream without
-triggers: what its calibration on clean sets promises), and the wall time of fit + calibration + scoring. The scores are kept
-(scores.npz) for the ROC plots; a finished (victim, detector) run is read back.
+triggers: what its calibration on clean sets promises), and the wall time of
+fit + calibration + scoring. The scores are kept (scores.npz) for the ROC plots;
+a finished (victim, detector) run is read back.
 """
 
 from __future__ import annotations
