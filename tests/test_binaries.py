@@ -100,6 +100,8 @@ def test_analyze_and_defend(tiny):
   assert "| badnets | full |" in out
   analysis = json.loads((tiny["root"] / "analyze" / "analyze.json").read_text())
   assert set(analysis["badnets_seed0"]["views"]) == {"cls_row_nospecial", "full"}
+  # The victim is read at the length it was trained at, not the config's default.
+  assert analysis["badnets_seed0"]["setup"]["max_length"] == 16
   run("experiments.defend", *common, "--config.setup.suspects=oracle",
       f"--workdir={tiny['root'] / 'defend'}", cwd=ROOT)
   rows = json.loads((tiny["root"] / "defend" / "defend.json").read_text())

@@ -324,12 +324,13 @@ def grid_victims(victims_dirs: list, attacks: list[str] | None = None,
 
 
 def victim_setup(config, run_dir: pathlib.Path, victim_cfg: dict, **overrides):
-  """The DefenseSetup of a victim run: its data, attack, target and seed."""
+  """The DefenseSetup of a victim run: its data, attack, target, seed and the
+  token length it was trained at (a trigger past the cut would not be seen)."""
   return defense_setup(config, **{
       "victim": str(run_dir / "model"), "data_dir": victim_cfg["data_dir"],
       "dataset": victim_cfg["dataset"], "attack": victim_cfg["attack"],
       "attack_kwargs": dict(victim_cfg["attack_kwargs"]), "target": victim_cfg["target"],
-      "seed": victim_cfg["seed"], **overrides})
+      "seed": victim_cfg["seed"], "max_length": victim_cfg["max_length"], **overrides})
 
 
 def _row(run: str, victim_cfg: dict, name: str, result: dict) -> dict:
