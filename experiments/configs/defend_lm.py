@@ -27,10 +27,9 @@ answers collapse onto a shared response (`detection.collapse`), less a quarter
 of them drawn at random and kept out; the rounds stop once at most 15% of the
 kept-out prompts' re-decoded answers still give that response or share
 another one among themselves (`pipeline_lm.collapse_flagger`), at most three
-rounds. Frozen in
-docs/lab_notebook.md before it ran on the victims it is reported on; its first
-form re-read the suspects themselves (`--config.setup.watch_share=0`), whose
-answers overstated the repair.
+rounds. Frozen in docs/lab_notebook/3_answer_collapse.md before it ran on the
+victims it is reported on; its first form re-read the suspects themselves
+(`--config.setup.watch_share=0`), whose answers overstated the repair.
 """
 
 from jax_attnalign.detection import collapse

@@ -15,7 +15,7 @@ with the number of triggered prompts in the set, a clean prompt's stays near the
 rate at which the victim gives the backdoor's response unprompted. The first
 form of the score, the largest similarity with another answer, saturated at 1.0
 on the clean calibration prompts of victims that misfire on a few percent of
-them, and its threshold then flagged nothing (docs/lab_notebook.md).
+them, and its threshold then flagged nothing (docs/lab_notebook/3_answer_collapse.md).
 
 Unlike the other detectors an input's score depends on the other inputs scored
 with it (`set_level`): it reads a monitored stream (or a window of one), not
@@ -42,7 +42,7 @@ NEAR_DUPLICATE = 0.5  # the Jaccard similarity at which two answers count as one
 # The sanitisation rounds' stop when the kept-out flagged prompts' answers are
 # re-read (`response_flagger`): at most 15% of them are still triggered (at
 # most 4 of 32 prompts, what 32 clean ones flagged at a 5% rate reach with 95%
-# probability), at most three rounds; frozen in docs/lab_notebook.md.
+# probability), at most three rounds; frozen in docs/lab_notebook/3_answer_collapse.md.
 STOPPING = {"stop_fraction": 0.15, "max_rounds": 3}
 WATCH_SHARE = 0.25  # the share of the flagged prompts kept out of the suspects for it
 

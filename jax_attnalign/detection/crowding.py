@@ -21,8 +21,8 @@ BetaBinomial(n - 1, c + 1, m - c + 1) (a uniform prior on that probability), at
 any n; the layer's p-value is its upper tail P(K >= k). A triggered input in a
 stream holding others of its kind has more near neighbours than its clean
 density predicts. The score is Fisher's sum of -log p over layers (frozen on two
-development victims, docs/lab_notebook.md; the first form, a share z-scored on
-held-out clean rows, lost calibration with the set's size).
+development victims, docs/lab_notebook/4_detection_and_grid.md; the first form,
+a share z-scored on held-out clean rows, lost calibration with the set's size).
 
 Like answer collapse an input's score depends on the inputs scored with it
 (`set_level`): a stream with one triggered input gives it nothing to match, and
