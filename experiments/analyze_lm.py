@@ -20,7 +20,7 @@ import pathlib
 from absl import app, flags
 
 import experiments
-from jax_attnalign.harness import reporting
+from jax_attnalign.harness import reporting_lm
 from jax_attnalign.harness.pipeline_lm import STATISTICS, analyze_lm_victim
 
 FLAGS = flags.FLAGS
@@ -83,7 +83,7 @@ def main(argv):
            f"own answers, clean vs triggered test prompts ({FLAGS.size} each); AUROC of "
            "triggered vs clean per input (below 0.5: lower on triggered inputs), of the "
            "statistic over all heads pooled and of the detector's score (each layer's "
-           "statistic, averaged over layers)\n\n" + reporting.table1_table(rows))
+           "statistic, averaged over layers)\n\n" + reporting_lm.table1_table(rows))
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "table1.json").write_text(json.dumps(rows, indent=1))
   (workdir / "table1.md").write_text(f"{table}\n")

@@ -46,7 +46,7 @@ from ml_collections import config_flags
 import experiments
 from jax_attnalign import plots
 from jax_attnalign.defense import HeadRates
-from jax_attnalign.harness import reporting
+from jax_attnalign.harness import reporting, reporting_lm
 from jax_attnalign.harness.baselines_lm import (LM_BASELINES, VICTIM_SCHEDULE,
                                                 defend_lm_with_baseline)
 from jax_attnalign.harness.configs import baseline_config, detector_config, sanitize_config
@@ -96,7 +96,7 @@ def _finished_rows(workdir: pathlib.Path) -> list[dict]:
     rows.append({"victim": path.parent.name, "task": cfg["task"], "attack": cfg["attack"],
                  "dataset": cfg["dataset"] if cfg["task"] == "classification" else None,
                  "seed": cfg["seed"],
-                 "variant": reporting.variant_label(variant, picked, rescore, watch),
+                 "variant": reporting_lm.variant_label(variant, picked, rescore, watch),
                  **{k: result[k] for k in ("before", "after", "detection")},
                  "seconds": result["report"].get("seconds"),
                  **({"removed": {k: result["report"]["filter"][k] for k in
@@ -115,7 +115,7 @@ def sorted_rows(rows: list[dict]) -> list[dict]:
 def write_summaries(rows: list[dict], workdir: pathlib.Path) -> str:
   """Writes defend_lm.json/.md/.png and table2b.json/.md/.png for `rows` under
   workdir; returns the markdown of the first."""
-  table, bars = reporting.lm_defense_table(rows)
+  table, bars = reporting_lm.lm_defense_table(rows)
   text = ("Defense of SmolLM2 victims: metrics on each victim's held-out test prompts, "
           "detector AUROC and suspects on its monitored stream (mean ± std over seeds)\n\n"
           + table)
@@ -123,7 +123,7 @@ def write_summaries(rows: list[dict], workdir: pathlib.Path) -> str:
   (workdir / "defend_lm.json").write_text(json.dumps(rows, indent=1, default=str))
   (workdir / "defend_lm.md").write_text(f"{text}\n")
   plots.plot_metric_bars(bars, workdir / "defend_lm.png", title="SmolLM2 victims after defense")
-  grid, columns = reporting.lm_grid_table(rows)
+  grid, columns = reporting_lm.lm_grid_table(rows)
   (workdir / "table2b.json").write_text(json.dumps(columns, indent=1))
   (workdir / "table2b.md").write_text(
       "Table 2(b) on SmolLM2: ASR and clean utility on each victim's held-out test prompts "

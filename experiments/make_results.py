@@ -25,7 +25,7 @@ from absl import app, flags
 
 from experiments.configs import defend_lm as defend_lm_config
 from jax_attnalign import audit, metrics
-from jax_attnalign.harness import reporting
+from jax_attnalign.harness import reporting, reporting_lm
 from jax_attnalign.harness.detection import detection_table
 
 FLAGS = flags.FLAGS
@@ -75,10 +75,10 @@ def _columns(rows: list[dict]) -> str:
 RENDERERS = {
     "summary.json": lambda summary: reporting.victims_table(
         {attack: s["runs"] for attack, s in summary.items()}),
-    "table1.json": reporting.table1_table,
-    "defend_lm.json": lambda rows: (reporting.lm_defense_table(rows)[0] + "\n\nTable 2(b) "
+    "table1.json": reporting_lm.table1_table,
+    "defend_lm.json": lambda rows: (reporting_lm.lm_defense_table(rows)[0] + "\n\nTable 2(b) "
                                     "view of the same runs:\n\n"
-                                    + reporting.lm_grid_table(rows)[0]),
+                                    + reporting_lm.lm_grid_table(rows)[0]),
     "audit.json": audit_text,
     "table2.json": _columns,
     "defend.json": _columns,
@@ -192,12 +192,12 @@ def _encoder_grid_rows(rows: list[dict]) -> list[str]:
 def _generation_rows(rows: list[dict]) -> list[str]:
   """Headline rows of Table 2(b): per generation victim kind, the ASR after each
   defense that ran (mean over seeds), the paper's Llama-2-7B row beside."""
-  _, grid = reporting.lm_grid_table([r for r in rows if r["task"] != "classification"])
+  _, grid = reporting_lm.lm_grid_table([r for r in rows if r["task"] != "classification"])
   out = []
   for kind, by_column in grid.items():
     task, attack = kind.split("/")
-    paper = reporting.PAPER_TABLE2_GENERATION.get(("Llama2-7B", task, attack), {})
-    ran = [c for c in reporting.LM_GRID_COLUMNS if c in by_column]
+    paper = reporting_lm.PAPER_TABLE2_GENERATION.get(("Llama2-7B", task, attack), {})
+    ran = [c for c in reporting_lm.LM_GRID_COLUMNS if c in by_column]
     mean = lambda values: sum(values) / len(values)
     seeds = sorted(by_column["vanilla"]["seeds"])  # the victims of the grid's columns
     out.append(f"| Table 2(b), {task} {attack}: ASR (%) of " + ", ".join(ran) + " | "
@@ -235,7 +235,7 @@ def _table1_rows(results: pathlib.Path, brief: bool) -> list[str]:
 
 # The answer-collapse recipe (experiments/configs/defend_lm.py:collapse) as
 # experiments.defend_lm names its rows; reported on victims trained after it was frozen.
-COLLAPSE_RECIPE = reporting.variant_label("detector",
+COLLAPSE_RECIPE = reporting_lm.variant_label("detector",
                                           **defend_lm_config.RECIPES["collapse"]["setup"])
 
 
@@ -256,7 +256,7 @@ def _recipe_rows(rows: list[dict], brief: bool) -> list[str]:
                  f", ROUGE-L {pct(runs, 'before', 'rouge_l')} -> {pct(runs, 'after', 'rouge_l')}"
                  f", degenerate {pct(runs, 'after', 'triggered_degenerate_rate')} "
                  f"({_seeds(r['seed'] for r in runs)})")
-    paper = reporting.PAPER_TABLE2_GENERATION.get(("Llama2-7B", task, attack))
+    paper = reporting_lm.PAPER_TABLE2_GENERATION.get(("Llama2-7B", task, attack))
     papers.append(f"ASR {100 * paper['vanilla'][1]:.1f} -> {100 * paper['detector'][1]:.1f}"
                   if paper else None)
   what = ("| Ours, answer-collapse suspects and stop (victims trained after it was frozen)"

@@ -22,7 +22,7 @@ from jax_attnalign.baselines import (BASELINES, CleanFineTuning, FinePruningConf
 from jax_attnalign.baselines.meft import max_entropy_loss
 from jax_attnalign.baselines.pruning import prune_in_steps
 from jax_attnalign.baselines.pure import AttentionNormalizedLoss
-from jax_attnalign.harness import reporting
+from jax_attnalign.harness import reporting, reporting_lm
 from jax_attnalign.harness.configs import baseline_config, default_config
 from jax_attnalign.harness.pipeline import DefenseSetup, defend_with_baseline, defense_data
 from jax_attnalign.models import PATTERNS, attention_maps, build_model, run_with_hooks
@@ -365,7 +365,7 @@ def test_lm_grid_bolds_the_lowest_asr_within_two_points_of_vanilla_utility():
   # A variant outside the grid's columns, on a victim no column has: not in the
   # vanilla column or the seeds.
   rows.append(row(2, "oracle (answer_collapse stop)", 0.3, 0.0, 600))
-  table, grid = reporting.lm_grid_table(rows)
+  table, grid = reporting_lm.lm_grid_table(rows)
   lines = table.splitlines()
   assert lines[2] == ("| refusal | vpi | rouge_l | 0.925 ± 0.035 | 0.300 ± 0.000 | "
                       "0.300 ± 0.000 | 0.290 ± 0.000 | 0.050 ± 0.000 | 0.250 ± 0.000 | — | — "
