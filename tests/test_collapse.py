@@ -111,6 +111,7 @@ def test_the_detector_scores_a_generation_victims_answers_as_one_stream(generati
   detector = make_detector("answer_collapse").fit(generation, _prompts(4, 3))
   np.testing.assert_allclose(detector.score(generation, clean),
                              _brute_force(generation.encode(clean)))
+  alone = _brute_force(generation.encode(clean))  # the clean prompts decoded by themselves
   sets = {"fit": _prompts(4, 3), "calibration": _prompts(20, 4), "clean": clean,
           "triggered": triggered}
   row = evaluate_detector("answer_collapse", {}, generation, sets, 0.1, tmp_path)
@@ -122,6 +123,8 @@ def test_the_detector_scores_a_generation_victims_answers_as_one_stream(generati
       row["threshold"],
       clean_threshold(_brute_force(generation.encode(sets["calibration"])), 0.1,
                       where="test")["threshold"])
+  # The clean alone, read from the stream's answers, score as if decoded alone.
+  assert row["fpr_clean_stream"] == np.mean(alone > row["threshold"])
   assert needs_answers("answer_collapse") and not needs_answers("dan")
   classifier = dataclasses.replace(generation, dataset="sst2")
   with pytest.raises(InputError, match="label word"):

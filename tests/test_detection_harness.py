@@ -122,6 +122,48 @@ def test_set_level_detector_scores_one_stream_and_the_clean_alone(tmp_path, monk
   assert "| sst2 | cbat | twins | 0.900 | 1.000 | 0.200 | 0.000 | 0 |" in table
 
 
+class _Answers:
+  """A stand-in chat victim: an input's 'answer' is its word count, decoded per
+  set of prompts (as ChatVictim.encode caches a set's) and counted."""
+
+  def __init__(self):
+    self.decoded, self._kept = 0, {}
+
+  def encode(self, examples):
+    key = tuple(e.text for e in examples)
+    if key not in self._kept:
+      self.decoded += len(examples)
+      self._kept[key] = {"answer": np.array([len(e.text.split()) for e in examples])}
+    return self._kept[key]
+
+  def keep_answers(self, examples, arrays):
+    self._kept[tuple(e.text for e in examples)] = arrays
+
+
+class _SameAnswer(_Twins):
+  """Twins over the victim's answers, as answer collapse reads a chat victim's."""
+  name = "same_answer"
+  needs_answers = True
+
+  def score(self, victim, examples):
+    answers = victim.encode(examples)["answer"]
+    return np.array([(answers == a).sum() - 1 for a in answers], float)
+
+
+def test_answers_to_the_clean_inputs_are_decoded_once(tmp_path, monkeypatch):
+  """Scoring the clean inputs alone reuses their answers from the stream: the
+  victim decodes the calibration set and the stream, nothing more, and the
+  clean-alone rate is the one those answers give."""
+  monkeypatch.setitem(DETECTORS, "same_answer", _SameAnswer)
+  words = lambda n, poisoned=False: TextExample(" ".join(["w"] * n), 0, poisoned)
+  sets = {"fit": [words(3)] * 2, "calibration": [words(n) for n in [1, 1] + list(range(2, 20))],
+          "clean": [words(n) for n in (4, 4, 7, 8, 9)], "triggered": [words(7, True)] * 3}
+  victim = _Answers()
+  result = evaluate_detector("same_answer", {}, victim, sets, 0.05, tmp_path / "run")
+  assert victim.decoded == len(sets["calibration"]) + len(sets["clean"]) + len(sets["triggered"])
+  assert (result["tpr"], result["fpr"], result["fpr_clean_stream"]) == (1.0, 1 / 5, 0.0)
+
+
 def test_another_detector_picks_the_defense_suspects(tmp_path, minilm_path):
   """With DefenseSetup.detector='dan' the suspects are the stream inputs DAN flags
   (fitted on the defender's clean rows, calibrated on its calibration rows),

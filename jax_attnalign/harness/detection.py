@@ -109,7 +109,8 @@ def evaluate_detector(name: str, settings: dict, victim: Victim, sets: dict[str,
   A set-level detector (crowding, answer collapse) scores the clean and triggered
   test inputs together, as one monitored stream, and the clean ones once more
   alone: `fpr_clean_stream`, the rate its calibration promises (on clean sets),
-  beside `fpr`, the rate on the clean inputs of a stream under attack."""
+  beside `fpr`, the rate on the clean inputs of a stream under attack (a chat
+  victim's answers to the clean inputs are read from the stream's, not decoded twice)."""
   workdir = pathlib.Path(workdir)
   if (workdir / "result.json").exists():
     return json.loads((workdir / "result.json").read_text())
@@ -119,6 +120,9 @@ def evaluate_detector(name: str, settings: dict, victim: Victim, sets: dict[str,
   if getattr(detector, "set_level", False):  # it reads the inputs scored with it:
     both = np.asarray(detector.score(victim, sets["clean"] + sets["triggered"]), np.float64)
     clean, triggered = both[:len(sets["clean"])], both[len(sets["clean"]):]  # one stream
+    if getattr(detector, "needs_answers", False):  # the clean answers, decoded once
+      stream = victim.encode(sets["clean"] + sets["triggered"])
+      victim.keep_answers(sets["clean"], {k: v[:len(clean)] for k, v in stream.items()})
     alone = {"fpr_clean_stream": float(calibration.flag(
         np.asarray(detector.score(victim, sets["clean"]), np.float64)).mean())}
   else:
