@@ -3,7 +3,8 @@ r"""Writes the trigger cache of Cbat, BGMAttack or NWS with the bundled SmolLM2.
 Cbat: a pool of exclamatory sentences. BGMAttack (rewrites) and NWS
 (substitutions): the training rows the victims of the given seeds will poison
 (victims' training subset and poison rate) and up to --test_rows non-target test
-rows; rows the file already has are kept (jax_attnalign.harness.triggers).
+rows; rows the file already has are kept, and the file is written every 256
+rows, so an interrupted run picks up where it stopped (jax_attnalign.harness.triggers).
 
   python -m experiments.make_triggers --attack=bgm --data_dir=sst2/clean \
       --dataset=sst2 --out=triggers/sst2/bgm.json --victim_seeds=0,1,2

@@ -9,8 +9,8 @@ Cbat gets a pool of sentences. BGMAttack and NWS get the rows the victims of
 chooses in that seed's training subset (train_size, poison_rate), and the
 triggered test rows (`CachedRewritePoisoner.test_rows`, at most test_rows
 non-target rows of the test split). Rows already in an existing cache are kept
-and not generated again; each run is appended to the file's `runs` (its
-settings, rows and seconds).
+and not generated again, so an interrupted job resumes; each slice of rows
+generated is appended to the file's `runs` (its settings, rows and seconds).
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ class TriggerJob:
   batch_size: int = 32
 
 
+# Rows of BGMAttack and NWS generated between two writes of the cache file.
+SLICE = 256
+
 # The make_attack kwarg that takes each attack's cache.
 CACHE_KWARGS = {"cbat": "sentences_path", "bgm": "rewrites_path", "nws": "substitutes_path"}
 
@@ -77,7 +80,11 @@ def rows_to_generate(job: TriggerJob) -> list[str]:
 
 
 def update_trigger_cache(job: TriggerJob) -> dict[str, Any]:
-  """Generates what `job` asks for that `job.out` lacks, writes the cache, returns it."""
+  """Generates what `job` asks for that `job.out` lacks, writes the cache, returns it.
+  BGMAttack's and NWS's rows are generated SLICE at a time and the file written
+  after each, so an interrupted job resumes where it stopped (a resumed slice
+  starts its samples' seeds afresh: the file differs from an uninterrupted run's
+  in which sample a row got, never in which rows it holds or how they were made)."""
   out = pathlib.Path(job.out)
   record = trigger_cache.read_cache(out, job.attack) if out.is_file() else None
   todo = [] if job.attack == "cbat" else rows_to_generate(job)
@@ -92,31 +99,41 @@ def update_trigger_cache(job: TriggerJob) -> dict[str, Any]:
   logging.info("%s: generating %s with %s", job.attack,
                f"{job.samples} sentences" if job.attack == "cbat" else f"for {len(todo)} rows",
                model_path)
-  began = time.time()
-  if job.attack == "cbat":
-    new = llm_triggers.cbat_sentences(model, params, tokenizer, dataset=job.dataset,
-                                      samples=job.samples, seed=job.seed,
-                                      batch_size=job.batch_size)
-  elif job.attack == "bgm":
-    new = llm_triggers.bgm_rewrites(model, params, tokenizer, todo, dataset=job.dataset,
-                                    seed=job.seed, batch_size=job.batch_size)
-  else:
-    new = lm_substitutes.nws_rewrites(model, params, tokenizer, todo, seed=job.seed,
-                                      batch_size=2 * job.batch_size)
-  run = dict(command=" ".join(sys.argv), job=dataclasses.asdict(job), rows=len(todo),
-             seconds=round(time.time() - began, 1))
+  generate = {
+      "cbat": lambda _: llm_triggers.cbat_sentences(
+          model, params, tokenizer, dataset=job.dataset, samples=job.samples, seed=job.seed,
+          batch_size=job.batch_size),
+      "bgm": lambda rows: llm_triggers.bgm_rewrites(
+          model, params, tokenizer, rows, dataset=job.dataset, seed=job.seed,
+          batch_size=job.batch_size),
+      "nws": lambda rows: lm_substitutes.nws_rewrites(
+          model, params, tokenizer, rows, seed=job.seed, batch_size=2 * job.batch_size)
+  }[job.attack]
+  for lo in range(0, max(len(todo), 1), SLICE):
+    part = todo[lo:lo + SLICE]
+    began = time.time()
+    new = generate(part)
+    run = dict(command=" ".join(sys.argv), job=dataclasses.asdict(job), rows=len(part),
+               seconds=round(time.time() - began, 1))
+    record = _merged(record, new, run, job, model_path, out)
+    trigger_cache.write_cache(out, record)
+    logging.info("%s: wrote %s (%d of %d rows) in %.0f s", job.attack, out,
+                 lo + len(part), len(todo), run["seconds"])
+  return record
+
+
+def _merged(record: dict | None, new: dict, run: dict, job: TriggerJob, model_path: str,
+            out: pathlib.Path) -> dict:
+  """`record` (None: no file yet) with a generation's `new` rows and its run added."""
   if record is None:
-    record = {**new, "dataset": job.dataset, "data_dir": job.data_dir,
-              "model": pathlib.Path(model_path).name, "runs": [run]}
-  else:
-    if (record["prompt"], record["settings"]) != (new["prompt"], new["settings"]):
-      raise ValueError(f"{out} was made with another prompt or settings; write a new file")
-    for key in ("rewrites", "substitutions"):
-      if key in new:
-        record[key].update(new[key])
-    if "unfiltered" in new:
-      record["unfiltered"] = sorted(set(record["unfiltered"]) | set(new["unfiltered"]))
-    record["runs"].append(run)
-  trigger_cache.write_cache(out, record)
-  logging.info("%s: wrote %s in %.0f s", job.attack, out, run["seconds"])
+    return {**new, "dataset": job.dataset, "data_dir": job.data_dir,
+            "model": pathlib.Path(model_path).name, "runs": [run]}
+  if (record["prompt"], record["settings"]) != (new["prompt"], new["settings"]):
+    raise ValueError(f"{out} was made with another prompt or settings; write a new file")
+  for key in ("rewrites", "substitutions"):
+    if key in new:
+      record[key].update(new[key])
+  if "unfiltered" in new:
+    record["unfiltered"] = sorted(set(record["unfiltered"]) | set(new["unfiltered"]))
+  record["runs"].append(run)
   return record

@@ -1,0 +1,50 @@
+"""make_triggers' job: the cache is written a slice at a time, so an interrupted job resumes."""
+
+import pytest
+
+from jax_attnalign.attacks import trigger_cache
+from jax_attnalign.harness import triggers
+
+
+class _Interrupted(Exception):
+  pass
+
+
+def _write_split(path, n, tag):
+  path.write_text("sentence\tlabel\n" + "".join(
+      f"row {tag} {i} told of a quiet town\t{i % 4}\n" for i in range(n)), encoding="utf-8")
+
+
+def test_an_interrupted_job_keeps_its_slices_and_resumes_with_the_rest(tmp_path, monkeypatch):
+  _write_split(tmp_path / "train.tsv", 60, "train")
+  _write_split(tmp_path / "test.tsv", 40, "test")
+  monkeypatch.setenv("JAX_ATTNALIGN_DATA", str(tmp_path))
+  monkeypatch.setattr(triggers, "SLICE", 8)
+  monkeypatch.setattr(triggers.jax_attnalign, "load_pretrained", lambda *a, **k: (None, None))
+  monkeypatch.setattr(triggers.data, "load_tokenizer", lambda path: None)
+  asked, budget = [], [2]  # the first job is interrupted in its third slice
+
+  def rewrites(model, params, tokenizer, rows, **kwargs):
+    del model, params, tokenizer, kwargs
+    if len(asked) == budget[0]:
+      raise _Interrupted
+    asked.append(list(rows))
+    return {"attack": "bgm", "dataset": "ag_news", "seed": 0, "settings": {"k": 1},
+            "prompt": "p", "filter": "", "rewrites": {t: f"{t} ~" for t in rows},
+            "unfiltered": []}
+
+  monkeypatch.setattr(triggers.llm_triggers, "bgm_rewrites", rewrites)
+  job = triggers.TriggerJob(attack="bgm", out=str(tmp_path / "bgm.json"), data_dir=".",
+                            dataset="ag_news", model="m", train_size=50, test_rows=20)
+  rows = triggers.rows_to_generate(job)
+  assert len(rows) == 30  # 10 poisoned training rows and 20 test rows, four slices
+  with pytest.raises(_Interrupted):
+    triggers.update_trigger_cache(job)
+  kept = trigger_cache.read_cache(job.out, "bgm")
+  assert sorted(kept["rewrites"]) == rows[:16] and len(kept["runs"]) == 2
+  budget[0] = 10
+  record = triggers.update_trigger_cache(job)
+  assert asked[2:] == [rows[16:24], rows[24:]]  # only what the file lacked, in slices
+  assert record["rewrites"] == {t: f"{t} ~" for t in rows}
+  assert trigger_cache.read_cache(job.out, "bgm")["rewrites"] == record["rewrites"]
+  assert [run["rows"] for run in record["runs"]] == [8, 8, 8, 6]
