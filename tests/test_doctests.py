@@ -48,6 +48,7 @@ MODULES = (
     "jax_attnalign.detection",
     "jax_attnalign.detection.base",
     "jax_attnalign.harness.detection",
+    "jax_attnalign.harness.reporting",
     "jax_attnalign.harness.reporting_lm",
     "jax_attnalign.errors",
     "jax_attnalign.models.layers",

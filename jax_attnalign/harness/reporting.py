@@ -255,9 +255,21 @@ _PAPER_BERT = {
                           20.84),
     ("ag_news", "nws"): (85.67, 92.78, 83.75, 25.67, 85.33, 15.54, 84.76, 18.73, 85.43, 14.33),
     ("ag_news", "bgm"): (90.37, 97.15, 90.01, 23.70, 88.32, 15.88, 88.45, 28.14, 87.29, 19.37)}
-PAPER_TABLE2_BERT = {key: {column: (values[2 * i] / 100, values[2 * i + 1] / 100)
-                           for i, column in enumerate(_PAPER_COLUMNS)}
-                     for key, values in _PAPER_BERT.items()}
+
+
+def paper_columns(table: dict[tuple, tuple], columns) -> dict[tuple, dict[str, tuple]]:
+  """A paper table given as percentages, each row (clean score, ASR) per column in
+  `columns` order, as {row key: {column: (clean score, ASR) as fractions}}.
+
+  >>> paper_columns({("sst2", "badnets"): (92.5, 99.0, 91.0, 11.0)}, ("vanilla", "ours"))
+  {('sst2', 'badnets'): {'vanilla': (0.925, 0.99), 'ours': (0.91, 0.11)}}
+  """
+  return {key: {column: (values[2 * i] / 100, values[2 * i + 1] / 100)
+                for i, column in enumerate(columns)}
+          for key, values in table.items()}
+
+
+PAPER_TABLE2_BERT = paper_columns(_PAPER_BERT, _PAPER_COLUMNS)
 CA_TOLERANCE = 0.02  # a column competes for bold when its CA is within this of vanilla's
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from jax_attnalign import metrics
+from jax_attnalign.harness.reporting import paper_columns
 
 
 def table1_table(rows: list[dict]) -> str:
@@ -108,9 +109,7 @@ _PAPER_GENERATION = {
                                            15.41, 94.10, 8.54),
     ("Mistral-7B", "refusal", "cba"): (96.80, 96.40, 90.45, 24.81, 81.52, 14.83, 89.87, 16.54,
                                        92.17, 11.30)}
-PAPER_TABLE2_GENERATION = {key: {column: (values[2 * i] / 100, values[2 * i + 1] / 100)
-                                 for i, column in enumerate(LM_GRID_COLUMNS[:5])}
-                           for key, values in _PAPER_GENERATION.items()}
+PAPER_TABLE2_GENERATION = paper_columns(_PAPER_GENERATION, LM_GRID_COLUMNS[:5])
 UTILITY_TOLERANCE = 0.02  # a column competes for bold when its utility is within this of vanilla's
 
 
