@@ -118,11 +118,12 @@ def evaluate_detector(name: str, settings: dict, victim: Victim, sets: dict[str,
   detector = make_detector(name, **settings).fit(victim, sets["fit"])
   calibration = calibrate(detector, victim, sets["calibration"], fpr)
   if getattr(detector, "set_level", False):  # it reads the inputs scored with it:
-    both = np.asarray(detector.score(victim, sets["clean"] + sets["triggered"]), np.float64)
+    stream = sets["clean"] + sets["triggered"]
+    both = np.asarray(detector.score(victim, stream), np.float64)
     clean, triggered = both[:len(sets["clean"])], both[len(sets["clean"]):]  # one stream
     if getattr(detector, "needs_answers", False):  # the clean answers, decoded once
-      stream = victim.encode(sets["clean"] + sets["triggered"])
-      victim.keep_answers(sets["clean"], {k: v[:len(clean)] for k, v in stream.items()})
+      answers = victim.encode(stream)  # the stream's, already decoded by the scoring
+      victim.keep_answers(sets["clean"], {k: v[:len(clean)] for k, v in answers.items()})
     alone = {"fpr_clean_stream": float(calibration.flag(
         np.asarray(detector.score(victim, sets["clean"]), np.float64)).mean())}
   else:
