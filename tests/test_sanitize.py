@@ -18,6 +18,7 @@ from jax_attnalign.defense.sanitize import (Alignment, FineTuning, HeadClassific
                                             sanitize, scores_of, task_accuracy)
 from jax_attnalign.models import PATTERNS, ModelConfig, attention_maps, build_model, run_with_hooks
 from jax_attnalign import parallel, train
+from jax_attnalign.errors import InputError
 from jax_attnalign.harness.pipeline import DefenseSetup, defend_victim
 
 CFG = ModelConfig(model_type="bert", vocab_size=41, hidden_size=24, num_layers=2,
@@ -90,6 +91,7 @@ NAN, INF = float("nan"), float("inf")
     (lambda: Stopping(stop="never"), "Stopping.stop", "('threshold', 'fixed')"),
     (lambda: Stopping(max_rounds=0), "Stopping.max_rounds", ">= 1"),
     (lambda: Stopping(stop_fraction=1.5), "Stopping.stop_fraction", "[0.0, 1.0]"),
+    (lambda: Stopping(flag="labels"), "Stopping.flag", "('detector', 'target_class')"),
     (lambda: SanitizeConfig(stages=("prune",)), "SanitizeConfig.stages", "('align', 'finetune')"),
     (lambda: SanitizeConfig(score_batch_size=0), "SanitizeConfig.score_batch_size", ">= 1"),
     (lambda: SanitizeConfig(align={"steps": 3}), "SanitizeConfig.align", "Alignment"),
@@ -193,6 +195,44 @@ def test_threshold_stop_and_fixed_rounds(setup):
   assert report["rounds"][-1]["flagged_fraction"] == 1.0
   assert len(report["rounds"][0]["align_loss"]) == 3
   assert len(report["rounds"][0]["finetune_loss"]) == 3  # 24 rows / batch 8, 1 epoch
+
+
+def test_target_class_stop_reads_the_suspects_predicted_class(setup):
+  """flag='target_class': the target is the class most suspects get before the first
+  round, and a round's flagged fraction is the share of suspects the sanitised model
+  still gives it, recomputed here from its own predictions; it drives the stop."""
+  model, params, suspects, clean = setup
+  # The random model's logit gaps differ in the 4th decimal: shifting the bias to
+  # their 30th percentile makes 8 of the 12 suspects class 1 and 4 class 0.
+  logits = train.predict_logits(model, params, suspects)
+  params = jax.tree_util.tree_map(np.array, params)
+  params["classifier"]["bias"][1] -= np.quantile(logits[:, 1] - logits[:, 0], 0.3)
+  before = train.predict_logits(model, params, suspects).argmax(-1)
+  assert np.bincount(before).tolist() == [4, 8]
+  blind = calibrate_detector(np.array([2.0, 3.0]), view="cls_row_nospecial", fpr=0.5)
+  config = dataclasses.replace(FAST, stopping=Stopping(stop="fixed", max_rounds=1,
+                                                       flag="target_class"))
+  out, report = sanitize(model, params, suspects, clean, config, detector=blind)
+  assert report["target_class"] == 1
+  after = train.predict_logits(model, out, suspects).argmax(-1)
+  share = float(np.mean(after == 1))
+  assert report["rounds"][0]["flagged_fraction"] == share  # the detector flags nothing
+  assert share < 1.0
+  for fraction, stopped in ((min(share + 0.01, 1.0), "threshold"), (share, "max_rounds")):
+    config = dataclasses.replace(FAST, stopping=Stopping(max_rounds=2, stop_fraction=fraction,
+                                                         flag="target_class"))
+    _, report = sanitize(model, params, suspects, clean, config, detector=blind)
+    assert report["stopped"] == stopped and len(report["rounds"]) == (
+        1 if stopped == "threshold" else 2)
+
+
+def test_target_class_stop_needs_a_classifier(setup):
+  model, params, suspects, clean = setup
+  config = dataclasses.replace(finetune(FAST, loss="causal_lm"),
+                               stopping=Stopping(flag="target_class"))
+  with pytest.raises(InputError, match="target_class.*classifier.*causal_lm"):
+    sanitize(model, params, suspects, clean, config, detector=DetectorConfig(
+        view="cls_row_nospecial", calibration_size=8))
 
 
 def test_detector_flags_drive_sanitize_without_labels(setup):

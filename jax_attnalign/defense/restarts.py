@@ -48,11 +48,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jax_attnalign import parallel, train
+from jax_attnalign import parallel
 from jax_attnalign.checkpoint import Checkpointer
 from jax_attnalign.defense import checks
 from jax_attnalign.defense.detector import Detector, DetectorConfig
-from jax_attnalign.defense.sanitize import SanitizeConfig, sanitize, task_accuracy
+from jax_attnalign.defense.sanitize import SanitizeConfig, predictions, sanitize, task_accuracy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +75,6 @@ class RestartConfig:
     checks.finite("RestartConfig.tolerance", self.tolerance)
     checks.choice("RestartConfig.soup", self.soup, (True, False))
     checks.choice("RestartConfig.every_round", self.every_round, (True, False))
-
-
-def _predictions(model, params, arrays: dict[str, np.ndarray], config: SanitizeConfig,
-                 mesh: jax.sharding.Mesh) -> np.ndarray:
-  return train.predict_logits(model, params, arrays, batch_size=config.score_batch_size,
-                              mesh=mesh).argmax(-1)
 
 
 def _average(trees: list):
@@ -168,13 +162,13 @@ def sanitize_restarts(model, params, suspect_inputs: dict[str, np.ndarray],
                      "were empty); pass the detector's flags and clean labelled rows.")
   mesh = mesh or parallel.data_mesh()
   workdir = pathlib.Path(workdir) if workdir else None
-  target = int(np.bincount(_predictions(model, params, watch, config, mesh)).argmax())
+  target = int(np.bincount(predictions(model, params, watch, config, mesh)).argmax())
   before = task_accuracy(model, params, holdout, config, mesh)
   floor = before - restarts.tolerance
 
   def judge(candidate) -> tuple[tuple, float, float]:
     """(sort key: lower is better, watched target share, holdout accuracy)."""
-    share = float(np.mean(_predictions(model, candidate, watch, config, mesh) == target))
+    share = float(np.mean(predictions(model, candidate, watch, config, mesh) == target))
     accuracy = task_accuracy(model, candidate, holdout, config, mesh)
     eligible = accuracy >= floor - 1e-6  # "at most tolerance below", float32 means
     return ((0, share) if eligible else (1, -accuracy)), share, accuracy

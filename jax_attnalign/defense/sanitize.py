@@ -10,7 +10,8 @@ A round (paper sections "Attention Safety Alignment" and "Head-wise Fine-tuning"
   2. align: `Alignment.steps` Adam steps of eq. 7 on the suspects, safe heads frozen;
   3. fine-tune: `train.fit` on the clean data with per-head learning rates
      (`FineTuning.when="repair"`: only if step 2 cost clean accuracy);
-  4. re-measure: the detector's score of every suspect (or `flag_after_round`).
+  4. re-measure: the detector's score of every suspect (or `flag_after_round`, or
+     with `Stopping.flag="target_class"` the suspects' predicted class).
 Rounds stop (DESIGN.md) when fewer than `Stopping.stop_fraction` of the suspects
 (or of the inputs `flag_after_round` reads) are still flagged, or after
 `max_rounds`; `stop="fixed"` runs exactly `max_rounds`. No safe head ends the run
@@ -158,15 +159,27 @@ class Stopping:
   """When the rounds stop: fewer than `stop_fraction` of the suspects still flagged
   ("threshold", DESIGN.md) or `max_rounds` rounds; "fixed" runs exactly `max_rounds`.
 
-  >>> Stopping().stop, Stopping(stop="fixed", max_rounds=2).max_rounds
-  ('threshold', 2)
+  `flag` says what "still flagged" reads: "detector", the paper's, the calibrated
+  detector's flags of the suspects (blind where the detector is: a trigger it
+  cannot see looks removed after the first round); "target_class", a classifier's
+  own predictions: a suspect is still flagged while the model gives it the
+  *target class*, the class it gave most suspects before the first round. It
+  needs no detector and no labels and sees any trigger the suspects carry; it
+  reads the share of suspects a backdoor still moves, so a stream whose
+  triggered inputs are often of the target class already keeps more of them
+  there, and the rounds run longer (up to `max_rounds`).
+
+  >>> Stopping().stop, Stopping(stop="fixed", max_rounds=2).max_rounds, Stopping().flag
+  ('threshold', 2, 'detector')
   """
   stop: Literal["threshold", "fixed"] = "threshold"
   max_rounds: int = 3
   stop_fraction: float = 0.5
+  flag: Literal["detector", "target_class"] = "detector"
 
   def __post_init__(self):
     checks.choice("Stopping.stop", self.stop, ("threshold", "fixed"))
+    checks.choice("Stopping.flag", self.flag, ("detector", "target_class"))
     checks.at_least("Stopping.max_rounds", self.max_rounds, 1)
     checks.in_range("Stopping.stop_fraction", self.stop_fraction, 0.0, 1.0)
 
@@ -315,6 +328,13 @@ def task_accuracy(model, params, clean: dict[str, np.ndarray], config: SanitizeC
                          model_fields(clean), config.score_batch_size, mesh).mean())
 
 
+def predictions(model, params, arrays: dict[str, np.ndarray], config: SanitizeConfig,
+                mesh: jax.sharding.Mesh) -> np.ndarray:
+  """A classifier's predicted class per input [n], data-parallel."""
+  return train.predict_logits(model, params, arrays, batch_size=config.score_batch_size,
+                              mesh=mesh).argmax(-1)
+
+
 def finetune(model, params, clean: dict[str, np.ndarray], labels: np.ndarray,
              config: SanitizeConfig, mesh: jax.sharding.Mesh, round_index: int,
              workdir: pathlib.Path | None) -> tuple[dict, list[float]]:
@@ -389,6 +409,11 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
                      "lower the detector's threshold or pass oracle suspects.")
   validation.batch_inputs(model.config, suspect_inputs, where="sanitize: suspect_inputs")
   validation.batch_inputs(model.config, clean_data, where="sanitize: clean_data")
+  by_class = config.stopping.flag == "target_class" and flag_after_round is None
+  if by_class and config.finetune.loss != "classification":
+    raise InputError("Stopping.flag='target_class' reads a classifier's predicted class; "
+                     f"this run fine-tunes with loss={config.finetune.loss!r}: use "
+                     "flag='detector' or pass flag_after_round.")
   workdir = pathlib.Path(workdir) if workdir else None
   if isinstance(detector, DetectorConfig):
     detector = calibrated_detector(
@@ -396,6 +421,9 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
         detector, batch_size=config.score_batch_size, mesh=mesh)
   report = {"config": dataclasses.asdict(config), "detector": dataclasses.asdict(detector),
             "rounds": [], "stopped": None}
+  if by_class:
+    report["target_class"] = int(np.bincount(
+        predictions(model, params, suspect_inputs, config, mesh)).argmax())
   ckpt = Checkpointer(workdir / "rounds", max_to_keep=None if keep_rounds else 2
                       ) if workdir else None
   if ckpt is not None and ckpt.latest_step() is not None:
@@ -432,6 +460,9 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
                                                   config, mesh, k, workdir)
       if flag_after_round is not None:
         entry["flagged_fraction"] = float(np.mean(flag_after_round(params)))
+      elif "target_class" in report:
+        entry["flagged_fraction"] = float(np.mean(
+            predictions(model, params, suspect_inputs, config, mesh) == report["target_class"]))
       else:
         scores = scores_of(model, params, suspect_inputs, detector.view, detector.statistic,
                            batch_size=config.score_batch_size, mesh=mesh)
