@@ -3,6 +3,8 @@ r"""Defends backdoored victims: detector-chosen (or oracle) suspects, sanitise, 
   python -m experiments.defend --victims_dir runs/attack --workdir runs/defend \
       --config experiments/configs/defend.py --config.setup.suspects oracle
   python -m experiments.defend ... --config.setup.detector dan   # DAN picks the suspects
+  python -m experiments.defend ... --config.sanitize.stopping.flag target_class
+      # rounds stop on the suspects' predicted class, not the detector's flags
 
 Writes per-run result.json (+ the sanitised checkpoint) and defend.json/.md/.png.
 Interrupted runs resume; finished runs are read back.
@@ -33,7 +35,8 @@ def main(argv):
   suspects = config.setup.suspects
   if suspects == "detector" and config.setup.detector != "paper":
     suspects = f"{config.setup.detector} detector"  # another detector of detection
-  variant = f"ours ({suspects} suspects)"
+  stop = config.sanitize.stopping.flag
+  variant = f"ours ({suspects} suspects{'' if stop == 'detector' else f', {stop} stop'})"
   reporting.defend_and_report(reporting.find_victims(FLAGS.victims_dir, FLAGS.attacks),
                               {variant: ({}, sanitize_config(config.sanitize))},
                               config, FLAGS.workdir, "defend",

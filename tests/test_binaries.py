@@ -103,9 +103,17 @@ def test_analyze_and_defend(tiny):
   # The victim is read at the length it was trained at, not the config's default.
   assert analysis["badnets_seed0"]["setup"]["max_length"] == 16
   run("experiments.defend", *common, "--config.setup.suspects=oracle",
+      "--config.sanitize.stopping.flag=target_class",
       f"--workdir={tiny['root'] / 'defend'}", cwd=ROOT)
   rows = json.loads((tiny["root"] / "defend" / "defend.json").read_text())
   assert rows[0]["detection"]["suspects"] == 8 and "ca" in rows[0]["after"]
+  # The stop's flag reaches sanitize and names the column.
+  variant = "ours (oracle suspects, target_class stop)"
+  assert rows[0]["variant"] == variant
+  report = json.loads((tiny["root"] / "defend" / variant / "badnets_seed0" / "result.json"
+                       ).read_text())["report"]
+  assert report["target_class"] in (0, 1) and report["config"]["stopping"]["flag"] == (
+      "target_class")
   # The held-out sets are the test split less the stream, and the table says so.
   test = data.load_classification(str(tiny["data"]), "test", dataset="sst2")
   triggered = attacks.make_attack("badnets", target=1, seed=0).triggered_test(test)
@@ -115,7 +123,7 @@ def test_analyze_and_defend(tiny):
   assert (f"CA on each victim's {len(test) - 8} held-out clean test inputs, ASR on its "
           f"{len(triggered) - 8} held-out triggered ones" in
           (tiny["root"] / "defend" / "defend.md").read_text())
-  transformers_dir = tiny["root"] / "defend" / "ours (oracle suspects)" / "badnets_seed0"
+  transformers_dir = tiny["root"] / "defend" / variant / "badnets_seed0"
   assert (transformers_dir / "model" / "model.safetensors").is_file()
 
 
