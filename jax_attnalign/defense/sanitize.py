@@ -167,7 +167,8 @@ class Stopping:
   needs no detector and no labels and sees any trigger the suspects carry; it
   reads the share of suspects a backdoor still moves, so a stream whose
   triggered inputs are often of the target class already keeps more of them
-  there, and the rounds run longer (up to `max_rounds`).
+  there, and the rounds run longer (up to `max_rounds`). A `flag_after_round`
+  given to `sanitize` takes precedence over either.
 
   >>> Stopping().stop, Stopping(stop="fixed", max_rounds=2).max_rounds, Stopping().flag
   ('threshold', 2, 'detector')
@@ -421,9 +422,8 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
         detector, batch_size=config.score_batch_size, mesh=mesh)
   report = {"config": dataclasses.asdict(config), "detector": dataclasses.asdict(detector),
             "rounds": [], "stopped": None}
-  if by_class:
-    report["target_class"] = int(np.bincount(
-        predictions(model, params, suspect_inputs, config, mesh)).argmax())
+  if by_class:  # of the parameters given, before any round (also when resuming)
+    target = int(np.bincount(predictions(model, params, suspect_inputs, config, mesh)).argmax())
   ckpt = Checkpointer(workdir / "rounds", max_to_keep=None if keep_rounds else 2
                       ) if workdir else None
   if ckpt is not None and ckpt.latest_step() is not None:
@@ -434,6 +434,8 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
     report["stopped"] = _stop_reason(report["rounds"][-1], config.stopping)
     logging.info("sanitize: resumed after round %d from %s (%s).", len(report["rounds"]),
                  workdir, report["stopped"] or "going on")
+  if by_class:
+    report["target_class"] = target
   while report["stopped"] is None:
     k = len(report["rounds"])
     heads = classify(model, params, suspect_inputs, config, mesh)
@@ -460,7 +462,7 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
                                                   config, mesh, k, workdir)
       if flag_after_round is not None:
         entry["flagged_fraction"] = float(np.mean(flag_after_round(params)))
-      elif "target_class" in report:
+      elif by_class:
         entry["flagged_fraction"] = float(np.mean(
             predictions(model, params, suspect_inputs, config, mesh) == report["target_class"]))
       else:
