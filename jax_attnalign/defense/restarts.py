@@ -52,7 +52,8 @@ from jax_attnalign import parallel
 from jax_attnalign.checkpoint import Checkpointer
 from jax_attnalign.defense import checks
 from jax_attnalign.defense.detector import Detector, DetectorConfig
-from jax_attnalign.defense.sanitize import SanitizeConfig, predictions, sanitize, task_accuracy
+from jax_attnalign.defense.sanitize import (SanitizeConfig, predictions, sanitize, target_class,
+                                            task_accuracy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +163,7 @@ def sanitize_restarts(model, params, suspect_inputs: dict[str, np.ndarray],
                      "were empty); pass the detector's flags and clean labelled rows.")
   mesh = mesh or parallel.data_mesh()
   workdir = pathlib.Path(workdir) if workdir else None
-  target = int(np.bincount(predictions(model, params, watch, config, mesh)).argmax())
+  target = target_class(model, params, watch, config, mesh)
   before = task_accuracy(model, params, holdout, config, mesh)
   floor = before - restarts.tolerance
 

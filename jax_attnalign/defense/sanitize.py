@@ -336,6 +336,13 @@ def predictions(model, params, arrays: dict[str, np.ndarray], config: SanitizeCo
                               mesh=mesh).argmax(-1)
 
 
+def target_class(model, params, arrays: dict[str, np.ndarray], config: SanitizeConfig,
+                 mesh: jax.sharding.Mesh) -> int:
+  """The class a classifier gives most of the inputs: a backdoor's target, read off
+  the inputs believed triggered (suspects, or the restarts' watched inputs)."""
+  return int(np.bincount(predictions(model, params, arrays, config, mesh)).argmax())
+
+
 def finetune(model, params, clean: dict[str, np.ndarray], labels: np.ndarray,
              config: SanitizeConfig, mesh: jax.sharding.Mesh, round_index: int,
              workdir: pathlib.Path | None) -> tuple[dict, list[float]]:
@@ -423,7 +430,7 @@ def sanitize(model, params, suspect_inputs: dict[str, np.ndarray],
   report = {"config": dataclasses.asdict(config), "detector": dataclasses.asdict(detector),
             "rounds": [], "stopped": None}
   if by_class:  # of the parameters given, before any round (also when resuming)
-    target = int(np.bincount(predictions(model, params, suspect_inputs, config, mesh)).argmax())
+    target = target_class(model, params, suspect_inputs, config, mesh)
   ckpt = Checkpointer(workdir / "rounds", max_to_keep=None if keep_rounds else 2
                       ) if workdir else None
   if ckpt is not None and ckpt.latest_step() is not None:
