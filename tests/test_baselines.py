@@ -350,6 +350,22 @@ def test_table2_bolds_the_lowest_asr_within_two_points_of_vanilla_ca():
                       "0.9148 | 0.1523 | 0.9064 | 0.1698 | 5 runs |")
 
 
+def test_summary_keeps_one_attack_of_two_datasets_apart_in_table_and_plot(tmp_path, monkeypatch):
+  """BadNets on SST-2 and on AG News, one variant: two table rows and two bars
+  (named by dataset), not one overwritten by the other."""
+  drawn = {}
+  monkeypatch.setattr(reporting.plots, "plot_metric_bars",
+                      lambda runs, path, **kwargs: drawn.update(runs))
+  rows = [{"victim": f"{d}_seed0", "dataset": d, "attack": "badnets", "variant": "PURE",
+           "inputs": {"held_clean": 10, "held_triggered": 5, "stream": 8},
+           "before": {"ca": 0.9, "asr": 1.0}, "after": {"ca": ca, "asr": asr}}
+          for d, ca, asr in (("sst2", 0.85, 0.2), ("ag_news", 0.88, 0.4))]
+  table = reporting.write_summary(rows, tmp_path, "defend", "Defense")
+  assert "| sst2 | badnets | PURE |" in table and "| ag_news | badnets | PURE |" in table
+  assert {k: v["ASR after"] for k, v in drawn.items()} == {
+      "sst2 badnets\nPURE": [0.2], "ag_news badnets\nPURE": [0.4]}
+
+
 def test_lm_grid_bolds_the_lowest_asr_within_two_points_of_vanilla_utility():
   """Table 2(b): MuScleLoRA has the lowest ASR but lost 5 points of ROUGE-L; the oracle
   is the best of the rest. Vanilla is each victim's before, counted once; minutes are

@@ -192,6 +192,7 @@ def write_summary(rows: list[dict], workdir: pathlib.Path, name: str, title: str
   lines = ["| dataset | attack | variant | CA before | ASR before | CA after | ASR after "
            "| detector AUROC | suspects (triggered) | seeds |", "|---" * 10 + "|"]
   bars = {}
+  several = len({dataset for dataset, _, _ in groups}) > 1  # then bars name the dataset
   for (dataset, attack, variant), runs in groups.items():
     get = lambda when, m: [r[when][m] for r in runs]
     detected = [r["detection"] for r in runs if "detection" in r]
@@ -202,9 +203,9 @@ def write_summary(rows: list[dict], workdir: pathlib.Path, name: str, title: str
         + (f"{fmt([d['auroc'] for d in detected])} | " + ", ".join(
             f"{d['suspects']} ({d['suspects_triggered']})" for d in detected)
            if detected else "— | —") + f" | {len(runs)} |")
-    bars[f"{attack}\n{variant}"] = {"CA after": get("after", "ca"),
-                                    "ASR after": get("after", "asr"),
-                                    "ASR before": get("before", "asr")}
+    label = f"{dataset} {attack}" if several else attack
+    bars[f"{label}\n{variant}"] = {"CA after": get("after", "ca"), "ASR after": get("after", "asr"),
+                                   "ASR before": get("before", "asr")}
   size = lambda key: count_range(r["inputs"][key] for r in rows if key in r["inputs"])
   table = (f"{title}, mean ± std over seeds: CA on each victim's {size('held_clean')} "
            f"held-out clean test inputs, ASR on its {size('held_triggered')} held-out "
