@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import textwrap
 from typing import Sequence
 
 import numpy as np
@@ -109,7 +110,9 @@ def metric_bars_figure(runs: dict[str, dict[str, list[float]]], *,
   """
   settings = list(runs)
   metrics = sorted({m for values in runs.values() for m in values})
-  fig = Figure(figsize=(1.2 + 1.3 * len(settings), 3.5))
+  labels = ["\n".join(textwrap.fill(line, 15) for line in s.split("\n")) for s in settings]
+  lines = max(label.count("\n") + 1 for label in labels) if labels else 1
+  fig = Figure(figsize=(1.2 + 1.3 * len(settings), 3.2 + 0.15 * lines))
   ax = fig.add_subplot()
   width = 0.8 / max(len(metrics), 1)
   for k, metric in enumerate(metrics):
@@ -122,7 +125,7 @@ def metric_bars_figure(runs: dict[str, dict[str, list[float]]], *,
       ax.errorbar(xs[several], means[several],
                   yerr=[np.std(v, ddof=1) for v in values if len(v) > 1], fmt="none",
                   ecolor="black", capsize=3)
-  ax.set_xticks(range(len(settings)), settings)
+  ax.set_xticks(range(len(settings)), labels, fontsize=8)
   ax.set_ylim(0, 1.05)
   ax.set_ylabel(ylabel)
   _legend_outside(ax)

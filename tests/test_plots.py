@@ -82,3 +82,11 @@ def test_metric_bars_heights_and_error_bars_only_over_several_values(tmp_path):
   assert ax.get_ylabel() == "share of test inputs" and ax.get_title() == "victims"
   assert [t.get_text() for t in ax.get_xticklabels()] == ["clean", "badnets"]
   assert_legend_clear_of_data(fig)
+
+
+def test_metric_bars_wrap_long_setting_names_on_word_boundaries():
+  runs = {"hiddenkiller\nours (crowding detector suspects, target_class stop)": {"asr": [0.4]}}
+  (label,) = [t.get_text() for t in plots.metric_bars_figure(runs).axes[0].get_xticklabels()]
+  assert label.split("\n")[0] == "hiddenkiller"
+  assert max(len(line) for line in label.split("\n")) <= 15
+  assert label.replace("\n", " ") == "hiddenkiller ours (crowding detector suspects, target_class stop)"
