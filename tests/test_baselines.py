@@ -366,6 +366,18 @@ def test_summary_keeps_one_attack_of_two_datasets_apart_in_table_and_plot(tmp_pa
       "sst2 badnets\nPURE": [0.2], "ag_news badnets\nPURE": [0.4]}
 
 
+def test_lm_defense_bars_keep_one_attack_of_two_tasks_apart():
+  """VPI on refusal and on negsentiment, one variant: two table rows and two bars
+  (named by task), not one overwritten by the other."""
+  rows = [{"task": t, "attack": "vpi", "variant": "detector", "seed": 0, "detection": {},
+           "before": {"asr": 0.9, "rouge_l": 0.3}, "after": {"asr": asr, "rouge_l": 0.29}}
+          for t, asr in (("refusal", 0.1), ("negsentiment", 0.4))]
+  table, bars = reporting_lm.lm_defense_table(rows)
+  assert "| refusal | vpi | detector |" in table and "| negsentiment | vpi | detector |" in table
+  assert {k: v["asr after"] for k, v in bars.items()} == {
+      "refusal vpi\ndetector": [0.1], "negsentiment vpi\ndetector": [0.4]}
+
+
 def test_lm_grid_bolds_the_lowest_asr_within_two_points_of_vanilla_utility():
   """Table 2(b): MuScleLoRA has the lowest ASR but lost 5 points of ROUGE-L; the oracle
   is the best of the rest. Vanilla is each victim's before, counted once; minutes are

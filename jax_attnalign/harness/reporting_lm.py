@@ -45,6 +45,7 @@ def lm_defense_table(rows: list[dict]) -> tuple[str, dict]:
            + "|"]
   fmt = metrics.format_mean_std
   bars = {}
+  several = len({task for task, _, _ in groups}) > 1  # then bars name the task
   for (task, attack, variant), runs in groups.items():
     get = lambda when, c: [r[when][c] for r in runs if c in r[when]]
     cells = [f"{fmt(get('before', c))} -> {fmt(get('after', c))}" if get("before", c) else "—"
@@ -60,7 +61,8 @@ def lm_defense_table(rows: list[dict]) -> tuple[str, dict]:
     lines.append(f"| {task} | {attack} | {variant} | " + " | ".join(cells)
                  + f" | {detected} | {suspects or '—'} | "
                  + f"{', '.join(str(r['seed']) for r in runs)} |")
-    bars[f"{attack}\n{variant}"] = {f"{c} after": get("after", c) for c in columns[:2]}
+    label = f"{task} {attack}" if several else attack
+    bars[f"{label}\n{variant}"] = {f"{c} after": get("after", c) for c in columns[:2]}
   return "\n".join(lines), bars
 
 
