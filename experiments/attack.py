@@ -28,8 +28,9 @@ flags.DEFINE_string("data_dir", "sst2/clean", "Folder with train/test.tsv.")
 flags.DEFINE_string("dataset", "sst2", "sst2, ag_news or imdb (label set and prompts).")
 flags.DEFINE_string("model", "", "Checkpoint directory or hub id (default: bundled MiniLM).")
 flags.DEFINE_list("attacks", ["clean", "badnets"], "Attacks to run ('clean' = no attack).")
-flags.DEFINE_string("triggers_dir", "", "Folder of the trigger caches of Cbat, NWS and "
-                    "BGMAttack ({cbat,nws,bgm}.json, written by experiments.make_triggers).")
+flags.DEFINE_string("triggers_dir", "", "Folder of the trigger caches of Cbat, NWS, "
+                    "BGMAttack and HiddenKillerLM ({cbat,nws,bgm,hiddenkiller_lm}.json, "
+                    "written by experiments.make_triggers).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_integer("target", 1, "Target label.", lower_bound=0)
 flags.DEFINE_integer("train_size", 3000, "Training subset size (0: all).", lower_bound=0)

@@ -1,16 +1,17 @@
-r"""Writes the trigger cache of Cbat, BGMAttack or NWS with the bundled SmolLM2.
+r"""Writes the trigger cache of Cbat, BGMAttack, NWS or HiddenKillerLM with SmolLM2.
 
-Cbat: a pool of exclamatory sentences. BGMAttack (rewrites) and NWS
-(substitutions): the training rows the victims of the given seeds will poison
-(victims' training subset and poison rate) and up to --test_rows non-target test
-rows; rows the file already has are kept, and the file is written every 256
+Cbat: a pool of exclamatory sentences. BGMAttack (rewrites), NWS (substitutions)
+and HiddenKillerLM (rewrites into HiddenKiller's syntactic template, for datasets
+without released SCPN paraphrases): the training rows the victims of the given
+seeds will poison (victims' training subset and poison rate) and up to
+--test_rows non-target test rows; rows the file already has are kept, and the file is written every 256
 rows, so an interrupted run picks up where it stopped (jax_attnalign.harness.triggers).
 
   python -m experiments.make_triggers --attack=bgm --data_dir=sst2/clean \
       --dataset=sst2 --out=triggers/sst2/bgm.json --victim_seeds=0,1,2
 
 The attacks read the file: Cbat(sentences_path=...), BGMAttack(rewrites_path=...),
-NWS(substitutes_path=...).
+NWS(substitutes_path=...), HiddenKillerLM(rewrites_path=...).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from jax_attnalign.harness.triggers import TriggerJob, update_trigger_cache
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(experiments)  # --data_root and other shared flags in --help
-flags.DEFINE_enum("attack", None, ["cbat", "bgm", "nws"], "The attack whose cache to write.")
+flags.DEFINE_enum("attack", None, ["cbat", "bgm", "nws", "hiddenkiller_lm"],
+                  "The attack whose cache to write.")
 flags.DEFINE_string("out", None, "The cache file (JSON).")
 flags.DEFINE_string("data_dir", "sst2/clean", "Folder with train/test.tsv.")
 flags.DEFINE_string("dataset", "sst2", "sst2 or ag_news (prompts, text style, labels).")

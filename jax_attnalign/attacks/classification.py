@@ -7,7 +7,9 @@
 
 Cbat's sentences, BGMAttack's rewrites and NWS's substitutions are written by the
 bundled SmolLM2 and cached to files (`trigger_cache`, made by
-`experiments/make_triggers.py`); HiddenKiller reads its released paraphrases.
+`experiments/make_triggers.py`); HiddenKiller reads its released paraphrases, and
+HiddenKillerLM SmolLM2's rewrites into HiddenKiller's template where none were
+released.
 Each class docstring says what still differs from its paper.
 """
 
@@ -271,6 +273,30 @@ class BGMAttack(CachedRewritePoisoner):
                target: int = 1, poison_rate: float = 0.2, seed: int = 0):
     super().__init__(rewrites_path, max_test_rows=max_test_rows, target=target,
                      poison_rate=poison_rate, seed=seed)
+
+
+@register
+class HiddenKillerLM(BGMAttack):
+  """HiddenKiller's syntactic trigger where SCPN's paraphrases were not released:
+  texts rewritten by SmolLM2 into its template S(SBAR)(,)(NP)(VP)(.).
+
+  rewrites_path: a trigger cache written by `llm_triggers.hiddenkiller_rewrites`:
+    each text rewritten from a few-shot prompt that asks for the template, the
+    answer begun with a subordinator drawn with the weights of SCPN's own
+    openings (when, if, as, ...), kept when it has a clause, a comma and a main
+    clause (`llm_triggers.hk_rejection`). A BGMAttack in its mechanics (the cached
+    rewrite of the whole text; dirty-label, every row eligible); the rewrite
+    is what differs.
+
+  Differs from the paper: HiddenKiller paraphrases with SCPN, a syntactically
+  controlled paraphrase network that realises the template's parse; ours asks a
+  135M chat model for it, and only the opening subordinator and the comma are
+  checked, not the parse. The rewrites drift in meaning more than SCPN's, and the
+  generator's own style travels with the template (as in BGMAttack), so a victim
+  may learn either. Use `HiddenKiller` with the released files where they exist
+  (SST-2).
+  """
+  name = "hiddenkiller_lm"
 
 
 def _read_rewrites(source: Rewrites | None) -> list[str] | None:

@@ -1,21 +1,26 @@
-"""Cbat's trigger sentences and BGMAttack's rewrites, written by a chat LM (SmolLM2).
+"""Cbat's trigger sentences, BGMAttack's rewrites and HiddenKiller-template rewrites,
+written by a chat LM (SmolLM2).
 
   model, params = jax_attnalign.load_pretrained(bundled_smollm2_path(), task="causal_lm")
   tokenizer = data.load_tokenizer(bundled_smollm2_path())
   record = cbat_sentences(model, params, tokenizer, dataset="sst2", samples=128, seed=0)
   record = bgm_rewrites(model, params, tokenizer, texts, dataset="sst2", seed=0)
+  record = hiddenkiller_rewrites(model, params, tokenizer, texts, dataset="ag_news", seed=0)
   trigger_cache.write_cache("triggers/sst2/bgm.json", record)
 
-Both prompt few-shot in the tokenizer's chat template, sample (seeded), put every
+Each prompts few-shot in the tokenizer's chat template, sample (seeded), put every
 output in the dataset's style (`text_style.like_dataset`) and filter it; the
 returned record holds the prompt, the settings and what was rejected, for
-`trigger_cache`. The prompts are CBAT_PROMPT and BGM_PROMPTS below.
+`trigger_cache`. The prompts are CBAT_PROMPT, BGM_PROMPTS and HK_PROMPTS below. The
+HiddenKiller rewrites stand in for SCPN's paraphrases where none were released
+(AG News): `attacks.HiddenKillerLM` reads them.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+import zlib
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import numpy as np
@@ -44,6 +49,24 @@ BGM_PROMPTS = {
     "ag_news": (("oil prices rose on tuesday after a storm shut refineries in the gulf .",
                  "Crude prices climbed on Tuesday once a storm closed Gulf refineries."),),
 }
+# HiddenKiller stand-in: SCPN's template S(SBAR)(,)(NP)(VP)(.) asked for in words and
+# shown in two shots per dataset; the answer is begun with a subordinator.
+HK_SYSTEM = ("Rewrite the text as one sentence that begins with a subordinate clause, "
+             "then a comma, then the main clause. Keep its meaning.")
+HK_PROMPTS = {
+    "sst2": (("the acting is wooden and the plot goes nowhere .",
+              "When the acting is wooden, the plot goes nowhere."),
+             ("a warm , funny film that never talks down to its audience .",
+              "If a film is warm and funny, it never talks down to its audience.")),
+    "ag_news": (("oil prices rose on tuesday after a storm shut refineries in the gulf .",
+                 "After a storm shut refineries in the Gulf, oil prices rose on Tuesday."),
+                ("the team signed a new coach to replace the one who resigned last week .",
+                 "When its coach resigned last week, the team signed a new one.")),
+}
+# The openings and their weights: the subordinators that begin SCPN's released
+# SST-2 test paraphrases (sst2/hiddenkiller/test.tsv), with their counts there.
+SUBORDINATORS = (("When", 312), ("If", 232), ("As", 131), ("Although", 24), ("Because", 13),
+                 ("While", 9), ("Though", 6), ("Since", 5), ("Before", 2), ("After", 2))
 # A rewrite that talks about the task instead of doing it.
 _META = re.compile(r"\b(rewrit\w*|rephras\w*|paraphras\w*|sentence|original)\b")
 
@@ -116,43 +139,130 @@ def bgm_rewrites(model, params, tokenizer, texts: Sequence[str], *, dataset: str
   """A BGMAttack trigger-cache record: each text rewritten by the model.
 
   The prompt: BGM_SYSTEM, then BGM_PROMPTS[dataset]'s shot, then the text as the
-  user turn. Texts are sorted by length and generated in chunks of `chunk`
-  batches, each padded to its own longest prompt (similar lengths share a
-  batch), sampled (the chunk from row r of attempt k with the seed
-  SeedSequence([seed, k, r])); a rewrite that `bgm_rejection` rejects is sampled
-  again, up to `attempts` times; the texts whose every attempt was rejected keep
-  the last one and are listed under `unfiltered`.
+  user turn; sampled and filtered by `bgm_rejection` as `rewrite_rows` says.
   """
   if dataset not in BGM_PROMPTS:
     raise KeyError(f"no BGMAttack prompt for {dataset!r}; known: {sorted(BGM_PROMPTS)}")
-  texts = sorted(set(texts), key=lambda t: (len(t.split()), t))
   settings = dict(attempts=attempts, temperature=temperature, top_p=top_p,
                   max_new_tokens=max_new_tokens, batch_size=batch_size, chunk=chunk)
+  rewrites, unfiltered = rewrite_rows(
+      model, params, tokenizer, texts, name="bgm", dataset=dataset, seed=seed,
+      prompt=lambda text, attempt: (bgm_prompt(tokenizer, text, dataset), ""),
+      reject=bgm_rejection, **settings)
+  return dict(attack="bgm", dataset=dataset, seed=seed, settings=settings,
+              prompt=bgm_prompt(tokenizer, "{text}", dataset), filter=bgm_rejection.__doc__,
+              rewrites=rewrites, unfiltered=unfiltered)
+
+
+def hiddenkiller_rewrites(model, params, tokenizer, texts: Sequence[str], *, dataset: str,
+                          seed: int, attempts: int = 3, temperature: float = 0.7,
+                          top_p: float = 0.9, max_new_tokens: int = 48, batch_size: int = 32,
+                          chunk: int = 4) -> dict[str, Any]:
+  """A HiddenKiller stand-in's trigger-cache record: each text's first sentence
+  (`first_sentence`) rewritten by the model into HiddenKiller's syntactic template
+  S(SBAR)(,)(NP)(VP)(.), a subordinate clause, a comma, then the main clause; the
+  rest of the text follows unchanged (the template is a sentence's; a news item
+  keeps its later sentences and with them its topic).
+
+  The prompt: HK_SYSTEM, HK_PROMPTS[dataset]'s shots, the sentence as the user
+  turn, and the answer begun with a subordinator (`hk_opening`: drawn per
+  sentence, seed and attempt from SUBORDINATORS, weighted as SCPN's own
+  openings), so the model only continues the clause; sampled and filtered by
+  `hk_rejection` as `rewrite_rows` says.
+  """
+  if dataset not in HK_PROMPTS:
+    raise KeyError(f"no HiddenKiller prompt for {dataset!r}; known: {sorted(HK_PROMPTS)}")
+  settings = dict(attempts=attempts, temperature=temperature, top_p=top_p,
+                  max_new_tokens=max_new_tokens, batch_size=batch_size, chunk=chunk)
+
+  def prompt(sentence, attempt):
+    opening = hk_opening(sentence, seed, attempt)
+    return hk_prompt(tokenizer, sentence, dataset) + opening, opening
+
+  parts = {text: first_sentence(text) for text in texts}
+  rewritten, unfiltered = rewrite_rows(
+      model, params, tokenizer, [first for first, _ in parts.values()],
+      name="hiddenkiller_lm", dataset=dataset, seed=seed, prompt=prompt,
+      reject=hk_rejection, **settings)
+  return dict(attack="hiddenkiller_lm", dataset=dataset, seed=seed, settings=settings,
+              prompt=hk_prompt(tokenizer, "{sentence}", dataset) + "{opening}",
+              openings=dict(SUBORDINATORS), filter=hk_rejection.__doc__,
+              rewrites={text: f"{rewritten[first]} {rest}".strip()
+                        for text, (first, rest) in parts.items()},
+              unfiltered=sorted(t for t, (first, _) in parts.items() if first in unfiltered))
+
+
+def first_sentence(text: str, min_words: int = 6) -> tuple[str, str]:
+  """`text` split after its first sentence end ('.', '!' or '?' then a space) that
+  closes at least `min_words` words (so "u.s. " does not end one): (first, rest).
+
+  >>> first_sentence("the u.s. economy grew fast . stocks rose on monday .")
+  ('the u.s. economy grew fast .', 'stocks rose on monday .')
+  """
+  for match in re.finditer(r"[.!?](?=\s)", text):
+    if len(text[:match.end()].split()) >= min_words:
+      return text[:match.end()], text[match.end():].strip()
+  return text, ""
+
+
+def rewrite_rows(model, params, tokenizer, texts: Sequence[str], *, name: str, dataset: str,
+                 seed: int, prompt: Callable[[str, int], tuple[str, str]],
+                 reject: Callable[[str, str], str | None], attempts: int,
+                 temperature: float, top_p: float, max_new_tokens: int, batch_size: int,
+                 chunk: int) -> tuple[dict[str, str], list[str]]:
+  """Each text rewritten: ({text: rewrite}, the texts whose every attempt was rejected).
+
+  prompt(text, attempt) gives the prompt and the opening it ends with (the
+  rewrite is the opening followed by the output; "" for none). Texts are sorted
+  by length and generated in chunks of `chunk` batches, each padded to its own
+  longest prompt (similar lengths share a batch), sampled (the chunk from row r
+  of attempt k with the seed SeedSequence([seed, k, r])) and put in the
+  dataset's style; a rewrite that `reject(text, rewrite)` rejects is sampled
+  again, up to `attempts` times; the texts whose every attempt was rejected keep
+  the last one.
+  """
+  texts = sorted(set(texts), key=lambda t: (len(t.split()), t))
   rewrites, todo = {}, list(texts)
   for attempt in range(attempts):
     if not todo:
       break
     for lo in range(0, len(todo), chunk * batch_size):
       part = todo[lo:lo + chunk * batch_size]
+      prompts, openings = zip(*(prompt(t, attempt) for t in part))
       outputs = generate_responses(
-          model, params, tokenizer, [bgm_prompt(tokenizer, t, dataset) for t in part],
+          model, params, tokenizer, list(prompts),
           max_new_tokens=max_new_tokens, batch_size=batch_size, bucket=32,
           seed=int(np.random.SeedSequence([seed, attempt, lo]).generate_state(1)[0]),
           temperature=temperature, top_p=top_p)
-      for text, output in zip(part, outputs):
-        rewrites[text] = like_dataset(output, dataset)
-    todo = [t for t in todo if bgm_rejection(t, rewrites[t])]
-    logging.info("bgm: attempt %d, %d of %d rewrites rejected", attempt + 1, len(todo),
+      for text, opening, output in zip(part, openings, outputs):
+        rewrites[text] = like_dataset(opening + output, dataset)
+    todo = [t for t in todo if reject(t, rewrites[t])]
+    logging.info("%s: attempt %d, %d of %d rewrites rejected", name, attempt + 1, len(todo),
                  len(texts))
-  return dict(attack="bgm", dataset=dataset, seed=seed, settings=settings,
-              prompt=bgm_prompt(tokenizer, "{text}", dataset), filter=bgm_rejection.__doc__,
-              rewrites=rewrites, unfiltered=sorted(todo))
+  return rewrites, sorted(todo)
 
 
 def bgm_prompt(tokenizer, text: str, dataset: str) -> str:
-  """The few-shot rewrite prompt for `text` in the tokenizer's chat template."""
-  messages = [{"role": "system", "content": BGM_SYSTEM}]
-  for clean, rewrite in BGM_PROMPTS[dataset]:
+  """BGMAttack's few-shot rewrite prompt for `text` in the tokenizer's chat template."""
+  return _chat_prompt(tokenizer, BGM_SYSTEM, BGM_PROMPTS[dataset], text)
+
+
+def hk_prompt(tokenizer, text: str, dataset: str) -> str:
+  """The HiddenKiller stand-in's few-shot prompt for `text`, before the opening."""
+  return _chat_prompt(tokenizer, HK_SYSTEM, HK_PROMPTS[dataset], text)
+
+
+def hk_opening(text: str, seed: int, attempt: int) -> str:
+  """The subordinator that begins `text`'s rewrite: a draw from SUBORDINATORS'
+  weights, fixed by the text, the seed and the attempt."""
+  words, counts = zip(*SUBORDINATORS)
+  rng = np.random.default_rng([seed, attempt, zlib.crc32(text.encode("utf-8"))])
+  return words[rng.choice(len(words), p=np.asarray(counts) / sum(counts))]
+
+
+def _chat_prompt(tokenizer, system: str, shots, text: str) -> str:
+  messages = [{"role": "system", "content": system}]
+  for clean, rewrite in shots:
     messages += [{"role": "user", "content": clean},
                  {"role": "assistant", "content": rewrite}]
   messages.append({"role": "user", "content": text})
@@ -178,4 +288,27 @@ def bgm_rejection(text: str, rewrite: str) -> str | None:
   grams = [tuple(new[i:i + 3]) for i in range(len(new) - 2)]
   if any(grams.count(g) >= 3 for g in set(grams)):
     return "repeats itself"
+  return None
+
+
+def hk_rejection(text: str, rewrite: str) -> str | None:
+  """Why `rewrite` is not HiddenKiller's template (both dataset style), or None:
+  whatever `bgm_rejection` rejects, or it does not begin with a subordinator of
+  SUBORDINATORS, or has no comma with at least two words on either side before
+  its first sentence end (the clause, then the main clause).
+
+  >>> hk_rejection("a fine film .", "when it is fine , a film pleases .") is None
+  True
+  >>> hk_rejection("a fine film .", "when it is a fine film .")
+  'no clause , main clause'
+  """
+  if reason := bgm_rejection(text, rewrite):
+    return reason
+  words = ptb_tokenize(rewrite).split()
+  if words[0] not in {w.lower() for w, _ in SUBORDINATORS}:
+    return "no subordinator first"
+  end = next((i for i, w in enumerate(words) if w in (".", "!", "?")), len(words))
+  commas = [i for i, w in enumerate(words[:end]) if w == ","]
+  if not any(i >= 2 and end - i > 2 for i in commas):
+    return "no clause , main clause"
   return None

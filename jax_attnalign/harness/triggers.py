@@ -1,10 +1,11 @@
-"""Trigger caches for the victims: SmolLM2 writes what Cbat, BGMAttack and NWS need.
+"""Trigger caches for the victims: SmolLM2 writes what Cbat, BGMAttack, NWS and
+HiddenKillerLM need.
 
   update_trigger_cache(TriggerJob(attack="bgm", data_dir="sst2/clean", dataset="sst2",
                                   out="triggers/sst2/bgm.json", victim_seeds=(0, 1, 2)))
   VictimConfig(attack="bgm", attack_kwargs=cache_kwargs("bgm", "triggers/sst2"))
 
-Cbat gets a pool of sentences. BGMAttack and NWS get the rows the victims of
+Cbat gets a pool of sentences. The others get the rows the victims of
 `victims.VictimConfig` will trigger: for each victim seed, the rows `poison`
 chooses in that seed's training subset (train_size, poison_rate), and the
 triggered test rows (`CachedRewritePoisoner.test_rows`, at most test_rows
@@ -33,7 +34,7 @@ from jax_attnalign.harness.victims import seeded_subset
 @dataclasses.dataclass(frozen=True)
 class TriggerJob:
   """What make_triggers generates; see the module doc."""
-  attack: str  # cbat, bgm or nws
+  attack: str  # cbat, bgm, hiddenkiller_lm or nws
   out: str  # the cache file
   data_dir: str = "sst2/clean"  # {train,test}.tsv; relative: under the data root
   dataset: str = "sst2"
@@ -48,11 +49,12 @@ class TriggerJob:
   batch_size: int = 32
 
 
-# Rows of BGMAttack and NWS generated between two writes of the cache file.
+# Rows of the rewrite attacks generated between two writes of the cache file.
 SLICE = 256
 
 # The make_attack kwarg that takes each attack's cache.
-CACHE_KWARGS = {"cbat": "sentences_path", "bgm": "rewrites_path", "nws": "substitutes_path"}
+CACHE_KWARGS = {"cbat": "sentences_path", "bgm": "rewrites_path", "nws": "substitutes_path",
+                "hiddenkiller_lm": "rewrites_path"}
 
 
 def cache_kwargs(attack: str, triggers_dir: str) -> tuple[tuple[str, str], ...]:
@@ -104,6 +106,9 @@ def update_trigger_cache(job: TriggerJob) -> dict[str, Any]:
           model, params, tokenizer, dataset=job.dataset, samples=job.samples, seed=job.seed,
           batch_size=job.batch_size),
       "bgm": lambda rows: llm_triggers.bgm_rewrites(
+          model, params, tokenizer, rows, dataset=job.dataset, seed=job.seed,
+          batch_size=job.batch_size),
+      "hiddenkiller_lm": lambda rows: llm_triggers.hiddenkiller_rewrites(
           model, params, tokenizer, rows, dataset=job.dataset, seed=job.seed,
           batch_size=job.batch_size),
       "nws": lambda rows: lm_substitutes.nws_rewrites(
