@@ -179,7 +179,7 @@ def _encoder_grid_rows(rows: list[dict]) -> list[str]:
   for (dataset, attack), (by_variant, vanilla) in reporting.grid_groups(rows).items():
     ran = [v for v in flag if v in by_variant]
     ours = [cell(vanilla)] + [cell([r["after"] for r in by_variant[v]]) for v in ran]
-    paper = reporting.PAPER_TABLE2_BERT.get((dataset, attack))
+    paper = reporting.paper_bert_row(dataset, attack)
     theirs = (", ".join(f"{100 * paper[c][1]:.1f} ({100 * paper[c][0]:.1f})" if c in paper
                         else "—" for c in ["vanilla", *ran]) + " (BERT)" if paper else "—")
     seeds = sorted({r["seed"] for runs in by_variant.values() for r in runs})

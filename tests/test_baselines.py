@@ -348,6 +348,12 @@ def test_table2_bolds_the_lowest_asr_within_two_points_of_vanilla_ca():
                       "**0.200 ± 0.000** | 2 |")
   assert lines[3] == ("| sst2 | badnets (paper, BERT) | 0.9265 | 0.9967 | 0.9228 | 0.2636 | "
                       "0.9148 | 0.1523 | 0.9064 | 0.1698 | 5 runs |")
+  # A stand-in attack (SmolLM2's HiddenKiller template) sits beside the paper's row
+  # of the attack it stands in for.
+  stand_in = [{**r, "dataset": "ag_news", "attack": "hiddenkiller_lm"} for r in rows]
+  lines = reporting.columns_table(stand_in, ["FP"]).splitlines()
+  assert lines[3] == ("| ag_news | hiddenkiller_lm (paper, BERT) | 0.8836 | 0.9501 | "
+                      "0.8797 | 0.2903 | 5 runs |")
 
 
 def test_summary_keeps_one_attack_of_two_datasets_apart_in_table_and_plot(tmp_path, monkeypatch):

@@ -271,6 +271,14 @@ def paper_columns(table: dict[tuple, tuple], columns) -> dict[tuple, dict[str, t
 
 
 PAPER_TABLE2_BERT = paper_columns(_PAPER_BERT, _PAPER_COLUMNS)
+# A stand-in attack is compared with the paper's row of the attack it stands in for.
+PAPER_ATTACK = {"hiddenkiller_lm": "hiddenkiller"}
+
+
+def paper_bert_row(dataset: str, attack: str) -> dict[str, tuple] | None:
+  """The paper's Table 2(a) BERT row for `attack` on `dataset` (PAPER_TABLE2_BERT),
+  or None where the paper has none."""
+  return PAPER_TABLE2_BERT.get((dataset, PAPER_ATTACK.get(attack, attack)))
 CA_TOLERANCE = 0.02  # a column competes for bold when its CA is within this of vanilla's
 
 
@@ -323,7 +331,7 @@ def columns_table(rows: list[dict], columns: list[str]) -> str:
                  f"{bold}{fmt([x['asr'] for x in after[c]])}{bold}"] if c in after
                 else ["—", "—"])
     lines.append(f"| {dataset} | {attack} | " + " | ".join(cells) + f" | {len(vanilla)} |")
-    paper = PAPER_TABLE2_BERT.get((dataset, attack))
+    paper = paper_bert_row(dataset, attack)
     if paper:
       lines.append(f"| {dataset} | {attack} (paper, BERT) | " + " | ".join(
           f"{paper[c][0]:.4f} | {paper[c][1]:.4f}" if c in paper else "— | —"
