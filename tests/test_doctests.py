@@ -50,6 +50,7 @@ MODULES = (
     "jax_attnalign.harness.detection",
     "jax_attnalign.harness.reporting",
     "jax_attnalign.harness.reporting_lm",
+    "jax_attnalign.harness.victims",
     "jax_attnalign.errors",
     "jax_attnalign.models.layers",
     "jax_attnalign.validation",

@@ -48,6 +48,25 @@ class VictimConfig:
     check_target(self.dataset, self.target)
 
 
+# A victim whose ASR is below this is not a real backdoor by the grid's bar (issue 20:
+# "ASR >= 85% before defense"): a defense's ASR after it says little.
+BACKDOOR_ASR = 0.85
+
+
+def weak_backdoor(result: dict) -> str | None:
+  """Why a victim's `result` is below BACKDOOR_ASR, or None (a real backdoor, or clean).
+
+  >>> weak_backdoor({"asr": 0.61, "config": {"attack": "bgm", "seed": 0}})
+  'victim bgm seed 0: ASR 0.610 is below 0.85, not a real backdoor; defenses measured on it say little about the attack at strength'
+  """
+  if result.get("asr") is None or result["asr"] >= BACKDOOR_ASR:
+    return None
+  cfg = result["config"]
+  return (f"victim {cfg['attack']} seed {cfg['seed']}: ASR {result['asr']:.3f} is below "
+          f"{BACKDOOR_ASR}, not a real backdoor; defenses measured on it say little about "
+          "the attack at strength")
+
+
 def check_target(dataset: str, target) -> None:
   """The dataset is known and the attack's target is one of its label ids."""
   if dataset not in data.DATASETS:
@@ -148,4 +167,6 @@ def train_classification_victim(cfg: VictimConfig, workdir: str | pathlib.Path) 
   (workdir / "result.json").write_text(json.dumps(result, indent=1, default=str))
   logging.info("victim %s seed %d: %s", cfg.attack, cfg.seed,
                {k: result[k] for k in ("ca", "asr") if k in result})
+  if warning := weak_backdoor(result):
+    logging.warning("%s", warning)
   return result
