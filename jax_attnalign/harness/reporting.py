@@ -279,6 +279,8 @@ def paper_bert_row(dataset: str, attack: str) -> dict[str, tuple] | None:
   """The paper's Table 2(a) BERT row for `attack` on `dataset` (PAPER_TABLE2_BERT),
   or None where the paper has none."""
   return PAPER_TABLE2_BERT.get((dataset, PAPER_ATTACK.get(attack, attack)))
+
+
 CA_TOLERANCE = 0.02  # a column competes for bold when its CA is within this of vanilla's
 
 
