@@ -16,6 +16,10 @@ variant in --variants:
                 rows, aligned to the defender's clean rows: the paper's scalings
                 [1..9] and mu_max 0.1 (baselines.MuScleLoRAConfig), trained with
                 the victim's own schedule (epochs, batch, learning rate, seed)
+  fine_pruning, meft, pure
+                Table 2(a)'s classifier baselines, on a chat classifier read as a
+                classifier over its label words (harness.baselines_lm), with our
+                fine-tuning budget (experiments/configs/defend_lm.py)
 The baselines' settings are the config's `baselines` part (harness.baselines_lm).
 The detector variant's suspects are the paper detector's unless
 --config.setup.detector names another input detector (its rows then read
@@ -61,7 +65,7 @@ flags.DEFINE_list("attacks", [], "Only these attacks (default: every backdoored 
 flags.DEFINE_list("seeds", [], "Only victims of these seeds (default: all).")
 flags.DEFINE_list("variants", ["detector", "oracle"],
                   "detector, oracle, align_only, headwise_only, uniform_only, cleangen, "
-                  "graceful, muscle_lora.")
+                  "graceful, muscle_lora; chat classifiers also fine_pruning, meft, pure.")
 
 BASELINE_VARIANTS = tuple(LM_BASELINES)
 flags.DEFINE_string("workdir", "workdir/defend_lm", "Output folder.")

@@ -10,7 +10,11 @@ looking at a defense result:
     batches of 8: a SmolLM2 fine-tuning step takes seconds here;
   * the generation baselines (CleanGen, GraCeFul, MuScleLoRA) with their papers'
     settings; MuScleLoRA's epochs, batch size, learning rate and seed are each
-    victim's own (experiments.defend_lm).
+    victim's own (experiments.defend_lm);
+  * the classifier baselines (Fine-Pruning, MEFT, PURE; chat classifiers only)
+    with their papers' rules and our fine-tuning budget, as on the encoders
+    (`CleanFineTuning`: every column fine-tunes alike): two epochs of batch 8 at
+    the uniform rate of our fine-tune (the safe heads' 2e-4).
 
 The sanitiser's settings were checked on the refusal tuning victim (VPI seed 0,
 trained under its own workdir and reported nowhere), oracle suspects, against
@@ -32,6 +36,8 @@ victims it is reported on; its first form re-read the suspects themselves
 (`--config.setup.watch_share=0`), whose answers overstated the repair.
 """
 
+from jax_attnalign.baselines import BASELINES
+from jax_attnalign.defense import HeadRates
 from jax_attnalign.detection import collapse
 from jax_attnalign.harness.baselines_lm import LM_BASELINES, VICTIM_SCHEDULE
 from jax_attnalign.harness.configs import default_config, with_recipe
@@ -55,6 +61,9 @@ def get_config(recipe: str = ""):
   config = default_config(LMDefenseSetup(), restarts=False, baselines=LM_BASELINES)
   for key in VICTIM_SCHEDULE:  # MuScleLoRA trains with the victim's own schedule
     del config.baselines.muscle_lora[key]
+  for name in BASELINES:  # the classifier baselines fine-tune as ours does
+    config.baselines[name].update({"batch_size": 8, "finetune": {
+        "learning_rate": HeadRates().safe, "epochs": 2, "batch_size": 8}})
   config.sanitize.update({
       "classify": {"view": "gen_to_prompt"}, "align": {"batch_size": 8},
       "finetune": {"loss": "causal_lm", "epochs": 2, "batch_size": 8, "length_bucket": 16},

@@ -21,7 +21,10 @@ The rule:
      v_l of layer l's kept heads: w = softmax(-log v) = (1/v) / sum(1/v), then
      min-max scaled over layers (the least varying layer gets 1, the most 0).
 Pruned heads are zeroed in the weights (`pruning.zero_heads`) and frozen during
-the fine-tune, so the saved checkpoint is pruned for transformers too.
+the fine-tune, so the saved checkpoint is pruned for transformers too. A decoder
+classifier (a Llama with task='classification', e.g. a chat classifier read off
+its label words) reads its class at its last real token, so there that token's
+row stands for the [CLS] row, in the ranking and in the penalty.
 
 Settings from PURE's code (its config.py): c = 0.85 is an *absolute* validation
 accuracy (`accuracy_val < threshold`, threshold 0.85), not 85% of the original's;
@@ -79,10 +82,14 @@ class PUREConfig(BaselineConfig):
     checks.rate("PUREConfig.penalty", self.penalty)
 
 
-def _cls_row_square_sums(pattern: Array, name: str) -> Array:
-  """sum over the batch and key slots of A[b, h, 0, s]^2: [N]."""
-  del name
-  return jnp.sum(jnp.square(pattern[:, :, 0, :]), axis=(0, 2))
+def _pooled_rows(model, pattern: Array, attention_mask: Array) -> Array:
+  """The attention rows [B, N, S] of the token the classifier reads: [CLS] (query 0)
+  for an encoder, the last real token for a decoder."""
+  if not model.config.is_decoder:
+    return pattern[:, :, 0, :]
+  slots = jnp.arange(attention_mask.shape[1])
+  last = jnp.max(jnp.where(attention_mask > 0, slots, -1), axis=-1)
+  return jnp.take_along_axis(pattern, jnp.maximum(last, 0)[:, None, None, None], axis=2)[:, :, 0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +107,12 @@ class AttentionNormalizedLoss:
   penalty: float
 
   def __call__(self, model, params, batch, rng, deterministic):
-    out, norms = run_with_hooks(model, params, batch,
-                                summarize={PATTERNS: _cls_row_square_sums},
+    def square_sums(pattern, name):  # over the batch and key slots of A[b, h, pooled, s]^2: [N]
+      del name
+      return jnp.sum(jnp.square(_pooled_rows(model, pattern, batch["attention_mask"])),
+                     axis=(0, 2))
+
+    out, norms = run_with_hooks(model, params, batch, summarize={PATTERNS: square_sums},
                                 deterministic=deterministic, rngs={"dropout": rng})
     norms = jnp.stack([norms[n] for n in sorted(norms, key=layer_of)])  # [L, N]
     penalty = self.penalty * jnp.sum(jnp.asarray(self.weights) * jnp.sqrt(norms))
@@ -113,7 +124,8 @@ class AttentionNormalizedLoss:
 def _cls_row_variances(model, params, batch):
   """Per row, each head's unbiased variance of its [CLS] attention row: [B, L, N]."""
   _, var = run_with_hooks(model, params, batch, summarize={
-      PATTERNS: lambda p, name: jnp.var(p[:, :, 0, :], axis=-1, ddof=1)})
+      PATTERNS: lambda p, name: jnp.var(_pooled_rows(model, p, batch["attention_mask"]),
+                                        axis=-1, ddof=1)})
   return jnp.stack([var[n] for n in sorted(var, key=layer_of)], axis=1)
 
 

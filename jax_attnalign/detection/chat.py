@@ -33,7 +33,6 @@ import functools
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jax_attnalign import data, parallel
@@ -54,11 +53,14 @@ RAP_WORD = "cx"
 
 @functools.partial(jax.jit, static_argnames=("model", "label_ids"))
 def label_logits(model, params, batch: dict, label_ids: tuple[int, ...]) -> jax.Array:
-  """The next-token logits after each left-padded prompt at the label words'
-  first tokens: [B, C]."""
-  last = jnp.broadcast_to(batch["input_ids"].shape[1] - 1, (batch["input_ids"].shape[0], 1))
-  logits = apply_batch(model, params, batch, logit_positions=last).logits[:, 0]  # [B, V]
-  return logits[:, jnp.asarray(label_ids)]
+  """The next-token logits after each prompt at the label words' first tokens: [B, C]."""
+  return apply_batch(label_word_classifier(model, label_ids), params, batch).logits
+
+
+def label_word_classifier(model, label_ids: Sequence[int]):
+  """The chat LM `model` as a classifier over its label words (`Llama.label_ids`):
+  same parameters, class logits the LM's logits of `label_ids` after the prompt."""
+  return model.clone(task="classification", label_ids=tuple(int(i) for i in label_ids))
 
 
 def label_token_ids(tokenizer, label_names: Sequence[str]) -> tuple[int, ...]:

@@ -22,6 +22,16 @@ What each defender holds differs from ours (no suspects, no monitored stream):
     the kept rows. MuScleLoRA trains its adapters on all the rows, aligned to
     the defender's clean fine-tuning rows (`pipeline_lm.defender_examples`, the
     ones our defense fine-tunes on).
+  * Fine-Pruning, MEFT and PURE (Table 2(a)'s classifier baselines, on a
+    Listing-1 chat classifier only) hold what they hold on an encoder: clean
+    labelled rows, the defender's clean fine-tuning rows to train on and its
+    calibration rows to validate on, as prompts with their labels. The chat LM
+    is read as a classifier over its label words (`chat.label_word_classifier`:
+    the same parameters, the class logits the LM's logits of the label words'
+    first tokens after the prompt), so their accuracy, ranking, entropy and
+    cross-entropy are over the label words, where ours fine-tunes with the
+    causal-LM loss on the chat rows; PURE's [CLS] row is the prompt's last
+    token's. 'after' is the LM's own greedy answers, as for ours.
 """
 
 from __future__ import annotations
@@ -36,15 +46,19 @@ import numpy as np
 
 import jax_attnalign
 from jax_attnalign.assets import bundled_smollm2_path
-from jax_attnalign.baselines import (CleanGenConfig, GraCeFulConfig, MuScleLoRAConfig,
-                                     cleangen_responses, graceful_filter, muscle_lora)
+from jax_attnalign.baselines import (BASELINES, CleanGenConfig, GraCeFulConfig,
+                                     MuScleLoRAConfig, cleangen_responses, graceful_filter,
+                                     muscle_lora)
+from jax_attnalign.detection.chat import ChatVictim, label_word_classifier
+from jax_attnalign.errors import InputError
 from jax_attnalign.harness.pipeline import store_defense_result
 from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, PreparedLMVictim, defender_examples
 from jax_attnalign.harness.victims_lm import fine_tune_lm, training_arrays, victim_data
 
 
 LM_BASELINES = {"cleangen": CleanGenConfig, "graceful": GraCeFulConfig,
-                "muscle_lora": MuScleLoRAConfig}  # {variant name: config class}
+                "muscle_lora": MuScleLoRAConfig,  # {variant name: config class}
+                **{name: config for name, (_, config) in BASELINES.items()}}
 # The MuScleLoRAConfig fields experiments.defend_lm takes from the victim's own recipe.
 VICTIM_SCHEDULE = ("epochs", "batch_size", "learning_rate", "seed")
 
@@ -53,9 +67,39 @@ def defend_lm_with_baseline(name: str, victim_dir: str | pathlib.Path, setup: LM
                             config, workdir: str | pathlib.Path | None = None, *,
                             prepare: Callable[[], PreparedLMVictim] | None = None) -> dict:
   """The baseline `name` of LM_BASELINES with its `config` (module docstring)."""
+  if name in BASELINES:
+    return defend_chat_classifier(name, victim_dir, setup, config, workdir, prepare=prepare)
   defend = {"cleangen": defend_lm_with_cleangen, "graceful": defend_lm_with_graceful,
             "muscle_lora": defend_lm_with_muscle_lora}[name]
   return defend(victim_dir, setup, config, workdir, prepare=prepare)
+
+
+def defend_chat_classifier(name: str, victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
+                           config, workdir: str | pathlib.Path | None = None, *,
+                           prepare: Callable[[], PreparedLMVictim] | None = None) -> dict:
+  """Classifier baseline `name` of `baselines.BASELINES` (Fine-Pruning, MEFT, PURE)
+  on a Listing-1 chat classifier read as a classifier over its label words
+  (module docstring), trained on the defender's `setup.clean_size` clean rows and
+  validated on its calibration rows. The report is the baseline's; the model is
+  saved with its tokenizer."""
+  defend_fn = BASELINES[name][0]
+
+  def defend(model, params, pretrained, tokenizer, cfg, evaluate, workdir):
+    del pretrained
+    if cfg.task != "classification":
+      raise InputError(f"{name} is a classifier baseline; this victim is a {cfg.task} "
+                       "victim. Use cleangen, graceful or muscle_lora on generation victims.")
+    chat = ChatVictim(model, params, tokenizer, dataset=cfg.dataset)
+    rows = defender_examples(cfg, setup)
+    labelled = lambda part: {**chat.class_inputs(part),
+                             "labels": np.array([e.label for e in part], np.int32)}
+    after_params, report = defend_fn(
+        label_word_classifier(model, chat.label_ids), params,
+        labelled(rows[:setup.clean_size]), labelled(rows[setup.clean_size:]), config,
+        workdir=workdir / name if workdir else None)
+    return after_params, evaluate(after_params), {name: dataclasses.asdict(config), **report}
+
+  return _baseline_run(victim_dir, setup, workdir, defend, save_model=True, prepare=prepare)
 
 
 def _baseline_run(victim_dir, setup: LMDefenseSetup, workdir, defend: Callable,

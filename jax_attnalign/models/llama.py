@@ -75,9 +75,17 @@ class DecoderLayer(nn.Module):
 
 
 class Llama(nn.Module):
-  """Llama / Mistral decoder; `task` picks the head ('base', 'causal_lm', 'classification')."""
+  """Llama / Mistral decoder; `task` picks the head ('base', 'causal_lm', 'classification').
+
+  label_ids (classification only): a chat classifier read as a classifier. Its
+  class logits are the LM head's logits of these tokens (each label word's first
+  token) at the last real position, with no `score` head: the parameters are the
+  causal LM's, so a classifier baseline trains and prunes the chat model itself.
+  Empty: the `score` head of transformers' LlamaForSequenceClassification.
+  """
   config: ModelConfig
   task: str = "causal_lm"
+  label_ids: tuple[int, ...] = ()
   dtype: layers.Dtype = jnp.float32
   param_dtype: layers.Dtype = jnp.float32
 
@@ -89,9 +97,11 @@ class Llama(nn.Module):
                                  embedding_init=nn.initializers.normal(0.02), **kw)
     self.layers = [DecoderLayer(cfg, **kw) for _ in range(cfg.num_layers)]
     self.norm = layers.RMSNorm(cfg.norm_eps, **kw)
-    if self.task == "causal_lm" and not cfg.tie_word_embeddings:
+    if self.label_ids and self.task != "classification":
+      raise ValueError(f"label_ids is for task='classification', not {self.task!r}.")
+    if (self.task == "causal_lm" or self.label_ids) and not cfg.tie_word_embeddings:
       self.lm_head = _dense(cfg.vocab_size, False, "lm_head", self)
-    if self.task == "classification":
+    if self.task == "classification" and not self.label_ids:
       self.score = _dense(cfg.num_labels, False, "score", self)
 
   def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
@@ -142,11 +152,15 @@ class Llama(nn.Module):
     if self.task == "causal_lm":
       at = x if logit_positions is None else jnp.take_along_axis(
           x, logit_positions[..., None], axis=1)  # [B, P, D]
-      logits = (self.embed_tokens.attend(at) if cfg.tie_word_embeddings
-                else self.lm_head(at))  # [B, T or P, V]
+      logits = self._lm_logits(at)  # [B, T or P, V]
     elif self.task == "classification":
       last = jnp.max(jnp.where(attention_mask > 0, jnp.arange(t), -1), axis=-1)
-      logits = self.score(x)[jnp.arange(b), jnp.maximum(last, 0)]  # [B, C]
+      at = x[jnp.arange(b), jnp.maximum(last, 0)]  # [B, D]
+      logits = (self._lm_logits(at)[:, jnp.asarray(self.label_ids)] if self.label_ids
+                else self.score(at))  # [B, C]
     return ModelOutput(logits=logits, last_hidden_state=x,
                        hidden_states=tuple(hidden) if output_hidden_states else None,
                        cache=None if cache is None else new_cache)
+
+  def _lm_logits(self, x: Array) -> Array:
+    return self.embed_tokens.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)

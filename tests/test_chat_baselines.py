@@ -1,0 +1,127 @@
+"""Table 2(a)'s classifier baselines on a Listing-1 chat classifier: the chat LM read
+as a classifier over its label words against the LM's own next-token logits of one
+unpadded prompt, PURE's decoder row against a NumPy brute force on captured maps,
+and Fine-Pruning, MEFT and PURE through the LM defense harness on a tiny victim."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+import jax_attnalign
+from jax_attnalign import data
+from jax_attnalign.baselines import BASELINES, CleanFineTuning
+from jax_attnalign.baselines.pure import AttentionNormalizedLoss, _head_variances
+from jax_attnalign.data.types import TextExample
+from jax_attnalign.detection.chat import ChatVictim, label_word_classifier
+from jax_attnalign.harness.baselines_lm import defend_lm_with_baseline
+from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, PreparedLMVictim, defender_examples
+from jax_attnalign.harness.victims_lm import LMVictimConfig, train_lm_victim
+from jax_attnalign.models import PATTERNS, apply_batch, attention_maps, build_model
+from jax_attnalign.models import run_with_hooks
+
+WORDS = "a fine gloomy film of wit and dull charm that drags yet sings".split()
+
+
+def _examples(n, seed):
+  rng = np.random.default_rng(seed)
+  return [TextExample(" ".join(rng.choice(WORDS, rng.integers(3, 12))), int(rng.integers(0, 2)))
+          for _ in range(n)]
+
+
+def _right_padded(arrays):
+  """The same rows moved to the left edge, padding after them."""
+  ids, mask = arrays["input_ids"].copy(), arrays["attention_mask"].copy()
+  for b in range(len(ids)):
+    n = int(mask[b].sum())
+    ids[b], mask[b] = np.r_[ids[b][-n:], ids[b][:-n]], np.r_[np.ones(n), np.zeros(len(ids[b]) - n)]
+  return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(scope="module")
+def chat(tiny_chat_llama):
+  model, params = jax_attnalign.load_pretrained(tiny_chat_llama, task="causal_lm")
+  return ChatVictim(model, params, data.load_tokenizer(tiny_chat_llama), batch_size=4)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_label_word_classifier_gives_the_lms_label_logits_after_the_prompt(chat, tied):
+  """Left- or right-padded, the class logits are the LM's logits of the label words'
+  first tokens at the prompt's last token, computed on each prompt alone."""
+  model, params = chat.model, chat.params
+  if not tied:  # an untied LM head: the classifier must read it, not the embeddings
+    model = build_model(dataclasses.replace(model.config, tie_word_embeddings=False))
+    params = model.init(jax.random.key(1), np.zeros((1, 4), np.int32))["params"]
+  examples = _examples(5, 0)
+  arrays = chat.class_inputs(examples)
+  classifier = label_word_classifier(model, chat.label_ids)
+  expected = []
+  for b in range(len(examples)):
+    ids = arrays["input_ids"][b:b + 1, arrays["attention_mask"][b] > 0]
+    logits = apply_batch(model, params, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    expected.append(np.asarray(logits.logits[0, -1])[list(chat.label_ids)])
+  for batch in (arrays, _right_padded(arrays)):
+    got = np.asarray(apply_batch(classifier, params, batch).logits)
+    np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match="label_ids is for task='classification'"):
+    model.clone(label_ids=(1, 2)).init(jax.random.key(0), np.zeros((1, 4), np.int32))
+
+
+def test_pure_reads_a_decoder_classifiers_last_token_row(chat):
+  """The head variances and the attention penalty of a decoder classifier read each
+  row's last real token's attention row (ddof 1 over the padded key slots, as the
+  [CLS] row), from captured maps in float64, padded on either side."""
+  classifier = label_word_classifier(chat.model, chat.label_ids)
+  examples = _examples(6, 1)
+  left = {**chat.class_inputs(examples), "labels": np.array([e.label for e in examples])}
+  right = {**_right_padded(left), "labels": left["labels"]}
+  weights = ((0.5, 0.0, 1.0, 0.25), (1.0, 1.0, 0.0, 0.5))
+  for batch in (left, right):
+    mask = batch["attention_mask"]
+    last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+    _, captured = run_with_hooks(classifier, chat.params, batch, capture=PATTERNS)
+    maps = np.asarray(attention_maps(captured), np.float64)  # [L, B, N, T, S]
+    rows = maps[:, np.arange(len(last)), :, last, :]  # [B, L, N, S]
+    np.testing.assert_allclose(_head_variances(classifier, chat.params, batch, 4),
+                               np.var(rows, axis=-1, ddof=1).mean(0), rtol=1e-4, atol=1e-9)
+    _, metrics = AttentionNormalizedLoss(weights, 0.15)(classifier, chat.params, batch,
+                                                        jax.random.key(0), True)
+    penalty = 0.15 * np.sum(np.asarray(weights) * np.sqrt(np.sum(rows ** 2, axis=(0, 3))))
+    np.testing.assert_allclose(float(metrics["attention_penalty"]), penalty, rtol=1e-5)
+
+
+def test_classifier_baselines_on_a_tiny_chat_victim(shared_data, tiny_chat_llama, tmp_path):
+  """Each runs through the LM harness on the defender's rows: 'before' is the
+  prepared victim's, the saved model is the library function's own on the same
+  prompts and labels, and 'after' is the LM's answers with those parameters."""
+  cfg = LMVictimConfig(task="classification", attack="badnets",
+                       data_dir=str(shared_data / "sst2" / "clean"), model=str(tiny_chat_llama),
+                       train_size=16, test_size=12, epochs=1, batch_size=8,
+                       learning_rate=1e-3, max_length=96)
+  train_lm_victim(cfg, tmp_path / "victim")
+  setup = LMDefenseSetup(stream_clean=4, stream_triggered=4, clean_size=8,
+                         calibration_size=8, eval_size=4)
+  prepared = PreparedLMVictim(tmp_path / "victim", setup)
+  chat = ChatVictim(prepared.model, prepared.params, prepared.tokenizer, dataset="sst2")
+  rows = defender_examples(prepared.cfg, setup)
+  labelled = lambda part: {**chat.class_inputs(part),
+                           "labels": np.array([e.label for e in part], np.int32)}
+  tune = CleanFineTuning(epochs=1, batch_size=8)
+  configs = {"fine_pruning": BASELINES["fine_pruning"][1](batch_size=8, finetune=tune),
+             "meft": BASELINES["meft"][1](batch_size=8, max_entropy_epochs=1, finetune=tune),
+             "pure": BASELINES["pure"][1](batch_size=8, threshold="relative", prune_step=2,
+                                          finetune=tune)}
+  for name, config in configs.items():
+    result = defend_lm_with_baseline(name, tmp_path / "victim", setup, config, tmp_path / name,
+                                     prepare=lambda: prepared)
+    expected, report = BASELINES[name][0](label_word_classifier(chat.model, chat.label_ids),
+                                          prepared.params, labelled(rows[:8]),
+                                          labelled(rows[8:]), config)
+    saved = jax_attnalign.load_pretrained(tmp_path / name / "model", task="causal_lm")[1]
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6),
+                           saved, expected)
+    assert result["before"] == prepared.before and result["detection"] is None
+    assert result["after"] == prepared.held_metrics(expected)
+    assert result["report"][name] == dataclasses.asdict(config)
+    assert {k: result["report"][k] for k in report} == report
