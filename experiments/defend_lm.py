@@ -117,8 +117,9 @@ def sorted_rows(rows: list[dict]) -> list[dict]:
 
 
 def write_summaries(rows: list[dict], workdir: pathlib.Path) -> str:
-  """Writes defend_lm.json/.md/.png and table2b.json/.md/.png for `rows` under
-  workdir; returns the markdown of the first."""
+  """Writes defend_lm.json/.md/.png, and table2b.json/.md/.png (generation victims)
+  and table2a_chat.json/.md/.png (chat classifiers) where `rows` hold such victims,
+  under workdir; returns the markdown of the first."""
   table, bars = reporting_lm.lm_defense_table(rows)
   text = ("Defense of SmolLM2 victims: metrics on each victim's held-out test prompts, "
           "detector AUROC and suspects on its monitored stream (mean ± std over seeds)\n\n"
@@ -127,15 +128,19 @@ def write_summaries(rows: list[dict], workdir: pathlib.Path) -> str:
   (workdir / "defend_lm.json").write_text(json.dumps(rows, indent=1, default=str))
   (workdir / "defend_lm.md").write_text(f"{text}\n")
   plots.plot_metric_bars(bars, workdir / "defend_lm.png", title="SmolLM2 victims after defense")
-  grid, columns = reporting_lm.lm_grid_table(rows)
-  (workdir / "table2b.json").write_text(json.dumps(columns, indent=1))
-  (workdir / "table2b.md").write_text(
-      "Table 2(b) on SmolLM2: ASR and clean utility on each victim's held-out test prompts "
-      f"(mean ± std over seeds)\n\n{grid}\n")
-  plots.plot_metric_bars({f"{kind}\n{c}": {m: v for m, v in values.items() if m != "minutes"}
-                          for kind, by_column in columns.items()
-                          for c, values in by_column.items()},
-                         workdir / "table2b.png", title="Table 2(b) on SmolLM2")
+  for spec, name in ((reporting_lm.GENERATION_GRID, "table2b"),
+                     (reporting_lm.CHAT_GRID, "table2a_chat")):
+    grid, columns = reporting_lm.lm_grid_table(rows, spec)
+    if not columns:  # no victim of this kind
+      continue
+    (workdir / f"{name}.json").write_text(json.dumps(columns, indent=1))
+    (workdir / f"{name}.md").write_text(
+        f"{spec.name} on SmolLM2: ASR and clean utility on each victim's held-out test "
+        f"prompts (mean ± std over seeds)\n\n{grid}\n")
+    plots.plot_metric_bars({f"{kind}\n{c}": {m: v for m, v in values.items() if m != "minutes"}
+                            for kind, by_column in columns.items()
+                            for c, values in by_column.items()},
+                           workdir / f"{name}.png", title=f"{spec.name} on SmolLM2")
   return text
 
 

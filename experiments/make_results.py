@@ -76,9 +76,10 @@ RENDERERS = {
     "summary.json": lambda summary: reporting.victims_table(
         {attack: s["runs"] for attack, s in summary.items()}),
     "table1.json": reporting_lm.table1_table,
-    "defend_lm.json": lambda rows: (reporting_lm.lm_defense_table(rows)[0] + "\n\nTable 2(b) "
-                                    "view of the same runs:\n\n"
-                                    + reporting_lm.lm_grid_table(rows)[0]),
+    "defend_lm.json": lambda rows: reporting_lm.lm_defense_table(rows)[0] + "".join(
+        f"\n\n{spec.name} view of the same runs:\n\n{table}"
+        for spec in (reporting_lm.CHAT_GRID, reporting_lm.GENERATION_GRID)
+        for table, grid in [reporting_lm.lm_grid_table(rows, spec)] if grid),
     "audit.json": audit_text,
     "table2.json": _columns,
     "defend.json": _columns,
@@ -189,21 +190,26 @@ def _encoder_grid_rows(rows: list[dict]) -> list[str]:
   return out
 
 
-def _generation_rows(rows: list[dict]) -> list[str]:
-  """Headline rows of Table 2(b): per generation victim kind, the ASR after each
-  defense that ran (mean over seeds), the paper's Llama-2-7B row beside."""
-  _, grid = reporting_lm.lm_grid_table([r for r in rows if r["task"] != "classification"])
+def _grid_rows(rows: list[dict], spec: reporting_lm.LMGrid) -> list[str]:
+  """Headline rows of a decoder grid (Table 2(b), or Table 2(a) on the chat
+  classifiers): per victim kind, the ASR after each defense that ran (mean over
+  seeds), the paper's Llama-2-7B row beside."""
+  _, grid = reporting_lm.lm_grid_table(rows, spec)
   out = []
   for kind, by_column in grid.items():
     task, attack = kind.split("/")
-    paper = reporting_lm.PAPER_TABLE2_GENERATION.get(("Llama2-7B", task, attack), {})
-    ran = [c for c in reporting_lm.LM_GRID_COLUMNS if c in by_column]
+    paper = spec.paper.get(("Llama2-7B", task, attack), {})
+    ran = [c for c in spec.columns if c in by_column]
     mean = lambda values: sum(values) / len(values)
     seeds = sorted(by_column["vanilla"]["seeds"])  # the victims of the grid's columns
-    out.append(f"| Table 2(b), {task} {attack}: ASR (%) of " + ", ".join(ran) + " | "
+    out.append(f"| {spec.name}, {task} {attack}: ASR (%) of " + ", ".join(ran) + " | "
                + (", ".join(f"{100 * paper[c][1]:.1f}" if c in paper else "—" for c in ran)
                   + " (Llama-2-7B)" if paper else "—")
-               + " | " + ", ".join(f"{100 * mean(by_column[c]['asr']):.1f}" for c in ran)
+               + " | " + ", ".join(
+                   f"{100 * mean(by_column[c]['asr']):.1f}" + (
+                       f" ({_seeds(by_column[c]['seeds'])})"
+                       if sorted(set(by_column[c]["seeds"])) != seeds else "")
+                   for c in ran)
                + f" (SmolLM2, {_seeds(seeds)}) |")
   return out
 
@@ -284,7 +290,8 @@ def headline(results: pathlib.Path, brief: bool = False) -> str:
     lines.append(_defense_row(chat, "SST-2 BadNets, chat classifier", "Llama-2-7B", "SmolLM2"))
   for path in sorted(results.rglob("table2.json")):
     lines += _encoder_grid_rows(json.loads(path.read_text()))
-  lines += _generation_rows(lm_rows) + _recipe_rows(lm_rows, brief)
+  lines += (_grid_rows(lm_rows, reporting_lm.CHAT_GRID)
+            + _grid_rows(lm_rows, reporting_lm.GENERATION_GRID) + _recipe_rows(lm_rows, brief))
   if not brief:
     for path in sorted(results.rglob("detect.json")):
       lines += _detection_rows(json.loads(path.read_text()))

@@ -290,8 +290,9 @@ def test_decoder_binaries(shared_data, tiny_chat_llama, tmp_path):
   assert rows[0]["settings"] == {"view": "gen_to_prompt", "statistic": "frac_above"}
   assert rows[1]["sizes"] == {"fit": 8, "calibration": 8, "clean": 4, "triggered": 4}
   run("experiments.defend_lm", f"--victims_dir={victims}",
-      "--variants=oracle,align_only,cleangen,graceful,muscle_lora",
-      "--config.baselines.graceful.pca_dims=4",
+      "--variants=oracle,align_only,cleangen,graceful,muscle_lora,meft",
+      "--config.baselines.graceful.pca_dims=4", "--config.baselines.meft.max_entropy_epochs=1",
+      "--config.baselines.meft.finetune.epochs=1",
       "--config.setup.stream_clean=4", "--config.setup.stream_triggered=4",
       "--config.setup.max_suspects=4", "--config.setup.clean_size=8",
       "--config.setup.calibration_size=4", "--config.setup.eval_size=4",
@@ -299,7 +300,7 @@ def test_decoder_binaries(shared_data, tiny_chat_llama, tmp_path):
       "--config.sanitize.stopping.max_rounds=1", f"--workdir={tmp_path / 'defend'}", cwd=ROOT)
   rows = json.loads((tmp_path / "defend" / "defend_lm.json").read_text())
   assert [r["variant"] for r in rows] == ["oracle", "align_only", "cleangen", "graceful",
-                                          "muscle_lora"]
+                                          "muscle_lora", "meft"]
   assert {"asr", "ca"} <= set(rows[0]["after"]) and rows[2]["detection"] is None
   graceful = json.loads((tmp_path / "defend" / "graceful" / "classification_badnets_seed0"
                          / "result.json").read_text())["report"]["filter"]
@@ -312,11 +313,13 @@ def test_decoder_binaries(shared_data, tiny_chat_llama, tmp_path):
   muscle = json.loads((tmp_path / "defend" / "muscle_lora" / "classification_badnets_seed0"
                        / "result.json").read_text())["report"]["muscle_lora"]
   assert (muscle["epochs"], muscle["batch_size"], muscle["learning_rate"]) == (1, 8, 1e-3)
-  grid = json.loads((tmp_path / "defend" / "table2b.json").read_text())
-  assert set(grid["classification/badnets"]) == {"vanilla", "cleangen", "muscle_lora",
-                                                 "graceful", "oracle"}
-  assert grid["classification/badnets"]["graceful"]["minutes"][0] > 0
-  assert (tmp_path / "defend" / "table2b.png").read_bytes()[:4] == b"\x89PNG"
+  # A chat classifier's grid is Table 2(a)'s (the classifier baselines beside ours);
+  # no generation victim, no Table 2(b).
+  grid = json.loads((tmp_path / "defend" / "table2a_chat.json").read_text())
+  assert set(grid["sst2/badnets"]) == {"vanilla", "meft", "oracle"}
+  assert grid["sst2/badnets"]["meft"]["minutes"][0] > 0
+  assert (tmp_path / "defend" / "table2a_chat.png").read_bytes()[:4] == b"\x89PNG"
+  assert not (tmp_path / "defend" / "table2b.json").exists()
   # A later call with one variant reads its finished run back and keeps the other's row.
   run("experiments.defend_lm", f"--victims_dir={victims}", "--variants=oracle",
       f"--workdir={tmp_path / 'defend'}", cwd=ROOT)

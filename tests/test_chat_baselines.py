@@ -15,6 +15,7 @@ from jax_attnalign.baselines import BASELINES, CleanFineTuning
 from jax_attnalign.baselines.pure import AttentionNormalizedLoss, _head_variances
 from jax_attnalign.data.types import TextExample
 from jax_attnalign.detection.chat import ChatVictim, label_word_classifier
+from jax_attnalign.harness import reporting_lm
 from jax_attnalign.harness.baselines_lm import defend_lm_with_baseline
 from jax_attnalign.harness.pipeline_lm import LMDefenseSetup, PreparedLMVictim, defender_examples
 from jax_attnalign.harness.victims_lm import LMVictimConfig, train_lm_victim
@@ -125,3 +126,33 @@ def test_classifier_baselines_on_a_tiny_chat_victim(shared_data, tiny_chat_llama
     assert result["after"] == prepared.held_metrics(expected)
     assert result["report"][name] == dataclasses.asdict(config)
     assert {k: result["report"][k] for k in report} == report
+
+
+def test_chat_grid_is_table_2a_with_the_paper_llama_rows():
+  """The chat classifiers' grid keeps datasets apart, leaves generation victims to
+  Table 2(b), bolds the lowest ASR within two points of vanilla's CA (PURE lost 5),
+  names the seeds of a column run on fewer victims, and puts the paper's Llama2-7B
+  row beneath."""
+  def row(dataset, seed, variant, ca, asr, task="classification"):
+    return {"victim": f"{dataset}_{seed}", "task": task, "dataset": dataset,
+            "attack": "badnets", "seed": seed, "variant": variant, "seconds": 60.0,
+            "before": {"asr": 1.0, "ca": 0.88}, "after": {"asr": asr, "ca": ca}}
+  rows = [row("sst2", s, "detector", 0.86, 0.5) for s in (1, 2)] + [
+      row("sst2", 2, "meft", 0.87, 0.3), row("sst2", 2, "pure", 0.83, 0.1),
+      row("ag_news", 0, "oracle", 0.85, 0.2),
+      {**row(None, 0, "cleangen", 0.0, 0.1, task="refusal"), "before": {"asr": 1.0,
+                                                                      "rouge_l": 0.3},
+       "after": {"asr": 0.1, "rouge_l": 0.3}}]
+  table, grid = reporting_lm.lm_grid_table(rows, reporting_lm.CHAT_GRID)
+  lines = table.splitlines()
+  assert lines[0].startswith("| dataset | attack | utility | vanilla ASR |")
+  assert lines[2] == ("| sst2 | badnets | ca | 1.000 ± 0.000 | 0.880 ± 0.000 | — | — | "
+                      "**0.300** (seed 2) | 0.870 | 0.100 (seed 2) | 0.830 | 0.500 ± 0.000 | "
+                      "0.860 ± 0.000 | — | — | meft 1, pure 1, detector 1 | 1, 2 |")
+  assert lines[3].startswith("| sst2 | badnets (paper, Llama2-7B) | CA | 0.8873 | 0.8691 | "
+                             "0.4639 | 0.8319 | 0.2634 | 0.8517 | 0.3345 | 0.8237 | 0.2561 | "
+                             "0.8519 | — | — |")
+  assert lines[4].startswith("| ag_news | badnets | ca |")
+  assert set(grid) == {"sst2/badnets", "ag_news/badnets"}  # the refusal victim is 2(b)'s
+  assert "- pure: post-training" in table
+  assert set(reporting_lm.lm_grid_table(rows)[1]) == {"refusal/badnets"}

@@ -76,12 +76,19 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   assert "0.915 -> 0.992 (Llama-2-7B) | 0.9912 -> 0.9919, AUROC 0.65" in headline
   assert "86.91 / 88.73 -> 85.19 / 25.61" in headline
   assert "30.0 ± 14.1" in headline and "seeds 1, 2" in headline
-  # The SST-2 headline row reads SST-2's runs only, not the AG News victim's.
-  assert headline.count("SST-2 BadNets, chat classifier") == 1 and "90.0" not in headline
+  # The SST-2 headline row reads SST-2's runs only, not the AG News victim's; the
+  # chat classifiers' grid keeps each dataset in its row, the paper's Llama-2 beside.
+  chat = [line for line in headline.splitlines() if "SST-2 BadNets, chat classifier" in line]
+  assert len(chat) == 1 and "90.0" not in chat[0]
+  assert ("| Table 2(a), chat classifiers, sst2 badnets: ASR (%) of vanilla, detector | 88.7, "
+          "25.6 (Llama-2-7B) | 100.0, 30.0 (SmolLM2, seeds 1, 2) |") in headline
+  assert ("| Table 2(a), chat classifiers, ag_news badnets: ASR (%) of vanilla, detector | "
+          "82.3, 28.1 (Llama-2-7B) | 100.0, 90.0 (SmolLM2, seed 0) |") in headline
   assert "| Table 1, smollm2 classification_badnets_seed1: 99th pct" in headline
-  # Table 2(b): the paper's Llama-2 ASR of vanilla, CleanGen and GraCeFul beside ours.
+  # Table 2(b): the paper's Llama-2 ASR of vanilla, CleanGen and GraCeFul beside ours
+  # (GraCeFul ran on one of the two victims, which its cell says).
   assert ("| Table 2(b), refusal vpi: ASR (%) of vanilla, cleangen, graceful | 97.4, 28.0, "
-          "20.2 (Llama-2-7B) | 98.0, 15.0, 50.0 (SmolLM2, seeds 0, 1) |") in headline
+          "20.2 (Llama-2-7B) | 98.0, 15.0, 50.0 (seed 0) (SmolLM2, seeds 0, 1) |") in headline
   assert "| refusal | vpi | rouge_l | 0.980 ± 0.000 | 0.280 ± 0.000 | **0.150 ± 0.071** |" in page
   # The answer-collapse recipe: its own row, not a column of the grid (other seeds).
   assert ("| Ours, answer-collapse suspects and stop (victims trained after it was frozen): "

@@ -1,8 +1,11 @@
 """The decoder experiments' tables: Table 1 on decoders (head-pair statistics,
-clean against triggered), the defense table of `experiments.defend_lm` and Table
-2(b)'s grid beside the paper's Llama-2 numbers."""
+clean against triggered), the defense table of `experiments.defend_lm`, and the
+grids of Table 2(b) (generation victims) and of Table 2(a)'s Llama rows (chat
+classifiers) beside the paper's 7B numbers."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -112,6 +115,69 @@ _PAPER_GENERATION = {
     ("Mistral-7B", "refusal", "cba"): (96.80, 96.40, 90.45, 24.81, 81.52, 14.83, 89.87, 16.54,
                                        92.17, 11.30)}
 PAPER_TABLE2_GENERATION = paper_columns(_PAPER_GENERATION, LM_GRID_COLUMNS[:5])
+# Table 2(a)'s columns on the Listing-1 chat classifiers.
+CHAT_GRID_COLUMNS = ("vanilla", "fine_pruning", "meft", "pure", "detector", "oracle")
+_CLASSIFIER_HOLDS = ("post-training, on the victim: clean labelled rows (the defender's 200 "
+                     "clean fine-tuning rows, its 200 calibration rows to validate on), no "
+                     "suspects; the chat LM read as a classifier over its label words, "
+                     "fine-tuned as ours is (two epochs of batch 8 at 2e-4)")
+CHAT_GRID_NOTES = {
+    "vanilla": LM_GRID_NOTES["vanilla"],
+    "fine_pruning": f"{_CLASSIFIER_HOLDS}; feed-forward units pruned (last layer first) until "
+                    "validation accuracy drops 4 points",
+    "meft": f"{_CLASSIFIER_HOLDS}; maximum-entropy fine-tuning to a centroid distance of "
+            "0.01, then cross-entropy",
+    "pure": f"{_CLASSIFIER_HOLDS}; heads pruned by the variance of the prompt's last-token "
+            "attention row while validation accuracy holds 0.85, then an attention-"
+            "normalised fine-tune",
+    "detector": LM_GRID_NOTES["detector"], "oracle": LM_GRID_NOTES["oracle"]}
+# The paper's Table 2(a), Llama2-7B rows (sentiment: SST-2, topic: AG News), as for BERT.
+_PAPER_CHAT = {
+    ("Llama2-7B", "sst2", "badnets"): (86.91, 88.73, 83.19, 46.39, 85.17, 26.34, 82.37, 33.45,
+                                       85.19, 25.61),
+    ("Llama2-7B", "sst2", "hiddenkiller"): (81.56, 83.27, 80.10, 48.27, 80.78, 28.17, 79.39,
+                                            40.24, 82.04, 20.16),
+    ("Llama2-7B", "sst2", "cbat"): (84.01, 85.31, 80.97, 50.14, 80.13, 22.55, 80.35, 39.49,
+                                    83.19, 23.14),
+    ("Llama2-7B", "sst2", "nws"): (85.15, 89.25, 81.45, 32.04, 82.19, 23.91, 83.61, 28.44,
+                                   83.16, 18.33),
+    ("Llama2-7B", "sst2", "bgm"): (83.20, 84.19, 82.78, 39.33, 81.30, 24.03, 80.28, 35.45,
+                                   82.95, 23.07),
+    ("Llama2-7B", "ag_news", "badnets"): (83.39, 82.34, 79.18, 41.07, 80.27, 29.17, 79.33,
+                                          37.04, 83.40, 28.14),
+    ("Llama2-7B", "ag_news", "hiddenkiller"): (79.38, 81.28, 73.55, 43.50, 78.99, 26.00, 75.25,
+                                               43.61, 80.19, 30.45),
+    ("Llama2-7B", "ag_news", "cbat"): (78.16, 78.37, 76.03, 58.13, 78.18, 19.98, 77.19, 44.78,
+                                       78.01, 23.49),
+    ("Llama2-7B", "ag_news", "nws"): (81.48, 75.69, 75.80, 44.19, 80.06, 23.48, 79.98, 35.01,
+                                      80.98, 22.97),
+    ("Llama2-7B", "ag_news", "bgm"): (82.07, 80.15, 78.56, 47.18, 79.31, 30.15, 80.13, 46.85,
+                                      81.90, 24.38)}
+PAPER_TABLE2_CHAT = paper_columns(_PAPER_CHAT, CHAT_GRID_COLUMNS[:5])
+
+
+@dataclasses.dataclass(frozen=True)
+class LMGrid:
+  """One decoder grid: which victims (`classification`: the chat classifiers, else
+  the generation victims), keyed by dataset or task, its columns (defend_lm's
+  variant names), each column's threat model and the paper's rows
+  ({(model, dataset or task, attack): {column: (clean score, ASR)}})."""
+  name: str
+  classification: bool
+  columns: tuple[str, ...]
+  notes: dict
+  paper: dict
+  paper_note: str
+
+
+GENERATION_GRID = LMGrid(
+    "Table 2(b)", False, LM_GRID_COLUMNS, LM_GRID_NOTES, PAPER_TABLE2_GENERATION,
+    "Paper rows: Table 2(b) on 7B models, whose one column for our method sits under "
+    "'detector'; its clean score ('CA') is not our ROUGE-L.")
+CHAT_GRID = LMGrid(
+    "Table 2(a), chat classifiers", True, CHAT_GRID_COLUMNS, CHAT_GRID_NOTES, PAPER_TABLE2_CHAT,
+    "Paper rows: Table 2(a)'s Llama2-7B rows, whose one column for our method sits under "
+    "'detector'.")
 UTILITY_TOLERANCE = 0.02  # a column competes for bold when its utility is within this of vanilla's
 
 
@@ -132,27 +198,29 @@ def variant_label(variant: str, detector: str | None = None, rescore: str = "pap
   return variant + (f" ({', '.join(notes)})" if notes else "")
 
 
-def lm_grid_table(rows: list[dict]) -> tuple[str, dict]:
-  """(markdown, {task/attack: {column: {'asr', utility, 'minutes', 'seeds': [per
-  seed]}}}) of Table 2(b) from experiments.defend_lm's rows: per victim kind, ASR
-  and clean utility (CA for classification, ROUGE-L for generation) of every column
-  of LM_GRID_COLUMNS, mean ± std over seeds, the defense's wall time, the paper's
-  rows beneath and each column's threat model in the notes. Bold: the lowest mean
-  ASR among the defenses whose mean utility is within UTILITY_TOLERANCE of
-  vanilla's (none if none is)."""
+def lm_grid_table(rows: list[dict], spec: LMGrid = GENERATION_GRID) -> tuple[str, dict]:
+  """(markdown, {kind/attack: {column: {'asr', utility, 'minutes', 'seeds': [per
+  seed]}}}) of the grid `spec` from experiments.defend_lm's rows (those of its
+  victims): per victim kind (task, or a chat classifier's dataset), ASR and clean
+  utility (CA for classification, ROUGE-L for generation) of every column, mean ±
+  std over seeds, the defense's wall time, the paper's rows beneath and each
+  column's threat model in the notes. Bold: the lowest mean ASR among the defenses
+  whose mean utility is within UTILITY_TOLERANCE of vanilla's (none if none is)."""
   fmt = metrics.format_mean_std
   groups: dict[tuple, dict[str, list[dict]]] = {}
   for row in rows:
-    groups.setdefault((row["task"], row["attack"]), {}).setdefault(row["variant"], []).append(row)
-  head = " | ".join(f"{c} ASR | {c} utility" for c in LM_GRID_COLUMNS)
-  lines = [f"| task | attack | utility | {head} | minutes (defense) | seeds |",
-           "|---" * (2 * len(LM_GRID_COLUMNS) + 5) + "|"]
+    if (row["task"] == "classification") == spec.classification:
+      kind = row["dataset"] if spec.classification else row["task"]
+      groups.setdefault((kind, row["attack"]), {}).setdefault(row["variant"], []).append(row)
+  head = " | ".join(f"{c} ASR | {c} utility" for c in spec.columns)
+  lines = [f"| {'dataset' if spec.classification else 'task'} | attack | utility | {head} | "
+           "minutes (defense) | seeds |", "|---" * (2 * len(spec.columns) + 5) + "|"]
   grid = {}
+  utility = "ca" if spec.classification else "rouge_l"
   for (task, attack), all_variants in groups.items():
-    utility = "ca" if task == "classification" else "rouge_l"
     # The grid's columns only: a variant outside it (another detector or stop
     # rule) run on other victims must not change the vanilla column or seeds.
-    by_variant = {c: runs for c, runs in all_variants.items() if c in LM_GRID_COLUMNS}
+    by_variant = {c: runs for c, runs in all_variants.items() if c in spec.columns}
     if not by_variant:
       continue
     vanilla = list({r["victim"]: {**r["before"], "seconds": None, "seed": r["seed"]}
@@ -160,22 +228,25 @@ def lm_grid_table(rows: list[dict]) -> tuple[str, dict]:
     results = {"vanilla": vanilla}
     results.update({c: [{**r["after"], "seconds": r.get("seconds"), "seed": r["seed"]}
                         for r in by_variant[c]]
-                    for c in LM_GRID_COLUMNS[1:] if c in by_variant})
+                    for c in spec.columns[1:] if c in by_variant})
     mean = lambda rs, m: float(np.mean([x[m] for x in rs]))
     fair = {c: mean(rs, "asr") for c, rs in results.items() if c != "vanilla"
             and mean(rs, utility) >= mean(vanilla, utility) - UTILITY_TOLERANCE}
     cells, minutes = [], []
-    for c in LM_GRID_COLUMNS:
+    seeds = sorted({x["seed"] for x in vanilla})
+    for c in spec.columns:
       if c not in results:
         cells += ["—", "—"]
         continue
       bold = "**" if c in fair and fair[c] == min(fair.values()) else ""
-      cells += [f"{bold}{fmt([x['asr'] for x in results[c]])}{bold}",
+      ran = sorted({x["seed"] for x in results[c]})  # named where not every victim's
+      only = (f" (seed{'s' * (len(ran) > 1)} {', '.join(map(str, ran))})" if ran != seeds
+              else "")
+      cells += [f"{bold}{fmt([x['asr'] for x in results[c]])}{bold}{only}",
                 fmt([x[utility] for x in results[c]])]
       times = [x["seconds"] / 60 for x in results[c] if x["seconds"] is not None]
       if times:
         minutes.append(f"{c} {np.mean(times):.0f}")
-    seeds = sorted({x["seed"] for x in vanilla})
     lines.append(f"| {task} | {attack} | {utility} | " + " | ".join(cells)
                  + f" | {', '.join(minutes) or '—'} | {', '.join(map(str, seeds))} |")
     grid[f"{task}/{attack}"] = {c: {"asr": [x["asr"] for x in rs],
@@ -185,14 +256,13 @@ def lm_grid_table(rows: list[dict]) -> tuple[str, dict]:
                                     "seeds": [x["seed"] for x in rs]}
                                 for c, rs in results.items()}
     for model in ("Llama2-7B", "Mistral-7B"):
-      paper = PAPER_TABLE2_GENERATION.get((model, task, attack))
+      paper = spec.paper.get((model, task, attack))
       if paper:
         lines.append(f"| {task} | {attack} (paper, {model}) | CA | " + " | ".join(
             f"{paper[c][1]:.4f} | {paper[c][0]:.4f}" if c in paper else "— | —"
-            for c in LM_GRID_COLUMNS) + " | — | 5 runs |")
+            for c in spec.columns) + " | — | 5 runs |")
   notes = [f"Bold: the lowest mean ASR among the defenses whose mean utility is within "
-           f"{UTILITY_TOLERANCE:.2f} of vanilla's. Paper rows: Table 2(b) on 7B models, whose "
-           "one column for our method sits under 'detector'; its clean score ('CA') is not "
-           "our ROUGE-L. What each column's defender holds and pays:"]
-  notes += [f"- {c}: {LM_GRID_NOTES[c]}" for c in LM_GRID_COLUMNS]
+           f"{UTILITY_TOLERANCE:.2f} of vanilla's. {spec.paper_note} What each column's "
+           "defender holds and pays:"]
+  notes += [f"- {c}: {spec.notes[c]}" for c in spec.columns]
   return "\n".join(lines) + "\n\n" + "\n".join(notes), grid
