@@ -49,7 +49,8 @@ def chat(tiny_chat_llama):
 @pytest.mark.parametrize("tied", [True, False])
 def test_label_word_classifier_gives_the_lms_label_logits_after_the_prompt(chat, tied):
   """Left- or right-padded, the class logits are the LM's logits of the label words'
-  first tokens at the prompt's last token, computed on each prompt alone."""
+  first tokens at the prompt's last token, then the log-sum-exp of every other
+  token's ("any other answer"), computed on each prompt alone in float64."""
   model, params = chat.model, chat.params
   if not tied:  # an untied LM head: the classifier must read it, not the embeddings
     model = build_model(dataclasses.replace(model.config, tie_word_embeddings=False))
@@ -61,7 +62,10 @@ def test_label_word_classifier_gives_the_lms_label_logits_after_the_prompt(chat,
   for b in range(len(examples)):
     ids = arrays["input_ids"][b:b + 1, arrays["attention_mask"][b] > 0]
     logits = apply_batch(model, params, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
-    expected.append(np.asarray(logits.logits[0, -1])[list(chat.label_ids)])
+    full = np.asarray(logits.logits[0, -1], np.float64)
+    others = np.delete(full, list(chat.label_ids))
+    expected.append(np.r_[full[list(chat.label_ids)],
+                          others.max() + np.log(np.exp(others - others.max()).sum())])
   for batch in (arrays, _right_padded(arrays)):
     got = np.asarray(apply_batch(classifier, params, batch).logits)
     np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)

@@ -54,12 +54,13 @@ RAP_WORD = "cx"
 @functools.partial(jax.jit, static_argnames=("model", "label_ids"))
 def label_logits(model, params, batch: dict, label_ids: tuple[int, ...]) -> jax.Array:
   """The next-token logits after each prompt at the label words' first tokens: [B, C]."""
-  return apply_batch(label_word_classifier(model, label_ids), params, batch).logits
+  return apply_batch(label_word_classifier(model, label_ids), params, batch).logits[:, :-1]
 
 
 def label_word_classifier(model, label_ids: Sequence[int]):
-  """The chat LM `model` as a classifier over its label words (`Llama.label_ids`):
-  same parameters, class logits the LM's logits of `label_ids` after the prompt."""
+  """The chat LM `model` as a classifier over its label words and "any other
+  answer" (`Llama.label_ids`): same parameters, class logits [B, C + 1] the LM's
+  logits of `label_ids` after the prompt, then the other tokens' log-sum-exp."""
   return model.clone(task="classification", label_ids=tuple(int(i) for i in label_ids))
 
 

@@ -26,12 +26,14 @@ What each defender holds differs from ours (no suspects, no monitored stream):
     Listing-1 chat classifier only) hold what they hold on an encoder: clean
     labelled rows, the defender's clean fine-tuning rows to train on and its
     calibration rows to validate on, as prompts with their labels. The chat LM
-    is read as a classifier over its label words (`chat.label_word_classifier`:
-    the same parameters, the class logits the LM's logits of the label words'
-    first tokens after the prompt), so their accuracy, ranking, entropy and
-    cross-entropy are over the label words, where ours fine-tunes with the
-    causal-LM loss on the chat rows; PURE's [CLS] row is the prompt's last
-    token's. 'after' is the LM's own greedy answers, as for ours.
+    is read as a classifier over its label words and "any other answer"
+    (`chat.label_word_classifier`: the same parameters, the LM's next-token
+    distribution after the prompt grouped into the label words' first tokens and
+    the rest), so their cross-entropy is the LM's loss on the label word's first
+    token (ours: on the whole answer), an answer that is no label word counts as
+    wrong, and MEFT's maximum entropy spreads over the label words and "other";
+    PURE's [CLS] row is the prompt's last token's. 'after' is the LM's own greedy
+    answers, as for ours.
 """
 
 from __future__ import annotations

@@ -78,10 +78,13 @@ class Llama(nn.Module):
   """Llama / Mistral decoder; `task` picks the head ('base', 'causal_lm', 'classification').
 
   label_ids (classification only): a chat classifier read as a classifier. Its
-  class logits are the LM head's logits of these tokens (each label word's first
-  token) at the last real position, with no `score` head: the parameters are the
-  causal LM's, so a classifier baseline trains and prunes the chat model itself.
-  Empty: the `score` head of transformers' LlamaForSequenceClassification.
+  C + 1 class logits at the last real position are the LM head's logits of these
+  C tokens (each label word's first token) and, last, the log-sum-exp of every
+  other token's: class C is "any other answer", so the softmax is the LM's own
+  next-token distribution grouped, and cross-entropy on a label is the LM's loss
+  on that token. There is no `score` head: the parameters are the causal LM's, so
+  a classifier baseline trains and prunes the chat model itself. Empty: the
+  `score` head of transformers' LlamaForSequenceClassification.
   """
   config: ModelConfig
   task: str = "causal_lm"
@@ -156,11 +159,17 @@ class Llama(nn.Module):
     elif self.task == "classification":
       last = jnp.max(jnp.where(attention_mask > 0, jnp.arange(t), -1), axis=-1)
       at = x[jnp.arange(b), jnp.maximum(last, 0)]  # [B, D]
-      logits = (self._lm_logits(at)[:, jnp.asarray(self.label_ids)] if self.label_ids
-                else self.score(at))  # [B, C]
+      logits = self._label_logits(at) if self.label_ids else self.score(at)  # [B, C (+ 1)]
     return ModelOutput(logits=logits, last_hidden_state=x,
                        hidden_states=tuple(hidden) if output_hidden_states else None,
                        cache=None if cache is None else new_cache)
 
   def _lm_logits(self, x: Array) -> Array:
     return self.embed_tokens.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
+
+  def _label_logits(self, x: Array) -> Array:
+    """[B, D] -> [B, C + 1]: the label tokens' logits, then the other tokens' log-sum-exp."""
+    logits = self._lm_logits(x).astype(jnp.float32)  # [B, V]
+    ids = jnp.asarray(self.label_ids)
+    others = jax.nn.logsumexp(logits.at[:, ids].set(-jnp.inf), axis=-1, keepdims=True)
+    return jnp.concatenate([logits[:, ids], others], axis=-1)
