@@ -137,10 +137,9 @@ def write_summaries(rows: list[dict], workdir: pathlib.Path) -> str:
     (workdir / f"{name}.md").write_text(
         f"{spec.name} on SmolLM2: ASR and clean utility on each victim's held-out test "
         f"prompts (mean ± std over seeds)\n\n{grid}\n")
-    plots.plot_metric_bars({f"{kind}\n{c}": {m: values[m] for m in ("asr", utility)}
+    plots.plot_metric_bars({f"{kind}\n{c}": {m: values[m] for m in ("asr", spec.utility)}
                             for kind, by_column in columns.items()
-                            for c, values in by_column.items()
-                            for utility in ["ca" if spec.classification else "rouge_l"]},
+                            for c, values in by_column.items()},
                            workdir / f"{name}.png", title=f"{spec.name} on SmolLM2")
   return text
 

@@ -57,7 +57,7 @@ from jax_attnalign import train
 from jax_attnalign.baselines import pruning
 from jax_attnalign.baselines.finetune import BaselineConfig, finetune_on_clean, stored_decision
 from jax_attnalign.defense import checks
-from jax_attnalign.models import PATTERNS, layer_of, run_with_hooks
+from jax_attnalign.models import PATTERNS, last_token_slots, layer_of, run_with_hooks
 
 Array = jax.Array
 
@@ -87,9 +87,8 @@ def _pooled_rows(model, pattern: Array, attention_mask: Array) -> Array:
   for an encoder, the last real token for a decoder."""
   if not model.config.is_decoder:
     return pattern[:, :, 0, :]
-  slots = jnp.arange(attention_mask.shape[1])
-  last = jnp.max(jnp.where(attention_mask > 0, slots, -1), axis=-1)
-  return jnp.take_along_axis(pattern, jnp.maximum(last, 0)[:, None, None, None], axis=2)[:, :, 0]
+  last = last_token_slots(attention_mask)[:, None, None, None]
+  return jnp.take_along_axis(pattern, last, axis=2)[:, :, 0]
 
 
 @dataclasses.dataclass(frozen=True)

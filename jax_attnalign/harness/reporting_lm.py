@@ -169,6 +169,11 @@ class LMGrid:
   paper: dict
   paper_note: str
 
+  @property
+  def utility(self) -> str:
+    """The clean score its victims report: CA for classifiers, ROUGE-L for generation."""
+    return "ca" if self.classification else "rouge_l"
+
 
 GENERATION_GRID = LMGrid(
     "Table 2(b)", False, LM_GRID_COLUMNS, LM_GRID_NOTES, PAPER_TABLE2_GENERATION,
@@ -216,7 +221,7 @@ def lm_grid_table(rows: list[dict], spec: LMGrid = GENERATION_GRID) -> tuple[str
   lines = [f"| {'dataset' if spec.classification else 'task'} | attack | utility | {head} | "
            "minutes (defense) | seeds |", "|---" * (2 * len(spec.columns) + 5) + "|"]
   grid = {}
-  utility = "ca" if spec.classification else "rouge_l"
+  utility = spec.utility
   for (task, attack), all_variants in groups.items():
     # The grid's columns only: a variant outside it (another detector or stop
     # rule) run on other victims must not change the vanilla column or seeds.

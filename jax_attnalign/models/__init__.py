@@ -9,7 +9,7 @@ from jax_attnalign.models.bert import Bert
 from jax_attnalign.models.hooks import (PATTERNS, SITES, Accumulator, Hooks, attention_maps,
                                         collect, hook_name, layer_of, name_filter, scale_heads)
 from jax_attnalign.models.config import ModelConfig
-from jax_attnalign.models.llama import Llama, init_cache, positions_from_mask
+from jax_attnalign.models.llama import Llama, init_cache, last_token_slots, positions_from_mask
 from jax_attnalign.models.outputs import ModelOutput
 
 
@@ -77,5 +77,5 @@ def build_model(config: ModelConfig, task: str | None = None, dtype=jnp.float32,
 
 __all__ = ["MODEL_INPUTS", "PATTERNS", "SITES", "Accumulator", "Bert", "Hooks", "Llama",
            "ModelConfig", "ModelOutput", "apply_batch", "attention_maps", "build_model", "collect",
-           "hook_name", "init_cache", "layer_of", "name_filter", "positions_from_mask",
+           "hook_name", "init_cache", "last_token_slots", "layer_of", "name_filter", "positions_from_mask",
            "run_with_hooks", "scale_heads"]

@@ -30,6 +30,13 @@ def positions_from_mask(attention_mask: Array) -> Array:
   return jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
 
 
+def last_token_slots(attention_mask: Array) -> Array:
+  """[B]: each row's last valid slot, padded on either side (0 for an empty row);
+  where a decoder classifier reads its class."""
+  slots = jnp.arange(attention_mask.shape[-1])
+  return jnp.maximum(jnp.max(jnp.where(attention_mask > 0, slots, -1), axis=-1), 0)
+
+
 def init_cache(config: ModelConfig, batch: int, max_len: int,
                dtype=jnp.float32) -> list[dict[str, Array]]:
   """An empty key/value cache: per layer {'k', 'v'}: [B, S_max, K, H]."""
@@ -157,8 +164,7 @@ class Llama(nn.Module):
           x, logit_positions[..., None], axis=1)  # [B, P, D]
       logits = self._lm_logits(at)  # [B, T or P, V]
     elif self.task == "classification":
-      last = jnp.max(jnp.where(attention_mask > 0, jnp.arange(t), -1), axis=-1)
-      at = x[jnp.arange(b), jnp.maximum(last, 0)]  # [B, D]
+      at = x[jnp.arange(b), last_token_slots(attention_mask)]  # [B, D]
       logits = self._label_logits(at) if self.label_ids else self.score(at)  # [B, C (+ 1)]
     return ModelOutput(logits=logits, last_hidden_state=x,
                        hidden_states=tuple(hidden) if output_hidden_states else None,
