@@ -194,20 +194,26 @@ def _encoder_grid_rows(rows: list[dict]) -> list[str]:
 def _grid_rows(rows: list[dict], spec: reporting_lm.LMGrid) -> list[str]:
   """Headline rows of a decoder grid (Table 2(b), or Table 2(a) on the chat
   classifiers): per victim kind, the ASR after each defense that ran (mean over
-  seeds), the paper's Llama-2-7B row beside."""
+  seeds), and on the chat classifiers its CA beside as on the encoders' rows; the
+  paper's Llama-2-7B row beside (its clean score is CA, not our ROUGE-L, so the
+  generation rows give ASR only)."""
   _, grid = reporting_lm.lm_grid_table(rows, spec)
+  mean = lambda values: sum(values) / len(values)
+  metrics = ("asr", "ca") if spec.classification else ("asr",)
+  cell = lambda values: " ".join([str(values[0]), *(f"({v})" for v in values[1:])])
+  percent = lambda values: cell([f"{100 * v:.1f}" for v in values])
   out = []
   for kind, by_column in grid.items():
     task, attack = kind.split("/")
     paper = spec.paper.get(("Llama2-7B", task, attack), {})
     ran = [c for c in spec.columns if c in by_column]
-    mean = lambda values: sum(values) / len(values)
     seeds = sorted(by_column["vanilla"]["seeds"])  # the victims of the grid's columns
-    out.append(f"| {spec.name}, {task} {attack}: ASR (%) of " + ", ".join(ran) + " | "
-               + (", ".join(f"{100 * paper[c][1]:.1f}" if c in paper else "—" for c in ran)
-                  + " (Llama-2-7B)" if paper else "—")
+    out.append(f"| {spec.name}, {task} {attack}: {cell([m.upper() for m in metrics])} (%) "
+               "of " + ", ".join(ran) + " | "
+               + (", ".join(percent([paper[c][1], paper[c][0]][:len(metrics)]) if c in paper
+                            else "—" for c in ran) + " (Llama-2-7B)" if paper else "—")
                + " | " + ", ".join(
-                   f"{100 * mean(by_column[c]['asr']):.1f}" + (
+                   percent([mean(by_column[c][m]) for m in metrics]) + (
                        f" ({_seeds(by_column[c]['seeds'])})"
                        if sorted(set(by_column[c]["seeds"])) != seeds else "")
                    for c in ran)

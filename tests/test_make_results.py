@@ -80,10 +80,13 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   # chat classifiers' grid keeps each dataset in its row, the paper's Llama-2 beside.
   chat = [line for line in headline.splitlines() if "SST-2 BadNets, chat classifier" in line]
   assert len(chat) == 1 and "90.0" not in chat[0]
-  assert ("| Table 2(a), chat classifiers, sst2 badnets: ASR (%) of vanilla, detector | 88.7, "
-          "25.6 (Llama-2-7B) | 100.0, 30.0 (SmolLM2, seeds 1, 2) |") in headline
-  assert ("| Table 2(a), chat classifiers, ag_news badnets: ASR (%) of vanilla, detector | "
-          "82.3, 28.1 (Llama-2-7B) | 100.0, 90.0 (SmolLM2, seed 0) |") in headline
+  # Classifier rows carry CA beside ASR, as the encoders' Table 2(a) rows do.
+  assert ("| Table 2(a), chat classifiers, sst2 badnets: ASR (CA) (%) of vanilla, detector | "
+          "88.7 (86.9), 25.6 (85.2) (Llama-2-7B) | 100.0 (86.0), 30.0 (89.0) "
+          "(SmolLM2, seeds 1, 2) |") in headline
+  assert ("| Table 2(a), chat classifiers, ag_news badnets: ASR (CA) (%) of vanilla, detector | "
+          "82.3 (83.4), 28.1 (83.4) (Llama-2-7B) | 100.0 (86.0), 90.0 (89.0) (SmolLM2, seed 0) |"
+          ) in headline
   assert "| Table 1, smollm2 classification_badnets_seed1: 99th pct" in headline
   # Table 2(b): the paper's Llama-2 ASR of vanilla, CleanGen and GraCeFul beside ours
   # (GraCeFul ran on one of the two victims, which its cell says).

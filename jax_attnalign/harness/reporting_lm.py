@@ -120,7 +120,8 @@ CHAT_GRID_COLUMNS = ("vanilla", "fine_pruning", "meft", "pure", "detector", "ora
 _CLASSIFIER_HOLDS = ("post-training, on the victim: clean labelled rows (the defender's 200 "
                      "clean fine-tuning rows, its 200 calibration rows to validate on), no "
                      "suspects; the chat LM read as a classifier over its label words, "
-                     "fine-tuned as ours is (two epochs of batch 8 at 2e-4)")
+                     "fine-tuned at our rate for as many epochs as our rounds can run "
+                     "in all (experiments/configs/defend_lm.py)")
 CHAT_GRID_NOTES = {
     "vanilla": LM_GRID_NOTES["vanilla"],
     "fine_pruning": f"{_CLASSIFIER_HOLDS}; feed-forward units pruned (last layer first) until "
