@@ -170,19 +170,24 @@ def detection_matrix(results: pathlib.Path) -> str:
          if any(r.get("development") for r in rows) else []))
 
 
+def _percents(values) -> str:
+  """A grid cell in %: the ASR, then the clean score in parentheses where given."""
+  first, *rest = (f"{100 * v:.1f}" for v in values)
+  return " ".join([first, *(f"({v})" for v in rest)])
+
+
 def _encoder_grid_rows(rows: list[dict]) -> list[str]:
   """Headline rows of Table 2(a): per dataset and attack, the ASR and (CA) of
   vanilla and of each column that ran (mean over seeds, %), the paper's BERT row
   beside (it has no oracle column)."""
   flag = {variant: name for name, (variant, _) in reporting.TABLE2_COLUMNS.items()}
-  cell = lambda results: (f"{100 * np.mean([x['asr'] for x in results]):.1f} "
-                          f"({100 * np.mean([x['ca'] for x in results]):.1f})")
+  cell = lambda results: _percents([np.mean([x[m] for x in results]) for m in ("asr", "ca")])
   out = []
   for (dataset, attack), (by_variant, vanilla) in reporting.grid_groups(rows).items():
     ran = [v for v in flag if v in by_variant]
     ours = [cell(vanilla)] + [cell([r["after"] for r in by_variant[v]]) for v in ran]
     paper = reporting.paper_bert_row(dataset, attack)
-    theirs = (", ".join(f"{100 * paper[c][1]:.1f} ({100 * paper[c][0]:.1f})" if c in paper
+    theirs = (", ".join(_percents([paper[c][1], paper[c][0]]) if c in paper
                         else "—" for c in ["vanilla", *ran]) + " (BERT)" if paper else "—")
     seeds = sorted({r["seed"] for runs in by_variant.values() for r in runs})
     out.append(f"| Table 2(a), {dataset} {attack}: ASR (CA) (%) of vanilla, "
@@ -199,21 +204,19 @@ def _grid_rows(rows: list[dict], spec: reporting_lm.LMGrid) -> list[str]:
   generation rows give ASR only)."""
   _, grid = reporting_lm.lm_grid_table(rows, spec)
   mean = lambda values: sum(values) / len(values)
-  metrics = ("asr", "ca") if spec.classification else ("asr",)
-  cell = lambda values: " ".join([str(values[0]), *(f"({v})" for v in values[1:])])
-  percent = lambda values: cell([f"{100 * v:.1f}" for v in values])
+  metrics, label = (("asr", spec.utility), "ASR (CA)") if spec.classification else (("asr",), "ASR")
   out = []
   for kind, by_column in grid.items():
     task, attack = kind.split("/")
     paper = spec.paper.get(("Llama2-7B", task, attack), {})
     ran = [c for c in spec.columns if c in by_column]
     seeds = sorted(by_column["vanilla"]["seeds"])  # the victims of the grid's columns
-    out.append(f"| {spec.name}, {task} {attack}: {cell([m.upper() for m in metrics])} (%) "
+    out.append(f"| {spec.name}, {task} {attack}: {label} (%) "
                "of " + ", ".join(ran) + " | "
-               + (", ".join(percent([paper[c][1], paper[c][0]][:len(metrics)]) if c in paper
+               + (", ".join(_percents([paper[c][1], paper[c][0]][:len(metrics)]) if c in paper
                             else "—" for c in ran) + " (Llama-2-7B)" if paper else "—")
                + " | " + ", ".join(
-                   percent([mean(by_column[c][m]) for m in metrics]) + (
+                   _percents([mean(by_column[c][m]) for m in metrics]) + (
                        f" ({_seeds(by_column[c]['seeds'])})"
                        if sorted(set(by_column[c]["seeds"])) != seeds else "")
                    for c in ran)
