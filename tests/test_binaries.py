@@ -22,7 +22,9 @@ from hf_reference import hf_ca_asr
 from jax_attnalign import attacks, data, save_pretrained
 from jax_attnalign.defense import DetectorConfig, RestartConfig
 from jax_attnalign.defense.sanitize import SanitizeConfig, Stopping
-from jax_attnalign.harness.configs import detector_config, restart_config, sanitize_config
+from jax_attnalign.harness.baselines_lm import LM_BASELINES
+from jax_attnalign.harness.configs import (baseline_config, detector_config, restart_config,
+                                          sanitize_config)
 from jax_attnalign.models import ModelConfig, build_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -263,6 +265,24 @@ def test_decoder_config_recipe():
   assert collapse != _parse_config(path).to_dict()
   with pytest.raises(flags.IllegalFlagValueError, match="defend_lm.py:collapse"):
     _parse_config(path, f"--config={path}:typo")
+
+
+def test_decoder_classifier_baselines_budget_follows_our_rounds():
+  """defend_lm's classifier baselines fine-tune for our epochs x rounds, overrides of
+  either (and the collapse recipe's three rounds) included; a baseline's own
+  epochs, named, win for that baseline alone."""
+  path = str(ROOT / "experiments" / "configs" / "defend_lm.py")
+
+  def epochs(*args):
+    config = _parse_config(path, *args)
+    return {n: baseline_config(config.baselines, n, LM_BASELINES).finetune.epochs
+            for n in ("fine_pruning", "meft", "pure")}
+
+  assert epochs() == {"fine_pruning": 4, "meft": 4, "pure": 4}
+  assert epochs("--config.sanitize.finetune.epochs=3", "--config.sanitize.stopping.max_rounds=1",
+                "--config.baselines.pure.finetune.epochs=5") == {
+                    "fine_pruning": 3, "meft": 3, "pure": 5}
+  assert epochs(f"--config={path}:collapse") == {"fine_pruning": 6, "meft": 6, "pure": 6}
 
 
 def test_decoder_binaries(shared_data, tiny_chat_llama, tmp_path):

@@ -15,9 +15,9 @@ looking at a defense result:
     with their papers' rules and our fine-tuning budget (`CleanFineTuning`:
     every column fine-tunes alike): batches of 8 at the uniform rate of our
     fine-tune (the safe heads' 2e-4), for as many epochs as our rounds can run
-    in all (MAX_ROUNDS x EPOCHS = 4). Their first runs had one round's two
-    epochs, half of what our uniform-rate column spent on the same victim in its
-    two rounds (docs/lab_notebook/2_decoders.md).
+    in all (max_rounds x epochs = 4, following overrides of either). Their
+    first runs had one round's two epochs, half of what our uniform-rate column
+    spent on the same victim in its two rounds (docs/lab_notebook/2_decoders.md).
 
 The sanitiser's settings were checked on the refusal tuning victim (VPI seed 0,
 trained under its own workdir and reported nowhere), oracle suspects, against
@@ -51,7 +51,6 @@ from jax_attnalign.harness.pipeline_lm import LMDefenseSetup
 # the highest pooled AUROC (gen_to_prompt frac_above 0.67, percentile 0.65; every
 # other pair 0.55 or below). Later seeds and the other attacks are held out.
 DETECTOR = {"view": "gen_to_prompt", "statistic": "frac_above"}
-EPOCHS, MAX_ROUNDS = 2, 2  # our fine-tune's epochs a round, and its rounds at most
 
 RECIPES = {
     "": {},
@@ -65,12 +64,19 @@ def get_config(recipe: str = ""):
   config = default_config(LMDefenseSetup(), restarts=False, baselines=LM_BASELINES)
   for key in VICTIM_SCHEDULE:  # MuScleLoRA trains with the victim's own schedule
     del config.baselines.muscle_lora[key]
-  for name in BASELINES:  # the classifier baselines fine-tune as ours does
-    config.baselines[name].update({"batch_size": 8, "finetune": {
-        "learning_rate": HeadRates().safe, "epochs": EPOCHS * MAX_ROUNDS, "batch_size": 8}})
   config.sanitize.update({
       "classify": {"view": "gen_to_prompt"}, "align": {"batch_size": 8},
-      "finetune": {"loss": "causal_lm", "epochs": EPOCHS, "batch_size": 8, "length_bucket": 16},
-      "stopping": {"max_rounds": MAX_ROUNDS}, "score_batch_size": 8})
+      "finetune": {"loss": "causal_lm", "epochs": 2, "batch_size": 8, "length_bucket": 16},
+      "stopping": {"max_rounds": 2}, "score_batch_size": 8})
+  # The classifier baselines fine-tune as ours does, for as many epochs as our
+  # rounds can run in all: a reference, so --config.sanitize.finetune.epochs or
+  # --config.sanitize.stopping.max_rounds (or a recipe) moves their budget too.
+  # One reference each: overriding one baseline's epochs leaves the others'.
+  for name in BASELINES:
+    config.baselines[name].update({"batch_size": 8, "finetune": {
+        "learning_rate": HeadRates().safe, "batch_size": 8}})
+    config.baselines[name].finetune.epochs = (
+        config.sanitize.finetune.get_ref("epochs")
+        * config.sanitize.stopping.get_ref("max_rounds"))
   config.detector.update(DETECTOR)
   return with_recipe(config, RECIPES, recipe, "experiments/configs/defend_lm.py")
