@@ -12,8 +12,11 @@ prompts leave near-ties rare but possible). Median of --repeats calls after a
 warm-up (ours compiles there). A decoding step reads every weight once, so the
 machine's read bandwidth (`common.read_bandwidth_gbs`, same run) over the f32
 weight bytes bounds the steps per second: the table's last column is that bound
-(tokens/s at the batch) and the share of it reached. Prints a markdown table,
-writes JSON.
+(tokens/s at the batch) and the share of it reached. The matmul floor is the
+other bound: the step's weight matmuls alone at the batch (the activations [batch,
+in] times every kernel, the tied embedding as the LM head; `matmul_floor_seconds`),
+jitted, same run; ours' share of it says how much of a step is anything else.
+Prints a markdown table, writes JSON.
 
   python benchmarks/generate.py [--batches 1,8] [--new_tokens 128] [--out benchmarks/results]
 """
@@ -27,6 +30,7 @@ import pathlib
 import tempfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import jax_attnalign
@@ -62,6 +66,25 @@ def torch_worker(batch_file: str, new_tokens: int, repeats: int) -> dict:
               tokens=run()[:, ids.shape[1]:].tolist())
 
 
+def matmul_floor_seconds(params, batch: int, repeats: int = 10) -> float:
+  """Seconds of one jitted call doing only a decoding step's weight matmuls at `batch`
+  rows: ones [batch, in] times every kernel (reshaped [in, out]; the attention
+  output's [heads, head_dim, hidden] to [heads x head_dim, hidden]) and times the
+  token embedding transposed (SmolLM2 ties it as the LM head), outputs summed."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  weights = []
+  for path, w in flat:
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['embedding']"):
+      weights.append(w.T)
+    elif name.endswith("['kernel']"):
+      weights.append(w.reshape(-1, w.shape[-1]) if "['out']" in name else w.reshape(w.shape[0], -1))
+  widths = {w.shape[0] for w in weights}
+  rows = {d: jnp.ones((batch, d), jnp.float32) for d in widths}
+  step = jax.jit(lambda rows, weights: sum(jnp.sum(rows[w.shape[0]] @ w) for w in weights))
+  return median_seconds(lambda: step(rows, weights).block_until_ready(), repeats)
+
+
 def bench_batch(model, params, batch: int, args) -> dict:
   rng = np.random.RandomState(batch)
   ids = rng.randint(1000, model.config.vocab_size - 1000,
@@ -74,7 +97,8 @@ def bench_batch(model, params, batch: int, args) -> dict:
                                    "--repeats", str(args.repeats)])
   same = [a == b for a, b in zip(ours.pop("tokens"), theirs.pop("tokens"))]
   return dict(batch=batch, rows=[ours, theirs], rows_equal=float(np.mean(same)),
-              ratio=ours["tokens_per_s"] / theirs["tokens_per_s"])
+              ratio=ours["tokens_per_s"] / theirs["tokens_per_s"],
+              matmul_floor_tokens_per_s=batch / matmul_floor_seconds(params, batch))
 
 
 def main():
@@ -98,15 +122,18 @@ def main():
         f"{args.new_tokens} new tokens, {jax.devices()[0].platform} ({os.cpu_count()} cores), "
         f"f32; read bandwidth {bandwidth:.1f} GB/s, weights {weight_bytes / 1e9:.2f} GB\n")
   print("| batch | implementation | tokens/s | s/call | rows equal to the other's "
-        "| bandwidth bound, tokens/s (share reached) |")
-  print("|---|---|---|---|---|---|")
+        "| bandwidth bound, tokens/s (share reached) "
+        "| weight matmuls alone, tokens/s (share reached) |")
+  print("|---|---|---|---|---|---|---|")
   for result in results:
     result["bandwidth_bound_tokens_per_s"] = result["batch"] * bandwidth * 1e9 / weight_bytes
     for r in result["rows"]:
       print(f"| {result['batch']} | {r['impl']} | {r['tokens_per_s']:.1f} | "
             f"{r['seconds']:.2f} | {result['rows_equal']:.2f} | "
             f"{result['bandwidth_bound_tokens_per_s']:.1f} "
-            f"({r['tokens_per_s'] / result['bandwidth_bound_tokens_per_s']:.0%}) |")
+            f"({r['tokens_per_s'] / result['bandwidth_bound_tokens_per_s']:.0%}) | "
+            f"{result['matmul_floor_tokens_per_s']:.1f} "
+            f"({r['tokens_per_s'] / result['matmul_floor_tokens_per_s']:.0%}) |")
   print()
   for result in results:
     print(f"batch {result['batch']}: tokens/s ours / transformers {result['ratio']:.2f}")
