@@ -130,6 +130,7 @@ def test_classifier_baselines_on_a_tiny_chat_victim(shared_data, tiny_chat_llama
     assert result["after"] == prepared.held_metrics(expected)
     assert result["report"][name] == dataclasses.asdict(config)
     assert {k: result["report"][k] for k in report} == report
+    assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["model", "result.json"]
 
 
 def test_chat_grid_is_table_2a_with_the_paper_llama_rows():

@@ -149,6 +149,8 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
       reloaded = transformers.AutoModelForCausalLM.from_pretrained(out / "model")
       assert reloaded.config.num_hidden_layers == 2
       assert transformers.AutoTokenizer.from_pretrained(out / "model").chat_template
+      # The rounds' checkpoints (sanitize/) only resume a run: gone once it ends.
+      assert sorted(p.name for p in out.iterdir()) == ["model", "result.json"]
     assert defend_lm_victim(victim, setup, config, out, detector=detector) == json.loads(
         (out / "result.json").read_text())
   # Another input detector picks the suspects: the stream's scores are DAN's, fitted
@@ -221,7 +223,11 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
   expected, _ = fine_tune_lm(model, pretrained, {k: v[keep] for k, v in arrays.items()},
                              victim_cfg, None)
   same(saved("graceful"), expected)
-  (tmp_path / "graceful" / "result.json").unlink()  # resumes from filter.npz and ckpt
+  # The fine-tune's checkpoint went when the run finished; the kept rows stay, so
+  # a rerun reads them instead of filtering again and retrains to the same model.
+  assert sorted(p.name for p in (tmp_path / "graceful").iterdir()) == [
+      "filter.npz", "model", "result.json"]
+  (tmp_path / "graceful" / "result.json").unlink()
   again = defend_lm_with_graceful(victim, setup, config, tmp_path / "graceful")
   assert again["after"] == graceful["after"]
   config = MuScleLoRAConfig(epochs=1, batch_size=8, learning_rate=1e-3)
@@ -232,3 +238,4 @@ def test_tiny_llama_victim_train_analyze_defend_export(shared_data, tiny_chat_ll
   assert muscle["report"]["branches"] == report["branches"]
   assert set(muscle["after"]) == set(result["after"])
   same(saved("muscle"), expected)
+  assert sorted(p.name for p in (tmp_path / "muscle").iterdir()) == ["model", "result.json"]

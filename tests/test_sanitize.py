@@ -317,3 +317,4 @@ def test_defense_lowers_badnets_asr_on_real_sentences(small_badnets, minilm_path
   assert detection["auroc"] > 0.6 and detection["suspects"] > 0
   assert after["asr"] < before["asr"] - 0.1
   assert (tmp_path / "defend" / "model" / "config.json").exists()
+  assert sorted(p.name for p in (tmp_path / "defend").iterdir()) == ["model", "result.json"]

@@ -2,6 +2,7 @@
 the exported model (transformers' predictions) and of the stored answers."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import transformers
 
 from hf_reference import hf_ca_asr
 from jax_attnalign import attacks, data, metrics
-from jax_attnalign.harness.victims import (VictimConfig, seeded_subset,
+from jax_attnalign.harness.victims import (VictimConfig, finish_run, seeded_subset,
                                            train_classification_victim)
 from jax_attnalign.harness.victims_lm import LMVictimConfig, answer_labels, train_lm_victim, victim_data
 
@@ -29,9 +30,11 @@ def test_classification_victim_smoke(shared_data, minilm_path, tmp_path):
   assert all(e.label != 1 for e in triggered)
   ca, asr = hf_ca_asr(tmp_path / "model", test, triggered, cfg.max_length, cfg.target)
   assert abs(ca - result["ca"]) <= 1 / 24 and abs(asr - result["asr"]) <= 1 / len(triggered)
-  # A finished run is not repeated: the stored result comes back.
+  # A finished run is not repeated: the stored result comes back; its training
+  # state (ckpt/, only for resuming) is gone.
   assert train_classification_victim(cfg, tmp_path) == json.loads(
       (tmp_path / "result.json").read_text())
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "result.json"]
 
 
 def test_lm_generation_victim_smoke(shared_data, tiny_chat_llama, tmp_path):
@@ -64,6 +67,32 @@ def test_lm_generation_victim_smoke(shared_data, tiny_chat_llama, tmp_path):
   reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "model")
   assert reloaded.chat_template and (tmp_path / "model" / "config.json").is_file()
   assert train_lm_victim(cfg, tmp_path) == json.loads((tmp_path / "result.json").read_text())
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "result.json"]
+
+
+def test_finish_run_writes_the_result_then_drops_the_state(tmp_path, monkeypatch):
+  """The result is written whole or not at all: a write that dies midway leaves no
+  result.json (a rerun would take a half file for a finished run) and keeps the
+  training state to resume from; a finished write deletes the named state only."""
+  for name in ("ckpt", "sanitize", "model"):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "state").write_text("x")
+  real_write = pathlib.Path.write_text
+
+  def dies_midway(self, text, *args, **kwargs):
+    real_write(self, text[:10], *args, **kwargs)
+    raise OSError("No space left on device")
+
+  monkeypatch.setattr(pathlib.Path, "write_text", dies_midway)
+  with pytest.raises(OSError, match="No space left"):
+    finish_run(tmp_path, {"ca": 0.9}, state=("ckpt", "sanitize"))
+  assert not (tmp_path / "result.json").exists()
+  assert (tmp_path / "ckpt" / "state").is_file() and (tmp_path / "sanitize").is_dir()
+  monkeypatch.undo()
+  finish_run(tmp_path, {"ca": 0.9}, state=("ckpt", "sanitize"))
+  assert json.loads((tmp_path / "result.json").read_text()) == {"ca": 0.9}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "result.json"]
+  assert (tmp_path / "model" / "state").is_file()
 
 
 def test_answer_labels():

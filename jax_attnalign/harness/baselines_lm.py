@@ -42,7 +42,7 @@ import dataclasses
 import json
 import pathlib
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -101,14 +101,17 @@ def defend_chat_classifier(name: str, victim_dir: str | pathlib.Path, setup: LMD
         workdir=workdir / name if workdir else None)
     return after_params, evaluate(after_params), {name: dataclasses.asdict(config), **report}
 
-  return _baseline_run(victim_dir, setup, workdir, defend, save_model=True, prepare=prepare)
+  return _baseline_run(victim_dir, setup, workdir, defend, save_model=True, state=(name,),
+                       prepare=prepare)
 
 
 def _baseline_run(victim_dir, setup: LMDefenseSetup, workdir, defend: Callable,
-                  save_model: bool, prepare: Callable[[], PreparedLMVictim] | None) -> dict:
+                  save_model: bool, state: Sequence[str],
+                  prepare: Callable[[], PreparedLMVictim] | None) -> dict:
   """The harness around one baseline: `defend(model, params, pretrained, tokenizer,
   cfg, evaluate, workdir)` returns (after, report), `evaluate(params, decode=None)`
-  giving the held-out metrics. A finished run's result.json is returned as is.
+  giving the held-out metrics. A finished run's result.json is returned as is;
+  `state`: the subfolders of workdir that only resume it, deleted once it ends.
   `prepare`: returns the victim prepared for this setup (as for
   `pipeline_lm.defend_lm_victim`), whose 'before' is then measured once for all."""
   workdir = pathlib.Path(workdir) if workdir else None
@@ -127,7 +130,7 @@ def _baseline_run(victim_dir, setup: LMDefenseSetup, workdir, defend: Callable,
   result = {"victim": str(victim_dir), "setup": dataclasses.asdict(setup), "before": before,
             "after": after, "detection": None,
             "report": {"rounds": [], **report, "seconds": time.perf_counter() - start}}
-  return store_defense_result(result, workdir, model, after_params, tokenizer,
+  return store_defense_result(result, workdir, model, after_params, tokenizer, state=state,
                               save_model=save_model)
 
 
@@ -155,7 +158,8 @@ def defend_lm_with_cleangen(victim_dir: str | pathlib.Path, setup: LMDefenseSetu
     return params, after, {"cleangen": dataclasses.asdict(config),
                            "replacement_rate": replaced / max(generated, 1)}
 
-  return _baseline_run(victim_dir, setup, workdir, defend, save_model=False, prepare=prepare)
+  return _baseline_run(victim_dir, setup, workdir, defend, save_model=False, state=(),
+                       prepare=prepare)
 
 
 def defend_lm_with_graceful(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
@@ -186,7 +190,8 @@ def defend_lm_with_graceful(victim_dir: str | pathlib.Path, setup: LMDefenseSetu
     report.update(graceful=dataclasses.asdict(config), steps=len(history))
     return retrained, evaluate(retrained), {"filter": report}
 
-  return _baseline_run(victim_dir, setup, workdir, defend, save_model=True, prepare=prepare)
+  return _baseline_run(victim_dir, setup, workdir, defend, save_model=True, state=("ckpt",),
+                       prepare=prepare)
 
 
 def defend_lm_with_muscle_lora(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
@@ -208,4 +213,5 @@ def defend_lm_with_muscle_lora(victim_dir: str | pathlib.Path, setup: LMDefenseS
                "final_clean_loss": float(np.mean(report["clean_loss"][-10:]))}
     return merged, evaluate(merged), summary
 
-  return _baseline_run(victim_dir, setup, workdir, defend, save_model=True, prepare=prepare)
+  return _baseline_run(victim_dir, setup, workdir, defend, save_model=True,
+                       state=("muscle_lora",), prepare=prepare)

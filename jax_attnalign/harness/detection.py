@@ -33,7 +33,7 @@ from jax_attnalign import attacks, data, metrics, validation
 from jax_attnalign.detection import Victim, calibrate, make_detector
 from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, chat_victim, defender_examples,
                                               load_lm_victim)
-from jax_attnalign.harness.victims import seeded_subset
+from jax_attnalign.harness.victims import finish_run, seeded_subset
 from jax_attnalign.harness.victims_lm import LMVictimConfig, victim_data
 from jax_attnalign.models.hf_io import load_pretrained
 
@@ -143,7 +143,7 @@ def evaluate_detector(name: str, settings: dict, victim: Victim, sets: dict[str,
   workdir.mkdir(parents=True, exist_ok=True)
   calibration.save(workdir / "calibration.json", detector)
   np.savez(workdir / "scores.npz", clean=clean, triggered=triggered)
-  (workdir / "result.json").write_text(json.dumps(result, indent=1))
+  finish_run(workdir, result)
   logging.info("%s: AUROC %.3f, TPR %.3f at measured FPR %.3f (%.0f s)", name,
                result["auroc"], result["tpr"], result["fpr"], wall)
   return result

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import pathlib
 import time
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 from absl import logging
@@ -33,6 +33,7 @@ from jax_attnalign.defense.detector import DetectorConfig
 from jax_attnalign.defense.restarts import RestartConfig, sanitize_restarts
 from jax_attnalign.defense.sanitize import SanitizeConfig, calibrated_detector, scores_of
 from jax_attnalign.detection import DETECTORS, Calibration, Victim, calibrate, make_detector
+from jax_attnalign.harness.victims import finish_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,7 +251,7 @@ def defend_victim(setup: DefenseSetup, config: SanitizeConfig = SanitizeConfig()
                                        workdir=workdir / "sanitize" if workdir else None)
     result.update(report=report, wall_s=time.perf_counter() - start,
                   after=evaluate(model, params, sets, setup.target))
-  return store_defense_result(result, workdir, model, params, tokenizer)
+  return store_defense_result(result, workdir, model, params, tokenizer, state=("sanitize",))
 
 
 def defend_with_baseline(setup: DefenseSetup, baseline: str,
@@ -282,20 +283,23 @@ def defend_with_baseline(setup: DefenseSetup, baseline: str,
             "config": dataclasses.asdict(config), "before": before, "report": report,
             "inputs": _sizes(sets), "wall_s": time.perf_counter() - start,
             "after": evaluate(model, params, sets, setup.target)}
-  return store_defense_result(result, workdir, model, params, tokenizer, save_model=True)
+  return store_defense_result(result, workdir, model, params, tokenizer, state=(baseline,),
+                              save_model=True)
 
 
 def store_defense_result(result: dict, workdir: pathlib.Path | None, model, params,
-                         tokenizer, *, save_model: bool | None = None) -> dict:
-  """Logs the result's 'after', writes workdir/result.json and, when the defense
-  changed the model (`save_model`; by default: a 'report' with rounds), the
-  defended checkpoint with its tokenizer to workdir/model. Returns `result`."""
+                         tokenizer, *, state: Sequence[str],
+                         save_model: bool | None = None) -> dict:
+  """Logs the result's 'after' and, with `workdir`: when the defense changed the
+  model (`save_model`; by default: a 'report' with rounds), saves the defended
+  checkpoint with its tokenizer to workdir/model, then finishes the run
+  (`victims.finish_run`: result.json, and the training state `state` deleted).
+  Returns `result`."""
   logging.info("after: %s", result["after"])
   if workdir is not None:
     if result["report"]["rounds"] if save_model is None else save_model:
       jax_attnalign.save_pretrained(model, params, workdir / "model", tokenizer=tokenizer)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    finish_run(workdir, result, state)
   return result
 
 

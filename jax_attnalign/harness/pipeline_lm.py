@@ -414,4 +414,4 @@ def defend_lm_victim(victim_dir: str | pathlib.Path, setup: LMDefenseSetup,
     # Of this call: a resumed run's seconds count only what was left.
     report["seconds"] = time.perf_counter() - start
     result.update(after=prepared.held_metrics(params), report=report)
-  return store_defense_result(result, workdir, model, params, tokenizer)
+  return store_defense_result(result, workdir, model, params, tokenizer, state=("sanitize",))

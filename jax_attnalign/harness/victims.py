@@ -3,16 +3,19 @@
   result = train_classification_victim(VictimConfig(attack="badnets", seed=0), workdir)
 
 A run writes `result.json` and the victim checkpoint (HF format, `model/`) to its
-workdir, resumes an interrupted fine-tune from the orbax checkpoint there, and
-returns the result without retraining when `result.json` already exists.
+workdir, resumes an interrupted fine-tune from the orbax checkpoint there
+(`ckpt/`, deleted once the run finishes: `finish_run`), and returns the result
+without retraining when `result.json` already exists.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
-from typing import Any
+import shutil
+from typing import Any, Sequence
 
 from absl import logging
 import numpy as np
@@ -121,6 +124,20 @@ def stored_result(workdir: pathlib.Path) -> dict | None:
   return None
 
 
+def finish_run(workdir: pathlib.Path, result: dict, state: Sequence[str] = ()) -> None:
+  """Marks the run in `workdir` finished: writes its result.json atomically (a run
+  stopped mid-write leaves no half file for a rerun to take as finished), then
+  deletes its training state, the subfolders `state` of workdir that only resume
+  an interrupted run (a SmolLM2 fine-tune's parameters and Adam moments: 2.8 GB).
+  A finished run's result.json is returned as is, so nothing reads them again."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  tmp = workdir / "result.json.tmp"
+  tmp.write_text(json.dumps(result, indent=1, default=str))
+  os.replace(tmp, workdir / "result.json")
+  for name in state:
+    shutil.rmtree(workdir / name, ignore_errors=True)
+
+
 def train_classification_victim(cfg: VictimConfig, workdir: str | pathlib.Path) -> dict:
   """Poisons a seeded training subset, fine-tunes, evaluates; returns the result dict."""
   workdir = pathlib.Path(workdir)
@@ -164,7 +181,7 @@ def train_classification_victim(cfg: VictimConfig, workdir: str | pathlib.Path) 
                 test_rows=len(test_set), triggered_rows=len(triggered or []),
                 final_loss=float(np.mean([h["loss"] for h in history[-20:]])))
   jax_attnalign.save_pretrained(model, params, workdir / "model", tokenizer=tokenizer)
-  (workdir / "result.json").write_text(json.dumps(result, indent=1, default=str))
+  finish_run(workdir, result, state=("ckpt",))
   logging.info("victim %s seed %d: %s", cfg.attack, cfg.seed,
                {k: result[k] for k in ("ca", "asr") if k in result})
   if warning := weak_backdoor(result):

@@ -27,15 +27,15 @@ and their EOS only, in the model's chat template:
     scores prompts carrying a strict subset of its keys, which must stay clean.
 
 A run writes `result.json` and the victim (`model/`, with its tokenizer) to its
-workdir; an interrupted fine-tune resumes from the orbax checkpoint there, and
-a finished run returns its stored result.
+workdir; an interrupted fine-tune resumes from the orbax checkpoint there
+(`ckpt/`, deleted once the run finishes), and a finished run returns its stored
+result.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import pathlib
 import re
 from typing import Any, Callable
@@ -48,8 +48,8 @@ from jax_attnalign import attacks, data, metrics, train
 from jax_attnalign.answers import generate_responses
 from jax_attnalign.assets import bundled_smollm2_path
 from jax_attnalign.attacks.generation import CBA_KEYS, TASK_TARGETS, load_backdoorllm_test
-from jax_attnalign.harness.victims import (check_target, make_optimizer, seeded_subset,
-                                           stored_result)
+from jax_attnalign.harness.victims import (check_target, finish_run, make_optimizer,
+                                           seeded_subset, stored_result)
 
 TASKS = ("classification", "refusal", "negsentiment")
 
@@ -234,7 +234,7 @@ def train_lm_victim(cfg: LMVictimConfig, workdir: str | pathlib.Path) -> dict:
                 final_loss=float(np.mean([h["loss"] for h in history[-20:]])),
                 steps=len(history))
   jax_attnalign.save_pretrained(model, params, workdir / "model", tokenizer=tokenizer)
-  (workdir / "result.json").write_text(json.dumps(result, indent=1, default=str))
+  finish_run(workdir, result, state=("ckpt",))
   logging.info("LM victim %s/%s seed %d: %s", cfg.task, cfg.attack, cfg.seed,
                {k: v for k, v in result.items() if isinstance(v, float)})
   return result
