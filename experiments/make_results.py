@@ -286,9 +286,44 @@ def _recipe_rows(rows: list[dict], brief: bool) -> list[str]:
           for kind, cell, paper in zip(kinds, cells, papers)]
 
 
+# The chat-classifier recipe frozen in docs/lab_notebook/2_decoders.md (2026-12-06)
+# before its test: `recipe` (two fixed rounds) against `against` on the SST-2
+# BadNets chat classifiers of `seeds`, trained after that entry; the recipe wins
+# with a lower mean ASR at a mean CA at most `ca_tolerance` below the other's.
+FROZEN_CHAT_TEST = {"seeds": (4, 5, 6), "recipe": "uniform_only", "against": "fine_pruning",
+                    "ca_tolerance": 0.02}
+
+
+def _frozen_test_rows(rows: list[dict]) -> list[str]:
+  """The frozen chat-classifier test: CA / ASR (mean ± std, %) of its two columns
+  on its victims and the verdict, or what is still missing; [] before any ran."""
+  test = FROZEN_CHAT_TEST
+  columns = (test["recipe"], test["against"])
+  runs = {c: [r for r in rows if (r["dataset"], r["attack"], r["variant"]) == ("sst2", "badnets", c)
+              and r["seed"] in test["seeds"]] for c in columns}
+  if not any(runs.values()):
+    return []
+  get = lambda c, m: metrics.format_mean_std([r["after"][m] for r in runs[c]], digits=1,
+                                             scale=100)
+  cells = "; ".join(f"{c} {get(c, 'ca')} / {get(c, 'asr')} ({_seeds(r['seed'] for r in runs[c])})"
+                    for c in columns if runs[c])
+  mean = lambda c, m: float(np.mean([r["after"][m] for r in runs[c]]))
+  if any(sorted(r["seed"] for r in runs[c]) != list(test["seeds"]) for c in columns):
+    verdict = "incomplete"
+  elif (mean(columns[0], "asr") < mean(columns[1], "asr")
+        and mean(columns[0], "ca") >= mean(columns[1], "ca") - test["ca_tolerance"]):
+    verdict = f"{columns[0]} better"
+  else:
+    verdict = f"{columns[0]} not better"
+  return [f"| Frozen test, chat classifiers, sst2 badnets (victims trained after it was "
+          f"frozen): CA / ASR after (%) of {columns[0]} (two fixed rounds) and {columns[1]} "
+          f"| — | {cells} (SmolLM2); {verdict} |"]
+
+
 def headline(results: pathlib.Path, brief: bool = False) -> str:
   """Ours beside the paper, from whatever JSON is present: Table 1 on decoders,
-  Table 2(a) and 2(b), the collapse recipe, detection and the demo; `brief`
+  Table 2(a) and 2(b), the frozen chat-classifier test, the collapse recipe,
+  detection and the demo; `brief`
   (the README's): Table 1 and the recipe one row each, detection left to
   `detection_matrix`."""
   lines = ["| what | paper | ours |", "|---|---|---|", *_table1_rows(results, brief)]
@@ -301,7 +336,8 @@ def headline(results: pathlib.Path, brief: bool = False) -> str:
   for path in sorted(results.rglob("table2.json")):
     lines += _encoder_grid_rows(json.loads(path.read_text()))
   lines += (_grid_rows(lm_rows, reporting_lm.CHAT_GRID)
-            + _grid_rows(lm_rows, reporting_lm.GENERATION_GRID) + _recipe_rows(lm_rows, brief))
+            + _frozen_test_rows(lm_rows) + _grid_rows(lm_rows, reporting_lm.GENERATION_GRID)
+            + _recipe_rows(lm_rows, brief))
   if not brief:
     for path in sorted(results.rglob("detect.json")):
       lines += _detection_rows(json.loads(path.read_text()))

@@ -158,3 +158,33 @@ def test_victims_summary_keeps_tasks_apart(tmp_path):
   (tmp_path / "negsentiment_vpi_seed0" / "result.json").unlink()
   table = reporting.write_victims_summary(tmp_path, "SmolLM2 victims")
   assert table.startswith("SmolLM2 victims (refusal),") and "| vpi | 0.970 |" in table
+
+
+def test_frozen_chat_test_row_gives_its_verdict_only_when_complete(tmp_path):
+  """The frozen chat-classifier test reads its own victims (seeds 4-6) only, says
+  'incomplete' until both columns ran on all of them, and counts the recipe
+  better only at a lower mean ASR with mean CA at most 2 points below the other's."""
+  row = lambda variant, seed, ca, asr: {
+      "victim": f"classification_badnets_seed{seed}", "task": "classification",
+      "attack": "badnets", "seed": seed, "dataset": "sst2", "variant": variant,
+      "before": {"ca": 0.88, "asr": 1.0}, "after": {"ca": ca, "asr": asr}, "detection": None}
+  tested = [row("fine_pruning", 1, 0.5, 0.0)]  # an earlier victim: not part of the test
+  tested += [row("fine_pruning", s, 0.84, 0.3) for s in (4, 5, 6)]
+  tested += [row("uniform_only", s, 0.83, 0.1) for s in (4, 5)]
+  path = tmp_path / "results" / "smollm2" / "defend_lm.json"
+
+  def frozen(rows):
+    _write(path, rows)
+    lines = [line for line in make_results.headline(tmp_path / "results").splitlines()
+             if line.startswith("| Frozen test")]
+    assert len(lines) == 1
+    return lines[0]
+
+  assert frozen(tested).endswith(
+      "| — | uniform_only 83.0 ± 0.0 / 10.0 ± 0.0 (seeds 4, 5); fine_pruning 84.0 ± 0.0 / "
+      "30.0 ± 0.0 (seeds 4, 5, 6) (SmolLM2); incomplete |")
+  assert frozen(tested + [row("uniform_only", 6, 0.83, 0.1)]).endswith("; uniform_only better |")
+  assert frozen(tested + [row("uniform_only", 6, 0.77, 0.1)]).endswith(
+      "; uniform_only not better |")  # mean CA 81.0, more than 2 points below 84.0
+  assert frozen(tested + [row("uniform_only", 6, 0.83, 0.7)]).endswith(
+      "; uniform_only not better |")  # mean ASR 30.0, not lower
