@@ -323,9 +323,8 @@ def _frozen_test_rows(rows: list[dict]) -> list[str]:
 def headline(results: pathlib.Path, brief: bool = False) -> str:
   """Ours beside the paper, from whatever JSON is present: Table 1 on decoders,
   Table 2(a) and 2(b), the frozen chat-classifier test, the collapse recipe,
-  detection and the demo; `brief`
-  (the README's): Table 1 and the recipe one row each, detection left to
-  `detection_matrix`."""
+  detection and the demo; `brief` (the README's): Table 1 and the recipe one row
+  each, detection left to `detection_matrix`."""
   lines = ["| what | paper | ours |", "|---|---|---|", *_table1_rows(results, brief)]
   lm_rows = [r for path in sorted(results.rglob("defend_lm.json"))
              for r in json.loads(path.read_text())]
