@@ -283,8 +283,11 @@ def test_baseline_lowers_badnets_asr_through_the_pipeline(small_badnets, minilm_
   assert result["inputs"]["clean_train"] == 300 and result["wall_s"] > 0
   assert defend_with_baseline(setup, name, tmp_path / "run") == json.loads(
       json.dumps(result, default=str))
-  # The baseline's resume checkpoints (run/<name>/) went when the run finished.
-  assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model", "result.json"]
+  # The baseline's resume checkpoints went when the run finished; its decision stays.
+  assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
+      ["model", name, "result.json"])
+  assert sorted(p.name for p in (tmp_path / "run" / name).iterdir()) == (
+      ["max_entropy.json"] if name == "meft" else ["pruning.json"])
   # The exported checkpoint in transformers: pruned slices zero, our logits.
   hf = transformers.AutoModelForSequenceClassification.from_pretrained(
       tmp_path / "run" / "model").eval()

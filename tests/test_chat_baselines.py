@@ -130,7 +130,10 @@ def test_classifier_baselines_on_a_tiny_chat_victim(shared_data, tiny_chat_llama
     assert result["after"] == prepared.held_metrics(expected)
     assert result["report"][name] == dataclasses.asdict(config)
     assert {k: result["report"][k] for k in report} == report
-    assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["model", "result.json"]
+    assert sorted(p.name for p in (tmp_path / name).iterdir()) == sorted(
+        ["model", name, "result.json"])
+    assert sorted(p.name for p in (tmp_path / name / name).iterdir()) == (
+        ["max_entropy.json"] if name == "meft" else ["pruning.json"])
 
 
 def test_chat_grid_is_table_2a_with_the_paper_llama_rows():

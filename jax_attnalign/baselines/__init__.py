@@ -8,7 +8,9 @@ All three need clean *labelled* rows of the task (a training split to fine-tune
 on, a validation split to rank and to bound accuracy); none needs suspects, the
 poisoned training set or a reference model. Each is jit-compiled (one compiled
 train step per run, `train.fit`) and, given a `workdir`, resumes after an
-interruption. `BASELINES` maps a name to (function, config class).
+interruption (orbax checkpoints in the workdir's `CHECKPOINTS` subfolders,
+beside the JSON of its pruning decision). `BASELINES` maps a name to
+(function, config class).
 
 The generation baselines of Table 2(b), for decoders, hold other assets:
 
@@ -34,7 +36,10 @@ from jax_attnalign.baselines.pure import PUREConfig, pure
 
 BASELINES = {"fine_pruning": (fine_pruning, FinePruningConfig), "meft": (meft, MEFTConfig),
              "pure": (pure, PUREConfig)}
+# Where the three checkpoint their fine-tunes within their workdir (MEFT's first
+# phase: max_entropy); nothing reads them once the run has returned.
+CHECKPOINTS = ("finetune", "max_entropy")
 
-__all__ = ["BASELINES", "CleanFineTuning", "CleanGenConfig", "FinePruningConfig",
+__all__ = ["BASELINES", "CHECKPOINTS", "CleanFineTuning", "CleanGenConfig", "FinePruningConfig",
            "GraCeFulConfig", "MEFTConfig", "MuScleLoRAConfig", "PUREConfig", "cleangen_generate",
            "cleangen_responses", "fine_pruning", "graceful_filter", "meft", "muscle_lora", "pure"]

@@ -48,7 +48,7 @@ import numpy as np
 
 import jax_attnalign
 from jax_attnalign.assets import bundled_smollm2_path
-from jax_attnalign.baselines import (BASELINES, CleanGenConfig, GraCeFulConfig,
+from jax_attnalign.baselines import (BASELINES, CHECKPOINTS, CleanGenConfig, GraCeFulConfig,
                                      MuScleLoRAConfig, cleangen_responses, graceful_filter,
                                      muscle_lora)
 from jax_attnalign.detection.chat import ChatVictim, label_word_classifier
@@ -101,8 +101,8 @@ def defend_chat_classifier(name: str, victim_dir: str | pathlib.Path, setup: LMD
         workdir=workdir / name if workdir else None)
     return after_params, evaluate(after_params), {name: dataclasses.asdict(config), **report}
 
-  return _baseline_run(victim_dir, setup, workdir, defend, save_model=True, state=(name,),
-                       prepare=prepare)
+  return _baseline_run(victim_dir, setup, workdir, defend, save_model=True,
+                       state=[f"{name}/{d}" for d in CHECKPOINTS], prepare=prepare)
 
 
 def _baseline_run(victim_dir, setup: LMDefenseSetup, workdir, defend: Callable,

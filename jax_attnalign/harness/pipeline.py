@@ -28,7 +28,7 @@ from absl import logging
 import jax_attnalign
 from jax_attnalign import attacks, data, metrics, plots, train, validation
 from jax_attnalign.analysis import resolve_view
-from jax_attnalign.baselines import BASELINES
+from jax_attnalign.baselines import BASELINES, CHECKPOINTS
 from jax_attnalign.defense.detector import DetectorConfig
 from jax_attnalign.defense.restarts import RestartConfig, sanitize_restarts
 from jax_attnalign.defense.sanitize import SanitizeConfig, calibrated_detector, scores_of
@@ -283,8 +283,8 @@ def defend_with_baseline(setup: DefenseSetup, baseline: str,
             "config": dataclasses.asdict(config), "before": before, "report": report,
             "inputs": _sizes(sets), "wall_s": time.perf_counter() - start,
             "after": evaluate(model, params, sets, setup.target)}
-  return store_defense_result(result, workdir, model, params, tokenizer, state=(baseline,),
-                              save_model=True)
+  return store_defense_result(result, workdir, model, params, tokenizer, save_model=True,
+                              state=[f"{baseline}/{d}" for d in CHECKPOINTS])
 
 
 def store_defense_result(result: dict, workdir: pathlib.Path | None, model, params,
