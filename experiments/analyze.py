@@ -20,6 +20,7 @@ from ml_collections import config_flags
 import experiments
 from jax_attnalign import metrics
 from jax_attnalign.analysis import VIEWS
+from jax_attnalign.data.files import write_json
 from jax_attnalign.defense.detector import STATISTICS
 from jax_attnalign.harness import reporting
 from jax_attnalign.harness.pipeline import analyze_victim
@@ -68,7 +69,7 @@ def main(argv):
            f"{count('clean_inputs')} clean and {count('triggered_inputs')} triggered test "
            "inputs; AUROC: triggered vs clean, one score per input\n\n" + "\n".join(lines))
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "analyze.json").write_text(json.dumps(results, indent=1))
+  write_json(workdir / "analyze.json", results)
   (workdir / "analyze.md").write_text(f"{table}\n")
   print(table)
 

@@ -20,6 +20,7 @@ import pathlib
 from absl import app, flags
 
 import experiments
+from jax_attnalign.data.files import write_json
 from jax_attnalign.harness import reporting_lm
 from jax_attnalign.harness.pipeline_lm import STATISTICS, analyze_lm_victim
 
@@ -85,7 +86,7 @@ def main(argv):
            "statistic over all heads pooled and of the detector's score (each layer's "
            "statistic, averaged over layers)\n\n" + reporting_lm.table1_table(rows))
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "table1.json").write_text(json.dumps(rows, indent=1))
+  write_json(workdir / "table1.json", rows)
   (workdir / "table1.md").write_text(f"{table}\n")
   print(table)
 

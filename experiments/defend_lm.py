@@ -49,6 +49,7 @@ from ml_collections import config_flags
 
 import experiments
 from jax_attnalign import plots
+from jax_attnalign.data.files import write_json
 from jax_attnalign.defense import HeadRates
 from jax_attnalign.harness import reporting, reporting_lm
 from jax_attnalign.harness.baselines_lm import (LM_BASELINES, VICTIM_SCHEDULE,
@@ -125,7 +126,7 @@ def write_summaries(rows: list[dict], workdir: pathlib.Path) -> str:
           "detector AUROC and suspects on its monitored stream (mean ± std over seeds)\n\n"
           + table)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "defend_lm.json").write_text(json.dumps(rows, indent=1, default=str))
+  write_json(workdir / "defend_lm.json", rows, default=str)
   (workdir / "defend_lm.md").write_text(f"{text}\n")
   plots.plot_metric_bars(bars, workdir / "defend_lm.png", title="SmolLM2 victims after defense")
   for spec, name in ((reporting_lm.GENERATION_GRID, "table2b"),
@@ -133,7 +134,7 @@ def write_summaries(rows: list[dict], workdir: pathlib.Path) -> str:
     grid, columns = reporting_lm.lm_grid_table(rows, spec)
     if not columns:  # no victim of this kind
       continue
-    (workdir / f"{name}.json").write_text(json.dumps(columns, indent=1))
+    write_json(workdir / f"{name}.json", columns)
     (workdir / f"{name}.md").write_text(
         f"{spec.name} on SmolLM2: ASR and clean utility on each victim's held-out test "
         f"prompts (mean ± std over seeds)\n\n{grid}\n")

@@ -17,7 +17,6 @@ Writes report.md, JSON and plots to --workdir; reruns reuse finished steps.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 from absl import app, flags
@@ -25,6 +24,7 @@ from absl import app, flags
 import experiments
 from jax_attnalign import plots
 from jax_attnalign.assets import bundled_minilm_path
+from jax_attnalign.data.files import write_json
 from jax_attnalign.defense import DetectorConfig
 from jax_attnalign.defense.sanitize import SanitizeConfig
 from jax_attnalign.harness.pipeline import DefenseSetup, analyze_victim, defend_victim
@@ -129,9 +129,8 @@ def main(argv):
       f"## Detection\n\n{detection}.\n\n## Sanitisation\n\n{held}.\n\n{outcome}\n\n"
       "![](defense.png)\n\nSanitised checkpoint (transformers-loadable): "
       "`defend/model/`.\n")
-  (workdir / "summary.json").write_text(json.dumps(
-      {"victim": victim, "analysis": analysis["views"], "defense": result}, indent=1,
-      default=str))
+  write_json(workdir / "summary.json",
+             {"victim": victim, "analysis": analysis["views"], "defense": result}, default=str)
   print(f"report: {workdir / 'report.md'}")
   print(disk_line(workdir))
 

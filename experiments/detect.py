@@ -39,6 +39,7 @@ from absl import app, flags, logging
 import experiments
 from experiments.configs import defend_lm as lm_config
 from jax_attnalign import plots
+from jax_attnalign.data.files import write_json
 from jax_attnalign.detection import DETECTORS, needs_answers, needs_classes
 from jax_attnalign.detection.chat import RAP_WORD
 from jax_attnalign.harness import reporting
@@ -100,7 +101,7 @@ def write_summary(rows: list[dict], workdir: pathlib.Path) -> str:
            f" fresh clean and {reporting.count_range(r['sizes']['triggered'] for r in rows)} "
            f"triggered test inputs; threshold calibrated at FPR {FLAGS.fpr:g} on clean "
            "training rows; mean ± std over seeds\n\n" + detection_table(rows))
-  (workdir / "detect.json").write_text(json.dumps(rows, indent=1))
+  write_json(workdir / "detect.json", rows)
   (workdir / "detect.md").write_text(table + "\n")
   for dataset, attack in sorted({(r["dataset"], r["attack"]) for r in rows}):
     curves = {}

@@ -13,7 +13,6 @@ Table 1). Writes JSON and a markdown table to --workdir.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 from absl import app, flags, logging
@@ -26,6 +25,7 @@ import transformers
 import jax_attnalign
 from jax_attnalign.analysis import VIEWS, pair_statistics, streaming_head_similarity
 from jax_attnalign.assets import bundled_minilm_path
+from jax_attnalign.data.files import write_json
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Checkpoint directory (config.json + safetensors); "
@@ -110,10 +110,10 @@ def main(argv):
                f"sentences of {FLAGS.data or 'the embedded examples'} (mean ± std over "
                "sentences)\n")
   (workdir / "scan.md").write_text("\n".join(table) + "\n")
-  (workdir / "scan.json").write_text(json.dumps(dict(
+  write_json(workdir / "scan.json", dict(
       model=path, view=FLAGS.view, sentences=len(sentences),
       layers=list(range(first, model.config.num_layers)), frac_above_0_99=frac.tolist(),
-      percentile_99=pct.tolist()), indent=1))
+      percentile_99=pct.tolist()))
   print("\n".join(table))
   print(f"wrote {workdir / 'scan.md'} and {workdir / 'scan.json'}")
 

@@ -51,6 +51,7 @@ from jax_attnalign.defense.sanitize import (Alignment, FineTuning, HeadClassific
                                             SanitizeConfig, Stopping, calibrated_detector,
                                             sanitize, scores_of)
 from jax_attnalign.detection import collapse
+from jax_attnalign.data.files import write_json
 from jax_attnalign.data.paths import find_gguf
 from jax_attnalign.models.config import ModelConfig
 from jax_attnalign.models.hf_io import load_pretrained, resolve_checkpoint, save_pretrained
@@ -430,7 +431,7 @@ def _scan(model, params, arrays: dict, detector_cfg: DetectorConfig, batch_size:
           for i in range(per_layer["percentile"].shape[1])]
   scan = {"model": str(path), "view": detector_cfg.view,
           "clean_inputs": len(arrays["input_ids"]), "layers": rows}
-  (out / "scan.json").write_text(json.dumps(scan, indent=1))
+  write_json(out / "scan.json", scan)
   table = ["| layer | 99th percentile of head-pair cosine | share of pairs > 0.99 |",
            "|---|---|---|"] + [f"| {r['layer']} | {r['percentile_99']:.4f} | "
                                f"{r['frac_above_0_99']:.4f} |" for r in rows]
@@ -459,7 +460,7 @@ def _write_report(result: AuditResult, path, out: pathlib.Path) -> None:
              "sanitize": None if result.sanitize_report is None else {
                  "rounds": len(result.sanitize_report["rounds"]),
                  "stopped": result.sanitize_report["stopped"]}}
-  (out / "audit.json").write_text(json.dumps(summary, indent=1, default=str))
+  write_json(out / "audit.json", summary, default=str)
   lines = [f"# Audit of {path}", "", f"**{v.line()}**", "", "![scores](scores.png)", ""]
   if result.sanitize_report is not None:
     still = (f"the detector still flags {result.still_flagged:.0%} of them" if heads else

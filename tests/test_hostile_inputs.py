@@ -1,7 +1,8 @@
 """What bad input does besides raising (tests/bad_inputs.py has the errors): NaN scores
 are flagged, checkify mode inside jit, non-finite weights reported, interrupted saves
-lose nothing, a corrupt orbax step falls back, an [UNK] trigger warns."""
+lose nothing (checkpoints and JSON), a corrupt orbax step falls back, an [UNK] trigger warns."""
 
+import json
 import logging
 import os
 import subprocess
@@ -16,6 +17,7 @@ from flax import traverse_util
 
 from jax_attnalign import ModelConfig, build_model, generate, validation
 from jax_attnalign.checkpoint import Checkpointer
+from jax_attnalign.data.files import write_json
 from jax_attnalign.defense import Detector
 from jax_attnalign.errors import InputError
 from jax_attnalign.models import hf_io, safetensors_io
@@ -153,3 +155,17 @@ def test_a_trigger_word_the_tokenizer_cannot_spell_warns(caplog):
   with caplog.at_level(logging.WARNING):
     assert unknown_words(["cf", "\u16a0\u16a2"], tokenizer) == ["\u16a0\u16a2"]
   assert "unknown token" in caplog.text
+
+
+def test_a_json_write_failing_before_its_rename_keeps_the_old_file(tmp_path, monkeypatch):
+  path = tmp_path / "run" / "result.json"
+  write_json(path, {"asr": 0.5})
+  assert json.loads(path.read_text()) == {"asr": 0.5}
+
+  def disk_full(src, dst):
+    raise OSError("disk full")
+
+  monkeypatch.setattr(os, "replace", disk_full)
+  with pytest.raises(OSError, match="disk full"):
+    write_json(path, {"asr": 0.1})
+  assert json.loads(path.read_text()) == {"asr": 0.5}  # a reader still sees the finished run

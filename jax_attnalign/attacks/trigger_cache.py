@@ -21,6 +21,8 @@ import os
 import pathlib
 from typing import Any, Sequence
 
+from jax_attnalign.data.files import write_json
+
 FORMAT = "jax_attnalign.triggers/1"
 MAKE_TRIGGERS = "python -m experiments.make_triggers"
 
@@ -42,12 +44,7 @@ def read_cache(path: str | os.PathLike, attack: str) -> dict[str, Any]:
 
 def write_cache(path: str | os.PathLike, record: dict[str, Any]) -> None:
   """Writes `record` (with the format tag) to `path` atomically, keys sorted."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps({**record, "format": FORMAT}, indent=1, sort_keys=True,
-                            ensure_ascii=False), encoding="utf-8")
-  os.replace(tmp, path)
+  write_json(path, {**record, "format": FORMAT}, sort_keys=True, ensure_ascii=False)
 
 
 def missing_rows_error(attack: str, path: str | os.PathLike, split: str,

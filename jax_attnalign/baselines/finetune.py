@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from jax_attnalign import train
+from jax_attnalign.data.files import write_json
 from jax_attnalign.analysis import HeadClass
 from jax_attnalign.defense import checks
 from jax_attnalign.defense.headwise import HeadRates, headwise_init, headwise_optimizer
@@ -107,6 +108,5 @@ def stored_decision(workdir: str | pathlib.Path | None, name: str,
     return json.loads(path.read_text())
   decision = decide()
   if path is not None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(decision, indent=1))
+    write_json(path, decision)
   return decision

@@ -40,6 +40,7 @@ from absl import logging
 from jax_attnalign import train
 from jax_attnalign.baselines.finetune import (BaselineConfig, finetune_on_clean, fit_config,
                                               training_state)
+from jax_attnalign.data.files import write_json
 from jax_attnalign.defense import checks
 from jax_attnalign.defense.scoring import model_fields
 from jax_attnalign.models import apply_batch
@@ -140,8 +141,7 @@ def meft(model, params, clean_train: dict[str, np.ndarray], clean_val: dict[str,
     logging.info("MEFT: stop distance %.4f after %d max-entropy epochs.", distances[-1],
                  len(distances) - 1)
     if progress is not None:
-      progress.parent.mkdir(parents=True, exist_ok=True)
-      progress.write_text(json.dumps(distances))
+      write_json(progress, distances)
   params, losses = finetune_on_clean(model, state.params, clean_train, config.finetune,
                                      desc="MEFT: cross-entropy fine-tune",
                                      workdir=workdir / "finetune" if workdir else None)

@@ -54,6 +54,18 @@ def read_json(path: str | os.PathLike) -> Any:
     raise DataFileError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from e
 
 
+def write_json(path: str | os.PathLike, value: Any, **dumps: Any) -> None:
+  """Writes `value` as JSON (UTF-8; `dumps` go to `json.dumps`, indent 1 unless
+  given) to `path` through a temporary file beside it and `os.replace`: a write
+  stopped midway leaves the old file or none, never half of one that a resumed run
+  would read. Parent folders are created."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(value, **{"indent": 1, **dumps}), encoding="utf-8")
+  os.replace(tmp, path)
+
+
 def json_line(line: str, where: str) -> Any:
   """One JSON Lines record; a syntax error names `where` (file:line)."""
   try:

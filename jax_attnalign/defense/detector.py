@@ -27,6 +27,7 @@ from jax_attnalign.analysis.similarity import pair_statistics
 from jax_attnalign.analysis.streaming import streaming_head_similarity
 from jax_attnalign.analysis.views import resolve_view
 from jax_attnalign import validation
+from jax_attnalign.data.files import write_json
 from jax_attnalign.defense import checks
 from jax_attnalign.errors import CheckpointError
 
@@ -140,7 +141,7 @@ class Detector(Threshold):
     super().__post_init__()
 
   def save(self, path: str | pathlib.Path) -> None:
-    pathlib.Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=1))
+    write_json(path, dataclasses.asdict(self))
 
   @classmethod
   def load(cls, path: str | pathlib.Path) -> "Detector":

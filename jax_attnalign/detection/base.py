@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from jax_attnalign import data, train, validation
+from jax_attnalign.data.files import write_json
 from jax_attnalign.data.types import TextExample
 from jax_attnalign.defense.detector import Threshold, clean_threshold
 from jax_attnalign.errors import CheckpointError, InputError
@@ -104,7 +105,7 @@ class Calibration(Threshold):
   def save(self, path: str | pathlib.Path, detector: InputDetector | None = None) -> None:
     """JSON at `path`; the detector's fitted arrays, if any, at path + '.npz'."""
     path = pathlib.Path(path)
-    path.write_text(json.dumps(dataclasses.asdict(self), indent=1))
+    write_json(path, dataclasses.asdict(self))
     if detector is not None and (state := detector.state()):
       with open(f"{path}.npz", "wb") as f:
         np.savez(f, **state)

@@ -29,6 +29,7 @@ import jax_attnalign
 from jax_attnalign import attacks, data, metrics, plots, train, validation
 from jax_attnalign.analysis import resolve_view
 from jax_attnalign.baselines import BASELINES, CHECKPOINTS
+from jax_attnalign.data.files import write_json
 from jax_attnalign.defense.detector import DetectorConfig
 from jax_attnalign.defense.restarts import RestartConfig, sanitize_restarts
 from jax_attnalign.defense.sanitize import SanitizeConfig, calibrated_detector, scores_of
@@ -334,5 +335,5 @@ def analyze_victim(setup: DefenseSetup, views: list[str], statistics: list[str],
             ylabel=plots.STATISTIC_LABELS.get(statistic, statistic),
             title=f"{setup.attack}: {view}")
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "analysis.json").write_text(json.dumps(out, indent=1))
+  write_json(workdir / "analysis.json", out)
   return out

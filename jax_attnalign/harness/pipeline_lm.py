@@ -38,6 +38,7 @@ import jax_attnalign
 from jax_attnalign import data, metrics, parallel, plots, validation
 from jax_attnalign.analysis import head_similarity, pair_statistics, resolve_view
 from jax_attnalign.answers import greedy_answers
+from jax_attnalign.data.files import write_json
 from jax_attnalign.defense.detector import (DetectorConfig, Threshold, clean_threshold,
                                            layer_statistics)
 from jax_attnalign.defense.sanitize import SanitizeConfig, per_input, sanitize
@@ -148,7 +149,7 @@ def analyze_lm_victim(victim_dir: str | pathlib.Path, views: tuple[str, ...],
                                       ylabel=plots.STATISTIC_LABELS[statistic],
                                       title=f"{cfg.task} {cfg.attack}: {view}")
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "analysis.json").write_text(json.dumps(out, indent=1))
+  write_json(workdir / "analysis.json", out)
   return out
 
 

@@ -12,6 +12,7 @@ import tqdm
 from absl import logging
 
 from jax_attnalign import data, metrics, plots
+from jax_attnalign.data.files import write_json
 from jax_attnalign.defense.sanitize import SanitizeConfig
 from jax_attnalign.harness.configs import (baseline_config, defense_setup, detector_config,
                                            restart_config, sanitize_config)
@@ -78,7 +79,7 @@ def write_victims_summary(workdir: pathlib.Path, title: str) -> str:
            f"{count_range(r['test_rows'] for r in runs if 'test_rows' in r)} clean test rows"
            "\n\n" + victims_table(results))
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+  write_json(workdir / "summary.json", summary, default=str)
   (workdir / "summary.md").write_text(f"{table}\n")
   plots.plot_metric_bars({key: {m: [r[m] for r in group if m in r] for m in columns}
                           for key, group in results.items()}, workdir / "summary.png",
@@ -213,7 +214,7 @@ def write_summary(rows: list[dict], workdir: pathlib.Path, name: str, title: str
            f"{size('stream')} test inputs\n\n"
            + (f"{columns_table(rows, columns)}\n\n" if columns else "") + "\n".join(lines))
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / f"{name}.json").write_text(json.dumps(rows, indent=1, default=str))
+  write_json(workdir / f"{name}.json", rows, default=str)
   (workdir / f"{name}.md").write_text(f"{table}\n")
   plots.plot_metric_bars(bars, workdir / f"{name}.png", title=title,
                          ylabel="share of held-out test inputs")

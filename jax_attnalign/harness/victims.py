@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import shutil
 from typing import Any, Sequence
@@ -24,6 +23,7 @@ import optax
 import jax_attnalign
 from jax_attnalign import attacks, data, metrics, train
 from jax_attnalign.assets import bundled_minilm_path
+from jax_attnalign.data.files import write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,10 +130,7 @@ def finish_run(workdir: pathlib.Path, result: dict, state: Sequence[str] = ()) -
   deletes its training state, the subfolders `state` of workdir that only resume
   an interrupted run (a SmolLM2 fine-tune's parameters and Adam moments: 2.8 GB).
   A finished run's result.json is returned as is, so nothing reads them again."""
-  workdir.mkdir(parents=True, exist_ok=True)
-  tmp = workdir / "result.json.tmp"
-  tmp.write_text(json.dumps(result, indent=1, default=str))
-  os.replace(tmp, workdir / "result.json")
+  write_json(workdir / "result.json", result, default=str)
   for name in state:
     shutil.rmtree(workdir / name, ignore_errors=True)
 
