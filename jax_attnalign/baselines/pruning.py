@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from jax_attnalign import parallel
 from jax_attnalign.defense.scoring import model_fields, per_input
@@ -149,12 +150,17 @@ def prune_in_steps(groups: Sequence[Sequence[int]], accuracy_of: Callable[[np.nd
   """
   pruned = np.zeros(size, bool)
   trace = []
+
+  def evaluate() -> float:  # one validation pass, logged: a step can take minutes
+    trace.append({"pruned": int(pruned.sum()), "accuracy": accuracy_of(pruned)})
+    logging.info("pruning: %d of %d pruned, accuracy %.4f (floor %.4f)", trace[-1]["pruned"],
+                 size, trace[-1]["accuracy"], floor)
+    return trace[-1]["accuracy"]
+
   for group in groups:
     group = list(group)
     pruned[group] = True
-    accuracy = accuracy_of(pruned)
-    trace.append({"pruned": int(pruned.sum()), "accuracy": accuracy})
-    if accuracy >= floor:
+    if evaluate() >= floor:
       continue
     if not backtrack:
       pruned[group] = False
@@ -163,9 +169,7 @@ def prune_in_steps(groups: Sequence[Sequence[int]], accuracy_of: Callable[[np.nd
       pruned[group.pop()] = False
       if not group:
         break  # the state before this step, already within the floor (or nothing pruned)
-      accuracy = accuracy_of(pruned)
-      trace.append({"pruned": int(pruned.sum()), "accuracy": accuracy})
-      if accuracy >= floor:
+      if evaluate() >= floor:
         break
     return pruned, trace
   return pruned, trace
