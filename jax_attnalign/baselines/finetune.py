@@ -20,8 +20,8 @@ import numpy as np
 import optax
 
 from jax_attnalign import train
-from jax_attnalign.data.files import write_json
 from jax_attnalign.analysis import HeadClass
+from jax_attnalign.data.files import write_json
 from jax_attnalign.defense import checks
 from jax_attnalign.defense.headwise import HeadRates, headwise_init, headwise_optimizer
 from jax_attnalign.defense.scoring import model_fields
