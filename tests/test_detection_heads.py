@@ -306,6 +306,18 @@ def test_crowding_flags_five_percent_of_a_fresh_clean_set_and_round_trips(tiny, 
   np.testing.assert_array_equal(again.score(tiny, fresh), scores)
 
 
+def test_a_calibration_saved_again_without_arrays_drops_the_old_ones(tiny, tmp_path):
+  detector = make_detector("crowding").fit(tiny, _examples(200, 10))
+  calibration = calibrate(detector, tiny, _examples(300, 11), fpr=0.05)
+  calibration.save(tmp_path / "detector.json", detector)
+  assert (tmp_path / "detector.json.npz").exists()
+  calibration.save(tmp_path / "detector.json")  # no fitted detector given this time
+  assert not (tmp_path / "detector.json.npz").exists()
+  _, again = Calibration.load(tmp_path / "detector.json")
+  with pytest.raises(ValueError, match="fit the detector"):  # not the earlier fit's arrays
+    again.score(tiny, _examples(4, 0))
+
+
 def test_crowding_refuses_what_it_cannot_score(tiny):
   with pytest.raises(ValueError, match="crowding.quantile"):
     make_detector("crowding", quantile=1.0)

@@ -17,7 +17,7 @@ from flax import traverse_util
 
 from jax_attnalign import ModelConfig, build_model, generate, validation
 from jax_attnalign.checkpoint import Checkpointer
-from jax_attnalign.data.files import write_json
+from jax_attnalign.data.files import write_json, write_npz
 from jax_attnalign.defense import Detector
 from jax_attnalign.errors import InputError
 from jax_attnalign.models import hf_io, safetensors_io
@@ -157,15 +157,20 @@ def test_a_trigger_word_the_tokenizer_cannot_spell_warns(caplog):
   assert "unknown token" in caplog.text
 
 
-def test_a_json_write_failing_before_its_rename_keeps_the_old_file(tmp_path, monkeypatch):
-  path = tmp_path / "run" / "result.json"
-  write_json(path, {"asr": 0.5})
-  assert json.loads(path.read_text()) == {"asr": 0.5}
+@pytest.mark.parametrize("write, read", [
+    (write_json, lambda path: json.loads(path.read_text())),
+    (lambda path, value: write_npz(path, **value),
+     lambda path: {k: v.item() for k, v in np.load(path, allow_pickle=False).items()})])
+def test_a_file_write_failing_before_its_rename_keeps_the_old_file(tmp_path, monkeypatch, write,
+                                                                    read):
+  path = tmp_path / "run" / "result"
+  write(path, {"asr": 0.5})
+  assert read(path) == {"asr": 0.5}
 
   def disk_full(src, dst):
     raise OSError("disk full")
 
   monkeypatch.setattr(os, "replace", disk_full)
   with pytest.raises(OSError, match="disk full"):
-    write_json(path, {"asr": 0.1})
-  assert json.loads(path.read_text()) == {"asr": 0.5}  # a reader still sees the finished run
+    write(path, {"asr": 0.1})
+  assert read(path) == {"asr": 0.5}  # a reader still sees the finished run

@@ -11,7 +11,9 @@ import json
 import os
 import pathlib
 import stat
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+import numpy as np
 
 from jax_attnalign.errors import DataFileError
 
@@ -54,16 +56,33 @@ def read_json(path: str | os.PathLike) -> Any:
     raise DataFileError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from e
 
 
-def write_json(path: str | os.PathLike, value: Any, **dumps: Any) -> None:
-  """Writes `value` as JSON (UTF-8; `dumps` go to `json.dumps`, indent 1 unless
-  given) to `path` through a temporary file beside it and `os.replace`: a write
-  stopped midway leaves the old file or none, never half of one that a resumed run
-  would read. Parent folders are created."""
+def _replace(path: str | os.PathLike, write: Callable[[pathlib.Path], None]) -> None:
+  """`write(tmp)` into a temporary file beside `path`, then `os.replace` onto it: a
+  write stopped midway leaves the old file or none, never half of one that a resumed
+  run would read. Parent folders are created."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(value, **{"indent": 1, **dumps}), encoding="utf-8")
+  write(tmp)
   os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, value: Any, **dumps: Any) -> None:
+  """Writes `value` as JSON (UTF-8; `dumps` go to `json.dumps`, indent 1 unless
+  given) to `path`, atomically (`_replace`)."""
+  text = json.dumps(value, **{"indent": 1, **dumps})
+  _replace(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
+  """Writes `arrays` as an uncompressed .npz to `path` (the name kept as given: no
+  '.npz' appended), atomically (`_replace`)."""
+
+  def write(tmp: pathlib.Path) -> None:
+    with open(tmp, "wb") as f:
+      np.savez(f, **arrays)
+
+  _replace(path, write)
 
 
 def json_line(line: str, where: str) -> Any:

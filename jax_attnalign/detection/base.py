@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from jax_attnalign import data, train, validation
-from jax_attnalign.data.files import write_json
+from jax_attnalign.data.files import write_json, write_npz
 from jax_attnalign.data.types import TextExample
 from jax_attnalign.defense.detector import Threshold, clean_threshold
 from jax_attnalign.errors import CheckpointError, InputError
@@ -103,12 +103,19 @@ class Calibration(Threshold):
   settings: dict
 
   def save(self, path: str | pathlib.Path, detector: InputDetector | None = None) -> None:
-    """JSON at `path`; the detector's fitted arrays, if any, at path + '.npz'."""
+    """JSON at `path`; the detector's fitted arrays, if any, at path + '.npz'.
+
+    Each file is replaced atomically, the arrays first: a save stopped midway
+    leaves the old calibration whole or, at worst, the old JSON beside the new
+    arrays (or beside none). A stale .npz of an earlier save without arrays is removed, so that
+    `load` never fits a detector with another one's state."""
     path = pathlib.Path(path)
-    write_json(path, dataclasses.asdict(self))
+    state_path = pathlib.Path(f"{path}.npz")
     if detector is not None and (state := detector.state()):
-      with open(f"{path}.npz", "wb") as f:
-        np.savez(f, **state)
+      write_npz(state_path, **state)
+    else:
+      state_path.unlink(missing_ok=True)
+    write_json(path, dataclasses.asdict(self))
 
   @classmethod
   def load(cls, path: str | pathlib.Path) -> tuple["Calibration", InputDetector]:

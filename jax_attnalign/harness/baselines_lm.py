@@ -51,6 +51,7 @@ from jax_attnalign.assets import bundled_smollm2_path
 from jax_attnalign.baselines import (BASELINES, CHECKPOINTS, CleanGenConfig, GraCeFulConfig,
                                      MuScleLoRAConfig, cleangen_responses, graceful_filter,
                                      muscle_lora)
+from jax_attnalign.data.files import write_npz
 from jax_attnalign.detection.chat import ChatVictim, label_word_classifier
 from jax_attnalign.errors import InputError
 from jax_attnalign.harness.pipeline import store_defense_result
@@ -183,8 +184,7 @@ def defend_lm_with_graceful(victim_dir: str | pathlib.Path, setup: LMDefenseSetu
       keep, report = graceful_filter(model, pretrained, arrays, config,
                                      poisoned=np.array([e.poisoned for e in rows]))
       if saved is not None:
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(saved, keep=keep, report=json.dumps(report))
+        write_npz(saved, keep=keep, report=json.dumps(report))
     retrained, history = fine_tune_lm(model, pretrained, {k: v[keep] for k, v in arrays.items()},
                                       cfg, workdir / "ckpt" if workdir else None)
     report.update(graceful=dataclasses.asdict(config), steps=len(history))

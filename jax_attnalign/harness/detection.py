@@ -30,6 +30,7 @@ import numpy as np
 from absl import logging
 
 from jax_attnalign import attacks, data, metrics, validation
+from jax_attnalign.data.files import write_npz
 from jax_attnalign.detection import Victim, calibrate, make_detector
 from jax_attnalign.harness.pipeline_lm import (LMDefenseSetup, chat_victim, defender_examples,
                                               load_lm_victim)
@@ -142,7 +143,7 @@ def evaluate_detector(name: str, settings: dict, victim: Victim, sets: dict[str,
       "sizes": {k: len(v) for k, v in sets.items()}}
   workdir.mkdir(parents=True, exist_ok=True)
   calibration.save(workdir / "calibration.json", detector)
-  np.savez(workdir / "scores.npz", clean=clean, triggered=triggered)
+  write_npz(workdir / "scores.npz", clean=clean, triggered=triggered)
   finish_run(workdir, result)
   logging.info("%s: AUROC %.3f, TPR %.3f at measured FPR %.3f (%.0f s)", name,
                result["auroc"], result["tpr"], result["fpr"], wall)
