@@ -107,8 +107,8 @@ class Calibration(Threshold):
 
     Each file is replaced atomically, the arrays first: a save stopped midway
     leaves the old calibration whole or, at worst, the old JSON beside the new
-    arrays (or beside none). A stale .npz of an earlier save without arrays is removed, so that
-    `load` never fits a detector with another one's state."""
+    arrays (or beside none). Saved without arrays, it removes the .npz of an
+    earlier save, so that `load` never gives a detector another fit's state."""
     path = pathlib.Path(path)
     state_path = pathlib.Path(f"{path}.npz")
     if detector is not None and (state := detector.state()):
