@@ -157,10 +157,14 @@ def test_a_trigger_word_the_tokenizer_cannot_spell_warns(caplog):
   assert "unknown token" in caplog.text
 
 
+def _read_npz(path):
+  with np.load(path, allow_pickle=False) as stored:
+    return {k: stored[k].item() for k in stored.files}
+
+
 @pytest.mark.parametrize("write, read", [
     (write_json, lambda path: json.loads(path.read_text())),
-    (lambda path, value: write_npz(path, **value),
-     lambda path: {k: v.item() for k, v in np.load(path, allow_pickle=False).items()})])
+    (lambda path, value: write_npz(path, **value), _read_npz)])
 def test_a_file_write_failing_before_its_rename_keeps_the_old_file(tmp_path, monkeypatch, write,
                                                                     read):
   path = tmp_path / "run" / "result"
