@@ -3,8 +3,8 @@
 Side by side in one run, on the same random prompts (--prompt_length tokens), at
 batch 1 and 8, exactly --new_tokens new tokens a row (EOS disabled on both sides,
 so both do the same work):
-  * ours: `jax_attnalign.models.generation.generate` (a jitted prefill and decode
-    step, a Python loop over the tokens);
+  * ours: `jax_attnalign.models.generation.generate` (a jitted prefill, then the
+    decoding loop on the device, one jitted `lax.while_loop`);
   * transformers' `generate` (greedy, KV cache, eager attention, f32) in a fresh
     subprocess, SmolLM2 loaded by transformers from the same GGUF file.
 The two greedy outputs are compared token by token (rows equal in full; random
@@ -43,7 +43,7 @@ def bench_ours(model, params, ids: np.ndarray, new_tokens: int, repeats: int) ->
   run = lambda: jax.block_until_ready(generate(model, params, ids, np.ones_like(ids),
                                                max_new_tokens=new_tokens, eos_token_id=()))
   seconds = median_seconds(run, repeats)
-  return dict(impl="jax_attnalign (jit step)", seconds=seconds,
+  return dict(impl="jax_attnalign (jit prefill, device loop)", seconds=seconds,
               tokens_per_s=ids.shape[0] * new_tokens / seconds,
               tokens=np.asarray(run().tokens).tolist())
 

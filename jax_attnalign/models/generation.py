@@ -1,7 +1,8 @@
 """Batched KV-cache decoding for the decoders: greedy or sampled, left-padded prompts.
 
-The prefill and each decoding step are jit-compiled once per shape; the Python
-loop between steps only checks whether every row has reached EOS.
+The prefill and the decoding loop are jit-compiled once per shape and length; the loop runs
+on the device (`lax.while_loop`), stopping once every row has reached EOS, so
+no step waits for the host.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Sequence
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jax_attnalign import validation
 from jax_attnalign.models.hooks import PATTERNS, Hooks, attention_maps, collect
@@ -62,20 +62,74 @@ def sample_logits(logits: Array, rng: Array, *, temperature: float = 1.0,
   return jax.random.categorical(rng, logits, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "capture", "prompt_len"),
-                   donate_argnames=("cache",))
-def _forward_step(model: Llama, params, tokens, positions, cache, cache_index,
-                  cache_mask, *, capture: bool, prompt_len: int):
-  """One cached forward; returns (last logits [B, V], cache, prompt attention).
-  The LM head runs at the last position only (a prefill needs no other)."""
+def _forward(model: Llama, params, tokens, positions, cache, cache_index, cache_mask,
+             capture: bool, prompt_len: int):
+  """One cached forward; returns (last logits [B, V], cache, prompt attention
+  [L, B, N, T, Tp] or None). The LM head runs at the last position only."""
   b, t = tokens.shape
   out, state = model.apply(
       {"params": params}, tokens, position_ids=positions, cache=cache,
       cache_index=cache_index, cache_mask=cache_mask,
       hooks=Hooks(capture=PATTERNS if capture else None),
       logit_positions=jnp.full((b, 1), t - 1), mutable=["intermediates"])
-  attn = attention_maps(collect(state))[..., :prompt_len] if capture else None  # [L,B,N,T,Tp]
+  attn = attention_maps(collect(state))[..., :prompt_len] if capture else None
   return out.logits[:, -1], out.cache, attn
+
+
+_prefill = jax.jit(_forward, static_argnames=("model", "capture", "prompt_len"),
+                   donate_argnames=("cache",))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "capture", "sampler"))
+def _decode(model: Llama, params, logits, cache, cache_mask, next_pos, rng, eos, pad, *,
+            max_new_tokens: int, capture: bool, sampler: tuple | None):
+  """The decoding loop on the device: a `lax.while_loop` that feeds the last token,
+  picks the next one and stops once every row has produced EOS, so no step waits
+  for the host. sampler: None (greedy) or (temperature, top_k, top_p). Returns
+  (tokens [B, Tg_max], token_mask, attention [L, B, N, Tg_max, Tp] or None, the
+  number of tokens produced)."""
+  b = logits.shape[0]
+  prompt_len = cache_mask.shape[1] - max_new_tokens
+
+  def feed(tok, i, cache):  # token i enters at slot prompt_len + i
+    return _forward(model, params, tok[:, None], next_pos + i, cache, prompt_len + i,
+                    cache_mask, capture, prompt_len)
+
+  def pick(i, logits, rng, done, tokens, masks):
+    if sampler is None:
+      tok = jnp.argmax(logits, axis=-1)
+    else:
+      rng, key = jax.random.split(rng)
+      temperature, top_k, top_p = sampler
+      tok = sample_logits(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)
+    tok = jnp.where(done, pad, tok).astype(jnp.int32)
+    tokens, masks = tokens.at[:, i].set(tok), masks.at[:, i].set(~done)
+    return tok, rng, done | jnp.isin(tok, eos), tokens, masks
+
+  def write_rows(attn, rows, i):
+    return None if attn is None else jax.lax.dynamic_update_slice_in_dim(attn, rows, i, axis=3)
+
+  attn = None
+  if capture:  # [L, B, N, 1, Tp] per fed token
+    rows = jax.eval_shape(feed, logits.argmax(-1).astype(jnp.int32), 0, cache)[2]
+    attn = jnp.zeros(rows.shape[:3] + (max_new_tokens,) + rows.shape[4:], rows.dtype)
+  first = pick(0, logits, rng, jnp.zeros((b,), bool),
+               jnp.full((b, max_new_tokens), pad, jnp.int32), jnp.zeros((b, max_new_tokens), bool))
+
+  def body(state):
+    i, (tok, rng, done, tokens, masks), cache, attn = state
+    logits, cache, rows = feed(tok, i - 1, cache)
+    return i + 1, pick(i, logits, rng, done, tokens, masks), cache, write_rows(attn, rows, i - 1)
+
+  def more(state):
+    i, (_, _, done, _, _), _, _ = state
+    return (i < max_new_tokens) & ~jnp.all(done)
+
+  n, (tok, _, _, tokens, masks), cache, attn = jax.lax.while_loop(
+      more, body, (jnp.int32(1), first, cache, attn))
+  if capture:  # the last token's own row
+    attn = write_rows(attn, feed(tok, n - 1, cache)[2], n - 1)
+  return tokens, masks, attn, n
 
 
 def generate(model: Llama, params, input_ids: Array, attention_mask: Array | None = None,
@@ -135,32 +189,14 @@ def generate(model: Llama, params, input_ids: Array, attention_mask: Array | Non
   cache = init_cache(cfg, b, max_len, model.dtype)
   cache_mask = jnp.concatenate(
       [attention_mask, jnp.ones((b, max_len - prompt_len), jnp.int32)], axis=1)
-  step = functools.partial(_forward_step, model, params, cache_mask=cache_mask,
-                           capture=return_attention, prompt_len=prompt_len)
-  logits, cache, _ = step(input_ids, positions_from_mask(attention_mask), cache, 0)
-  next_pos = jnp.sum(attention_mask, axis=1, keepdims=True)  # [B, 1]
-  eos_arr = jnp.asarray(eos, jnp.int32) if eos else jnp.zeros((0,), jnp.int32)
-  done = jnp.zeros((b,), bool)
-  tokens, masks, rows = [], [], []
-  for i in range(max_new_tokens):
-    if do_sample:
-      rng, key = jax.random.split(rng)
-      tok = sample_logits(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)
-    else:
-      tok = jnp.argmax(logits, axis=-1)
-    tok = jnp.where(done, pad, tok).astype(jnp.int32)
-    tokens.append(tok)
-    masks.append(~done)
-    done = done | jnp.isin(tok, eos_arr)
-    last = i + 1 == max_new_tokens or bool(np.asarray(done).all())
-    if last and not return_attention:
-      break
-    logits, cache, attn = step(tok[:, None], next_pos + i, cache, prompt_len + i)
-    if return_attention:
-      rows.append(attn)  # [L, B, N, 1, Tp]: the row of the token just fed
-    if last:
-      break
-  attention = jnp.concatenate(rows, axis=3) if return_attention else None
-  return GenerationOutput(tokens=jnp.stack(tokens, axis=1),
-                          token_mask=jnp.stack(masks, axis=1).astype(jnp.int32),
-                          attention=attention)
+  logits, cache, _ = _prefill(model, params, input_ids, positions_from_mask(attention_mask),
+                              cache, 0, cache_mask, capture=False, prompt_len=prompt_len)
+  tokens, masks, attention, n = _decode(
+      model, params, logits, cache, cache_mask,
+      jnp.sum(attention_mask, axis=1, keepdims=True),  # each row's next position [B, 1]
+      rng if do_sample else None, jnp.asarray(eos, jnp.int32), pad,
+      max_new_tokens=max_new_tokens, capture=return_attention,
+      sampler=(float(temperature), int(top_k), float(top_p)) if do_sample else None)
+  n = int(n)  # the loop stops early once every row is done
+  return GenerationOutput(tokens=tokens[:, :n], token_mask=masks[:, :n].astype(jnp.int32),
+                          attention=None if attention is None else attention[..., :n, :])
