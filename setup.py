@@ -39,11 +39,8 @@ setuptools.setup(
         # the CPU wheel (see README): an unpinned torch pulls a multi-GB CUDA build.
         # nbformat/nbclient/ipykernel execute the Colab notebook in a test;
         # accelerate lets transformers load GGUF files (the SmolLM2 parity tests);
-        # hypothesis fuzzes the checkpoint readers. pytest 9.2.0 drops
-        # pytest-xdist 3.8's --dist loadgroup grouping (each test of an xdist_group
-        # goes to any worker, so a group's module fixtures are built on both
-        # workers: the owner-audit victim twice, 210 s each); 9.1.1 keeps it.
-        "test": ["pytest>=8,<9.2", "pytest-xdist>=3.5", "nbformat", "nbclient", "ipykernel",
+        # hypothesis fuzzes the checkpoint readers.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbformat", "nbclient", "ipykernel",
                  "accelerate", "hypothesis>=6"],
     },
 )

@@ -19,8 +19,6 @@ from jax_attnalign.detection import collapse
 from jax_attnalign.harness.victims import VictimConfig, seeded_subset, train_classification_victim
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# One worker builds the owner's victim (two minutes) for every test that reads it.
-pytestmark = pytest.mark.xdist_group("owner_victim")
 
 
 def _hypergeometric_tail(k, n, m, h):

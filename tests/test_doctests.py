@@ -55,8 +55,6 @@ MODULES = (
     "jax_attnalign.models.layers",
     "jax_attnalign.validation",
 )
-# One worker runs them all: the tiny models' compiled ops are shared between modules.
-pytestmark = pytest.mark.xdist_group("doctests")
 
 
 def public_objects() -> dict:

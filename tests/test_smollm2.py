@@ -6,7 +6,7 @@ Tolerances, f32: attention probabilities 1e-4 absolute; logits and hidden states
 activations of about 25,000 (layers 12-28), where one f32 ulp is 0.002: both
 implementations differ from a float64 forward by about 1e-2 there, so an
 absolute 1e-4 is beyond either of them. The tests of this file share one
-transformers model per process (--dist loadgroup keeps them in one process).
+transformers model per process (--dist loadfile keeps them in one process).
 """
 
 import chex
@@ -23,7 +23,6 @@ from jax_attnalign.analysis.similarity import head_similarity
 from jax_attnalign.analysis.streaming import streaming_head_similarity
 from jax_attnalign.models import PATTERNS, Hooks, run_with_hooks, scale_heads
 
-pytestmark = pytest.mark.xdist_group("smollm2")
 NEW = 32
 
 
