@@ -2,9 +2,22 @@
 
 import os
 
-_DEVICES_FLAG = "--xla_force_host_platform_device_count=8"
-if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):  # xdist workers inherit it
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES_FLAG}".strip()
+_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def xla_flags_with_devices(count: int) -> str:
+  """This process's XLA_FLAGS with `count` fake CPU devices in place of any count set.
+
+  The suite runs on 8. A test that starts a full MiniLM pipeline in a child process
+  (a notebook kernel, a binary) gives it 2: every device holds a replica of the model
+  and its optimizer state, and 8 took such a child to about 8 GB beside the other worker.
+  """
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(_DEVICES_FLAG)]
+  return " ".join(kept + [f"{_DEVICES_FLAG}={count}"])
+
+
+if f"{_DEVICES_FLAG}=8" not in os.environ.get("XLA_FLAGS", ""):  # xdist workers inherit it
+  os.environ["XLA_FLAGS"] = xla_flags_with_devices(8)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

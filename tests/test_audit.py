@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from conftest import xla_flags_with_devices
 import jax_attnalign
 from jax_attnalign import attacks, audit, data
 from jax_attnalign.data import TextExample
@@ -111,10 +112,7 @@ def owner_files(minilm_path, tmp_path_factory):
 
 def test_owner_command_finds_the_backdoor_and_exports_a_loadable_model(owner_files):
   root, triggered = owner_files
-  # 2 fake devices, not the suite's 8: each holds a replica of MiniLM and its
-  # optimizer state (with 8 this process peaked at 8 GB beside the other worker).
-  env = {**os.environ, "PYTHONPATH": str(ROOT),
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": xla_flags_with_devices(2)}
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.sanitize", f"--model={root / 'victim' / 'model'}",
        f"--clean={root / 'clean.tsv'}", f"--incoming={root / 'incoming.txt'}",

@@ -8,6 +8,7 @@ import nbclient
 import nbformat
 import transformers
 
+from conftest import xla_flags_with_devices
 from jax_attnalign.defense import Detector, DetectorConfig
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "experiments/notebooks/colab_tpu.ipynb"
@@ -15,10 +16,8 @@ NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "experiments/notebooks/
 
 def test_notebook_executes_on_cpu(minilm_path, tmp_path, monkeypatch):
   monkeypatch.setenv("JAX_ATTNALIGN_NOTEBOOK_SMALL", "1")
-  # The kernel's mesh over 2 fake devices, not the suite's 8: every device holds a
-  # replica of MiniLM and its optimizer state, and 8 took the kernel to 8.3 GB
-  # (2: 2.9 GB), enough beside the other worker to run the machine out of memory.
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  # The kernel's mesh over 2 fake devices (8 took it to 8.3 GB, 2 to 2.9 GB).
+  monkeypatch.setenv("XLA_FLAGS", xla_flags_with_devices(2))
   monkeypatch.setenv("PYTHONPATH", str(NOTEBOOK.parents[2]))
   monkeypatch.setenv("JAX_ATTNALIGN_WORKDIR", str(tmp_path / "work"))
   nb = nbformat.read(NOTEBOOK, as_version=4)
