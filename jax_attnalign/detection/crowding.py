@@ -29,8 +29,8 @@ Like answer collapse an input's score depends on the inputs scored with it
 the fewer triggered inputs a stream holds the less they stand out. For the same
 reason its calibration is noisier than a per-input detector's: thresholds from
 200 clean rows flagged 0.5% to 13% of fresh clean streams, from 1,000 rows 1% to
-5.5% of them, 3.3% on average (docs/lab_notebook/7_calibration_rows.md):
-calibrate on as many clean rows as there are.
+5.5% of them (docs/lab_notebook/7_calibration_rows.md): calibrate on as many
+clean rows as there are.
 
 Needs: clean rows, no labels, no trigger, no extra model. Scoring n inputs
 compares every pair and every input with the m fit rows, one layer at a time
