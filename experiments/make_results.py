@@ -10,6 +10,7 @@ Every table is generated from JSON files the binaries wrote, kept in
   results/<name>/table2.json     experiments.table2 (baselines and ours on classifiers)
   results/<name>/detect.json     experiments.detect (every input detector on every victim)
   results/<name>/defend.json     experiments.defend (ours, one column per suspect source)
+  results/<name>/owner_audits.json  experiments.audit_victims (the owner's audit, known victims)
   results/demo/summary.json      experiments.demo
 
   python -m experiments.make_results            # after copying new JSON into results/
@@ -25,7 +26,7 @@ from absl import app, flags
 
 from experiments.configs import defend_lm as defend_lm_config
 from jax_attnalign import audit, metrics
-from jax_attnalign.harness import reporting, reporting_lm
+from jax_attnalign.harness import owner, reporting, reporting_lm
 from jax_attnalign.harness.detection import detection_table
 
 FLAGS = flags.FLAGS
@@ -84,7 +85,8 @@ RENDERERS = {
     "audit.json": audit_text,
     "table2.json": _columns,
     "defend.json": _columns,
-    "detect.json": detection_table}
+    "detect.json": detection_table,
+    "owner_audits.json": owner.owner_table}
 
 
 def _seeds(seeds) -> str:
@@ -168,6 +170,33 @@ def detection_matrix(results: pathlib.Path) -> str:
           f"{r['detector']} on {r.get('model', 'MiniLM')} {r['dataset']} {r['attack']} "
           f"s{r['seed']}" for r in rows if r.get("development")) + "."]
          if any(r.get("development") for r in rows) else []))
+
+
+def _owner_rows(records: list[dict]) -> list[str]:
+  """Headline rows of the owner's audit on known victims, per dataset and detector:
+  per attack, how many victims given their triggered stream it found and their CA
+  / ASR before -> after (mean over those found, %); its false alarms among the
+  audits of clean streams and of clean models."""
+  out = []
+  for dataset, detector in sorted({(r["dataset"], r["detector"]) for r in records}):
+    mine = [r for r in records if (r["dataset"], r["detector"]) == (dataset, detector)]
+    innocent = [r for r in mine if r["stream"] == "clean" or r["clean_model"]]
+    attacked = [r for r in mine if r not in innocent]
+    mean = lambda runs, when, m: f"{100 * np.mean([r[when][m] for r in runs]):.1f}"
+    parts = []
+    for attack in sorted({r["attack"] for r in attacked}):
+      runs = [r for r in attacked if r["attack"] == attack]
+      found = [r for r in runs if r["backdoored"]]
+      seeds = _seeds(sorted(r["seed"] for r in runs))
+      parts.append(f"{attack}: {len(found)} of {len(runs)} found ({seeds})" + (
+          f", CA / ASR {mean(found, 'before', 'ca')} / {mean(found, 'before', 'asr')} -> "
+          f"{mean(found, 'after', 'ca')} / {mean(found, 'after', 'asr')}" if found else ""))
+    out.append(f"| The owner's audit of MiniLM {dataset} victims by {detector} (`experiments."
+               f"audit_victims`): backdoors found in their triggered streams, CA / ASR before "
+               f"-> after (%); false alarms | — | {'; '.join(parts)}; false alarms: "
+               f"{sum(r['backdoored'] for r in innocent)} of {len(innocent)} audits of clean "
+               "streams or of a clean model given a triggered stream |")
+  return out
 
 
 def _percents(values) -> str:
@@ -334,6 +363,8 @@ def headline(results: pathlib.Path, brief: bool = False) -> str:
     lines.append(_defense_row(chat, "SST-2 BadNets, chat classifier", "Llama-2-7B", "SmolLM2"))
   for path in sorted(results.rglob("table2.json")):
     lines += _encoder_grid_rows(json.loads(path.read_text()))
+  for path in sorted(results.rglob("owner_audits.json")):
+    lines += _owner_rows(json.loads(path.read_text()))
   lines += (_grid_rows(lm_rows, reporting_lm.CHAT_GRID)
             + _frozen_test_rows(lm_rows) + _grid_rows(lm_rows, reporting_lm.GENERATION_GRID)
             + _recipe_rows(lm_rows, brief))

@@ -9,8 +9,11 @@ trusts: a TSV of text and label for a classifier, Alpaca-format JSON records
 model received (one input per line, a TSV/CSV with a 'sentence' or 'text' column,
 or JSON). Prints the verdict with its evidence; a positive verdict sanitises the
 model with the flagged inputs and writes it with its tokenizer to DIR/model.
-A chat model's incoming prompts are read by answer collapse unless
---decoder_detector=heads (jax_attnalign.audit).
+A classifier's incoming inputs are read by the paper's head statistic, or with
+--encoder_detector=crowding by head-output crowding across the stream (it sees
+sentence-level triggers but false-alarms when the clean rows come from another
+source than the incoming inputs); a chat model's prompts by answer collapse
+unless --decoder_detector=heads (jax_attnalign.audit).
 Without --incoming it writes a scan of the model's heads. DIR gets report.md,
 audit.json (or scan.json) and scores.png.
 """
@@ -37,6 +40,10 @@ flags.DEFINE_integer("max_length", 64, "Classifier tokens per input.", lower_bou
 flags.DEFINE_enum("decoder_detector", "answer_collapse", ["answer_collapse", "heads"],
                   "What reads a chat model's incoming prompts: its answers (near-duplicate "
                   "answers across the stream) or its heads (the paper's statistic).")
+flags.DEFINE_enum("encoder_detector", "heads", ["heads", "crowding"],
+                  "What reads a classifier's incoming inputs: the paper's per-input head "
+                  "statistic, or head-output crowding across the stream (sees sentence-level "
+                  "triggers; needs at least 10 inputs and clean rows from the same source).")
 flags.DEFINE_integer("max_rounds", None, "Sanitisation rounds at most (default: 3, or 2 "
                      "for a chat model read by its heads).", lower_bound=1)
 
@@ -45,7 +52,8 @@ def main(argv):
   del argv
   experiments.use_data_root()
   cfg = audit.AuditConfig(alpha=FLAGS.alpha, seed=FLAGS.seed, max_length=FLAGS.max_length,
-                          max_rounds=FLAGS.max_rounds, decoder_detector=FLAGS.decoder_detector)
+                          max_rounds=FLAGS.max_rounds, decoder_detector=FLAGS.decoder_detector,
+                          encoder_detector=FLAGS.encoder_detector)
   incoming = audit.load_incoming(FLAGS.incoming) if FLAGS.incoming else None
   result = audit.audit_checkpoint(FLAGS.model, audit.load_clean(FLAGS.clean), incoming,
                                   FLAGS.out, cfg)

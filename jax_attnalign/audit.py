@@ -13,8 +13,19 @@ after; the rest calibrates the detector and fine-tunes the sanitised model.
 The verdict compares the share of incoming inputs the calibrated detector flags
 with the share of held-out clean rows it flags (one-sided Fisher exact test): a
 clean model flags incoming inputs about as often as clean ones, a backdoored one
-flags the triggered ones too. Classifiers are read by the paper's head
-statistic. Chat models are read, by default, by answer collapse
+flags the triggered ones too. Classifiers are read, by default, by the paper's
+head statistic, input by input. `AuditConfig.encoder_detector="crowding"` reads
+them by head-output crowding (`detection.crowding`) instead: the incoming
+inputs, scored as one stream, are flagged when their heads' outputs have more
+near-duplicates among the others than clean inputs do (a trigger sends its
+inputs onto one behaviour). It also sees sentence-level triggers (on the SST-2
+HiddenKiller victims it found all three, the heads none; results/minilm_sst2_owner),
+but it needs triggered inputs to be common in the stream and the clean rows to
+come from the same source as the incoming inputs: it flags any stream whose
+inputs are more alike than the clean rows (a clean tweet classifier, given 100
+tweets on one topic against clean rows on many, was flagged at p = 1e-21;
+docs/lab_notebook/8_owner_audit.md). Chat models are read, by
+default, by answer collapse
 (`detection.collapse`): the model's own greedy answers to the incoming prompts,
 scored in sets, flag the prompts whose answer is a near-duplicate of many
 others' (a backdoor's fixed response); on the SmolLM2 generation victims it
@@ -26,8 +37,9 @@ with their answers to read. `AuditConfig.decoder_detector="heads"` reads the
 heads instead (the generation-to-prompt view, the answer teacher-forced after
 each prompt). With a positive verdict the flagged inputs become the suspects of
 `defense.sanitize` (with answer collapse, less a quarter kept out, whose
-answers decoded again after each round decide when the rounds stop) and the
-sanitised checkpoint is written, with its tokenizer, to out_dir/model.
+answers decoded again after each round decide when the rounds stop; otherwise
+the heads' statistic re-read on the suspects does, as in `experiments.defend`)
+and the sanitised checkpoint is written, with its tokenizer, to out_dir/model.
 """
 
 from __future__ import annotations
@@ -46,16 +58,20 @@ import scipy.stats
 from jax_attnalign import data, metrics, plots, train
 from jax_attnalign.answers import generate_responses, greedy_answers
 from jax_attnalign.data import InstructionExample, TextExample
-from jax_attnalign.defense.detector import Detector, DetectorConfig, Threshold, clean_threshold
+from jax_attnalign.defense.detector import DetectorConfig, Threshold, clean_threshold
 from jax_attnalign.defense.sanitize import (Alignment, FineTuning, HeadClassification,
                                             SanitizeConfig, Stopping, calibrated_detector,
                                             sanitize, scores_of)
-from jax_attnalign.detection import collapse
+from jax_attnalign.detection import Victim, calibrate, collapse, make_detector
 from jax_attnalign.data.files import write_json
 from jax_attnalign.data.paths import find_gguf
 from jax_attnalign.models.config import ModelConfig
 from jax_attnalign.models.hf_io import load_pretrained, resolve_checkpoint, save_pretrained
 from jax_attnalign.models.safetensors_io import read_config_json
+
+# Incoming inputs a stream detector (answer collapse, crowding) needs at least: it
+# reads inputs that the model treats alike across the stream.
+MIN_STREAM = 10
 
 # Decoders: the causal-LM loss and the generation-to-prompt view (the paper's),
 # with the detector statistic chosen on the SmolLM2 tuning victim (SST-2 BadNets
@@ -88,6 +104,10 @@ class AuditConfig:
   # statistic in the generation-to-prompt view; also for a chat model that answers
   # with a few label words, which answer collapse cannot read).
   decoder_detector: str = "answer_collapse"
+  # Classifiers: 'heads' (the paper's per-input statistic) or 'crowding' (head-output
+  # crowding over the incoming stream: sees sentence-level triggers, needs clean
+  # rows from the incoming inputs' source and at least MIN_STREAM inputs).
+  encoder_detector: str = "heads"
   seed: int = 0
 
   def __post_init__(self):
@@ -98,6 +118,9 @@ class AuditConfig:
     if self.decoder_detector not in ("answer_collapse", "heads"):
       raise ValueError("decoder_detector must be 'answer_collapse' or 'heads', got "
                        f"{self.decoder_detector!r}.")
+    if self.encoder_detector not in ("crowding", "heads"):
+      raise ValueError("encoder_detector must be 'crowding' or 'heads', got "
+                       f"{self.encoder_detector!r}.")
     for name in ("max_suspects", "max_length", "answer_tokens", "train_length",
                  "response_tokens", "max_rounds"):
       if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -149,7 +172,10 @@ def default_configs(model) -> tuple[SanitizeConfig, DetectorConfig]:
 
 @dataclasses.dataclass
 class AuditResult:
-  detector: Threshold  # the heads' `Detector`, or answer collapse's threshold
+  # The verdict's threshold: the heads' `Detector`, crowding's `Calibration`, or
+  # answer collapse's threshold; `method` names which.
+  detector: Threshold
+  method: str = "heads"  # 'heads', 'crowding' or 'answer_collapse'
   verdict: Verdict | None = None  # None: no incoming inputs, a scan only
   scan: dict | None = None  # per-layer head statistics on clean rows (scan only)
   scores: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # holdout, incoming
@@ -159,9 +185,9 @@ class AuditResult:
   # Held-out clean rows before/after: classifiers {'accuracy'}, decoders
   # metrics.clean_utility of the greedy answers against the references.
   clean_metrics: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
-  # After sanitising: the share of the suspects the head detector still flags, or
-  # with answer collapse of the kept-out flagged inputs still triggered
-  # (`collapse.still_triggered`).
+  # After sanitising: the share of the suspects the heads' statistic (the rounds'
+  # stop) still flags, or with answer collapse of the kept-out flagged inputs
+  # still triggered (`collapse.still_triggered`).
   still_flagged: float | None = None
   flagged_answers: list[str] = dataclasses.field(default_factory=list)  # chat models
 
@@ -300,6 +326,8 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
   config, detector_cfg = default_configs(model)
   config, detector_cfg = cfg.sanitize or config, cfg.detector or detector_cfg
   by_answers = model.config.is_decoder and cfg.decoder_detector == "answer_collapse"
+  method = ("answer_collapse" if by_answers else "crowding" if (
+      not model.config.is_decoder and cfg.encoder_detector == "crowding") else "heads")
   if by_answers:  # the rounds stop as the defense's answer-collapse recipe's
     config = dataclasses.replace(config, stopping=dataclasses.replace(
         config.stopping, **collapse.STOPPING))
@@ -313,21 +341,26 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
   score = lambda p, arrays: scores_of(model, p, arrays, detector_cfg.view,
                                       detector_cfg.statistic, batch_size=config.score_batch_size)
   calibration = _inputs(model, params, tokenizer, [_text(r) for r in rest], cfg)
-  # The heads' detector, calibrated only where it is read (with answer collapse:
-  # by `sanitize`'s report, after a positive verdict).
+  # The heads' detector, calibrated only where it is read (with a stream detector:
+  # by the rounds' stop, after a positive verdict).
   heads = lambda: calibrated_detector(model, params, calibration, detector_cfg,
                                       batch_size=config.score_batch_size)
   if incoming is None:
     return AuditResult(detector=heads(), scan=_scan(model, params, calibration, detector_cfg,
                                                     config.score_batch_size, path, out))
-  if by_answers and len(incoming) < 10:
-    raise ValueError(f"{len(incoming)} incoming prompts are too few for answer collapse, "
-                     "which reads answers shared across a stream: give at least 10, or "
-                     "read the heads (AuditConfig.decoder_detector='heads').")
+  if method != "heads" and len(incoming) < MIN_STREAM:
+    field = "decoder" if by_answers else "encoder"
+    raise ValueError(f"{len(incoming)} incoming inputs are too few for "
+                     f"{method.replace('_', ' ')}, which reads inputs treated alike across "
+                     f"a stream: give at least {MIN_STREAM}, or read the heads input by "
+                     f"input (AuditConfig.{field}_detector='heads', --{field}_detector=heads).")
   held = _inputs(model, params, tokenizer, [_text(r) for r in holdout], cfg)
   arrays = _inputs(model, params, tokenizer, incoming, cfg)
   if by_answers:
     threshold, scores = _collapse_scores(calibration, held, arrays, detector_cfg.fpr)
+  elif method == "crowding":
+    victim = Victim(model, params, tokenizer, _length(model, cfg), config.score_batch_size)
+    threshold, scores = _crowding_scores(victim, rest, holdout, incoming, detector_cfg.fpr)
   else:
     threshold = heads()
     scores = {"holdout": score(params, held), "incoming": score(params, arrays)}
@@ -338,7 +371,7 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
   verdict = verdict_of(flags, threshold.flag(scores["holdout"]), cfg.alpha)
   flagged_idx = np.flatnonzero(flags)
   flagged_idx = flagged_idx[np.argsort(-scores["incoming"][flagged_idx], kind="stable")]
-  result = AuditResult(detector=threshold, verdict=verdict, scores=scores,
+  result = AuditResult(detector=threshold, method=method, verdict=verdict, scores=scores,
                        flagged_texts=[incoming[i] for i in flagged_idx])
   if model.config.is_decoder:
     result.flagged_answers = [tokenizer.decode(arrays["input_ids"][i][arrays["loss_mask"][i] > 0],
@@ -349,7 +382,7 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
     # A share kept out of the suspects for the rounds' stop (answer collapse).
     watched = collapse.kept_out(len(flagged_idx), collapse.WATCH_SHARE if by_answers else 0.0,
                                 cfg.seed)
-    detector = heads() if by_answers else threshold
+    detector = threshold if method == "heads" else heads()
     take = lambda idx: {k: v[idx] for k, v in arrays.items()}
     suspects = take(flagged_idx[~watched][:cfg.max_suspects])
     result.suspects = len(suspects["input_ids"])
@@ -388,6 +421,19 @@ def _collapse_scores(calibration: dict, held: dict, incoming: dict, fpr: float
                                           where="audit: answer collapse of clean rows"))
   return threshold, {"holdout": collapse.scores_in_sets(held, size, every_row=True),
                      "incoming": collapse.scores_in_sets(incoming, size, every_row=True)}
+
+
+def _crowding_scores(victim: Victim, rest: list[TextExample], holdout: list[TextExample],
+                     incoming: Sequence[str], fpr: float) -> tuple[Threshold, dict]:
+  """(calibration, {'holdout', 'incoming'} scores) of head-output crowding: fitted
+  on half of the calibration part, its threshold at `fpr` of the other half's
+  scores (that half scored as one set); the held-out part and the incoming inputs
+  are each scored as one set."""
+  half = len(rest) // 2
+  method = make_detector("crowding").fit(victim, rest[:half])
+  threshold = calibrate(method, victim, rest[half:], fpr)
+  return threshold, {"holdout": method.score(victim, holdout),
+                     "incoming": method.score(victim, [TextExample(t, 0) for t in incoming])}
 
 
 def _claim(out: pathlib.Path, path, clean: list, incoming: list | None,
@@ -444,15 +490,16 @@ def _scan(model, params, arrays: dict, detector_cfg: DetectorConfig, batch_size:
 
 def _write_report(result: AuditResult, path, out: pathlib.Path) -> None:
   v = result.verdict
-  heads = isinstance(result.detector, Detector)
+  xlabel = {"heads": lambda d: f"detector score ({d.view}, {d.statistic})",
+            "crowding": lambda d: ("head-output crowding (Fisher's sum over layers of -log "
+                                   "p, near duplicates in the stream)"),
+            "answer_collapse": lambda d: ("answer collapse (share of near-duplicate answers "
+                                          "in its set)")}[result.method](result.detector)
   plots.plot_score_histogram(
       {"held-out clean": result.scores["holdout"], "incoming": result.scores["incoming"]},
-      result.detector.threshold, out / "scores.png",
-      xlabel=(f"detector score ({result.detector.view}, {result.detector.statistic})" if heads
-              else "answer collapse (share of near-duplicate answers in its set)"))
+      result.detector.threshold, out / "scores.png", xlabel=xlabel)
   summary = {"model": str(path), "verdict": dataclasses.asdict(v),
-             "detector": {"method": "heads" if heads else "answer_collapse",
-                          **dataclasses.asdict(result.detector)},
+             "detector": {"method": result.method, **dataclasses.asdict(result.detector)},
              "flagged_texts": result.flagged_texts, "flagged_answers": result.flagged_answers,
              "suspects": result.suspects,
              "clean_metrics": result.clean_metrics,
@@ -463,9 +510,10 @@ def _write_report(result: AuditResult, path, out: pathlib.Path) -> None:
   write_json(out / "audit.json", summary, default=str)
   lines = [f"# Audit of {path}", "", f"**{v.line()}**", "", "![scores](scores.png)", ""]
   if result.sanitize_report is not None:
-    still = (f"the detector still flags {result.still_flagged:.0%} of them" if heads else
-             f"{result.still_flagged:.0%} of the flagged inputs kept out of the suspects "
-             "still get the response their answers collapsed onto")
+    still = (f"{result.still_flagged:.0%} of the flagged inputs kept out of the suspects "
+             "still get the response their answers collapsed onto"
+             if result.method == "answer_collapse" else
+             f"the heads' statistic still flags {result.still_flagged:.0%} of them")
     lines += [f"Sanitised with the {result.suspects} highest-scoring "
               f"flagged inputs as suspects: {summary['sanitize']['rounds']} round(s), "
               f"stopped by {result.sanitize_report['stopped']}; {still}. Written to "

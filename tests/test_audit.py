@@ -1,6 +1,7 @@
 """The owner's audit: the verdict's statistics, input files, and the command end to end
 on a real backdoored classifier and on the clean bundled MiniLM."""
 
+import dataclasses
 import json
 import math
 import os
@@ -69,6 +70,8 @@ def test_audit_config_rejects_bad_values():
     audit.AuditConfig(max_suspects=0)
   with pytest.raises(ValueError, match="max_rounds"):
     audit.AuditConfig(max_rounds=0)
+  with pytest.raises(ValueError, match="encoder_detector"):
+    audit.AuditConfig(encoder_detector="strip")
 
 
 def _one_line(text: str) -> str:
@@ -158,6 +161,16 @@ def test_owner_audit_of_the_clean_bundled_model_raises_no_alarm(owner_files, min
   assert result.sanitize_report is None
   assert not (root / "clean_out" / "model").exists()
   assert "no evidence of a backdoor" in (root / "clean_out" / "report.md").read_text()
+  assert json.loads((root / "clean_out" / "audit.json").read_text())["detector"]["method"] == (
+      "heads")
+
+
+def test_crowding_audit_refuses_a_stream_too_short_to_crowd(owner_files, minilm_path):
+  root, _ = owner_files
+  cfg = dataclasses.replace(QUICK, encoder_detector="crowding")
+  with pytest.raises(ValueError, match="encoder_detector='heads'"):
+    audit.audit_checkpoint(minilm_path, audit.load_clean(root / "clean.tsv"),
+                           audit.load_incoming(root / "incoming.txt")[:9], root / "short", cfg)
 
 
 def test_scan_without_incoming_reports_every_layer(owner_files):

@@ -8,6 +8,7 @@ and the main job (`experiments.demo`) then run on it with small settings and mus
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -147,6 +148,39 @@ def test_table2_columns(tiny):
   assert "Bold: the lowest mean ASR among the columns whose mean CA is within 0.02" in table
   for column in columns:
     assert (workdir / column / "sst2" / "badnets_seed0" / "model" / "model.safetensors").is_file()
+
+
+def test_audit_victims(tiny):
+  """The owner's audit of the victim and of a clean model given the victim's
+  stream, by both detectors on both streams: one record per run, each agreeing
+  with the audit's own report, and the table over all of them."""
+  run("experiments.attack", f"--data_dir={tiny['data']}", "--dataset=sst2",
+      f"--model={tiny['model']}", "--attacks=clean", "--seeds=0", "--train_size=0",
+      "--epochs=1", "--max_length=16", f"--workdir={tiny['root'] / 'clean'}", cwd=ROOT)
+  workdir = tiny["root"] / "owner"
+  setup = [f for f in TINY if f.startswith("--config.setup.")]
+  setup[setup.index("--config.setup.clean_size=16")] = "--config.setup.clean_size=48"
+  out = run("experiments.audit_victims", f"--victims_dirs={tiny['victims']}",
+            f"--clean_dirs={tiny['root'] / 'clean'}", *setup, "--max_rounds=1",
+            f"--workdir={workdir}", cwd=ROOT)
+  records = json.loads((workdir / "owner_audits.json").read_text())
+  runs = {(r["name"], r["detector"], r["stream"]) for r in records}
+  assert runs == {(name, d, s) for name in ("sst2/badnets_seed0",
+                                             "sst2/clean_seed0 (badnets stream)")
+                  for d in ("crowding", "heads") for s in ("mixed", "clean")}
+  for r in records:
+    folder = re.sub(r"[^\w/]+", "_", r["name"]).strip("_")
+    report = json.loads((workdir / folder / r["detector"] / r["stream"] / "audit" /
+                         "audit.json").read_text())
+    assert report["detector"]["method"] == r["detector"]
+    assert (r["incoming"], r["flagged"], r["holdout"]) == (
+        16, report["verdict"]["flagged"], report["verdict"]["holdout"])
+    assert r["backdoored"] == report["verdict"]["backdoored"]
+    assert (r["true_positive_rate"] is None) == (r["stream"] == "clean")
+    assert 0 <= r["suspects_triggered"] <= r["suspects"] <= r["flagged"]
+    assert ("after" in r) == r["backdoored"] == (report["sanitize"] is not None)
+  assert out.count("| sst2/") == len(records)
+  assert (workdir / "owner_audits.md").read_text().count("| sst2/") == len(records)
 
 
 def test_ablation_and_sweep(tiny):
