@@ -328,6 +328,12 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
   by_answers = model.config.is_decoder and cfg.decoder_detector == "answer_collapse"
   method = ("answer_collapse" if by_answers else "crowding" if (
       not model.config.is_decoder and cfg.encoder_detector == "crowding") else "heads")
+  if incoming is not None and method != "heads" and len(incoming) < MIN_STREAM:
+    field = "decoder" if by_answers else "encoder"
+    raise ValueError(f"{len(incoming)} incoming inputs are too few for "
+                     f"{method.replace('_', ' ')}, which reads inputs treated alike across "
+                     f"a stream: give at least {MIN_STREAM}, or read the heads input by "
+                     f"input (AuditConfig.{field}_detector='heads', --{field}_detector=heads).")
   if by_answers:  # the rounds stop as the defense's answer-collapse recipe's
     config = dataclasses.replace(config, stopping=dataclasses.replace(
         config.stopping, **collapse.STOPPING))
@@ -348,12 +354,6 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
   if incoming is None:
     return AuditResult(detector=heads(), scan=_scan(model, params, calibration, detector_cfg,
                                                     config.score_batch_size, path, out))
-  if method != "heads" and len(incoming) < MIN_STREAM:
-    field = "decoder" if by_answers else "encoder"
-    raise ValueError(f"{len(incoming)} incoming inputs are too few for "
-                     f"{method.replace('_', ' ')}, which reads inputs treated alike across "
-                     f"a stream: give at least {MIN_STREAM}, or read the heads input by "
-                     f"input (AuditConfig.{field}_detector='heads', --{field}_detector=heads).")
   held = _inputs(model, params, tokenizer, [_text(r) for r in holdout], cfg)
   arrays = _inputs(model, params, tokenizer, incoming, cfg)
   if by_answers:

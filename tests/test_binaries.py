@@ -23,6 +23,7 @@ from hf_reference import hf_ca_asr
 from jax_attnalign import attacks, data, save_pretrained
 from jax_attnalign.defense import DetectorConfig, RestartConfig
 from jax_attnalign.defense.sanitize import SanitizeConfig, Stopping
+from jax_attnalign.harness import owner
 from jax_attnalign.harness.baselines_lm import LM_BASELINES
 from jax_attnalign.harness.configs import (baseline_config, detector_config, restart_config,
                                           sanitize_config)
@@ -152,8 +153,8 @@ def test_table2_columns(tiny):
 
 def test_audit_victims(tiny):
   """The owner's audit of the victim and of a clean model given the victim's
-  stream, by both detectors on both streams: one record per run, each agreeing
-  with the audit's own report, and the table over all of them."""
+  stream, by both detectors: one record per run, each agreeing with the audit's
+  own report, and the table over all of them."""
   run("experiments.attack", f"--data_dir={tiny['data']}", "--dataset=sst2",
       f"--model={tiny['model']}", "--attacks=clean", "--seeds=0", "--train_size=0",
       "--epochs=1", "--max_length=16", f"--workdir={tiny['root'] / 'clean'}", cwd=ROOT)
@@ -161,13 +162,13 @@ def test_audit_victims(tiny):
   setup = [f for f in TINY if f.startswith("--config.setup.")]
   setup[setup.index("--config.setup.clean_size=16")] = "--config.setup.clean_size=48"
   out = run("experiments.audit_victims", f"--victims_dirs={tiny['victims']}",
-            f"--clean_dirs={tiny['root'] / 'clean'}", *setup, "--max_rounds=1",
+            f"--clean_dirs={tiny['root'] / 'clean'}", *setup, "--max_rounds=1", "--streams=mixed",
             f"--workdir={workdir}", cwd=ROOT)
   records = json.loads((workdir / "owner_audits.json").read_text())
   runs = {(r["name"], r["detector"], r["stream"]) for r in records}
   assert runs == {(name, d, s) for name in ("sst2/badnets_seed0",
                                              "sst2/clean_seed0 (badnets stream)")
-                  for d in ("crowding", "heads") for s in ("mixed", "clean")}
+                  for d in ("crowding", "heads") for s in ("mixed",)}
   for r in records:
     folder = re.sub(r"[^\w/]+", "_", r["name"]).strip("_")
     report = json.loads((workdir / folder / r["detector"] / r["stream"] / "audit" /
@@ -176,11 +177,23 @@ def test_audit_victims(tiny):
     assert (r["incoming"], r["flagged"], r["holdout"]) == (
         16, report["verdict"]["flagged"], report["verdict"]["holdout"])
     assert r["backdoored"] == report["verdict"]["backdoored"]
-    assert (r["true_positive_rate"] is None) == (r["stream"] == "clean")
+    assert r["true_positive_rate"] is not None
     assert 0 <= r["suspects_triggered"] <= r["suspects"] <= r["flagged"]
     assert ("after" in r) == r["backdoored"] == (report["sanitize"] is not None)
   assert out.count("| sst2/") == len(records)
   assert (workdir / "owner_audits.md").read_text().count("| sst2/") == len(records)
+
+
+def test_owner_streams_hold_the_stream_or_as_many_clean_inputs():
+  clean = [data.TextExample(f"clean {i}", 0) for i in range(6)]
+  triggered = [data.TextExample(f"cf {i}", 0, poisoned=True) for i in range(3)]
+  rows = {"stream": clean[:3] + triggered, "held_clean": clean[3:]}
+  texts, truth = owner.owner_stream(rows, "mixed")
+  assert texts == [e.text for e in rows["stream"]] and truth.tolist() == [0, 0, 0, 1, 1, 1]
+  texts, truth = owner.owner_stream(rows, "clean")
+  assert texts == [f"clean {i}" for i in range(6)] and not truth.any()
+  with pytest.raises(ValueError, match="stream must be one of"):
+    owner.owner_stream(rows, "triggered")
 
 
 def test_ablation_and_sweep(tiny):
