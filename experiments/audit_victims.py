@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import re
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -46,12 +45,9 @@ flags.DEFINE_string("workdir", "workdir/owner", "Output folder.")
 
 def clean_models(clean_dirs: list[str]) -> dict[str, tuple[str, pathlib.Path]]:
   """{seed: (run name, run directory)} of the clean models under `clean_dirs`."""
-  found = {}
-  for folder in clean_dirs:
-    for result in sorted(pathlib.Path(folder).glob("*/result.json")):
-      cfg = json.loads(result.read_text())["config"]
-      if cfg["attack"] == "clean":
-        found[str(cfg["seed"])] = (f"{cfg['dataset']}/{result.parent.name}", result.parent)
+  found = {str(cfg["seed"]): (f"{cfg['dataset']}/{run}", run_dir)
+           for folder in clean_dirs for run, run_dir, cfg in reporting.runs_in(folder)
+           if cfg["attack"] == "clean"}
   if clean_dirs and not found:
     raise FileNotFoundError(f"No clean model under {', '.join(clean_dirs)}; train one with "
                             "`python -m experiments.attack --attacks clean --workdir DIR`.")
@@ -74,8 +70,8 @@ def main(argv):
   workdir = pathlib.Path(FLAGS.workdir)
   cfg = AuditConfig(max_rounds=FLAGS.max_rounds)
   records = [owner.audit_victim(name, victim, detector, stream,
-                                workdir / re.sub(r"[^\w/]+", "_", name).strip("_") / detector
-                                / stream, cfg, clean_model=clean_model)
+                                workdir / owner.run_folder(name, detector, stream), cfg,
+                                clean_model=clean_model)
              for detector in FLAGS.detectors for stream in FLAGS.streams
              for name, victim, clean_model in jobs]
   finished = [json.loads(p.read_text()) for p in sorted(workdir.rglob("record.json"))]

@@ -8,7 +8,6 @@ and the main job (`experiments.demo`) then run on it with small settings and mus
 import json
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 import sys
@@ -170,9 +169,8 @@ def test_audit_victims(tiny):
                                              "sst2/clean_seed0 (badnets stream)")
                   for d in ("crowding", "heads") for s in ("mixed",)}
   for r in records:
-    folder = re.sub(r"[^\w/]+", "_", r["name"]).strip("_")
-    report = json.loads((workdir / folder / r["detector"] / r["stream"] / "audit" /
-                         "audit.json").read_text())
+    folder = workdir / owner.run_folder(r["name"], r["detector"], r["stream"])
+    report = json.loads((folder / "audit" / "audit.json").read_text())
     assert report["detector"]["method"] == r["detector"]
     assert (r["incoming"], r["flagged"], r["holdout"]) == (
         16, report["verdict"]["flagged"], report["verdict"]["holdout"])

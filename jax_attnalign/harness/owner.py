@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 import time
 
 import numpy as np
@@ -43,6 +44,14 @@ def owner_stream(rows: dict[str, list], stream: str) -> tuple[list[str], np.ndar
     clean = [e for e in rows["stream"] if not e.poisoned]
     pool = clean + rows["held_clean"][:len(rows["stream"]) - len(clean)]
   return [e.text for e in pool], np.array([bool(e.poisoned) for e in pool])
+
+
+def run_folder(name: str, detector: str, stream: str) -> pathlib.Path:
+  """Where a run's record lives under the workdir: the run name with every run of
+  other characters than letters, digits, '_' and '/' made one '_', then the
+  detector and the stream ('sst2/clean_seed0 (badnets stream)' ->
+  sst2/clean_seed0_badnets_stream/heads/mixed)."""
+  return pathlib.Path(re.sub(r"[^\w/]+", "_", name).strip("_"), detector, stream)
 
 
 def audit_victim(name: str, setup: DefenseSetup, detector: str, stream: str,

@@ -87,14 +87,17 @@ def write_victims_summary(workdir: pathlib.Path, title: str) -> str:
   return table
 
 
+def runs_in(victims_dir) -> list[tuple[str, pathlib.Path, dict]]:
+  """(run name, run directory, config) of every model `experiments.attack` or
+  `attack_lm` wrote under `victims_dir`, clean references included."""
+  return [(result.parent.name, result.parent, json.loads(result.read_text())["config"])
+          for result in sorted(pathlib.Path(victims_dir).glob("*/result.json"))]
+
+
 def _victims_in(victims_dir, attacks=None, seeds=None) -> list[tuple[str, pathlib.Path, dict]]:
-  found = []
-  for result in sorted(pathlib.Path(victims_dir).glob("*/result.json")):
-    cfg = json.loads(result.read_text())["config"]
-    if (cfg["attack"] != "clean" and (not attacks or cfg["attack"] in attacks)
-        and (not seeds or str(cfg["seed"]) in map(str, seeds))):
-      found.append((result.parent.name, result.parent, cfg))
-  return found
+  return [(run, run_dir, cfg) for run, run_dir, cfg in runs_in(victims_dir)
+          if cfg["attack"] != "clean" and (not attacks or cfg["attack"] in attacks)
+          and (not seeds or str(cfg["seed"]) in map(str, seeds))]
 
 
 def _filters(attacks, seeds) -> str:
