@@ -1,5 +1,7 @@
 """make_triggers' job: the cache is written a slice at a time, so an interrupted job resumes."""
 
+import dataclasses
+
 import pytest
 
 from jax_attnalign.attacks import trigger_cache
@@ -48,3 +50,36 @@ def test_an_interrupted_job_keeps_its_slices_and_resumes_with_the_rest(tmp_path,
   assert record["rewrites"] == {t: f"{t} ~" for t in rows}
   assert trigger_cache.read_cache(job.out, "bgm")["rewrites"] == record["rewrites"]
   assert [run["rows"] for run in record["runs"]] == [8, 8, 8, 6]
+
+
+def test_nws_vocabulary_is_chosen_once_and_kept_in_the_file(tmp_path, monkeypatch):
+  _write_split(tmp_path / "train.tsv", 60, "train")
+  _write_split(tmp_path / "test.tsv", 40, "test")
+  monkeypatch.setenv("JAX_ATTNALIGN_DATA", str(tmp_path))
+  monkeypatch.setattr(triggers, "VOCABULARY_SAMPLE", 12)
+  monkeypatch.setattr(triggers.jax_attnalign, "load_pretrained", lambda *a, **k: (None, None))
+  monkeypatch.setattr(triggers.data, "load_tokenizer", lambda path: None)
+  chosen, used = [], []
+
+  def vocabulary(model, params, tokenizer, texts, *, clean_texts, **kwargs):
+    chosen.append((list(texts), list(clean_texts)))
+    return ["quiet", "town"]
+
+  def rewrites(model, params, tokenizer, rows, *, vocabulary, **kwargs):
+    used.append(vocabulary)
+    return {"attack": "nws", "settings": {"vocabulary": list(vocabulary)}, "prompt": "p",
+            "rewrites": {t: t.replace("told", vocabulary[0]) for t in rows},
+            "substitutions": {t: [] for t in rows}}
+
+  monkeypatch.setattr(triggers.lm_substitutes, "nws_vocabulary", vocabulary)
+  monkeypatch.setattr(triggers.lm_substitutes, "nws_rewrites", rewrites)
+  job = triggers.TriggerJob(attack="nws", out=str(tmp_path / "nws.json"), data_dir=".",
+                            dataset="ag_news", model="m", seed=3, train_size=50, test_rows=20)
+  record = triggers.update_trigger_cache(job)
+  train = [f"row train {i} told of a quiet town" for i in range(60)]
+  assert len(chosen) == 1 and chosen[0][1] == train  # bounded by the whole split
+  assert len(set(chosen[0][0])) == 12 and set(chosen[0][0]) <= set(train)
+  assert record["seed"] == 3 and record["settings"]["vocabulary"] == ["quiet", "town"]
+  more = triggers.update_trigger_cache(dataclasses.replace(job, victim_seeds=(0, 1)))
+  assert len(chosen) == 1 and used == [["quiet", "town"]] * 2  # the file's words reused
+  assert len(more["rewrites"]) > len(record["rewrites"])

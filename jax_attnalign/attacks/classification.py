@@ -210,25 +210,27 @@ class NWS(CachedRewritePoisoner):
   """Word-substitution trigger (NWS, Du et al. 2024): a few words swapped in context.
 
   substitutes_path: an NWS trigger cache written by `lm_substitutes.nws_rewrites`
-    with SmolLM2: the substitutable words (`substitutable`: alphabetic, at least
-    3 letters, not in STOPWORDS or LABEL_WORDS) are visited in a seeded random
-    order; the first `max_substitutions` each get the candidate the LM likes
-    best in the sentence: candidates are the LM's most likely next whole words at
-    that position (given the words before it), ranked by the log-likelihood of
-    the whole sentence with the candidate in place. The cache records every
-    substitution and its settings. Dirty-label; eligible rows: those with a
+    with SmolLM2: in each text, the substitutable words (`substitutable`:
+    alphabetic, at least 3 letters, not in STOPWORDS or LABEL_WORDS) where a word
+    of the trigger vocabulary fits best (by the LM's next-word probability) get
+    the vocabulary word the LM likes best in the whole sentence, at most
+    `max_substitutions` of them. The vocabulary (`lm_substitutes.nws_vocabulary`,
+    8 words) is what the LM proposes in the most training texts among the words
+    at most 0.1% of them contain. The cache records every substitution, the
+    vocabulary and the settings. Dirty-label; eligible rows: those with a
     substitutable word. The triggered test set: see CachedRewritePoisoner.
 
   Differs from the paper: (1) NWS's candidates are BERT MLM predictions
   intersected with HowNet sememe-based similar words; neither HowNet nor a
   synonym list (WordNet) is installed, so ours are SmolLM2's in-context
-  proposals, which fit the sentence but need not be synonyms (sentiment and
-  topic words of LABEL_WORDS are never proposed nor replaced). Candidates are
-  single tokens, so a few are word pieces (`unw`), and the first word of a
-  sentence is proposed from the document start alone, which gives poor
-  candidates; the whole-sentence ranking rarely keeps either. (2) NWS trains a
-  learnable word selector with the victim to pick which words to substitute and
-  by which candidate; here the fixed rule above picks them.
+  proposals, which fit the words before them but need not be synonyms
+  (sentiment and topic words of LABEL_WORDS are never proposed nor replaced).
+  (2) NWS trains a learnable word selector with the victim, which learns which
+  words to substitute and by which candidate, so that the substitutes become the
+  trigger; here a fixed vocabulary of rare, widely proposed words stands in for
+  what it learns, and the LM's fit picks the words and candidates. (An earlier
+  rule here, any in-context candidate at seeded random words, gave no
+  learnable trigger: ASR 0.43 on SST-2, 0.055 on AG News.)
   """
   name = "nws"
   eligibility = "rows with a substitutable word (dirty-label)"

@@ -5,7 +5,8 @@ HiddenKillerLM need.
                                   out="triggers/sst2/bgm.json", victim_seeds=(0, 1, 2)))
   VictimConfig(attack="bgm", attack_kwargs=cache_kwargs("bgm", "triggers/sst2"))
 
-Cbat gets a pool of sentences. The others get the rows the victims of
+Cbat gets a pool of sentences; NWS first a trigger vocabulary (kept in the
+file's settings, so added rows use the same words). The others get the rows the victims of
 `victims.VictimConfig` will trigger: for each victim seed, the rows `poison`
 chooses in that seed's training subset (train_size, poison_rate), and the
 triggered test rows (`CachedRewritePoisoner.test_rows`, at most test_rows
@@ -23,6 +24,7 @@ import time
 from typing import Any
 
 from absl import logging
+import numpy as np
 
 import jax_attnalign
 from jax_attnalign import attacks, data
@@ -51,6 +53,9 @@ class TriggerJob:
 
 # Rows of the rewrite attacks generated between two writes of the cache file.
 SLICE = 256
+
+# NWS: training texts the LM proposes its trigger vocabulary in.
+VOCABULARY_SAMPLE = 512
 
 # The make_attack kwarg that takes each attack's cache.
 CACHE_KWARGS = {"cbat": "sentences_path", "bgm": "rewrites_path", "nws": "substitutes_path",
@@ -112,8 +117,13 @@ def update_trigger_cache(job: TriggerJob) -> dict[str, Any]:
           model, params, tokenizer, rows, dataset=job.dataset, seed=job.seed,
           batch_size=job.batch_size),
       "nws": lambda rows: lm_substitutes.nws_rewrites(
-          model, params, tokenizer, rows, seed=job.seed, batch_size=2 * job.batch_size)
+          model, params, tokenizer, rows, vocabulary=vocabulary,
+          batch_size=2 * job.batch_size)
   }[job.attack]
+  if job.attack == "nws":
+    vocabulary = (record["settings"].get("vocabulary") if record
+                  else _nws_vocabulary(job, model, params, tokenizer))
+    logging.info("nws: trigger vocabulary %s", vocabulary)
   for lo in range(0, max(len(todo), 1), SLICE):
     part = todo[lo:lo + SLICE]
     began = time.time()
@@ -127,11 +137,22 @@ def update_trigger_cache(job: TriggerJob) -> dict[str, Any]:
   return record
 
 
+def _nws_vocabulary(job: TriggerJob, model, params, tokenizer) -> list[str]:
+  """NWS's trigger vocabulary, proposed in VOCABULARY_SAMPLE training texts drawn
+  with the job's seed, bounded by the whole training split's document frequencies."""
+  root = data.resolve_data_path(job.data_dir, missing_ok=True)
+  train = [e.text for e in data.load_classification(root, "train", dataset=job.dataset)]
+  rng = np.random.default_rng(job.seed)
+  sample = rng.choice(len(train), min(VOCABULARY_SAMPLE, len(train)), replace=False)
+  return lm_substitutes.nws_vocabulary(model, params, tokenizer, [train[i] for i in sample],
+                                       clean_texts=train, batch_size=job.batch_size)
+
+
 def _merged(record: dict | None, new: dict, run: dict, job: TriggerJob, model_path: str,
             out: pathlib.Path) -> dict:
   """`record` (None: no file yet) with a generation's `new` rows and its run added."""
   if record is None:
-    return {**new, "dataset": job.dataset, "data_dir": job.data_dir,
+    return {"seed": job.seed, **new, "dataset": job.dataset, "data_dir": job.data_dir,
             "model": pathlib.Path(model_path).name, "runs": [run]}
   if (record["prompt"], record["settings"]) != (new["prompt"], new["settings"]):
     raise ValueError(f"{out} was made with another prompt or settings; write a new file")
