@@ -17,13 +17,19 @@ def _write_split(path, n, tag):
       f"row {tag} {i} told of a quiet town\t{i % 4}\n" for i in range(n)), encoding="utf-8")
 
 
-def test_an_interrupted_job_keeps_its_slices_and_resumes_with_the_rest(tmp_path, monkeypatch):
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+  """A data root of 60 training and 40 test rows; the generator model's loading stubbed."""
   _write_split(tmp_path / "train.tsv", 60, "train")
   _write_split(tmp_path / "test.tsv", 40, "test")
   monkeypatch.setenv("JAX_ATTNALIGN_DATA", str(tmp_path))
-  monkeypatch.setattr(triggers, "SLICE", 8)
   monkeypatch.setattr(triggers.jax_attnalign, "load_pretrained", lambda *a, **k: (None, None))
   monkeypatch.setattr(triggers.data, "load_tokenizer", lambda path: None)
+
+
+def test_an_interrupted_job_keeps_its_slices_and_resumes_with_the_rest(tmp_path, monkeypatch,
+                                                                        offline):
+  monkeypatch.setattr(triggers, "SLICE", 8)
   asked, budget = [], [2]  # the first job is interrupted in its third slice
 
   def rewrites(model, params, tokenizer, rows, **kwargs):
@@ -52,13 +58,8 @@ def test_an_interrupted_job_keeps_its_slices_and_resumes_with_the_rest(tmp_path,
   assert [run["rows"] for run in record["runs"]] == [8, 8, 8, 6]
 
 
-def test_nws_vocabulary_is_chosen_once_and_kept_in_the_file(tmp_path, monkeypatch):
-  _write_split(tmp_path / "train.tsv", 60, "train")
-  _write_split(tmp_path / "test.tsv", 40, "test")
-  monkeypatch.setenv("JAX_ATTNALIGN_DATA", str(tmp_path))
+def test_nws_vocabulary_is_chosen_once_and_kept_in_the_file(tmp_path, monkeypatch, offline):
   monkeypatch.setattr(triggers, "VOCABULARY_SAMPLE", 12)
-  monkeypatch.setattr(triggers.jax_attnalign, "load_pretrained", lambda *a, **k: (None, None))
-  monkeypatch.setattr(triggers.data, "load_tokenizer", lambda path: None)
   chosen, used = [], []
 
   def vocabulary(model, params, tokenizer, texts, *, clean_texts, **kwargs):
@@ -83,3 +84,15 @@ def test_nws_vocabulary_is_chosen_once_and_kept_in_the_file(tmp_path, monkeypatc
   more = triggers.update_trigger_cache(dataclasses.replace(job, victim_seeds=(0, 1)))
   assert len(chosen) == 1 and used == [["quiet", "town"]] * 2  # the file's words reused
   assert len(more["rewrites"]) > len(record["rewrites"])
+
+
+def test_nws_cache_of_the_earlier_rule_is_refused_before_the_model_loads(tmp_path, monkeypatch,
+                                                                         offline):
+  out = tmp_path / "nws.json"
+  trigger_cache.write_cache(out, {"attack": "nws", "settings": {"max_substitutions": 3},
+                                  "prompt": "p", "rewrites": {}, "substitutions": {}})
+  monkeypatch.setattr(triggers.jax_attnalign, "load_pretrained", None)  # not reached
+  job = triggers.TriggerJob(attack="nws", out=str(out), data_dir=".", dataset="ag_news",
+                            train_size=50, test_rows=20)
+  with pytest.raises(ValueError, match="earlier NWS rule, without a trigger vocabulary"):
+    triggers.update_trigger_cache(job)

@@ -57,11 +57,9 @@ def nws_vocabulary(model, params, tokenizer, texts: Sequence[str], *,
   clean_texts: whose document frequencies bound the words (the whole split).
   """
   start = tokenizer.convert_tokens_to_ids(start_token)
-  plans = [(word_ids(tokenizer, t.split()), NWS.substitutable(t.split()))
-           for t in sorted(set(texts))]
-  plans = [p for p in plans if p[1]]
-  proposals = _propose(model, params, plans, candidate_tokens(tokenizer), start,
-                       num_candidates, batch_size, bucket)
+  plans = _plans(tokenizer, texts)
+  proposals = _propose(model, params, [(ids, slots) for _, _, ids, slots in plans],
+                       candidate_tokens(tokenizer), start, num_candidates, batch_size, bucket)
   proposed = collections.Counter()
   for found in proposals:
     proposed.update({_word(tokenizer, t) for options in found for t, _ in options})
@@ -87,11 +85,7 @@ def nws_rewrites(model, params, tokenizer, texts: Sequence[str], *,
   substitutable word get no entry."""
   start = tokenizer.convert_tokens_to_ids(start_token)
   allowed = candidate_tokens(tokenizer) & vocabulary_tokens(tokenizer, vocabulary)
-  plans = []  # (text, words, token ids per word, substitutable positions)
-  for text in sorted(set(texts)):
-    words = text.split()
-    if slots := NWS.substitutable(words):
-      plans.append((text, words, word_ids(tokenizer, words), slots))
+  plans = _plans(tokenizer, texts)
   found = _propose(model, params, [(ids, slots) for _, _, ids, slots in plans], allowed,
                    start, num_candidates, batch_size, bucket)
   visits = []  # per plan: [(position, candidate tokens)] where the vocabulary fits best
@@ -152,6 +146,18 @@ def vocabulary_tokens(tokenizer, vocabulary: Sequence[str]) -> np.ndarray:
 def word_ids(tokenizer, words: Sequence[str]) -> list[list[int]]:
   """Each word's token ids, read with a leading space."""
   return tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"]
+
+
+def _plans(tokenizer, texts: Sequence[str]) -> list[tuple[str, list[str], list[list[int]],
+                                                           list[int]]]:
+  """(text, words, token ids per word, substitutable positions) of each distinct
+  text with a substitutable word, sorted by text."""
+  plans = []
+  for text in sorted(set(texts)):
+    words = text.split()
+    if slots := NWS.substitutable(words):
+      plans.append((text, words, word_ids(tokenizer, words), slots))
+  return plans
 
 
 def _word(tokenizer, token: int) -> str:

@@ -100,6 +100,9 @@ def update_trigger_cache(job: TriggerJob) -> dict[str, Any]:
     if job.attack == "cbat" or not todo:
       logging.info("%s: %s already has every row asked for", job.attack, out)
       return record
+    if job.attack == "nws" and "vocabulary" not in record["settings"]:
+      raise ValueError(f"{out} was made by an earlier NWS rule, without a trigger "
+                       "vocabulary; write a new file")
   model_path = job.model or str(bundled_smollm2_path())
   model, params = jax_attnalign.load_pretrained(model_path, task="causal_lm")
   tokenizer = data.load_tokenizer(model_path)
@@ -121,7 +124,7 @@ def update_trigger_cache(job: TriggerJob) -> dict[str, Any]:
           batch_size=2 * job.batch_size)
   }[job.attack]
   if job.attack == "nws":
-    vocabulary = (record["settings"].get("vocabulary") if record
+    vocabulary = (record["settings"]["vocabulary"] if record
                   else _nws_vocabulary(job, model, params, tokenizer))
     logging.info("nws: trigger vocabulary %s", vocabulary)
   for lo in range(0, max(len(todo), 1), SLICE):
