@@ -56,11 +56,8 @@ def train(attack: str, seed: int, workdir: pathlib.Path) -> dict:
 def main(argv):
   del argv
   experiments.use_data_root()
-  workdir = pathlib.Path(FLAGS.workdir)
-  for attack in FLAGS.attacks:
-    for seed in FLAGS.seeds:
-      train(attack, int(seed), workdir)
-  print(reporting.write_victims_summary(workdir, f"Victims on {FLAGS.dataset}"))
+  print(reporting.train_victims(train, FLAGS.attacks, FLAGS.seeds,
+                                pathlib.Path(FLAGS.workdir), f"Victims on {FLAGS.dataset}"))
 
 
 if __name__ == "__main__":

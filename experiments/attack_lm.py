@@ -69,11 +69,8 @@ def train(attack: str, seed: int, workdir: pathlib.Path) -> dict:
 def main(argv):
   del argv
   experiments.use_data_root()
-  workdir = pathlib.Path(FLAGS.workdir)
-  for attack in FLAGS.attacks:
-    for seed in FLAGS.seeds:
-      train(attack, int(seed), workdir)
-  print(reporting.write_victims_summary(workdir, "SmolLM2 victims"))
+  print(reporting.train_victims(train, FLAGS.attacks, FLAGS.seeds,
+                                pathlib.Path(FLAGS.workdir), "SmolLM2 victims"))
 
 
 if __name__ == "__main__":

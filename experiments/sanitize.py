@@ -23,7 +23,7 @@ from __future__ import annotations
 from absl import app, flags
 
 import experiments
-from jax_attnalign import audit
+from jax_attnalign import audit, data
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(experiments)  # --data_root and other shared flags in --help
@@ -54,8 +54,8 @@ def main(argv):
   cfg = audit.AuditConfig(alpha=FLAGS.alpha, seed=FLAGS.seed, max_length=FLAGS.max_length,
                           max_rounds=FLAGS.max_rounds, decoder_detector=FLAGS.decoder_detector,
                           encoder_detector=FLAGS.encoder_detector)
-  incoming = audit.load_incoming(FLAGS.incoming) if FLAGS.incoming else None
-  result = audit.audit_checkpoint(FLAGS.model, audit.load_clean(FLAGS.clean), incoming,
+  incoming = data.load_incoming(FLAGS.incoming) if FLAGS.incoming else None
+  result = audit.audit_checkpoint(FLAGS.model, data.load_clean(FLAGS.clean), incoming,
                                   FLAGS.out, cfg)
   if result.verdict is None:
     print(f"scan only (no --incoming): {FLAGS.out}/report.md")

@@ -44,7 +44,6 @@ and the sanitised checkpoint is written, with its tokenizer, to out_dir/model.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -192,58 +191,6 @@ class AuditResult:
   flagged_answers: list[str] = dataclasses.field(default_factory=list)  # chat models
 
 
-TEXT_FIELDS = ("text", "sentence", "instruction")
-
-
-def _record_text(record, where: str) -> str:
-  if isinstance(record, str):
-    return record
-  if isinstance(record, dict):
-    if "instruction" in record:
-      return _text(InstructionExample(record["instruction"], record.get("input", ""), ""))
-    for field in TEXT_FIELDS:
-      if field in record:
-        return str(record[field])
-  raise ValueError(f"{where}: expected a string or a record with one of {TEXT_FIELDS}, "
-                   f"got {str(record)[:80]!r}.")
-
-
-def load_incoming(path: str | pathlib.Path) -> list[str]:
-  """The incoming inputs of a file: JSON / JSONL (strings, or records with a
-  'text', 'sentence' or 'instruction' (+ 'input') field), TSV / CSV with a
-  'sentence' or 'text' column in its header, or plain text (one input per line)."""
-  path = pathlib.Path(path)
-  suffix = path.suffix.lower()
-  if suffix in (".json", ".jsonl"):
-    text = path.read_text(encoding="utf-8")
-    records = (json.loads(text) if suffix == ".json"
-               else [json.loads(line) for line in text.splitlines() if line.strip()])
-    if not isinstance(records, list):
-      raise ValueError(f"{path}: expected a JSON list of inputs.")
-    return [_record_text(r, f"{path}: item {i}") for i, r in enumerate(records)]
-  if suffix in (".tsv", ".csv"):
-    with open(path, encoding="utf-8-sig", newline="") as f:
-      rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
-    column = next((c for c in ("sentence", "text") if rows and c in rows[0]), None)
-    if column is None:
-      raise ValueError(f"{path}: no 'sentence' or 'text' column in its header.")
-    return [r[column] for r in rows]
-  return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def load_clean(path: str | pathlib.Path) -> list[TextExample] | list[InstructionExample]:
-  """The owner's clean rows: Alpaca-format JSON records (instruction, input,
-  output; for decoders), or labelled texts (TSV / CSV / JSON with text and label;
-  for classifiers, see `data.load_classification`)."""
-  path = pathlib.Path(path)
-  if path.suffix.lower() == ".json":
-    records = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(records, list) and records and isinstance(records[0], dict) and (
-        "instruction" in records[0]):
-      return data.load_instructions(path, poisoned=False)
-  return data.load_classification(path)
-
-
 def load_suspect(path: str | pathlib.Path, num_labels: int | None):
   """(model, params, tokenizer): a decoder as a causal LM, an encoder as a
   classifier with `num_labels` (its head kept when the checkpoint has one). The
@@ -274,12 +221,6 @@ def _inputs(model, params, tokenizer, texts: Sequence[str], cfg: AuditConfig):
 def _length(model, cfg: AuditConfig) -> int:
   """Classifier tokens per input: max_length, at most the model's positions."""
   return min(cfg.max_length, model.config.max_position_embeddings)
-
-
-def _text(row) -> str:
-  if isinstance(row, InstructionExample):
-    return f"{row.instruction}\n\n{row.input}" if row.input.strip() else row.instruction
-  return row.text
 
 
 def _training_rows(model, tokenizer, rows: list, cfg: AuditConfig) -> dict[str, np.ndarray]:
@@ -346,7 +287,7 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
   rest = [clean[i] for i in order[n_hold:]]
   score = lambda p, arrays: scores_of(model, p, arrays, detector_cfg.view,
                                       detector_cfg.statistic, batch_size=config.score_batch_size)
-  calibration = _inputs(model, params, tokenizer, [_text(r) for r in rest], cfg)
+  calibration = _inputs(model, params, tokenizer, [data.prompt_text(r) for r in rest], cfg)
   # The heads' detector, calibrated only where it is read (with a stream detector:
   # by the rounds' stop, after a positive verdict).
   heads = lambda: calibrated_detector(model, params, calibration, detector_cfg,
@@ -354,7 +295,7 @@ def audit_checkpoint(path: str | pathlib.Path, clean: Sequence[TextExample | Ins
   if incoming is None:
     return AuditResult(detector=heads(), scan=_scan(model, params, calibration, detector_cfg,
                                                     config.score_batch_size, path, out))
-  held = _inputs(model, params, tokenizer, [_text(r) for r in holdout], cfg)
+  held = _inputs(model, params, tokenizer, [data.prompt_text(r) for r in holdout], cfg)
   arrays = _inputs(model, params, tokenizer, incoming, cfg)
   if by_answers:
     threshold, scores = _collapse_scores(calibration, held, arrays, detector_cfg.fpr)

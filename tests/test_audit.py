@@ -49,16 +49,16 @@ def test_load_incoming_reads_every_format(tmp_path):
   (tmp_path / "c.json").write_text(json.dumps(
       ["first input", {"instruction": "second", "input": "input"}]))
   (tmp_path / "d.jsonl").write_text('{"text": "first input"}\n{"sentence": "x"}\n')
-  assert audit.load_incoming(tmp_path / "a.txt") == ["first input", "second input"]
-  assert audit.load_incoming(tmp_path / "b.tsv") == ["first input", "second input"]
-  assert audit.load_incoming(tmp_path / "c.json") == ["first input", "second\n\ninput"]
-  assert audit.load_incoming(tmp_path / "d.jsonl") == ["first input", "x"]
+  assert data.load_incoming(tmp_path / "a.txt") == ["first input", "second input"]
+  assert data.load_incoming(tmp_path / "b.tsv") == ["first input", "second input"]
+  assert data.load_incoming(tmp_path / "c.json") == ["first input", "second\n\ninput"]
+  assert data.load_incoming(tmp_path / "d.jsonl") == ["first input", "x"]
   (tmp_path / "e.tsv").write_text("label\tbody\n1\tx\n")
   with pytest.raises(ValueError, match="no 'sentence' or 'text' column"):
-    audit.load_incoming(tmp_path / "e.tsv")
+    data.load_incoming(tmp_path / "e.tsv")
   (tmp_path / "f.json").write_text(json.dumps([{"prompt": "x"}]))
   with pytest.raises(ValueError, match="item 0"):
-    audit.load_incoming(tmp_path / "f.json")
+    data.load_incoming(tmp_path / "f.json")
 
 
 def test_audit_config_rejects_bad_values():
@@ -154,8 +154,8 @@ def test_owner_command_finds_the_backdoor_and_exports_a_loadable_model(owner_fil
 
 def test_owner_audit_of_the_clean_bundled_model_raises_no_alarm(owner_files, minilm_path):
   root, _ = owner_files
-  result = audit.audit_checkpoint(minilm_path, audit.load_clean(root / "clean.tsv"),
-                                  audit.load_incoming(root / "incoming.txt"), root / "clean_out",
+  result = audit.audit_checkpoint(minilm_path, data.load_clean(root / "clean.tsv"),
+                                  data.load_incoming(root / "incoming.txt"), root / "clean_out",
                                   QUICK)
   assert not result.verdict.backdoored, result.verdict.line()
   assert result.sanitize_report is None
@@ -169,13 +169,13 @@ def test_crowding_audit_refuses_a_stream_too_short_to_crowd(owner_files, minilm_
   root, _ = owner_files
   cfg = dataclasses.replace(QUICK, encoder_detector="crowding")
   with pytest.raises(ValueError, match="encoder_detector='heads'"):
-    audit.audit_checkpoint(minilm_path, audit.load_clean(root / "clean.tsv"),
-                           audit.load_incoming(root / "incoming.txt")[:9], root / "short", cfg)
+    audit.audit_checkpoint(minilm_path, data.load_clean(root / "clean.tsv"),
+                           data.load_incoming(root / "incoming.txt")[:9], root / "short", cfg)
 
 
 def test_scan_without_incoming_reports_every_layer(owner_files):
   root, _ = owner_files
-  scan = audit.audit_checkpoint(root / "victim" / "model", audit.load_clean(root / "clean.tsv"),
+  scan = audit.audit_checkpoint(root / "victim" / "model", data.load_clean(root / "clean.tsv"),
                                 None, root / "scan", QUICK).scan
   assert [r["layer"] for r in scan["layers"]] == [5]  # the default detector view: last layer
   assert 0 < scan["layers"][0]["percentile_99"] <= 1.0 + 1e-6

@@ -77,16 +77,21 @@ def classification_chat(example: TextExample, dataset: str | ClassificationDatas
   return prompt, spec.label_names[example.label]
 
 
+def prompt_text(row: TextExample | InstructionExample) -> str:
+  """The text a model reads of a row: a classifier's text, or an Alpaca
+  record's instruction with its input below it after a blank line."""
+  if isinstance(row, InstructionExample):
+    return f"{row.instruction}\n\n{row.input}" if row.input.strip() else row.instruction
+  return row.text
+
+
 def instruction_chat(example: InstructionExample, tokenizer: Any) -> tuple[str, str]:
   """(prompt, response) of an Alpaca record for a chat model: the instruction
   (and its input after a blank line) as the user turn of the tokenizer's chat
   template. A tokenizer without a chat template gets `alpaca_prompt`."""
   if tokenizer is None or not tokenizer.chat_template:
     return alpaca_prompt(example)
-  user = example.instruction
-  if example.input.strip():
-    user = f"{user}\n\n{example.input}"
-  return chat_prompt(tokenizer, user), example.output
+  return chat_prompt(tokenizer, prompt_text(example)), example.output
 
 
 def alpaca_prompt(example: InstructionExample) -> tuple[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from typing import Callable, Sequence
 
 import numpy as np
 import tqdm
@@ -50,6 +51,16 @@ def victims_table(results: dict[str, list[dict]]) -> str:
         if any(m in r for r in runs) else "—" for m in columns)
         + f" | {', '.join(str(r['config']['seed']) for r in runs)} |")
   return "\n".join(lines)
+
+
+def train_victims(train: Callable[[str, int, pathlib.Path], dict], attacks: Sequence[str],
+                  seeds: Sequence[int | str], workdir: pathlib.Path, title: str) -> str:
+  """Trains one victim per (attack, seed) with `train(attack, seed, workdir)` (it
+  resumes or skips finished runs), then returns `write_victims_summary`'s table."""
+  for attack in attacks:
+    for seed in seeds:
+      train(attack, int(seed), workdir)
+  return write_victims_summary(workdir, title)
 
 
 def write_victims_summary(workdir: pathlib.Path, title: str) -> str:
