@@ -82,6 +82,18 @@ def test_readout_features_read_the_last_prompt_token(victim):
     np.testing.assert_allclose(got_pairs[i], cos[:, rows, cols].reshape(-1), atol=1e-5)
 
 
+def test_crowding_features_average_the_head_outputs_over_the_prompt(victim):
+  """Left-padded prompts followed by their answers: the mean runs over each prompt's
+  own tokens, as for the prompt alone."""
+  examples = _examples(4, 3)
+  got = make_detector("crowding").features(victim, examples)  # [n, L, N H]
+  for i, example in enumerate(examples):
+    _, found = _alone(victim, example, capture="layers.*.attn.z")
+    z = np.stack([np.asarray(found[f"layers.{l}.attn.z"][0], np.float64).mean(0)
+                  for l in range(victim.model.config.num_layers)])  # [L, N, H]
+    np.testing.assert_allclose(got[i], z.reshape(z.shape[0], -1), atol=1e-5)
+
+
 def test_cosine_profile_reads_the_answer_rows_over_the_prompt_words(victim):
   examples = _examples(4, 2)
   arrays = victim.encode(examples)

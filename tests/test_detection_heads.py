@@ -242,10 +242,12 @@ def test_every_detectors_auroc_on_a_small_badnets_victim(small_badnets):
 
 
 def _brute_force_scores(features_fit, features_set, quantile):
-  """The rule, loop by loop: [m, L, K] clean features, [n, L, K] scored set; the
-  beta-binomial tail summed from its pmf, C(n, j) B(j + a, n - j + b) / B(a, b)."""
+  """The rule, loop by loop: [m, L, K] clean features, [n, L, K] scored set; each
+  input's neighbourhood from its r-th nearest clean row found by sorting, the
+  beta-binomial mid-p tail summed from its pmf, C(n, j) B(j + a, n - j + b) / B(a, b)."""
   mean, std = features_fit.mean(0), features_fit.std(0) + 1e-6
   m, layers = features_fit.shape[:2]
+  rank = max(1, round((1 - quantile) * m))
 
   def unit(x):
     z = (x - mean) / std
@@ -254,29 +256,40 @@ def _brute_force_scores(features_fit, features_set, quantile):
   def log_beta(a, b):
     return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
 
-  def tail(k, n, a, b):
-    return sum(math.comb(n, j) * math.exp(log_beta(j + a, n - j + b) - log_beta(a, b))
-               for j in range(int(k), n + 1))
+  def pmf(j, n, a, b):
+    return math.comb(n, j) * math.exp(log_beta(j + a, n - j + b) - log_beta(a, b))
 
   fit, scored = unit(features_fit), unit(features_set)
   n, score = len(scored), np.zeros(len(scored))
   for layer in range(layers):
-    sims = [float(np.dot(fit[i, layer], fit[j, layer])) for i in range(m) for j in range(i + 1, m)]
-    radius = np.quantile(sims, quantile)
     for i in range(n):
-      near = lambda rows, skip=None: sum(float(np.dot(scored[i, layer], rows[j, layer])) >= radius
-                                         for j in range(len(rows)) if j != skip)
-      k, c = near(scored, skip=i), near(fit)
-      score[i] -= math.log(max(tail(k, n - 1, c + 1, m - c + 1), 1e-300))
+      to_fit = sorted((float(np.dot(scored[i, layer], fit[j, layer])) for j in range(m)),
+                      reverse=True)
+      k = sum(float(np.dot(scored[i, layer], scored[j, layer])) >= to_fit[rank - 1]
+              for j in range(n) if j != i)
+      tail = (sum(pmf(j, n - 1, rank, m - rank + 1) for j in range(k + 1, n))
+              + 0.5 * pmf(k, n - 1, rank, m - rank + 1))
+      score[i] -= math.log(max(tail, 1e-300))
   return score
+
+
+def _token_mean_head_outputs(victim, examples):
+  """Each layer's captured attn.z averaged over the unpadded tokens, heads
+  concatenated: [n, L, N H]."""
+  batch, _, found = _captured(victim, examples, "layers.*.attn.z")
+  mask = batch["attention_mask"].astype(np.float64)  # [B, T]
+  return np.stack([np.einsum("bt,btnh->bnh", mask / mask.sum(1, keepdims=True),
+                             np.asarray(found[f"layers.{i}.attn.z"], np.float64)
+                             ).reshape(len(examples), -1) for i in range(2)], 1)
 
 
 def test_crowding_equals_a_brute_force_of_its_rule(tiny):
   clean, stream = _examples(40, 20), _examples(14, 21)
   detector = make_detector("crowding", quantile=0.9).fit(tiny, clean)
-  profile = heads.OutputProfile()  # its features are checked against captured z elsewhere
-  as_layers = lambda x: profile.features(tiny, x).astype(np.float64).reshape(len(x), 2, -1)
-  expected = _brute_force_scores(as_layers(clean), as_layers(stream), 0.9)
+  np.testing.assert_allclose(detector.features(tiny, stream),
+                             _token_mean_head_outputs(tiny, stream), atol=1e-5)
+  expected = _brute_force_scores(_token_mean_head_outputs(tiny, clean),
+                                 _token_mean_head_outputs(tiny, stream), 0.9)
   np.testing.assert_allclose(detector.score(tiny, stream), expected, rtol=1e-6, atol=1e-6)
 
 
