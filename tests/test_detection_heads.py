@@ -15,7 +15,8 @@ from conftest import SMALL_LENGTH
 from jax_attnalign import data, metrics
 from jax_attnalign.data.types import TextExample
 from jax_attnalign.detection import Calibration, Victim, calibrate, dan, heads, make_detector
-from jax_attnalign.errors import InputError
+from jax_attnalign.data.files import write_npz
+from jax_attnalign.errors import CheckpointError, InputError
 from jax_attnalign.detection._profile import (fit_gaussian, holdout_split,
                                               ledoit_wolf_shrinkage, mahalanobis)
 from jax_attnalign.models import (ModelConfig, PATTERNS, attention_maps, build_model,
@@ -317,6 +318,18 @@ def test_crowding_flags_five_percent_of_a_fresh_clean_set_and_round_trips(tiny, 
   loaded, again = Calibration.load(tmp_path / "detector.json")
   assert loaded == calibration and again.settings() == {"quantile": 0.99}
   np.testing.assert_array_equal(again.score(tiny, fresh), scores)
+
+
+def test_a_calibration_of_the_earlier_crowding_form_does_not_load(tiny, tmp_path):
+  """The second form saved its fit rows as 'reference' beside a 'radius' per layer;
+  scoring with them would read features of another shape: loading refuses."""
+  detector = make_detector("crowding").fit(tiny, _examples(40, 10))
+  calibrate(detector, tiny, _examples(40, 11), fpr=0.05).save(tmp_path / "d.json", detector)
+  state = detector.state()
+  write_npz(tmp_path / "d.json.npz", mean=state["mean"], std=state["std"],
+            radius=np.full(2, 0.5), reference=state["fit_units"])
+  with pytest.raises(CheckpointError, match="Refit and recalibrate"):
+    Calibration.load(tmp_path / "d.json")
 
 
 def test_a_calibration_saved_again_without_arrays_drops_the_old_ones(tiny, tmp_path):

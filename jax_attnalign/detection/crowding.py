@@ -21,9 +21,8 @@ density, so the number k of the scored set's n - 1 other inputs inside it
 follows BetaBinomial(n - 1, r, m - r + 1) at any n. The layer's p-value is that
 law's mid-p upper tail, P(K > k) + P(K = k) / 2 (the plain tail P(K >= k) is
 conservative where counts are small, as in small sets); the score is Fisher's
-sum of -log p over layers. A
-triggered input in a stream holding others of its kind has more neighbours than
-its clean density predicts.
+sum of -log p over layers. A triggered input in a stream holding others of its
+kind has more neighbours than its clean density predicts.
 
 History (docs/lab_notebook/10_crowding_neighbourhoods.md): the form before read
 each layer's pairwise cosines of the heads' outputs at [CLS] with one radius
