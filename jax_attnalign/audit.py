@@ -19,12 +19,15 @@ them by head-output crowding (`detection.crowding`) instead: the incoming
 inputs, scored as one stream, are flagged when their heads' outputs have more
 near-duplicates among the others than clean inputs do (a trigger sends its
 inputs onto one behaviour). It also sees sentence-level triggers (on the SST-2
-HiddenKiller victims it found all three, the heads none; results/minilm_sst2_owner),
-but it needs triggered inputs to be common in the stream and the clean rows to
-come from the same source as the incoming inputs: it flags any stream whose
-inputs are more alike than the clean rows (a clean tweet classifier, given 100
-tweets on one topic against clean rows on many, was flagged at p = 1e-21;
-docs/lab_notebook/8_owner_audit.md). Chat models are read, by
+HiddenKiller victims its second form found all three, the heads none;
+results/minilm_sst2_owner), but it needs triggered inputs to be common in the
+stream and the clean rows to come from the same source as the incoming inputs:
+it flags any stream whose inputs are more alike than the clean rows (a clean
+tweet classifier, given 100 tweets on one topic against clean rows on many, was
+flagged at p = 1e-21, docs/lab_notebook/8_owner_audit.md; a clean SST-2
+classifier given HiddenKiller's paraphrases, which share one syntax, at p =
+1e-11 by the third form, docs/lab_notebook/10_crowding_neighbourhoods.md).
+Chat models are read, by
 default, by answer collapse
 (`detection.collapse`): the model's own greedy answers to the incoming prompts,
 scored in sets, flag the prompts whose answer is a near-duplicate of many
