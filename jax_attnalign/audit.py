@@ -25,8 +25,9 @@ stream and the clean rows to come from the same source as the incoming inputs:
 it flags any stream whose inputs are more alike than the clean rows (a clean
 tweet classifier, given 100 tweets on one topic against clean rows on many, was
 flagged at p = 1e-21, docs/lab_notebook/8_owner_audit.md; a clean SST-2
-classifier given HiddenKiller's paraphrases, which share one syntax, at p =
-1e-11 by the third form, docs/lab_notebook/10_crowding_neighbourhoods.md).
+classifier given HiddenKiller's paraphrases or Cbat's sentences, which its
+heads already place alike, at p = 1e-11 by the third form,
+docs/lab_notebook/10_crowding_neighbourhoods.md).
 Chat models are read, by
 default, by answer collapse
 (`detection.collapse`): the model's own greedy answers to the incoming prompts,

@@ -31,8 +31,12 @@ on SST-2 HiddenKiller it reached AUROC 0.911 on held-out victims. This form was
 chosen on the development victim (HiddenKiller s1: 0.975 against 0.941) and
 then measured on held-out ones, two of them trained while it was chosen and read
 only after: HiddenKiller 0.959-0.967, BadNets 0.999-1.000, Cbat 0.997-0.999,
-NWS 0.988-0.996. Its suspects did not make a better defense than the form
-before's. A state saved by the form before does not load (`load_state` asks for
+NWS 0.988-0.996. But on a clean model, never poisoned, the same HiddenKiller
+stream gives 0.915 and Cbat's 0.966 (BadNets' 0.745): most of its separation of
+sentence-level triggers is their style, which it reads better than the form
+before (0.862, 0.795), not the backdoor; the owner's audit of a clean model
+given those streams alarmed. Its suspects did not make a better defense than the
+form before's. A state saved by the form before does not load (`load_state` asks for
 `fit_units`): recalibrate.
 
 Like answer collapse an input's score depends on the inputs scored with it
