@@ -27,12 +27,11 @@ tweet classifier, given 100 tweets on one topic against clean rows on many, was
 flagged at p = 1e-21, docs/lab_notebook/8_owner_audit.md; a clean SST-2
 classifier given HiddenKiller's paraphrases or Cbat's sentences, which its
 heads already place alike, at p = 1e-11 by the third form,
-docs/lab_notebook/10_crowding_neighbourhoods.md).
-Chat models are read, by
-default, by answer collapse
-(`detection.collapse`): the model's own greedy answers to the incoming prompts,
-scored in sets, flag the prompts whose answer is a near-duplicate of many
-others' (a backdoor's fixed response); on the SmolLM2 generation victims it
+docs/lab_notebook/10_crowding_neighbourhoods.md). Chat models are read, by
+default, by answer collapse (`detection.collapse`): the model's own greedy
+answers to the incoming prompts, scored in sets, flag the prompts whose answer
+is a near-duplicate of many others' (a backdoor's fixed response); on the
+SmolLM2 generation victims it
 separated triggered prompts far better than the heads' statistic
 (results/smollm2_generation/detect). It cannot tell a backdoor's response from
 any response the model legitimately gives to many incoming prompts alike (the

@@ -37,10 +37,9 @@ sentence-level triggers is their style, which it reads better than the form
 before (0.862, 0.795), not the backdoor; the owner's audit of a clean model
 given those streams alarmed; on the SmolLM2 HiddenKiller chat classifier it
 reaches 0.947 and a clean SmolLM2 fine-tune 0.936 on the same stream (BadNets:
-0.997 against 0.757). Its
-suspects did not make a better defense than the form before's. A state saved
-by the form before does not load (`load_state` asks for `fit_units`):
-recalibrate.
+0.997 against 0.757). Its suspects did not make a better defense than the form
+before's. A state saved by the form before does not load (`load_state` asks for
+`fit_units`): recalibrate.
 
 Like answer collapse an input's score depends on the inputs scored with it
 (`set_level`): a stream with one triggered input gives it nothing to match, and
