@@ -24,7 +24,7 @@ of these detectors (earlier calls' too), so the benchmark can be run in parts.
   python -m experiments.detect --victims_dirs runs/enc_sst2 --detectors paper,strip,dan \
       --workdir runs/detect
   python -m experiments.detect --victims_dirs runs/lm_sst2 --fit_size 200 \
-      --calibration_size 200 --test_size 200 --batch_size 8 --workdir runs/detect_lm
+      --test_size 200 --batch_size 8 --workdir runs/detect_lm
 """
 
 from __future__ import annotations
@@ -54,8 +54,10 @@ flags.DEFINE_list("seeds", [], "Only victims of these seeds (default: all).")
 flags.DEFINE_list("detectors", sorted(DETECTORS), "Detectors, of jax_attnalign.detection.")
 flags.DEFINE_integer("fit_size", 300, "Clean training rows each detector is fitted on.",
                      lower_bound=2)
-flags.DEFINE_integer("calibration_size", 200, "Clean training rows setting the threshold.",
-                     lower_bound=2)
+flags.DEFINE_integer("calibration_size", 1000,
+                     "Clean training rows setting the threshold (a 95% quantile of 200 "
+                     "rows misses its rate by about 0.015, crowding's by more: "
+                     "docs/lab_notebook/10_crowding_neighbourhoods.md).", lower_bound=2)
 flags.DEFINE_integer("test_size", 400, "Fresh clean and triggered test inputs each.",
                      lower_bound=2)
 flags.DEFINE_float("fpr", 0.05, "Target false-positive rate of the calibration.",
@@ -99,8 +101,9 @@ def finished_rows(victims, workdir: pathlib.Path) -> list[dict]:
 def write_summary(rows: list[dict], workdir: pathlib.Path) -> str:
   table = (f"Detection on each victim's {reporting.count_range(r['sizes']['clean'] for r in rows)}"
            f" fresh clean and {reporting.count_range(r['sizes']['triggered'] for r in rows)} "
-           f"triggered test inputs; threshold calibrated at FPR {FLAGS.fpr:g} on clean "
-           "training rows; mean ± std over seeds\n\n" + detection_table(rows))
+           f"triggered test inputs; threshold calibrated at FPR {FLAGS.fpr:g} on "
+           f"{reporting.count_range(r['sizes']['calibration'] for r in rows)} clean training "
+           "rows; mean ± std over seeds\n\n" + detection_table(rows))
   write_json(workdir / "detect.json", rows)
   (workdir / "detect.md").write_text(table + "\n")
   for dataset, attack in sorted({(r["dataset"], r["attack"]) for r in rows}):

@@ -220,6 +220,7 @@ def test_detect_benchmark(tiny):
   assert [r["detector"] for r in rows] == ["paper", "dan", "strip"]
   assert all(0 <= r["auroc"] <= 1 and r["sizes"]["clean"] == 40 for r in rows)
   assert "| sst2 | badnets | dan |" in out and (workdir / "roc_sst2_badnets.png").is_file()
+  assert "calibrated at FPR 0.05 on 40 clean training rows" in out
   stored = json.loads((workdir / "sst2" / "badnets_seed0" / "dan" / "result.json").read_text())
   assert rows[1] == {**stored, "victim": "sst2/badnets_seed0", "model": str(tiny["model"]),
                      "dataset": "sst2", "attack": "badnets", "seed": 0}

@@ -43,7 +43,7 @@ from jax_attnalign.models.hf_io import load_pretrained
 class DetectionSetup:
   """How many rows each set of `detection_sets` holds, and the target false-positive rate."""
   fit_size: int = 300
-  calibration_size: int = 200
+  calibration_size: int = 1000  # not 200: experiments/detect.py --calibration_size
   test_size: int = 400  # fresh clean and triggered inputs each
   fpr: float = 0.05
 
