@@ -53,6 +53,10 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   _write(results / "minilm" / "detect.json", [detected("dan", 0, 0.6), detected("dan", 1, 0.8),
                                                detected("paper", 0, 0.5), detected("paper", 1, 0.7),
                                                {**detected("dan", 2, 0.99), "development": True}])
+  # dan on s1 and s2 once more, thresholds from more clean rows: that run counts, once
+  _write(results / "minilm_calibration" / "detect.json", [
+      {**detected("dan", 1, 0.82), "sizes": {"calibration": 1000}},
+      {**detected("dan", 2, 0.98), "development": True}])
   _write(results / "smollm2_detect" / "detect.json", [
       {**detected("dan", 2, 0.9), "model": "SmolLM2", "victim": "classification_badnets_seed2",
        "attack": "badnets"}])
@@ -108,7 +112,7 @@ def test_tables_carry_the_json_numbers_and_the_paper_beside_them(tmp_path):
   matrix = make_results.detection_matrix(results)
   assert matrix.startswith("| detector | MiniLM sst2 hiddenkiller (s0,1) | SmolLM2 sst2 badnets "
                            "(s2) |")
-  assert "| dan | **0.70** | **0.90** |" in matrix and "| paper | 0.60 | — |" in matrix
+  assert "| dan | **0.71** | **0.90** |" in matrix and "| paper | 0.60 | — |" in matrix
   # A development victim's run (dan's settings chosen on it) is named, never pooled:
   # not in the matrix or the headline, a line of its own in the results page.
   assert matrix.endswith("Left out, the victims a detector's settings were chosen on: dan on "
