@@ -54,8 +54,9 @@ clean rows flagged 0.5% to 13% of fresh clean streams, from 1,000 rows 1% to
 5.5% of them (docs/lab_notebook/7_calibration_rows.md, the form before):
 calibrate on as many clean rows as there are. With 1,000 rows this form flagged
 4.8% of the clean inputs of MiniLM BadNets streams and 4.0% of clean streams
-(200 rows: 7.2%, 8.0%), HiddenKiller's 9.8% and 2.8%; a radius set by the
-nearest fit row alone did not do better on held-out victims
+(200 rows: 7.2%, 8.0%), HiddenKiller's 9.8% and 2.8%, the SmolLM2 chat
+classifiers' 4-10.5% (their test prompts crowd more than the training pool); a
+radius set by the nearest fit row alone did not do better on held-out victims
 (docs/lab_notebook/11_crowding_calibration.md).
 
 Needs: clean rows, no labels, no trigger, no extra model. Scoring n inputs
