@@ -57,7 +57,8 @@ flags.DEFINE_integer("fit_size", 300, "Clean training rows each detector is fitt
 flags.DEFINE_integer("calibration_size", 1000,
                      "Clean training rows setting the threshold (a 95% quantile of 200 "
                      "rows misses its rate by about 0.015, crowding's by more: "
-                     "docs/lab_notebook/10_crowding_neighbourhoods.md).", lower_bound=2)
+                     "docs/lab_notebook/7_calibration_rows.md, 11_crowding_calibration.md).",
+                     lower_bound=2)
 flags.DEFINE_integer("test_size", 400, "Fresh clean and triggered test inputs each.",
                      lower_bound=2)
 flags.DEFINE_float("fpr", 0.05, "Target false-positive rate of the calibration.",
