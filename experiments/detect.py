@@ -52,16 +52,16 @@ flags.DEFINE_list("victims_dirs", ["workdir/attack"], "experiments.attack workdi
 flags.DEFINE_list("attacks", [], "Only these attacks (default: every victim found).")
 flags.DEFINE_list("seeds", [], "Only victims of these seeds (default: all).")
 flags.DEFINE_list("detectors", sorted(DETECTORS), "Detectors, of jax_attnalign.detection.")
-flags.DEFINE_integer("fit_size", 300, "Clean training rows each detector is fitted on.",
-                     lower_bound=2)
-flags.DEFINE_integer("calibration_size", 1000,
+flags.DEFINE_integer("fit_size", DetectionSetup.fit_size,
+                     "Clean training rows each detector is fitted on.", lower_bound=2)
+flags.DEFINE_integer("calibration_size", DetectionSetup.calibration_size,
                      "Clean training rows setting the threshold (a 95% quantile of 200 "
                      "rows misses its rate by about 0.015, crowding's by more: "
                      "docs/lab_notebook/7_calibration_rows.md, 11_crowding_calibration.md).",
                      lower_bound=2)
-flags.DEFINE_integer("test_size", 400, "Fresh clean and triggered test inputs each.",
-                     lower_bound=2)
-flags.DEFINE_float("fpr", 0.05, "Target false-positive rate of the calibration.",
+flags.DEFINE_integer("test_size", DetectionSetup.test_size,
+                     "Fresh clean and triggered test inputs each.", lower_bound=2)
+flags.DEFINE_float("fpr", DetectionSetup.fpr, "Target false-positive rate of the calibration.",
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("batch_size", 32, "Inputs per jitted batch.", lower_bound=1)
 flags.DEFINE_bool("development", False,

@@ -106,21 +106,25 @@ def _defense_row(rows: list[dict], what: str, paper_model: str, our_model: str) 
           f"{get('after', 'ca')} / {get('after', 'asr')} ({our_model}, {seeds}) |")
 
 
+def _model(row: dict) -> str:
+  """A detection row's model (rows written before experiments.detect named it: MiniLM's)."""
+  return row.get("model", "MiniLM")
+
+
 def _detection_groups(rows: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
   """Detection rows by (model, dataset, attack), in that order, then by detector;
   the rows of a detector's development victims (experiments.detect --development)
   left out. A detector benchmarked on a victim more than once (thresholds set on
   different numbers of clean rows) counts once: its run on the most rows."""
-  model = lambda r: r.get("model", "MiniLM")  # rows written before detect named it: MiniLM's
   calibration = lambda r: r.get("sizes", {}).get("calibration", 0)
   runs: dict[tuple, dict] = {}
   for r in (r for r in rows if not r.get("development")):
-    key = (model(r), r["victim"], r["detector"])
+    key = (_model(r), r["victim"], r["detector"])
     if key not in runs or calibration(r) > calibration(runs[key]):
       runs[key] = r
   groups: dict[tuple, dict[str, list[dict]]] = {}
-  for r in sorted(runs.values(), key=lambda r: (model(r), r["dataset"], r["attack"])):
-    groups.setdefault((model(r), r["dataset"], r["attack"]), {}).setdefault(
+  for r in sorted(runs.values(), key=lambda r: (_model(r), r["dataset"], r["attack"])):
+    groups.setdefault((_model(r), r["dataset"], r["attack"]), {}).setdefault(
         r["detector"], []).append(r)
   return groups
 
@@ -175,7 +179,7 @@ def detection_matrix(results: pathlib.Path) -> str:
        "|---" * (len(columns) + 1) + "|"]
       + [f"| {d} | " + " | ".join(cell(key, d) for key in columns) + " |" for d in detectors]
       + (["\nLeft out, the victims a detector's settings were chosen on: " + ", ".join(
-          dict.fromkeys(f"{r['detector']} on {r.get('model', 'MiniLM')} {r['dataset']} "
+          dict.fromkeys(f"{r['detector']} on {_model(r)} {r['dataset']} "
                         f"{r['attack']} s{r['seed']}" for r in rows if r.get("development")))
           + "."]
          if any(r.get("development") for r in rows) else []))
